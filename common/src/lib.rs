@@ -1,0 +1,13 @@
+//! Shared parts of the nerve / synapse sidecar pair.
+//!
+//! Layout:
+//! - [`config`]: reading YAML/JSON config files, key-path errors, durations.
+//! - [`codec`]: the node payload codec (airbnb nerve, go-nerve, Finagle serversets). Pure.
+//! - [`registry`]: the only module that talks to ZooKeeper: sessions, registration, watches.
+//! - [`telemetry`]: `tracing` subscriber setup.
+//! - [`metrics`]: Prometheus registry helpers.
+//! - [`admin`]: the small localhost HTTP admin server.
+//! - [`shutdown`]: signals to a `CancellationToken`.
+#![forbid(unsafe_code)]
+
+pub mod codec;
