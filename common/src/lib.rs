@@ -5,9 +5,15 @@
 //! - [`codec`]: the node payload codec (airbnb nerve, go-nerve, Finagle serversets). Pure.
 //! - [`registry`]: the only module that talks to ZooKeeper: sessions, registration, watches.
 //! - [`telemetry`]: `tracing` subscriber setup.
-//! - [`metrics`]: Prometheus registry helpers.
+//! - [`metrics`]: Prometheus rendering.
 //! - [`admin`]: the small localhost HTTP admin server.
 //! - [`shutdown`]: signals to a `CancellationToken`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod codec;
+pub mod config;
+pub mod metrics;
+pub mod registry;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,328 @@
+//! Reading config files: YAML or JSON (by extension) into raw serde structs, with every
+//! problem reported at once as `file: key.path: reason`.
+//!
+//! Each agent keeps a raw, `deny_unknown_fields` mirror of its config and turns it into a
+//! validated type. Lists whose elements are independent (services, checks) are deserialized
+//! element by element with [`Problems::take`], so that one bad service does not hide the
+//! errors of the next one.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// A config file that could not be used: every problem found in it.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that was read.
+    pub file: PathBuf,
+    /// What is wrong, one entry per key.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}:", self.file.display())?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", self.file.display(), p)?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem at one key path, e.g. `services[2].checks[0].timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path from the document root; empty for the document itself.
+    pub path: String,
+    /// Why the value was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+/// Collects problems while a raw config is validated.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    /// Records a problem at `path`.
+    pub fn push(&mut self, path: impl Into<String>, reason: impl fmt::Display) {
+        self.0.push(Problem { path: path.into(), reason: reason.to_string() });
+    }
+
+    /// Deserializes `value` (found at key path `path`) into `T`, recording the first problem
+    /// inside it with its full key path.
+    pub fn take<T: DeserializeOwned>(&mut self, path: &str, value: serde_json::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                let inner = err.path().to_string();
+                let full = match (path.is_empty(), inner == ".") {
+                    (_, true) => path.to_string(),
+                    (true, false) => inner,
+                    (false, false) if inner.starts_with('[') => format!("{path}{inner}"),
+                    (false, false) => format!("{path}.{inner}"),
+                };
+                self.push(full, err.into_inner());
+                None
+            }
+        }
+    }
+
+    /// Deserializes each element of a list independently (`path[i]`).
+    pub fn take_list<T: DeserializeOwned>(&mut self, path: &str, values: Vec<serde_json::Value>) -> Vec<T> {
+        values
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| self.take(&format!("{path}[{i}]"), v))
+            .collect()
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when no problem was recorded, else the error for `file`.
+    pub fn finish<T>(self, file: &Path, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError { file: file.to_path_buf(), problems: self.0 })
+        }
+    }
+}
+
+/// Reads a YAML (`.yaml`, `.yml`) or JSON (`.json`) file into a JSON value.
+pub fn read_document(file: &Path) -> Result<serde_json::Value, ConfigError> {
+    let fail = |reason: String| ConfigError {
+        file: file.to_path_buf(),
+        problems: vec![Problem { path: String::new(), reason }],
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| fail(format!("cannot read file: {e}")))?;
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "json" => serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}"))),
+        "yaml" | "yml" => {
+            serde_norway::from_str(&text).map_err(|e| fail(format!("not valid YAML: {e}")))
+        }
+        _ => Err(fail(format!("unknown file extension {ext:?}: use .yaml, .yml or .json"))),
+    }
+}
+
+/// Parses `"250ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"` into a [`Duration`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number and a unit, like \"250ms\" or \"2s\""))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("invalid duration {text:?}: missing unit (ms, s, m or h)")),
+        u => return Err(format!("invalid duration {text:?}: unknown unit {u:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// Serde adapter: a duration written as a string with a unit (see [`parse_duration`]).
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Serde adapter for `Option<Duration>`.
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:` section, shared by both agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `synapse=debug,info`. Default `info`;
+    /// `RUST_LOG` wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_level(), format: LogFormat::Text }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_string()
+}
+
+/// `admin:` section, shared by both agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminConfig {
+    /// Listen address of the admin HTTP server.
+    pub listen: Option<String>,
+}
+
+/// Parses a listen address: `host:port`, or a bare port meaning `127.0.0.1:port`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| format!("invalid listen address {text:?}: expected ip:port or a port"))
+}
+
+/// Checks a ZooKeeper connect string: `host:port[,host:port...][/chroot]`.
+pub fn check_zk_hosts(text: &str) -> Result<(), String> {
+    let (hosts, chroot) = match text.find('/') {
+        Some(i) => (&text[..i], Some(&text[i..])),
+        None => (text, None),
+    };
+    if hosts.is_empty() {
+        return Err("empty ZooKeeper connect string".into());
+    }
+    for h in hosts.split(',') {
+        let ok = h
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(format!("invalid ZooKeeper server {h:?}: expected host:port"));
+        }
+    }
+    if let Some(c) = chroot {
+        check_zk_path(c)?;
+    }
+    Ok(())
+}
+
+/// Checks an absolute ZooKeeper path: starts with `/`, no empty segment, no trailing `/`.
+pub fn check_zk_path(path: &str) -> Result<(), String> {
+    let bad = !path.starts_with('/')
+        || path.len() > 1 && path.ends_with('/')
+        || path.contains("//")
+        || path.split('/').any(|s| s == "." || s == "..");
+    if bad {
+        Err(format!("invalid ZooKeeper path {path:?}: expected an absolute path like /services/web"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("2").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Check {
+        #[serde(deserialize_with = "duration")]
+        timeout: Duration,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Svc {
+        name: String,
+        #[serde(default)]
+        checks: Vec<Check>,
+    }
+
+    #[test]
+    fn every_list_element_reports_its_own_problem() {
+        let doc = serde_json::json!([
+            {"name": "a", "checks": [{"timeout": "1s"}, {"timeout": "2x"}]},
+            {"name": "b", "colour": "red"},
+            {"name": "c"},
+        ]);
+        let mut p = Problems::default();
+        let list: Vec<Svc> = p.take_list("services", serde_json::from_value(doc).unwrap());
+        assert_eq!(list.len(), 1);
+        let err = p.finish(Path::new("x.yaml"), ()).unwrap_err();
+        assert_eq!(err.problems.len(), 2);
+        assert_eq!(err.problems[0].path, "services[0].checks[1].timeout");
+        assert!(err.problems[0].reason.contains("unknown unit"), "{}", err.problems[0].reason);
+        assert_eq!(err.problems[1].path, "services[1]");
+        assert!(err.problems[1].reason.contains("colour"));
+        let text = err.to_string();
+        assert!(text.contains("x.yaml: services[0].checks[1].timeout"), "{text}");
+    }
+
+    #[test]
+    fn reads_yaml_and_json_by_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let y = dir.path().join("a.yaml");
+        std::fs::write(&y, "a: 1\nb: [x]\n").unwrap();
+        assert_eq!(read_document(&y).unwrap(), serde_json::json!({"a": 1, "b": ["x"]}));
+        let j = dir.path().join("a.json");
+        std::fs::write(&j, "{\"a\": 1}").unwrap();
+        assert_eq!(read_document(&j).unwrap(), serde_json::json!({"a": 1}));
+        let t = dir.path().join("a.toml");
+        std::fs::write(&t, "a = 1").unwrap();
+        assert!(read_document(&t).unwrap_err().to_string().contains("extension"));
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "a: [1\n").unwrap();
+        assert!(read_document(&bad).unwrap_err().to_string().contains("not valid YAML"));
+    }
+
+    #[test]
+    fn zk_hosts_and_paths() {
+        assert!(check_zk_hosts("127.0.0.1:2181").is_ok());
+        assert!(check_zk_hosts("a:1,b:2/chroot/x").is_ok());
+        assert!(check_zk_hosts("a").is_err());
+        assert!(check_zk_hosts("a:0").is_err());
+        assert!(check_zk_hosts("a:1/").is_err());
+        assert!(check_zk_path("/services/web").is_ok());
+        assert!(check_zk_path("services").is_err());
+        assert!(check_zk_path("/a//b").is_err());
+        assert!(check_zk_path("/a/").is_err());
+        assert_eq!(parse_listen("8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
+        assert!(parse_listen("nope").is_err());
+    }
+}
