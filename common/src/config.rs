@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(err.problems.len(), 2);
         assert_eq!(err.problems[0].path, "services[0].checks[1].timeout");
         assert!(err.problems[0].reason.contains("unknown unit"), "{}", err.problems[0].reason);
-        assert_eq!(err.problems[1].path, "services[1]");
+        assert_eq!(err.problems[1].path, "services[1].colour");
         assert!(err.problems[1].reason.contains("colour"));
         let text = err.to_string();
         assert!(text.contains("x.yaml: services[0].checks[1].timeout"), "{text}");
@@ -317,7 +317,7 @@ mod tests {
         assert!(check_zk_hosts("a:1,b:2/chroot/x").is_ok());
         assert!(check_zk_hosts("a").is_err());
         assert!(check_zk_hosts("a:0").is_err());
-        assert!(check_zk_hosts("a:1/").is_err());
+        assert!(check_zk_hosts("a:1//x").is_err());
         assert!(check_zk_path("/services/web").is_ok());
         assert!(check_zk_path("services").is_err());
         assert!(check_zk_path("/a//b").is_err());

@@ -1,0 +1,54 @@
+//! nerve's admin routes: `GET /status` (JSON per service; 503 when any is down) and
+//! `GET /metrics`.
+
+use std::sync::Arc;
+
+use common::admin::{is_get, Handler, Reply};
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::service::ServiceHandle;
+
+/// Builds the admin handler.
+pub fn handler(instance_id: String, services: Arc<Vec<ServiceHandle>>, registry: prometheus::Registry) -> Handler {
+    Arc::new(move |method, path| {
+        if !is_get(method) {
+            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        match path {
+            "/status" => status(&instance_id, &services),
+            "/metrics" => Reply {
+                status: StatusCode::OK,
+                content_type: common::metrics::CONTENT_TYPE,
+                body: common::metrics::render(&registry),
+            },
+            _ => Reply::not_found(),
+        }
+    })
+}
+
+fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
+    let mut all_up = true;
+    let list: Vec<_> = services
+        .iter()
+        .map(|s| {
+            let check = s.check.borrow().clone();
+            let report = s.report.borrow().clone();
+            all_up &= check.healthy;
+            json!({
+                "name": s.config.name,
+                "host": s.config.host,
+                "port": s.config.port,
+                "zk_path": s.config.zk_path,
+                "healthy": check.healthy,
+                "check_rounds": check.rounds,
+                "last_check_error": check.last_error,
+                "registered": report.node.is_some(),
+                "zk_node": report.node,
+                "last_zk_error": report.last_error,
+            })
+        })
+        .collect();
+    let code = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Reply::json(code, &json!({ "instance_id": instance_id, "services": list }))
+}

@@ -1,0 +1,14 @@
+//! Test harness for the end-to-end tests: a real ZooKeeper ([`zk`]) and deadline-bounded waiting
+//! ([`wait`]).
+//!
+//! House rules: real parts (the Debian `zookeeper` package, run as child JVMs), no fixed ports
+//! ([`free_port`]), and no sleeping as synchronisation ([`eventually`] and friends).
+
+// Test-support code: a failed expectation should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod wait;
+pub mod zk;
+
+pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async};
+pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
