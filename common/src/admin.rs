@@ -20,7 +20,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// Default admin listen address of nerve.
-pub const NERVE_DEFAULT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3421);
+pub const NERVE_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3421);
 /// Default admin listen address of synapse.
 pub const SYNAPSE_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3422);
@@ -39,12 +40,20 @@ pub struct Reply {
 impl Reply {
     /// A JSON reply.
     pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-        Reply { status, content_type: "application/json", body: format!("{value:#}\n") }
+        Reply {
+            status,
+            content_type: "application/json",
+            body: format!("{value:#}\n"),
+        }
     }
 
     /// A plain-text reply.
     pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-        Reply { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
     }
 
     /// 404 for unknown routes.
@@ -69,7 +78,9 @@ pub struct AdminBindError {
 /// Binds the admin listener (done before anything else starts, so a busy port is an error
 /// at start).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminBindError> {
-    TcpListener::bind(addr).await.map_err(|source| AdminBindError { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminBindError { addr, source })
 }
 
 /// Serves admin requests until `cancel` fires.
@@ -113,7 +124,10 @@ pub async fn serve(listener: TcpListener, handler: Handler, cancel: Cancellation
 fn to_response(reply: Reply) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
     *resp.status_mut() = reply.status;
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(reply.content_type));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(reply.content_type),
+    );
     resp
 }
 

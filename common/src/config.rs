@@ -59,7 +59,10 @@ pub struct Problems(Vec<Problem>);
 impl Problems {
     /// Records a problem at `path`.
     pub fn push(&mut self, path: impl Into<String>, reason: impl fmt::Display) {
-        self.0.push(Problem { path: path.into(), reason: reason.to_string() });
+        self.0.push(Problem {
+            path: path.into(),
+            reason: reason.to_string(),
+        });
     }
 
     /// Deserializes `value` (found at key path `path`) into `T`, recording the first problem
@@ -100,7 +103,10 @@ impl Problems {
         if self.0.is_empty() {
             Ok(value)
         } else {
-            Err(ConfigError { file: file.to_path_buf(), problems: self.0 })
+            Err(ConfigError {
+                file: file.to_path_buf(),
+                problems: self.0,
+            })
         }
     }
 }
@@ -109,34 +115,47 @@ impl Problems {
 pub fn read_document(file: &Path) -> Result<serde_json::Value, ConfigError> {
     let fail = |reason: String| ConfigError {
         file: file.to_path_buf(),
-        problems: vec![Problem { path: String::new(), reason }],
+        problems: vec![Problem {
+            path: String::new(),
+            reason,
+        }],
     };
     let text = std::fs::read_to_string(file).map_err(|e| fail(format!("cannot read file: {e}")))?;
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "json" => serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}"))),
-        "yaml" | "yml" => {
-            serde_norway::from_str(&text).map_err(|e| fail(format!("not valid YAML: {e}")))
-        }
-        _ => Err(fail(format!("unknown file extension {ext:?}: use .yaml, .yml or .json"))),
+        "yaml" | "yml" => serde_norway::from_str(&text).map_err(|e| fail(format!("not valid YAML: {e}"))),
+        _ => Err(fail(format!(
+            "unknown file extension {ext:?}: use .yaml, .yml or .json"
+        ))),
     }
 }
 
 /// Parses `"250ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"` into a [`Duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number and a unit, like \"250ms\" or \"2s\""))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit, like \"250ms\" or \"2s\"")
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
         "" => return Err(format!("invalid duration {text:?}: missing unit (ms, s, m or h)")),
-        u => return Err(format!("invalid duration {text:?}: unknown unit {u:?} (use ms, s, m or h)")),
+        u => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {u:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {text:?}: {e}"))
 }
@@ -180,7 +199,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_level(), format: LogFormat::Text }
+        LogConfig {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -201,7 +223,8 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    text.parse().map_err(|_| format!("invalid listen address {text:?}: expected ip:port or a port"))
+    text.parse()
+        .map_err(|_| format!("invalid listen address {text:?}: expected ip:port or a port"))
 }
 
 /// Checks a ZooKeeper connect string: `host:port[,host:port...][/chroot]`.
@@ -234,7 +257,9 @@ pub fn check_zk_path(path: &str) -> Result<(), String> {
         || path.contains("//")
         || path.split('/').any(|s| s == "." || s == "..");
     if bad {
-        Err(format!("invalid ZooKeeper path {path:?}: expected an absolute path like /services/web"))
+        Err(format!(
+            "invalid ZooKeeper path {path:?}: expected an absolute path like /services/web"
+        ))
     } else {
         Ok(())
     }
@@ -287,7 +312,11 @@ mod tests {
         let err = p.finish(Path::new("x.yaml"), ()).unwrap_err();
         assert_eq!(err.problems.len(), 2);
         assert_eq!(err.problems[0].path, "services[0].checks[1].timeout");
-        assert!(err.problems[0].reason.contains("unknown unit"), "{}", err.problems[0].reason);
+        assert!(
+            err.problems[0].reason.contains("unknown unit"),
+            "{}",
+            err.problems[0].reason
+        );
         assert_eq!(err.problems[1].path, "services[1].colour");
         assert!(err.problems[1].reason.contains("colour"));
         let text = err.to_string();
@@ -299,7 +328,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let y = dir.path().join("a.yaml");
         std::fs::write(&y, "a: 1\nb: [x]\n").unwrap();
-        assert_eq!(read_document(&y).unwrap(), serde_json::json!({"a": 1, "b": ["x"]}));
+        assert_eq!(
+            read_document(&y).unwrap(),
+            serde_json::json!({"a": 1, "b": ["x"]})
+        );
         let j = dir.path().join("a.json");
         std::fs::write(&j, "{\"a\": 1}").unwrap();
         assert_eq!(read_document(&j).unwrap(), serde_json::json!({"a": 1}));
@@ -308,7 +340,10 @@ mod tests {
         assert!(read_document(&t).unwrap_err().to_string().contains("extension"));
         let bad = dir.path().join("bad.yaml");
         std::fs::write(&bad, "a: [1\n").unwrap();
-        assert!(read_document(&bad).unwrap_err().to_string().contains("not valid YAML"));
+        assert!(read_document(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid YAML"));
     }
 
     #[test]

@@ -20,5 +20,7 @@ pub mod telemetry;
 
 /// This machine's hostname (`localhost` when it cannot be read as UTF-8).
 pub fn hostname() -> String {
-    gethostname::gethostname().into_string().unwrap_or_else(|_| "localhost".to_string())
+    gethostname::gethostname()
+        .into_string()
+        .unwrap_or_else(|_| "localhost".to_string())
 }

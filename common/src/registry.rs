@@ -53,7 +53,11 @@ pub enum RegistryError {
 }
 
 fn zk_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(zk::Error) -> RegistryError + 'a {
-    move |source| RegistryError::Zk { op, path: path.to_string(), source }
+    move |source| RegistryError::Zk {
+        op,
+        path: path.to_string(),
+        source,
+    }
 }
 
 /// Registry-wide settings.
@@ -67,7 +71,10 @@ pub struct RegistryOptions {
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        RegistryOptions { session_timeout: Duration::from_secs(10), max_backoff: Duration::from_secs(5) }
+        RegistryOptions {
+            session_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+        }
     }
 }
 
@@ -82,7 +89,11 @@ pub struct Registry {
 impl Registry {
     /// A registry whose sessions stop when `cancel` fires.
     pub fn new(options: RegistryOptions, cancel: CancellationToken) -> Self {
-        Registry { options, cancel, sessions: Mutex::new(HashMap::new()) }
+        Registry {
+            options,
+            cancel,
+            sessions: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The session for a connect string (`host:port,...[/chroot]`), started on first use.
@@ -96,7 +107,12 @@ impl Registry {
 
     /// Every session started so far.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -160,7 +176,9 @@ impl Session {
         let status = self.status();
         match (&status.client, status.connected) {
             (Some(c), true) => Ok((c.clone(), status)),
-            _ => Err(RegistryError::NotConnected { connect: self.connect.clone() }),
+            _ => Err(RegistryError::NotConnected {
+                connect: self.connect.clone(),
+            }),
         }
     }
 }
@@ -173,7 +191,9 @@ async fn run_session(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = zk::Client::connector().with_session_timeout(options.session_timeout).connect(&connect);
+        let attempt = zk::Client::connector()
+            .with_session_timeout(options.session_timeout)
+            .connect(&connect);
         let client = tokio::select! {
             _ = cancel.cancelled() => return,
             r = attempt => r,
@@ -272,7 +292,12 @@ impl Registration {
     /// A registration of children named `<name>_<seq>` under `parent` (created if missing).
     pub fn new(session: Arc<Session>, parent: &str, name: &str) -> Self {
         let prefix = format!("{}/{}_", parent.trim_end_matches('/'), name);
-        Registration { session, parent: parent.to_string(), prefix, owned: None }
+        Registration {
+            session,
+            parent: parent.to_string(),
+            prefix,
+            owned: None,
+        }
     }
 
     /// The full path of the node currently held, if any.
@@ -288,13 +313,20 @@ impl Registration {
     /// is deleted, so there is never a duplicate.
     pub async fn ensure(&mut self, data: &[u8]) -> Result<EnsureOutcome, RegistryError> {
         let (client, status) = self.session.client()?;
-        let current = self.owned.as_ref().filter(|o| o.session_epoch == status.session_epoch);
+        let current = self
+            .owned
+            .as_ref()
+            .filter(|o| o.session_epoch == status.session_epoch);
         if let Some((path, same)) = current.map(|o| (o.path.clone(), o.data == data)) {
             match client.check_stat(&path).await.map_err(zk_err("exists", &path))? {
                 Some(_) if same => return Ok(EnsureOutcome::Unchanged),
                 Some(_) => match client.set_data(&path, data, None).await {
                     Ok(_) => {
-                        self.owned = Some(Owned { session_epoch: status.session_epoch, path, data: data.to_vec() });
+                        self.owned = Some(Owned {
+                            session_epoch: status.session_epoch,
+                            path,
+                            data: data.to_vec(),
+                        });
                         return Ok(EnsureOutcome::Updated);
                     }
                     Err(zk::Error::NoNode) => {}
@@ -312,22 +344,41 @@ impl Registration {
                 warn!(zk.path = %extra, "deleting duplicate node of ours");
                 delete_if_exists(&client, &extra).await?;
             }
-            client.set_data(&path, data, None).await.map_err(zk_err("set", &path))?;
-            self.owned = Some(Owned { session_epoch: status.session_epoch, path, data: data.to_vec() });
+            client
+                .set_data(&path, data, None)
+                .await
+                .map_err(zk_err("set", &path))?;
+            self.owned = Some(Owned {
+                session_epoch: status.session_epoch,
+                path,
+                data: data.to_vec(),
+            });
             return Ok(EnsureOutcome::Updated);
         }
         let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        client.mkdir(&self.parent, &persistent).await.map_err(zk_err("mkdir", &self.parent))?;
+        client
+            .mkdir(&self.parent, &persistent)
+            .await
+            .map_err(zk_err("mkdir", &self.parent))?;
         let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (_, seq) = client.create(&self.prefix, data, &ephemeral).await.map_err(zk_err("create", &self.prefix))?;
+        let (_, seq) = client
+            .create(&self.prefix, data, &ephemeral)
+            .await
+            .map_err(zk_err("create", &self.prefix))?;
         let path = format!("{}{}", self.prefix, seq);
-        self.owned = Some(Owned { session_epoch: status.session_epoch, path, data: data.to_vec() });
+        self.owned = Some(Owned {
+            session_epoch: status.session_epoch,
+            path,
+            data: data.to_vec(),
+        });
         Ok(EnsureOutcome::Created)
     }
 
     /// Deletes our node if we hold one. Nodes of an expired session are already gone.
     pub async fn remove(&mut self) -> Result<bool, RegistryError> {
-        let Some(owned) = self.owned.as_ref() else { return Ok(false) };
+        let Some(owned) = self.owned.as_ref() else {
+            return Ok(false);
+        };
         let status = self.session.status();
         if owned.session_epoch != status.session_epoch {
             self.owned = None;
@@ -340,7 +391,11 @@ impl Registration {
         Ok(existed)
     }
 
-    async fn owned_children(&self, client: &zk::Client, session_id: i64) -> Result<Vec<String>, RegistryError> {
+    async fn owned_children(
+        &self,
+        client: &zk::Client,
+        session_id: i64,
+    ) -> Result<Vec<String>, RegistryError> {
         let children = match client.list_children(&self.parent).await {
             Ok(c) => c,
             Err(zk::Error::NoNode) => return Ok(Vec::new()),
@@ -413,7 +468,13 @@ pub fn watch(session: Arc<Session>, path: String, cancel: CancellationToken) -> 
     let span = tracing::info_span!("zk_watch", zk.path = %path);
     tokio::spawn(
         async move {
-            let mut w = Watcher { session, path, tx, members: BTreeMap::new(), reported_bad: HashSet::new() };
+            let mut w = Watcher {
+                session,
+                path,
+                tx,
+                members: BTreeMap::new(),
+                reported_bad: HashSet::new(),
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = w.run() => {}
@@ -510,7 +571,8 @@ impl Watcher {
     async fn resync(
         &mut self,
         client: &zk::Client,
-    ) -> Result<Option<(BoxFuture<'static, zk::WatchedEvent>, FuturesUnordered<DataWatch>)>, RegistryError> {
+    ) -> Result<Option<(BoxFuture<'static, zk::WatchedEvent>, FuturesUnordered<DataWatch>)>, RegistryError>
+    {
         let (children, children_watch) = self.list(client).await?;
         let mut data_watches = FuturesUnordered::new();
         let mut fresh = BTreeMap::new();
@@ -592,13 +654,21 @@ impl Watcher {
     ) -> Result<Option<BoxFuture<'static, zk::WatchedEvent>>, RegistryError> {
         let (children, w) = self.list(client).await?;
         let now: HashSet<&String> = children.iter().collect();
-        let gone: Vec<String> = self.members.keys().filter(|k| !now.contains(k)).cloned().collect();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|k| !now.contains(k))
+            .cloned()
+            .collect();
         for id in gone {
             if !self.forget(id).await {
                 return Ok(None);
             }
         }
-        let new: Vec<String> = children.into_iter().filter(|c| !self.members.contains_key(c)).collect();
+        let new: Vec<String> = children
+            .into_iter()
+            .filter(|c| !self.members.contains_key(c))
+            .collect();
         for child in new {
             let fetched = self.fetch(client, &child, data_watches).await?;
             if !self.apply(child, fetched).await {

@@ -23,12 +23,18 @@ pub enum TelemetryError {
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `config.level`.
 pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env)
-            .map_err(|e| TelemetryError::BadLevel { level: env, reason: e.to_string() })?,
-        _ => EnvFilter::try_new(&config.level)
-            .map_err(|e| TelemetryError::BadLevel { level: config.level.clone(), reason: e.to_string() })?,
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env).map_err(|e| TelemetryError::BadLevel {
+            level: env,
+            reason: e.to_string(),
+        })?,
+        _ => EnvFilter::try_new(&config.level).map_err(|e| TelemetryError::BadLevel {
+            level: config.level.clone(),
+            reason: e.to_string(),
+        })?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -10,7 +10,11 @@ use serde_json::json;
 use crate::service::ServiceHandle;
 
 /// Builds the admin handler.
-pub fn handler(instance_id: String, services: Arc<Vec<ServiceHandle>>, registry: prometheus::Registry) -> Handler {
+pub fn handler(
+    instance_id: String,
+    services: Arc<Vec<ServiceHandle>>,
+    registry: prometheus::Registry,
+) -> Handler {
     Arc::new(move |method, path| {
         if !is_get(method) {
             return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -49,6 +53,10 @@ fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
             })
         })
         .collect();
-    let code = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Reply::json(code, &json!({ "instance_id": instance_id, "services": list }))
 }

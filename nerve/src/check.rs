@@ -48,20 +48,29 @@ pub async fn run(check: &CheckConfig) -> Result<(), CheckError> {
 }
 
 async fn run_inner(check: &CheckConfig) -> Result<(), CheckError> {
-    let stream = TcpStream::connect((check.host.as_str(), check.port)).await.map_err(|e| CheckError::Connect {
-        addr: format!("{}:{}", check.host, check.port),
-        reason: e.to_string(),
-    })?;
+    let stream = TcpStream::connect((check.host.as_str(), check.port))
+        .await
+        .map_err(|e| CheckError::Connect {
+            addr: format!("{}:{}", check.host, check.port),
+            reason: e.to_string(),
+        })?;
     match &check.kind {
         CheckKind::Tcp => Ok(()),
-        CheckKind::Http { uri, host_header, expect_status: (lo, hi) } => {
+        CheckKind::Http {
+            uri,
+            host_header,
+            expect_status: (lo, hi),
+        } => {
             let http = |e: hyper::Error| CheckError::Http(e.to_string());
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(http)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let host = host_header.clone().unwrap_or_else(|| format!("{}:{}", check.host, check.port));
+            let host = host_header
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", check.host, check.port));
             let req = Request::get(uri.as_str())
                 .header(hyper::header::HOST, host)
                 .header(hyper::header::USER_AGENT, "nerve")
@@ -72,7 +81,11 @@ async fn run_inner(check: &CheckConfig) -> Result<(), CheckError> {
             if (*lo..=*hi).contains(&status) {
                 Ok(())
             } else {
-                Err(CheckError::Status { status, lo: *lo, hi: *hi })
+                Err(CheckError::Status {
+                    status,
+                    lo: *lo,
+                    hi: *hi,
+                })
             }
         }
     }
@@ -91,7 +104,12 @@ pub struct Hysteresis {
 impl Hysteresis {
     /// Starts down.
     pub fn new(rise: u32, fall: u32) -> Self {
-        Hysteresis { rise: rise.max(1), fall: fall.max(1), up: false, streak: 0 }
+        Hysteresis {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up: false,
+            streak: 0,
+        }
     }
 
     /// Current state.
@@ -156,9 +174,16 @@ mod tests {
                 let mut buf = vec![0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let status = if req.starts_with("GET /ok") { "200 OK" } else { "503 Unavailable" };
+                let status = if req.starts_with("GET /ok") {
+                    "200 OK"
+                } else {
+                    "503 Unavailable"
+                };
                 let _ = s
-                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .as_bytes(),
+                    )
                     .await;
             }
         });
@@ -170,13 +195,28 @@ mod tests {
         };
         assert_eq!(run(&base).await, Ok(()));
         let http = |uri: &str| CheckConfig {
-            kind: CheckKind::Http { uri: uri.into(), host_header: None, expect_status: (200, 399) },
+            kind: CheckKind::Http {
+                uri: uri.into(),
+                host_header: None,
+                expect_status: (200, 399),
+            },
             ..base.clone()
         };
         assert_eq!(run(&http("/ok")).await, Ok(()));
-        assert_eq!(run(&http("/bad")).await, Err(CheckError::Status { status: 503, lo: 200, hi: 399 }));
+        assert_eq!(
+            run(&http("/bad")).await,
+            Err(CheckError::Status {
+                status: 503,
+                lo: 200,
+                hi: 399
+            })
+        );
         // A port nobody listens on.
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let closed = CheckConfig { port: free, ..base };
         assert!(matches!(run(&closed).await, Err(CheckError::Connect { .. })));
     }

@@ -167,7 +167,10 @@ impl Config {
         let mut p = Problems::default();
         let config = Self::from_value(doc, &mut p);
         // `from_value` returns None only after recording a problem.
-        p.finish(file, config)?.ok_or_else(|| ConfigError { file: file.to_path_buf(), problems: Vec::new() })
+        p.finish(file, config)?.ok_or_else(|| ConfigError {
+            file: file.to_path_buf(),
+            problems: Vec::new(),
+        })
     }
 
     fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
@@ -181,7 +184,10 @@ impl Config {
         };
         let instance_id = raw.instance_id.unwrap_or_else(common::hostname);
         if instance_id.is_empty() || instance_id.contains(['/', ' ']) {
-            p.push("instance_id", format!("{instance_id:?} must be non-empty, without '/' or spaces"));
+            p.push(
+                "instance_id",
+                format!("{instance_id:?} must be non-empty, without '/' or spaces"),
+            );
         }
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
@@ -196,7 +202,10 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, s) in services.iter().enumerate() {
             if !seen.insert(&s.name) {
-                p.push(format!("services[{i}].name"), format!("duplicate service name {:?}", s.name));
+                p.push(
+                    format!("services[{i}].name"),
+                    format!("duplicate service name {:?}", s.name),
+                );
             }
         }
         Some(Config {
@@ -211,8 +220,19 @@ impl Config {
 }
 
 fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
-    if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        p.push(format!("{at}.name"), format!("{:?} must be non-empty, made of letters, digits, '-', '_', '.'", s.name));
+    if s.name.is_empty()
+        || !s
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        p.push(
+            format!("{at}.name"),
+            format!(
+                "{:?} must be non-empty, made of letters, digits, '-', '_', '.'",
+                s.name
+            ),
+        );
     }
     if s.host.is_empty() || s.host.contains(char::is_whitespace) {
         p.push(format!("{at}.host"), format!("invalid host {:?}", s.host));
@@ -293,10 +313,17 @@ fn validate_check(at: &str, c: RawCheck, host: &str, port: u16, p: &mut Problems
                     (200, 399)
                 }),
             };
-            CheckKind::Http { uri, host_header: c.host_header, expect_status }
+            CheckKind::Http {
+                uri,
+                host_header: c.host_header,
+                expect_status,
+            }
         }
         other => {
-            p.push(format!("{at}.type"), format!("unknown check type {other:?}: expected tcp or http"));
+            p.push(
+                format!("{at}.type"),
+                format!("unknown check type {other:?}: expected tcp or http"),
+            );
             CheckKind::Tcp
         }
     };
@@ -307,7 +334,12 @@ fn validate_check(at: &str, c: RawCheck, host: &str, port: u16, p: &mut Problems
     if c.port == Some(0) {
         p.push(format!("{at}.port"), "port must be in 1..=65535");
     }
-    CheckConfig { host: c.host.unwrap_or_else(|| host.to_string()), port: c.port.unwrap_or(port), timeout, kind }
+    CheckConfig {
+        host: c.host.unwrap_or_else(|| host.to_string()),
+        port: c.port.unwrap_or(port),
+        timeout,
+        kind,
+    }
 }
 
 /// `200`, `"200"` or `"200-299"`.
@@ -315,13 +347,19 @@ fn parse_status_range(v: &serde_json::Value) -> Result<(u16, u16), String> {
     let text = match v {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) => s.clone(),
-        other => return Err(format!("expected a status or a range like \"200-299\", got {other}")),
+        other => {
+            return Err(format!(
+                "expected a status or a range like \"200-299\", got {other}"
+            ))
+        }
     };
     let (lo, hi) = text.split_once('-').unwrap_or((&text, &text));
     let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
     match (parse(lo), parse(hi)) {
         (Some(lo), Some(hi)) if lo <= hi => Ok((lo, hi)),
-        _ => Err(format!("invalid status range {text:?}: expected statuses in 100..=599 like \"200-299\"")),
+        _ => Err(format!(
+            "invalid status range {text:?}: expected statuses in 100..=599 like \"200-299\""
+        )),
     }
 }
 
@@ -369,7 +407,11 @@ services:
         assert_eq!(s.checks[0].timeout, Duration::from_secs(1));
         assert_eq!(
             s.checks[1].kind,
-            CheckKind::Http { uri: "/ping".into(), host_header: None, expect_status: (200, 204) }
+            CheckKind::Http {
+                uri: "/ping".into(),
+                host_header: None,
+                expect_status: (200, 204)
+            }
         );
         assert_eq!(s.checks[1].port, 8080);
     }
@@ -408,7 +450,10 @@ services:
     #[test]
     fn status_ranges() {
         assert_eq!(parse_status_range(&serde_json::json!(200)).unwrap(), (200, 200));
-        assert_eq!(parse_status_range(&serde_json::json!("200-299")).unwrap(), (200, 299));
+        assert_eq!(
+            parse_status_range(&serde_json::json!("200-299")).unwrap(),
+            (200, 299)
+        );
         assert!(parse_status_range(&serde_json::json!("299-200")).is_err());
         assert!(parse_status_range(&serde_json::json!("abc")).is_err());
         assert!(parse_status_range(&serde_json::json!([1])).is_err());

@@ -50,7 +50,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // ZooKeeper sessions outlive `shutdown`: they are needed to deregister.
     let zk_cancel = CancellationToken::new();
     let registry = Registry::new(
-        RegistryOptions { session_timeout: config.zk_session_timeout, ..Default::default() },
+        RegistryOptions {
+            session_timeout: config.zk_session_timeout,
+            ..Default::default()
+        },
         zk_cancel.clone(),
     );
     let tracker = TaskTracker::new();
@@ -67,20 +70,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
         let span = tracing::info_span!("service", service = %svc.name, zk.path = %svc.zk_path);
         tracker.spawn(
-            service::check_loop(svc.clone(), payload, desired_tx, check_tx, m.clone(), shutdown.clone())
-                .instrument(span.clone()),
+            service::check_loop(
+                svc.clone(),
+                payload,
+                desired_tx,
+                check_tx,
+                m.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
         );
         tracker.spawn(
             service::report_loop(registration, session, desired_rx, report_tx, m, shutdown.clone())
                 .instrument(span),
         );
-        handles.push(service::ServiceHandle { config: svc.clone(), check: check_rx, report: report_rx });
+        handles.push(service::ServiceHandle {
+            config: svc.clone(),
+            check: check_rx,
+            report: report_rx,
+        });
     }
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
 
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(config.instance_id.clone(), Arc::new(handles), prometheus);
-    let admin_task = tokio::spawn(common::admin::serve(admin_listener, handler, admin_cancel.clone()));
+    let admin_task = tokio::spawn(common::admin::serve(
+        admin_listener,
+        handler,
+        admin_cancel.clone(),
+    ));
 
     tracker.close();
     tracker.wait().await;

@@ -29,7 +29,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("nerve: {} is valid ({} services)", cli.config.display(), config.services.len());
+        println!(
+            "nerve: {} is valid ({} services)",
+            cli.config.display(),
+            config.services.len()
+        );
         return ExitCode::SUCCESS;
     }
     if let Err(err) = common::telemetry::init(&config.log) {

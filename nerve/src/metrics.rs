@@ -48,9 +48,15 @@ impl Metrics {
                 .buckets(exponential_buckets(0.0005, 4.0, 8)?),
             &["service", "check"],
         )?;
-        let up = IntGaugeVec::new(Opts::new("nerve_service_up", "1 when the service is healthy"), &["service"])?;
+        let up = IntGaugeVec::new(
+            Opts::new("nerve_service_up", "1 when the service is healthy"),
+            &["service"],
+        )?;
         let registered = IntGaugeVec::new(
-            Opts::new("nerve_service_registered", "1 when the service's node exists in ZooKeeper"),
+            Opts::new(
+                "nerve_service_registered",
+                "1 when the service's node exists in ZooKeeper",
+            ),
             &["service"],
         )?;
         let zk_writes = IntCounterVec::new(
@@ -58,7 +64,10 @@ impl Metrics {
             &["service", "op"],
         )?;
         let zk_errors = IntCounterVec::new(
-            Opts::new("nerve_zk_errors_total", "Failed attempts to make ZooKeeper match the desired state"),
+            Opts::new(
+                "nerve_zk_errors_total",
+                "Failed attempts to make ZooKeeper match the desired state",
+            ),
             &["service"],
         )?;
         registry.register(Box::new(checks.clone()))?;
@@ -67,7 +76,14 @@ impl Metrics {
         registry.register(Box::new(registered.clone()))?;
         registry.register(Box::new(zk_writes.clone()))?;
         registry.register(Box::new(zk_errors.clone()))?;
-        Ok(Metrics { checks, check_seconds, up, registered, zk_writes, zk_errors })
+        Ok(Metrics {
+            checks,
+            check_seconds,
+            up,
+            registered,
+            zk_writes,
+            zk_errors,
+        })
     }
 
     /// Resolves the handles of one service; `checks` are the check type labels in order.

@@ -90,7 +90,12 @@ pub async fn check_loop(
                 Ok(()) => ok.inc(),
                 Err(err) => {
                     fail.inc();
-                    failure = Some(format!("{} check {}:{}: {err}", check.kind.label(), check.host, check.port));
+                    failure = Some(format!(
+                        "{} check {}:{}: {err}",
+                        check.kind.label(),
+                        check.host,
+                        check.port
+                    ));
                     break;
                 }
             }
@@ -144,7 +149,10 @@ pub async fn report_loop(
                 }
                 EnsureOutcome::Updated => {
                     metrics.zk_updated.inc();
-                    info!(zk.node = registration.path().unwrap_or(""), "registration updated");
+                    info!(
+                        zk.node = registration.path().unwrap_or(""),
+                        "registration updated"
+                    );
                 }
                 EnsureOutcome::Unchanged => {}
             }),

@@ -3,6 +3,10 @@
 //!
 //! House rules: real parts (the Debian `zookeeper` package, run as child JVMs), no fixed ports
 //! ([`free_port`]), and no sleeping as synchronisation ([`eventually`] and friends).
+//!
+//! [`ZkCluster`] and the sync waits block the calling thread: from async tests use
+//! `#[tokio::test(flavor = "multi_thread")]` (or `spawn_blocking`) so that clients' background
+//! tasks keep running while the harness waits.
 
 // Test-support code: a failed expectation should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -82,9 +82,11 @@ async fn ensemble_survives_losing_the_server_holding_the_session() -> anyhow::Re
     assert_eq!(data, b"after");
     assert_eq!(client.state(), SessionState::SyncConnected);
 
-    let moved_to = eventually("the session to move to a surviving server", Duration::from_secs(10), || {
-        zk.server_with_session(sid).filter(|&i| i != holder)
-    });
+    let moved_to = eventually(
+        "the session to move to a surviving server",
+        Duration::from_secs(10),
+        || zk.server_with_session(sid).filter(|&i| i != holder),
+    );
     assert_ne!(moved_to, holder);
     assert!(zk.is_running(moved_to));
 
@@ -96,11 +98,12 @@ async fn ensemble_survives_losing_the_server_holding_the_session() -> anyhow::Re
     // The restarted server caught up: a client pinned to it sees the write made while it was down.
     let pinned = Client::connect(&format!("127.0.0.1:{}", zk.client_port(holder))).await?;
     let p = &pinned;
-    let (data, _) =
-        eventually_ok_async("a read from the restarted server", Duration::from_secs(10), || async move {
-            p.get_data("/failover").await
-        })
-        .await;
+    let (data, _) = eventually_ok_async(
+        "a read from the restarted server",
+        Duration::from_secs(10),
+        || async move { p.get_data("/failover").await },
+    )
+    .await;
     assert_eq!(data, b"after");
     assert_eq!(zk.server_with_session(pinned.session_id().0), Some(holder));
     Ok(())

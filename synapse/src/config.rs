@@ -1,0 +1,263 @@
+//! synapse's configuration: raw serde mirror of the file (`deny_unknown_fields`) →
+//! validated [`Config`]. Every problem is reported at once with its key path.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
+use serde::Deserialize;
+
+/// A validated synapse configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Requested ZooKeeper session timeout. Default 10 s.
+    pub zk_session_timeout: Duration,
+    /// Admin server address. Default `127.0.0.1:3422`.
+    pub admin_listen: SocketAddr,
+    /// Logging.
+    pub log: LogConfig,
+    /// On SIGTERM, how long in-flight connections may take to finish. Default 10 s.
+    pub drain_timeout: Duration,
+    /// The services to route.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// How a service is proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain TCP: bytes are copied both ways.
+    Tcp,
+}
+
+/// One routed service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Unique name (metrics label, admin API key).
+    pub name: String,
+    /// ZooKeeper connect string, `host:port,...[/chroot]`.
+    pub zk_hosts: String,
+    /// Path whose children are the backends, e.g. `/services/web`.
+    pub zk_path: String,
+    /// Local listen address. A bare port means `127.0.0.1:<port>`.
+    pub listen: SocketAddr,
+    /// Proxy mode. Default `tcp`.
+    pub mode: Mode,
+    /// Time allowed to connect to one backend. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Backends tried per connection before giving up (bounded by the backend count).
+    /// Default 3.
+    pub connect_attempts: NonZeroU32,
+    /// When the path empties, keep routing to the previous backends. Default true.
+    pub use_previous_backends: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    zookeeper: RawZk,
+    admin: Option<RawAdminConfig>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    drain_timeout: Option<Duration>,
+    services: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZk {
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    session_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    zk_hosts: ZkHosts,
+    zk_path: String,
+    listen: serde_json::Value,
+    mode: Option<String>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    connect_timeout: Option<Duration>,
+    connect_attempts: Option<u32>,
+    use_previous_backends: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ZkHosts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Config {
+    /// Reads and validates `file` (YAML or JSON by extension).
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let doc = cc::read_document(file)?;
+        let mut p = Problems::default();
+        let config = Self::from_value(doc, &mut p);
+        // `from_value` returns None only after recording a problem.
+        p.finish(file, config)?.ok_or_else(|| ConfigError {
+            file: file.to_path_buf(),
+            problems: Vec::new(),
+        })
+    }
+
+    fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
+        let raw: RawConfig = p.take("", doc)?;
+        let admin_listen = match raw.admin.and_then(|a| a.listen) {
+            None => common::admin::SYNAPSE_DEFAULT,
+            Some(text) => cc::parse_listen(&text).unwrap_or_else(|e| {
+                p.push("admin.listen", e);
+                common::admin::SYNAPSE_DEFAULT
+            }),
+        };
+        if raw.services.is_empty() {
+            p.push("services", "at least one service is required");
+        }
+        let mut services: Vec<ServiceConfig> = Vec::new();
+        for (i, value) in raw.services.into_iter().enumerate() {
+            let at = format!("services[{i}]");
+            let Some(s) = p.take::<RawService>(&at, value) else {
+                continue;
+            };
+            let s = validate_service(&at, s, p);
+            if services.iter().any(|o| o.name == s.name) {
+                p.push(
+                    format!("{at}.name"),
+                    format!("duplicate service name {:?}", s.name),
+                );
+            }
+            if services.iter().any(|o| o.listen == s.listen) {
+                p.push(
+                    format!("{at}.listen"),
+                    format!("{} is already used by another service", s.listen),
+                );
+            }
+            services.push(s);
+        }
+        Some(Config {
+            zk_session_timeout: raw.zookeeper.session_timeout.unwrap_or(Duration::from_secs(10)),
+            admin_listen,
+            log: raw.log,
+            drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            services,
+        })
+    }
+}
+
+fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
+    if s.name.is_empty()
+        || !s
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        p.push(
+            format!("{at}.name"),
+            format!(
+                "{:?} must be non-empty, made of letters, digits, '-', '_', '.'",
+                s.name
+            ),
+        );
+    }
+    let zk_hosts = match s.zk_hosts {
+        ZkHosts::One(h) => h,
+        ZkHosts::Many(list) => list.join(","),
+    };
+    if let Err(e) = cc::check_zk_hosts(&zk_hosts) {
+        p.push(format!("{at}.zk_hosts"), e);
+    }
+    if let Err(e) = cc::check_zk_path(&s.zk_path) {
+        p.push(format!("{at}.zk_path"), e);
+    }
+    let listen_text = match &s.listen {
+        serde_json::Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    let listen = cc::parse_listen(&listen_text).unwrap_or_else(|e| {
+        p.push(format!("{at}.listen"), e);
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let mode = match s.mode.as_deref() {
+        None | Some("tcp") => Mode::Tcp,
+        Some(other) => {
+            p.push(
+                format!("{at}.mode"),
+                format!("unsupported mode {other:?}: expected tcp"),
+            );
+            Mode::Tcp
+        }
+    };
+    let connect_timeout = s.connect_timeout.unwrap_or(Duration::from_secs(1));
+    if connect_timeout.is_zero() {
+        p.push(format!("{at}.connect_timeout"), "must be more than 0");
+    }
+    let connect_attempts = NonZeroU32::new(s.connect_attempts.unwrap_or(3)).unwrap_or_else(|| {
+        p.push(format!("{at}.connect_attempts"), "must be at least 1");
+        NonZeroU32::MIN
+    });
+    ServiceConfig {
+        name: s.name,
+        zk_hosts,
+        zk_path: s.zk_path,
+        listen,
+        mode,
+        connect_timeout,
+        connect_attempts,
+        use_previous_backends: s.use_previous_backends.unwrap_or(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("synapse.yaml");
+        std::fs::write(&f, text).unwrap();
+        Config::load(&f)
+    }
+
+    #[test]
+    fn defaults_and_bare_port() {
+        let c = load("services:\n  - name: web\n    zk_hosts: 127.0.0.1:2181\n    zk_path: /services/web\n    listen: 3306\n")
+            .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.listen, "127.0.0.1:3306".parse().unwrap());
+        assert_eq!(s.mode, Mode::Tcp);
+        assert_eq!(s.connect_timeout, Duration::from_secs(1));
+        assert_eq!(s.connect_attempts.get(), 3);
+        assert!(s.use_previous_backends);
+        assert_eq!(c.admin_listen, common::admin::SYNAPSE_DEFAULT);
+    }
+
+    #[test]
+    fn problems_with_key_paths() {
+        let err = load(concat!(
+            "services:\n",
+            "  - {name: web, zk_hosts: nohost, zk_path: /services/web, listen: 3306}\n",
+            "  - {name: web, zk_hosts: 'a:1', zk_path: /s, listen: 3306, mode: udp}\n",
+            "  - {name: api, zk_hosts: 'a:1', zk_path: /s, listen: 3307, connect_timeout: 1x}\n",
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "services[0].zk_hosts",
+                "services[1].mode",
+                "services[1].name",
+                "services[1].listen",
+                "services[2].connect_timeout"
+            ],
+            "{err}"
+        );
+    }
+}
