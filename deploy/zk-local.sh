@@ -77,7 +77,18 @@ CFG
 
 stop() {
   if [ -f "$ZK_DIR/pid" ]; then
-    kill "$(cat "$ZK_DIR/pid")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$ZK_DIR/pid")
+    kill "$pid" 2>/dev/null || true
+    # Wait for the JVM to exit (and free the port) before returning; SIGKILL after 10 s.
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "zk-local: ZooKeeper (pid $pid) still running after 10 s; killing it" >&2
+      kill -9 "$pid" 2>/dev/null || true
+    fi
     rm -f "$ZK_DIR/pid"
     echo "zk-local: stopped"
   elif have_docker; then

@@ -13,6 +13,7 @@ pub struct Metrics {
     invalid_nodes: IntCounterVec,
     unavailable_nodes: IntGaugeVec,
     updates: IntCounterVec,
+    stale: IntGaugeVec,
     bytes: IntCounterVec,
     backend_active: IntGaugeVec,
     backend_connections: IntCounterVec,
@@ -34,6 +35,8 @@ pub struct ServiceMetrics {
     pub unavailable_nodes: IntGauge,
     /// Route tables installed.
     pub updates: IntCounter,
+    /// 1 while the path is empty and the previous backends are kept.
+    pub stale: IntGauge,
     /// Bytes from clients to backends.
     pub bytes_up: IntCounter,
     /// Bytes from backends to clients.
@@ -87,6 +90,13 @@ impl Metrics {
                 Opts::new("synapse_route_updates_total", "Route tables installed"),
                 svc,
             )?,
+            stale: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_using_previous_backends",
+                    "1 while ZooKeeper lists no backend and the previous ones are kept",
+                ),
+                svc,
+            )?,
             bytes: IntCounterVec::new(
                 Opts::new(
                     "synapse_bytes_total",
@@ -122,6 +132,7 @@ impl Metrics {
         registry.register(Box::new(m.invalid_nodes.clone()))?;
         registry.register(Box::new(m.unavailable_nodes.clone()))?;
         registry.register(Box::new(m.updates.clone()))?;
+        registry.register(Box::new(m.stale.clone()))?;
         registry.register(Box::new(m.bytes.clone()))?;
         registry.register(Box::new(m.backend_active.clone()))?;
         registry.register(Box::new(m.backend_connections.clone()))?;
@@ -138,6 +149,7 @@ impl Metrics {
             invalid_nodes: self.invalid_nodes.with_label_values(&[service]),
             unavailable_nodes: self.unavailable_nodes.with_label_values(&[service]),
             updates: self.updates.with_label_values(&[service]),
+            stale: self.stale.with_label_values(&[service]),
             bytes_up: self.bytes.with_label_values(&[service, "up"]),
             bytes_down: self.bytes.with_label_values(&[service, "down"]),
         }

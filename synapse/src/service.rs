@@ -120,10 +120,13 @@ impl Watcher {
             .set((self.members.len() - available.len()) as i64);
         let current = self.service.table.load_full();
         if available.is_empty() && !current.is_empty() && self.service.config.use_previous_backends {
-            warn!(
-                kept = current.backends().len(),
-                "no backend left in ZooKeeper; keeping the previous ones"
-            );
+            if self.service.metrics.stale.get() == 0 {
+                warn!(
+                    kept = current.backends().len(),
+                    "no backend left in ZooKeeper; keeping the previous ones"
+                );
+            }
+            self.service.metrics.stale.set(1);
             return;
         }
         let mut entries = Vec::with_capacity(available.len());
@@ -165,6 +168,8 @@ impl Watcher {
             self.states.remove(&key);
             self.metrics.forget_backend(name, &key);
         }
+        self.service.metrics.stale.set(0);
+        self.service.metrics.stale.set(0);
         self.service.metrics.backends.set(table.backends().len() as i64);
         self.service.metrics.updates.inc();
         self.service.table.store(Arc::new(table));

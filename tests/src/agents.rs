@@ -1,0 +1,289 @@
+//! The real `nerve` and `synapse` binaries as child processes, real TCP backends, a blocking
+//! ZooKeeper client for assertions, and a tiny HTTP/1.0 GET for admin APIs.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use zookeeper_client as zkc;
+
+/// Path of a workspace binary (`nerve` or `synapse`), next to the test executable's `deps/`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first with `cargo build --bins` (deploy/test.sh does it)",
+        path.display()
+    );
+    path
+}
+
+/// A running agent. Dropping it kills it (SIGKILL).
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl Agent {
+    /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
+    pub fn start(name: &'static str, config: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&cfg, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+        let child = Command::new(binary(name))
+            .arg("-c")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Agent { child, dir, name }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        crate::eventually(&format!("{} to exit", self.name), timeout, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A TCP backend: for each connection it reads until the client half-closes, then answers
+/// `<name>:<bytes received>` and closes. Dropping it closes the listener.
+#[derive(Debug)]
+pub struct Backend {
+    /// Its name, echoed in answers.
+    pub name: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts on a free port.
+    pub fn start(name: &str) -> Backend {
+        Self::start_on(name, 0)
+    }
+
+    /// Starts on `port` (0: any).
+    pub fn start_on(name: &str, port: u16) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, s) = (name.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let n = n.clone();
+                        std::thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                            let mut buf = Vec::new();
+                            let _ = conn.read_to_end(&mut buf);
+                            let _ = conn.write_all(format!("{n}:{}", buf.len()).as_bytes());
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `payload` to 127.0.0.1:`port`, half-closes, and reads the answer.
+pub fn exchange(port: u16, payload: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(payload)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The backend name answering through `port`, if the exchange worked.
+pub fn who(port: u16) -> Option<String> {
+    let answer = exchange(port, b"hello").ok()?;
+    let (name, len) = answer.split_once(':')?;
+    (len == "5").then(|| name.to_string())
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The backends synapse's admin API lists for `service`, as `host:port` strings.
+pub fn routed(admin_port: u16, service: &str) -> Option<Vec<String>> {
+    let (status, body) = http_get(admin_port, "/services").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let list = v.get(service)?.get("backends")?.as_array()?;
+    let mut out: Vec<String> = list
+        .iter()
+        .map(|b| format!("{}:{}", b["host"].as_str().unwrap_or("?"), b["port"]))
+        .collect();
+    out.sort();
+    Some(out)
+}
+
+/// The value of a metric sample line starting with `prefix` (name and labels), if present.
+pub fn metric(admin_port: u16, prefix: &str) -> Option<f64> {
+    let (_, body) = http_get(admin_port, "/metrics").ok()?;
+    body.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A blocking ZooKeeper client for assertions (its own small runtime).
+pub struct Zk {
+    rt: tokio::runtime::Runtime,
+    client: zkc::Client,
+}
+
+impl std::fmt::Debug for Zk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Zk({:#x})", self.client.session_id().0)
+    }
+}
+
+impl Zk {
+    /// Connects to `connect`.
+    pub fn connect(connect: &str) -> Zk {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("rt");
+        let client = rt
+            .block_on(
+                zkc::Client::connector()
+                    .with_session_timeout(Duration::from_secs(20))
+                    .connect(connect),
+            )
+            .expect("test ZooKeeper client connects");
+        Zk { rt, client }
+    }
+
+    /// This client's session id.
+    pub fn session_id(&self) -> i64 {
+        self.client.session_id().0
+    }
+
+    /// Children of `path` (sorted), empty if it does not exist.
+    pub fn children(&self, path: &str) -> Result<Vec<String>, zkc::Error> {
+        match self.rt.block_on(self.client.list_children(path)) {
+            Ok(mut c) => {
+                c.sort();
+                Ok(c)
+            }
+            Err(zkc::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Data and ephemeral owner of `path`.
+    pub fn get(&self, path: &str) -> Result<(Vec<u8>, i64), zkc::Error> {
+        self.rt
+            .block_on(self.client.get_data(path))
+            .map(|(d, s)| (d, s.ephemeral_owner))
+    }
+
+    /// Creates `path` (persistent) with `data`, creating parents.
+    pub fn create(&self, path: &str, data: &[u8]) {
+        let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            if !parent.is_empty() {
+                self.rt.block_on(self.client.mkdir(parent, &opts)).expect("mkdir");
+            }
+        }
+        self.rt
+            .block_on(self.client.create(path, data, &opts))
+            .expect("create");
+    }
+
+    /// Deletes `path`.
+    pub fn delete(&self, path: &str) {
+        self.rt.block_on(self.client.delete(path, None)).expect("delete");
+    }
+}
