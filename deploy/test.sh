@@ -6,4 +6,11 @@ cd "$(dirname "$0")/.."
 deploy/zk-local.sh --install-only
 # The end-to-end tests run the real binaries: build them first.
 cargo build --locked --bins
-cargo test --locked --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace "$@" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one per binary, doc-tests last).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
