@@ -1,5 +1,7 @@
 //! Signals to a `CancellationToken`: SIGTERM or SIGINT cancels the token once. A second
-//! signal while draining is logged and ignored (the drain has its own deadline).
+//! signal while draining is logged and ignored (the drain has its own deadline). SIGHUP is
+//! caught (its default action would kill the agent) and logged: config reload is not built
+//! yet.
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -10,15 +12,21 @@ use tracing::{info, warn};
 #[error("cannot install signal handler: {0}")]
 pub struct SignalError(#[from] std::io::Error);
 
-/// Cancels `token` on the first SIGTERM or SIGINT. Returns once the handlers are installed.
+/// Cancels `token` on the first SIGTERM or SIGINT; ignores SIGHUP. Returns once the handlers
+/// are installed.
 pub fn cancel_on_signals(token: CancellationToken) -> Result<(), SignalError> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    warn!(signal = "SIGHUP", "config reload is not supported yet; signal ignored");
+                    continue;
+                }
             };
             if token.is_cancelled() {
                 warn!(signal = name, "already shutting down");

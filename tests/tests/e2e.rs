@@ -364,3 +364,36 @@ fn sigterm_deregisters_before_nerve_exits() {
         nerve.log()
     );
 }
+
+#[test]
+fn signal_storm_of_sighup_does_not_kill_or_unregister() {
+    let zk = ZkCluster::standalone();
+    let a = Backend::start("a");
+    let cs = zk.connect_string();
+    let (nerve_admin, syn_admin, listen) = (free_port(), free_port(), free_port());
+    let mut nerve = Agent::start(
+        "nerve",
+        &nerve_config(&cs, "/services/web", nerve_admin, &[("a", a.port)], ""),
+    );
+    let mut synapse = Agent::start(
+        "synapse",
+        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
+    );
+    eventually("routed", WAIT, || {
+        (routed(syn_admin, "web")? == vec![addr(&a)]).then_some(())
+    });
+    for _ in 0..50 {
+        nerve.signal("HUP");
+        synapse.signal("HUP");
+    }
+    eventually("both logged the ignored SIGHUPs", WAIT, || {
+        (nerve.log().contains("SIGHUP") && synapse.log().contains("SIGHUP")).then_some(())
+    });
+    assert!(
+        nerve.is_running() && synapse.is_running(),
+        "SIGHUP must not kill an agent"
+    );
+    assert_eq!(who(listen).as_deref(), Some("a"));
+    let zkc = Zk::connect(&cs);
+    assert_eq!(zkc.children("/services/web").expect("list").len(), 1);
+}
