@@ -397,3 +397,58 @@ fn signal_storm_of_sighup_does_not_kill_or_unregister() {
     let zkc = Zk::connect(&cs);
     assert_eq!(zkc.children("/services/web").expect("list").len(), 1);
 }
+
+#[test]
+fn zookeeper_outage_keeps_routing_and_recovers() {
+    let mut zk = ZkCluster::standalone();
+    let a = Backend::start("a");
+    let cs = zk.connect_string();
+    let (nerve_admin, syn_admin, listen) = (free_port(), free_port(), free_port());
+    let mut nerve = Agent::start(
+        "nerve",
+        &nerve_config(&cs, "/services/web", nerve_admin, &[("a", a.port)], ""),
+    );
+    let mut synapse = Agent::start(
+        "synapse",
+        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
+    );
+    eventually("routed", WAIT, || {
+        (routed(syn_admin, "web")? == vec![addr(&a)]).then_some(())
+    });
+
+    zk.kill(0);
+    eventually("synapse notices the outage", WAIT, || {
+        synapse.log().contains("disconnected").then_some(())
+    });
+    assert_eq!(
+        spread(listen, 5).get("a"),
+        Some(&5),
+        "routing goes on from what synapse last knew"
+    );
+    assert!(
+        nerve.is_running() && synapse.is_running(),
+        "no agent exits on a ZooKeeper fault"
+    );
+
+    zk.restart(0);
+    let zkc = Zk::connect(&cs);
+    let b = Backend::start("b");
+    zkc.create(
+        "/services/web/b_0000000001",
+        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", b.port).as_bytes(),
+    );
+    let mut want = vec![addr(&a), addr(&b)];
+    want.sort();
+    eventually("changes flow again after the outage", WAIT, || {
+        (routed(syn_admin, "web")? == want).then_some(())
+    });
+    eventually("nerve's node is there", WAIT, || {
+        (zkc.children("/services/web")
+            .ok()?
+            .iter()
+            .filter(|c| c.starts_with("test-host_"))
+            .count()
+            == 1)
+            .then_some(())
+    });
+}
