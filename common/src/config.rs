@@ -135,6 +135,78 @@ pub fn read_document(file: &Path) -> Result<serde_json::Value, ConfigError> {
     }
 }
 
+/// Reads `file` and turns it into a validated config with `validate`, which records every
+/// problem in the given [`Problems`] (and returns `None` only after recording one).
+pub fn load<T>(
+    file: &Path,
+    validate: impl FnOnce(serde_json::Value, &mut Problems) -> Option<T>,
+) -> Result<T, ConfigError> {
+    let doc = read_document(file)?;
+    let mut p = Problems::default();
+    let config = validate(doc, &mut p);
+    match p.finish(file, config)? {
+        Some(c) => Ok(c),
+        None => Err(ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                path: String::new(),
+                reason: "invalid config".into(),
+            }],
+        }),
+    }
+}
+
+/// `zk_hosts`: a connect string, or (airbnb nerve style) a list of `host:port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ZkHosts {
+    /// `host:port,host:port[/chroot]`.
+    One(String),
+    /// `[host:port, ...]`, joined with commas.
+    Many(Vec<String>),
+}
+
+/// Validates a service's `zk_hosts` and `zk_path` (keys under `at`); returns the connect
+/// string.
+pub fn zk_location(p: &mut Problems, at: &str, hosts: ZkHosts, path: &str) -> String {
+    let hosts = match hosts {
+        ZkHosts::One(h) => h,
+        ZkHosts::Many(list) => list.join(","),
+    };
+    if let Err(e) = check_zk_hosts(&hosts) {
+        p.push(format!("{at}.zk_hosts"), e);
+    }
+    if let Err(e) = check_zk_path(path) {
+        p.push(format!("{at}.zk_path"), e);
+    }
+    hosts
+}
+
+/// Validates a service name (`at.name`): non-empty, letters, digits, `-`, `_`, `.`.
+pub fn check_service_name(p: &mut Problems, at: &str, name: &str) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        p.push(
+            format!("{at}.name"),
+            format!("{name:?} must be non-empty, made of letters, digits, '-', '_', '.'"),
+        );
+    }
+}
+
+/// The admin listen address from an optional `admin:` section, or `default`.
+pub fn admin_listen(p: &mut Problems, admin: Option<RawAdminConfig>, default: SocketAddr) -> SocketAddr {
+    match admin.and_then(|a| a.listen) {
+        None => default,
+        Some(text) => parse_listen(&text).unwrap_or_else(|e| {
+            p.push("admin.listen", e);
+            default
+        }),
+    }
+}
+
 /// Parses `"250ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"` into a [`Duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();

@@ -8,9 +8,11 @@
 //! - [`metrics`]: Prometheus rendering.
 //! - [`admin`]: the small localhost HTTP admin server.
 //! - [`shutdown`]: signals to a `CancellationToken`.
+//! - [`cli`]: what both `main`s do once their CLI is parsed.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod metrics;

@@ -123,7 +123,7 @@ struct RawService {
     name: String,
     host: String,
     port: u16,
-    zk_hosts: ZkHosts,
+    zk_hosts: cc::ZkHosts,
     zk_path: String,
     weight: Option<u32>,
     #[serde(default)]
@@ -134,14 +134,6 @@ struct RawService {
     rise: Option<u32>,
     fall: Option<u32>,
     checks: Vec<serde_json::Value>,
-}
-
-/// Airbnb nerve writes `zk_hosts` as a list; a connect string is accepted too.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ZkHosts {
-    One(String),
-    Many(Vec<String>),
 }
 
 /// A flat struct rather than a tagged enum, so that serde reports the key path of a bad
@@ -163,25 +155,12 @@ struct RawCheck {
 impl Config {
     /// Reads and validates `file` (YAML or JSON by extension).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let doc = cc::read_document(file)?;
-        let mut p = Problems::default();
-        let config = Self::from_value(doc, &mut p);
-        // `from_value` returns None only after recording a problem.
-        p.finish(file, config)?.ok_or_else(|| ConfigError {
-            file: file.to_path_buf(),
-            problems: Vec::new(),
-        })
+        cc::load(file, Self::from_value)
     }
 
     fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
         let raw: RawConfig = p.take("", doc)?;
-        let admin_listen = match raw.admin.and_then(|a| a.listen) {
-            None => common::admin::NERVE_DEFAULT,
-            Some(text) => cc::parse_listen(&text).unwrap_or_else(|e| {
-                p.push("admin.listen", e);
-                common::admin::NERVE_DEFAULT
-            }),
-        };
+        let admin_listen = cc::admin_listen(p, raw.admin, common::admin::NERVE_DEFAULT);
         let instance_id = raw.instance_id.unwrap_or_else(common::hostname);
         if instance_id.is_empty() || instance_id.contains(['/', ' ']) {
             p.push(
@@ -220,36 +199,14 @@ impl Config {
 }
 
 fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
-    if s.name.is_empty()
-        || !s
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        p.push(
-            format!("{at}.name"),
-            format!(
-                "{:?} must be non-empty, made of letters, digits, '-', '_', '.'",
-                s.name
-            ),
-        );
-    }
+    cc::check_service_name(p, at, &s.name);
     if s.host.is_empty() || s.host.contains(char::is_whitespace) {
         p.push(format!("{at}.host"), format!("invalid host {:?}", s.host));
     }
     if s.port == 0 {
         p.push(format!("{at}.port"), "port must be in 1..=65535");
     }
-    let zk_hosts = match s.zk_hosts {
-        ZkHosts::One(h) => h,
-        ZkHosts::Many(list) => list.join(","),
-    };
-    if let Err(e) = cc::check_zk_hosts(&zk_hosts) {
-        p.push(format!("{at}.zk_hosts"), e);
-    }
-    if let Err(e) = cc::check_zk_path(&s.zk_path) {
-        p.push(format!("{at}.zk_path"), e);
-    }
+    let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let check_interval = s.check_interval.unwrap_or(Duration::from_secs(1));
     if check_interval < Duration::from_millis(10) {
         p.push(format!("{at}.check_interval"), "must be at least 10ms");
@@ -360,6 +317,20 @@ fn parse_status_range(v: &serde_json::Value) -> Result<(u16, u16), String> {
         _ => Err(format!(
             "invalid status range {text:?}: expected statuses in 100..=599 like \"200-299\""
         )),
+    }
+}
+
+impl common::cli::AgentConfig for Config {
+    fn load(file: &Path) -> Result<Self, ConfigError> {
+        Config::load(file)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn service_count(&self) -> usize {
+        self.services.len()
     }
 }
 

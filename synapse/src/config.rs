@@ -77,7 +77,7 @@ struct RawZk {
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: String,
-    zk_hosts: ZkHosts,
+    zk_hosts: cc::ZkHosts,
     zk_path: String,
     listen: serde_json::Value,
     mode: Option<String>,
@@ -87,35 +87,15 @@ struct RawService {
     use_previous_backends: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ZkHosts {
-    One(String),
-    Many(Vec<String>),
-}
-
 impl Config {
     /// Reads and validates `file` (YAML or JSON by extension).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let doc = cc::read_document(file)?;
-        let mut p = Problems::default();
-        let config = Self::from_value(doc, &mut p);
-        // `from_value` returns None only after recording a problem.
-        p.finish(file, config)?.ok_or_else(|| ConfigError {
-            file: file.to_path_buf(),
-            problems: Vec::new(),
-        })
+        cc::load(file, Self::from_value)
     }
 
     fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
         let raw: RawConfig = p.take("", doc)?;
-        let admin_listen = match raw.admin.and_then(|a| a.listen) {
-            None => common::admin::SYNAPSE_DEFAULT,
-            Some(text) => cc::parse_listen(&text).unwrap_or_else(|e| {
-                p.push("admin.listen", e);
-                common::admin::SYNAPSE_DEFAULT
-            }),
-        };
+        let admin_listen = cc::admin_listen(p, raw.admin, common::admin::SYNAPSE_DEFAULT);
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
         }
@@ -151,30 +131,8 @@ impl Config {
 }
 
 fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
-    if s.name.is_empty()
-        || !s
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        p.push(
-            format!("{at}.name"),
-            format!(
-                "{:?} must be non-empty, made of letters, digits, '-', '_', '.'",
-                s.name
-            ),
-        );
-    }
-    let zk_hosts = match s.zk_hosts {
-        ZkHosts::One(h) => h,
-        ZkHosts::Many(list) => list.join(","),
-    };
-    if let Err(e) = cc::check_zk_hosts(&zk_hosts) {
-        p.push(format!("{at}.zk_hosts"), e);
-    }
-    if let Err(e) = cc::check_zk_path(&s.zk_path) {
-        p.push(format!("{at}.zk_path"), e);
-    }
+    cc::check_service_name(p, at, &s.name);
+    let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let listen_text = match &s.listen {
         serde_json::Value::String(t) => t.clone(),
         other => other.to_string(),
@@ -210,6 +168,20 @@ fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig 
         connect_timeout,
         connect_attempts,
         use_previous_backends: s.use_previous_backends.unwrap_or(true),
+    }
+}
+
+impl common::cli::AgentConfig for Config {
+    fn load(file: &Path) -> Result<Self, ConfigError> {
+        Config::load(file)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn service_count(&self) -> usize {
+        self.services.len()
     }
 }
 

@@ -1,0 +1,73 @@
+//! What both binaries' `main` do once their CLI is parsed: load the config (or only check
+//! it), set up logging and signals, and run the agent on a tokio runtime.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, LogConfig};
+
+/// Exit code for a config that cannot be used (systemd units do not restart on it).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// A config an agent can be started with.
+pub trait AgentConfig: Sized {
+    /// Reads and validates the file.
+    fn load(file: &Path) -> Result<Self, ConfigError>;
+    /// Its `log:` section.
+    fn log(&self) -> &LogConfig;
+    /// How many services it declares (for `--check-config`).
+    fn service_count(&self) -> usize;
+}
+
+/// Runs agent `name` with the config at `file` (or only validates it when `check_only`).
+pub fn main<C, F, Fut, E>(name: &str, file: &Path, check_only: bool, run: F) -> ExitCode
+where
+    C: AgentConfig,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let config = match C::load(file) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        println!(
+            "{name}: {} is valid ({} services)",
+            file.display(),
+            config.service_count()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(err) = crate::telemetry::init(config.log()) {
+        eprintln!("{name}: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{name}: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        crate::shutdown::cancel_on_signals(shutdown.clone()).map_err(|e| e.to_string())?;
+        run(config, shutdown).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "{name} failed");
+            eprintln!("{name}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
