@@ -269,21 +269,42 @@ impl Zk {
             .map(|(d, s)| (d, s.ephemeral_owner))
     }
 
-    /// Creates `path` (persistent) with `data`, creating parents.
+    /// Creates `path` (persistent) with `data`, creating parents. Retries through a
+    /// reconnection (e.g. right after the server this client used was killed).
     pub fn create(&self, path: &str, data: &[u8]) {
         let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            if !parent.is_empty() {
-                self.rt.block_on(self.client.mkdir(parent, &opts)).expect("mkdir");
+        let parent = path.rsplit_once('/').map(|(p, _)| p).filter(|p| !p.is_empty());
+        self.retry(&format!("create {path}"), || async {
+            if let Some(parent) = parent {
+                self.client.mkdir(parent, &opts).await?;
             }
-        }
-        self.rt
-            .block_on(self.client.create(path, data, &opts))
-            .expect("create");
+            match self.client.create(path, data, &opts).await {
+                Ok(_) | Err(zkc::Error::NodeExists) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
     }
 
-    /// Deletes `path`.
+    /// Deletes `path` (retrying through a reconnection; a missing node counts as deleted).
     pub fn delete(&self, path: &str) {
-        self.rt.block_on(self.client.delete(path, None)).expect("delete");
+        self.retry(&format!("delete {path}"), || async {
+            match self.client.delete(path, None).await {
+                Ok(()) | Err(zkc::Error::NoNode) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+    }
+
+    fn retry<F, Fut>(&self, what: &str, mut op: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), zkc::Error>>,
+    {
+        crate::eventually_ok(what, Duration::from_secs(20), || {
+            self.rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), op()).await })
+                .map_err(|_| zkc::Error::Timeout)
+                .and_then(|r| r)
+        })
     }
 }
