@@ -592,7 +592,8 @@ impl Watcher {
             }
         }
         self.members = fresh;
-        self.reported_bad.retain(|(child, _)| self.members.contains_key(child));
+        self.reported_bad
+            .retain(|(child, _)| self.members.contains_key(child));
         let good = self
             .members
             .iter()
