@@ -285,6 +285,13 @@ impl Zk {
         });
     }
 
+    /// Overwrites the data of `path` (retrying through a reconnection).
+    pub fn set(&self, path: &str, data: &[u8]) {
+        self.retry(&format!("set {path}"), || async {
+            self.client.set_data(path, data, None).await.map(|_| ())
+        });
+    }
+
     /// Deletes `path` (retrying through a reconnection; a missing node counts as deleted).
     pub fn delete(&self, path: &str) {
         self.retry(&format!("delete {path}"), || async {

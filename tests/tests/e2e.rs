@@ -7,33 +7,72 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{exchange, metric, routed, who};
+use integration_tests::agents::{exchange, http_get, metric, routed, who};
 use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The service path every test uses.
+const PATH: &str = "/services/web";
 
-/// nerve config registering `backends` (name, port) under `path`, tcp checks every 100 ms.
-fn nerve_config(zk: &str, path: &str, admin: u16, backends: &[(&str, u16)], extra: &str) -> String {
-    let mut s =
+/// Starts nerve registering each backend as a service of its own name under [`PATH`], with
+/// tcp checks every 100 ms (rise 2, fall 2). `extra` is prepended top-level YAML.
+fn start_nerve(zk: &str, backends: &[&Backend], extra: &str) -> (Agent, u16) {
+    let admin = free_port();
+    let mut config =
         format!("instance_id: test-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{extra}services:\n");
-    for (name, port) in backends {
-        s += &format!(
-            "  - {{name: {name}, host: 127.0.0.1, port: {port}, zk_hosts: \"{zk}\", zk_path: {path}, \
-             check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n"
+    for b in backends {
+        config += &format!(
+            "  - {{name: {}, host: 127.0.0.1, port: {}, zk_hosts: \"{zk}\", zk_path: {PATH}, \
+             check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
+            b.name, b.port
         );
     }
-    s
+    (Agent::start("nerve", &config), admin)
 }
 
-fn synapse_config(zk: &str, path: &str, admin: u16, listen: u16, extra: &str) -> String {
-    format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\n{extra}services:\n  - {{name: web, zk_hosts: \"{zk}\", zk_path: {path}, \
-         listen: {listen}, connect_timeout: 500ms}}\n"
-    )
+/// A running synapse routing service `web` (from [`PATH`]) on `listen`.
+struct Synapse {
+    agent: Agent,
+    admin: u16,
+    listen: u16,
+}
+
+fn start_synapse(zk: &str) -> Synapse {
+    let (admin, listen) = (free_port(), free_port());
+    let config = format!(
+        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{zk}\", \
+         zk_path: {PATH}, listen: {listen}, connect_timeout: 500ms}}\n"
+    );
+    Synapse {
+        agent: Agent::start("synapse", &config),
+        admin,
+        listen,
+    }
+}
+
+impl Synapse {
+    /// Waits until synapse routes to exactly `backends`.
+    fn wait_routes(&self, what: &str, backends: &[&Backend]) {
+        let mut want: Vec<String> = backends.iter().map(|b| addr(b)).collect();
+        want.sort();
+        eventually(what, WAIT, || (routed(self.admin, "web")? == want).then_some(()));
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        metric(self.admin, &format!("{name}{{service=\"web\"}}"))
+    }
 }
 
 fn addr(b: &Backend) -> String {
     format!("127.0.0.1:{}", b.port)
+}
+
+/// Writes an airbnb-nerve node `<PATH>/<id>` for `b`, as another nerve would.
+fn put_node(zkc: &Zk, id: &str, b: &Backend) {
+    zkc.create(
+        &format!("{PATH}/{id}"),
+        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", b.port).as_bytes(),
+    );
 }
 
 /// Tally of which backend answered `n` connections through `port`.
@@ -49,36 +88,18 @@ fn spread(port: u16, n: usize) -> HashMap<String, usize> {
 #[test]
 fn register_route_and_spread_over_two_backends() {
     let zk = ZkCluster::standalone();
-    let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let (nerve_admin, syn_admin, listen) = (free_port(), free_port(), free_port());
     let cs = zk.connect_string();
-    let _nerve = Agent::start(
-        "nerve",
-        &nerve_config(
-            &cs,
-            "/services/web",
-            nerve_admin,
-            &[("a", a.port), ("b", b.port)],
-            "",
-        ),
-    );
-    let _synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
-
-    let mut want = vec![addr(&a), addr(&b)];
-    want.sort();
-    eventually("synapse routes to both backends", WAIT, || {
-        (routed(syn_admin, "web")? == want).then_some(())
-    });
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let _nerve = start_nerve(&cs, &[&a, &b], "");
+    let synapse = start_synapse(&cs);
+    synapse.wait_routes("synapse routes to both backends", &[&a, &b]);
 
     // Bytes go through, both ways, with half-close: the backend answers after our EOF.
     let payload = vec![7u8; 100_000];
-    let answer = exchange(listen, &payload).expect("exchange through synapse");
+    let answer = exchange(synapse.listen, &payload).expect("exchange through synapse");
     assert!(answer.ends_with(":100000"), "backend saw every byte: {answer}");
 
-    let counts = spread(listen, 20);
+    let counts = spread(synapse.listen, 20);
     assert_eq!(
         counts.get("a"),
         Some(&10),
@@ -92,13 +113,13 @@ fn register_route_and_spread_over_two_backends() {
 
     // nerve's node payload is the airbnb format.
     let zkc = Zk::connect(&cs);
-    let children = zkc.children("/services/web").expect("list");
+    let children = zkc.children(PATH).expect("list");
     assert_eq!(children.len(), 2, "{children:?}");
     assert!(
         children.iter().all(|c| c.starts_with("test-host_")),
         "{children:?}"
     );
-    let (data, _) = zkc.get(&format!("/services/web/{}", children[0])).expect("get");
+    let (data, _) = zkc.get(&format!("{PATH}/{}", children[0])).expect("get");
     let v: serde_json::Value = serde_json::from_slice(&data).expect("json payload");
     assert_eq!(v["host"], "127.0.0.1");
     assert_eq!(v["name"], "test-host");
@@ -108,80 +129,51 @@ fn register_route_and_spread_over_two_backends() {
 #[test]
 fn dead_backend_is_removed_and_comes_back() {
     let zk = ZkCluster::standalone();
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let a_port = a.port;
-    let (nerve_admin, syn_admin, listen) = (free_port(), free_port(), free_port());
     let cs = zk.connect_string();
-    let _nerve = Agent::start(
-        "nerve",
-        &nerve_config(
-            &cs,
-            "/services/web",
-            nerve_admin,
-            &[("a", a.port), ("b", b.port)],
-            "",
-        ),
-    );
-    let _synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
-    eventually("both routed", WAIT, || {
-        (routed(syn_admin, "web")?.len() == 2).then_some(())
-    });
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let a_port = a.port;
+    let (_nerve, nerve_admin) = start_nerve(&cs, &[&a, &b], "");
+    let synapse = start_synapse(&cs);
+    synapse.wait_routes("both routed", &[&a, &b]);
 
     let killed = Instant::now();
     drop(a);
-    eventually("synapse stops routing to the dead backend", WAIT, || {
-        (routed(syn_admin, "web")? == vec![addr(&b)]).then_some(())
-    });
-    let took = killed.elapsed();
-    println!("backend killed -> not routed: {took:?} (tcp check every 100ms, fall 2)");
-    let counts = spread(listen, 10);
+    synapse.wait_routes("synapse stops routing to the dead backend", &[&b]);
+    println!(
+        "backend killed -> not routed: {:?} (tcp check every 100ms, fall 2)",
+        killed.elapsed()
+    );
+    let counts = spread(synapse.listen, 10);
     assert_eq!(
         counts.get("b"),
         Some(&10),
         "all traffic on the live backend: {counts:?}"
     );
 
-    let nerve_status = integration_tests::agents::http_get(nerve_admin, "/status").expect("status");
-    assert_eq!(nerve_status.0, 503, "a service is down: {}", nerve_status.1);
+    let (status, body) = http_get(nerve_admin, "/status").expect("status");
+    assert_eq!(status, 503, "a service is down: {body}");
 
     let a = Backend::start_on("a", a_port);
-    eventually("the backend is routed again", WAIT, || {
-        (routed(syn_admin, "web")?.len() == 2).then_some(())
-    });
-    let counts = spread(listen, 10);
+    synapse.wait_routes("the backend is routed again", &[&a, &b]);
+    let counts = spread(synapse.listen, 10);
     assert_eq!(
         counts.get("a"),
         Some(&5),
         "traffic back on the revived backend: {counts:?}"
     );
-    drop(a);
 }
 
 #[test]
 fn nerve_session_expiry_recreates_exactly_one_node() {
     let zk = ZkCluster::standalone();
-    let a = Backend::start("a");
-    let nerve_admin = free_port();
     let cs = zk.connect_string();
-    let mut nerve = Agent::start(
-        "nerve",
-        &nerve_config(
-            &cs,
-            "/services/web",
-            nerve_admin,
-            &[("a", a.port)],
-            "zookeeper: {session_timeout: 1s}\n",
-        ),
-    );
+    let a = Backend::start("a");
+    let (mut nerve, _) = start_nerve(&cs, &[&a], "zookeeper: {session_timeout: 1s}\n");
     let zkc = Zk::connect(&cs);
     let node = |zkc: &Zk| -> Option<(String, i64)> {
-        let children = zkc.children("/services/web").ok()?;
+        let children = zkc.children(PATH).ok()?;
         let [only] = children.as_slice() else { return None };
-        let (_, owner) = zkc.get(&format!("/services/web/{only}")).ok()?;
+        let (_, owner) = zkc.get(&format!("{PATH}/{only}")).ok()?;
         Some((only.clone(), owner))
     };
     let (first, old_owner) = eventually("nerve registers", WAIT, || node(&zkc));
@@ -190,7 +182,7 @@ fn nerve_session_expiry_recreates_exactly_one_node() {
     // the ephemeral node.
     nerve.signal("STOP");
     eventually("the frozen session expires", WAIT, || {
-        zkc.children("/services/web").ok()?.is_empty().then_some(())
+        zkc.children(PATH).ok()?.is_empty().then_some(())
     });
     let thawed = Instant::now();
     nerve.signal("CONT");
@@ -201,11 +193,7 @@ fn nerve_session_expiry_recreates_exactly_one_node() {
     assert!(nerve.is_running(), "nerve survives a session expiry");
     let log = nerve.log();
     assert!(log.contains("session ended"), "expiry was seen as such:\n{log}");
-    assert_eq!(
-        zkc.children("/services/web").expect("list").len(),
-        1,
-        "exactly one node"
-    );
+    assert_eq!(zkc.children(PATH).expect("list").len(), 1, "exactly one node");
     assert_eq!(
         log.matches(": registered zk.node=").count(),
         2,
@@ -217,20 +205,11 @@ fn nerve_session_expiry_recreates_exactly_one_node() {
 fn watch_survives_losing_its_ensemble_server() {
     let mut zk = ZkCluster::ensemble(3);
     let cs = zk.connect_string();
-    let (syn_admin, listen) = (free_port(), free_port());
     let zkc = Zk::connect(&cs);
     let a = Backend::start("a");
-    zkc.create(
-        "/services/web/a_0000000001",
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", a.port).as_bytes(),
-    );
-    let _synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
-    eventually("synapse routes to a", WAIT, || {
-        (routed(syn_admin, "web")? == vec![addr(&a)]).then_some(())
-    });
+    put_node(&zkc, "a_0000000001", &a);
+    let synapse = start_synapse(&cs);
+    synapse.wait_routes("synapse routes to a", &[&a]);
 
     // The only sessions are ours and synapse's: find the server synapse is connected to.
     let mine = zkc.session_id();
@@ -244,20 +223,11 @@ fn watch_survives_losing_its_ensemble_server() {
 
     // Membership changes made after the failover still arrive.
     let b = Backend::start("b");
-    zkc.create(
-        "/services/web/b_0000000002",
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", b.port).as_bytes(),
-    );
-    let mut want = vec![addr(&a), addr(&b)];
-    want.sort();
-    eventually("the new member arrives after failover", WAIT, || {
-        (routed(syn_admin, "web")? == want).then_some(())
-    });
-    zkc.delete("/services/web/a_0000000001");
-    eventually("the removal arrives too", WAIT, || {
-        (routed(syn_admin, "web")? == vec![addr(&b)]).then_some(())
-    });
-    assert_eq!(who(listen).as_deref(), Some("b"));
+    put_node(&zkc, "b_0000000002", &b);
+    synapse.wait_routes("the new member arrives after failover", &[&a, &b]);
+    zkc.delete(&format!("{PATH}/a_0000000001"));
+    synapse.wait_routes("the removal arrives too", &[&b]);
+    assert_eq!(who(synapse.listen).as_deref(), Some("b"));
 }
 
 #[test]
@@ -267,46 +237,41 @@ fn malformed_and_unavailable_nodes_never_hide_good_ones() {
     let zkc = Zk::connect(&cs);
     let good = Backend::start("good");
     let other = Backend::start("other");
-    zkc.create("/services/web/garbage_0000000001", b"not json at all");
+    zkc.create(&format!("{PATH}/garbage_0000000001"), b"not json at all");
     zkc.create(
-        "/services/web/badport_0000000002",
+        &format!("{PATH}/badport_0000000002"),
         br#"{"host":"127.0.0.1","port":0}"#,
     );
     zkc.create(
-        "/services/web/down_0000000003",
+        &format!("{PATH}/down_0000000003"),
         format!(
             "{{\"host\":\"127.0.0.1\",\"port\":{},\"available\":false}}",
             other.port
         )
         .as_bytes(),
     );
+    // go-nerve writes the port as a string.
     zkc.create(
-        "/services/web/good_0000000004",
+        &format!("{PATH}/good_0000000004"),
         format!("{{\"host\":\"127.0.0.1\",\"port\":\"{}\"}}", good.port).as_bytes(),
     );
-    let (syn_admin, listen) = (free_port(), free_port());
-    let _synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
-    eventually("only the good node is routed", WAIT, || {
-        (routed(syn_admin, "web")? == vec![addr(&good)]).then_some(())
-    });
-    assert_eq!(spread(listen, 4).get("good"), Some(&4));
-    let invalid = metric(syn_admin, "synapse_invalid_nodes_total{service=\"web\"}");
-    assert_eq!(invalid, Some(2.0), "both malformed nodes counted once");
+    let synapse = start_synapse(&cs);
+    synapse.wait_routes("only the good node is routed", &[&good]);
+    assert_eq!(spread(synapse.listen, 4).get("good"), Some(&4));
     assert_eq!(
-        metric(syn_admin, "synapse_unavailable_nodes{service=\"web\"}"),
-        Some(1.0)
+        synapse.metric("synapse_invalid_nodes_total"),
+        Some(2.0),
+        "both malformed nodes counted once"
     );
+    assert_eq!(synapse.metric("synapse_unavailable_nodes"), Some(1.0));
 
-    // A good node turning malformed keeps routing to what was last known good for it.
-    zkc.create("/services/web/late_0000000005", b"{\"host\":");
-    eventually("the late malformed node is counted", WAIT, || {
-        (metric(syn_admin, "synapse_invalid_nodes_total{service=\"web\"}")? == 3.0).then_some(())
+    // A good node whose data turns malformed keeps routing to what was last known good.
+    zkc.set(&format!("{PATH}/good_0000000004"), b"{\"host\":");
+    eventually("the now-malformed node is counted", WAIT, || {
+        (synapse.metric("synapse_invalid_nodes_total")? == 3.0).then_some(())
     });
-    assert_eq!(routed(syn_admin, "web"), Some(vec![addr(&good)]));
-    drop(other);
+    assert_eq!(routed(synapse.admin, "web"), Some(vec![addr(&good)]));
+    assert_eq!(who(synapse.listen).as_deref(), Some("good"));
 }
 
 #[test]
@@ -315,47 +280,36 @@ fn synapse_keeps_previous_backends_when_the_path_empties_and_is_ready_after_sync
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let a = Backend::start("a");
-    zkc.create(
-        "/services/web/a_0000000001",
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", a.port).as_bytes(),
-    );
-    let (syn_admin, listen) = (free_port(), free_port());
-    let _synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
+    put_node(&zkc, "a_0000000001", &a);
+    let synapse = start_synapse(&cs);
     eventually("ready", WAIT, || {
-        let (status, _) = integration_tests::agents::http_get(syn_admin, "/ready").ok()?;
-        (status == 200).then_some(())
+        (http_get(synapse.admin, "/ready").ok()?.0 == 200).then_some(())
     });
-    assert_eq!(routed(syn_admin, "web"), Some(vec![addr(&a)]));
-    zkc.delete("/services/web/a_0000000001");
+    assert_eq!(routed(synapse.admin, "web"), Some(vec![addr(&a)]));
+    zkc.delete(&format!("{PATH}/a_0000000001"));
     eventually("the emptied path is noticed", WAIT, || {
-        (metric(syn_admin, "synapse_using_previous_backends{service=\"web\"}")? == 1.0).then_some(())
+        (synapse.metric("synapse_using_previous_backends")? == 1.0).then_some(())
     });
     // The last backend is still served.
-    assert_eq!(routed(syn_admin, "web"), Some(vec![addr(&a)]));
-    assert_eq!(who(listen).as_deref(), Some("a"));
+    assert_eq!(routed(synapse.admin, "web"), Some(vec![addr(&a)]));
+    assert_eq!(who(synapse.listen).as_deref(), Some("a"));
 }
 
 #[test]
 fn sigterm_deregisters_before_nerve_exits() {
     let zk = ZkCluster::standalone();
-    let a = Backend::start("a");
     let cs = zk.connect_string();
-    let mut nerve = Agent::start(
-        "nerve",
-        &nerve_config(&cs, "/services/web", free_port(), &[("a", a.port)], ""),
-    );
+    let a = Backend::start("a");
+    let (mut nerve, _) = start_nerve(&cs, &[&a], "");
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || {
-        (zkc.children("/services/web").ok()?.len() == 1).then_some(())
+        (zkc.children(PATH).ok()?.len() == 1).then_some(())
     });
     nerve.signal("TERM");
     let status = nerve.wait_exit(WAIT);
     assert!(status.success(), "clean exit: {status:?}");
     assert!(
-        zkc.children("/services/web").expect("list").is_empty(),
+        zkc.children(PATH).expect("list").is_empty(),
         "node deleted on SIGTERM"
     );
     assert!(
@@ -368,87 +322,62 @@ fn sigterm_deregisters_before_nerve_exits() {
 #[test]
 fn signal_storm_of_sighup_does_not_kill_or_unregister() {
     let zk = ZkCluster::standalone();
-    let a = Backend::start("a");
     let cs = zk.connect_string();
-    let (nerve_admin, syn_admin, listen) = (free_port(), free_port(), free_port());
-    let mut nerve = Agent::start(
-        "nerve",
-        &nerve_config(&cs, "/services/web", nerve_admin, &[("a", a.port)], ""),
-    );
-    let mut synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
-    eventually("routed", WAIT, || {
-        (routed(syn_admin, "web")? == vec![addr(&a)]).then_some(())
-    });
+    let a = Backend::start("a");
+    let (mut nerve, _) = start_nerve(&cs, &[&a], "");
+    let mut synapse = start_synapse(&cs);
+    synapse.wait_routes("routed", &[&a]);
     for _ in 0..50 {
         nerve.signal("HUP");
-        synapse.signal("HUP");
+        synapse.agent.signal("HUP");
     }
     eventually("both logged the ignored SIGHUPs", WAIT, || {
-        (nerve.log().contains("SIGHUP") && synapse.log().contains("SIGHUP")).then_some(())
+        (nerve.log().contains("SIGHUP") && synapse.agent.log().contains("SIGHUP")).then_some(())
     });
     assert!(
-        nerve.is_running() && synapse.is_running(),
+        nerve.is_running() && synapse.agent.is_running(),
         "SIGHUP must not kill an agent"
     );
-    assert_eq!(who(listen).as_deref(), Some("a"));
+    assert_eq!(who(synapse.listen).as_deref(), Some("a"));
     let zkc = Zk::connect(&cs);
-    assert_eq!(zkc.children("/services/web").expect("list").len(), 1);
+    assert_eq!(zkc.children(PATH).expect("list").len(), 1);
 }
 
 #[test]
 fn zookeeper_outage_keeps_routing_and_recovers() {
     let mut zk = ZkCluster::standalone();
-    let a = Backend::start("a");
     let cs = zk.connect_string();
-    let (nerve_admin, syn_admin, listen) = (free_port(), free_port(), free_port());
-    let mut nerve = Agent::start(
-        "nerve",
-        &nerve_config(&cs, "/services/web", nerve_admin, &[("a", a.port)], ""),
-    );
-    let mut synapse = Agent::start(
-        "synapse",
-        &synapse_config(&cs, "/services/web", syn_admin, listen, ""),
-    );
-    eventually("routed", WAIT, || {
-        (routed(syn_admin, "web")? == vec![addr(&a)]).then_some(())
-    });
+    let a = Backend::start("a");
+    let (mut nerve, _) = start_nerve(&cs, &[&a], "");
+    let mut synapse = start_synapse(&cs);
+    synapse.wait_routes("routed", &[&a]);
 
     zk.kill(0);
     eventually("synapse notices the outage", WAIT, || {
-        synapse.log().contains("disconnected").then_some(())
+        synapse.agent.log().contains("disconnected").then_some(())
     });
     assert_eq!(
-        spread(listen, 5).get("a"),
+        spread(synapse.listen, 5).get("a"),
         Some(&5),
         "routing goes on from what synapse last knew"
     );
     assert!(
-        nerve.is_running() && synapse.is_running(),
+        nerve.is_running() && synapse.agent.is_running(),
         "no agent exits on a ZooKeeper fault"
     );
 
     zk.restart(0);
     let zkc = Zk::connect(&cs);
     let b = Backend::start("b");
-    zkc.create(
-        "/services/web/b_0000000001",
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", b.port).as_bytes(),
-    );
-    let mut want = vec![addr(&a), addr(&b)];
-    want.sort();
-    eventually("changes flow again after the outage", WAIT, || {
-        (routed(syn_admin, "web")? == want).then_some(())
-    });
+    put_node(&zkc, "b_0000000001", &b);
+    synapse.wait_routes("changes flow again after the outage", &[&a, &b]);
     eventually("nerve's node is there", WAIT, || {
-        (zkc.children("/services/web")
+        let ours = zkc
+            .children(PATH)
             .ok()?
             .iter()
             .filter(|c| c.starts_with("test-host_"))
-            .count()
-            == 1)
-            .then_some(())
+            .count();
+        (ours == 1).then_some(())
     });
 }
