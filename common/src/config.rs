@@ -3,8 +3,8 @@
 //!
 //! Each agent keeps a raw, `deny_unknown_fields` mirror of its config and turns it into a
 //! validated type. Lists whose elements are independent (services, checks) are deserialized
-//! element by element with [`Problems::take`], so that one bad service does not hide the
-//! errors of the next one.
+//! one by one with [`Problems::take`], so that one bad service does not hide the errors of
+//! the next one.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -82,20 +82,6 @@ impl Problems {
                 None
             }
         }
-    }
-
-    /// Deserializes each element of a list independently (`path[i]`).
-    pub fn take_list<T: DeserializeOwned>(&mut self, path: &str, values: Vec<serde_json::Value>) -> Vec<T> {
-        values
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, v)| self.take(&format!("{path}[{i}]"), v))
-            .collect()
-    }
-
-    /// True when nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// `Ok(value)` when no problem was recorded, else the error for `file`.
@@ -232,12 +218,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {text:?}: {e}"))
 }
 
-/// Serde adapter: a duration written as a string with a unit (see [`parse_duration`]).
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
 /// Serde adapter for `Option<Duration>`.
 pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     Option::<String>::deserialize(d)?
@@ -338,98 +318,4 @@ pub fn check_zk_path(path: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("2").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("").is_err());
-    }
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Check {
-        #[serde(deserialize_with = "duration")]
-        timeout: Duration,
-    }
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Svc {
-        name: String,
-        #[serde(default)]
-        checks: Vec<Check>,
-    }
-
-    #[test]
-    fn every_list_element_reports_its_own_problem() {
-        let doc = serde_json::json!([
-            {"name": "a", "checks": [{"timeout": "1s"}, {"timeout": "2x"}]},
-            {"name": "b", "colour": "red"},
-            {"name": "c"},
-        ]);
-        let mut p = Problems::default();
-        let list: Vec<Svc> = p.take_list("services", serde_json::from_value(doc).unwrap());
-        assert_eq!(list.len(), 1);
-        let err = p.finish(Path::new("x.yaml"), ()).unwrap_err();
-        assert_eq!(err.problems.len(), 2);
-        assert_eq!(err.problems[0].path, "services[0].checks[1].timeout");
-        assert!(
-            err.problems[0].reason.contains("unknown unit"),
-            "{}",
-            err.problems[0].reason
-        );
-        assert_eq!(err.problems[1].path, "services[1].colour");
-        assert!(err.problems[1].reason.contains("colour"));
-        let text = err.to_string();
-        assert!(text.contains("x.yaml: services[0].checks[1].timeout"), "{text}");
-    }
-
-    #[test]
-    fn reads_yaml_and_json_by_extension() {
-        let dir = tempfile::tempdir().unwrap();
-        let y = dir.path().join("a.yaml");
-        std::fs::write(&y, "a: 1\nb: [x]\n").unwrap();
-        assert_eq!(
-            read_document(&y).unwrap(),
-            serde_json::json!({"a": 1, "b": ["x"]})
-        );
-        let j = dir.path().join("a.json");
-        std::fs::write(&j, "{\"a\": 1}").unwrap();
-        assert_eq!(read_document(&j).unwrap(), serde_json::json!({"a": 1}));
-        let t = dir.path().join("a.toml");
-        std::fs::write(&t, "a = 1").unwrap();
-        assert!(read_document(&t).unwrap_err().to_string().contains("extension"));
-        let bad = dir.path().join("bad.yaml");
-        std::fs::write(&bad, "a: [1\n").unwrap();
-        assert!(read_document(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("not valid YAML"));
-    }
-
-    #[test]
-    fn zk_hosts_and_paths() {
-        assert!(check_zk_hosts("127.0.0.1:2181").is_ok());
-        assert!(check_zk_hosts("a:1,b:2/chroot/x").is_ok());
-        assert!(check_zk_hosts("a").is_err());
-        assert!(check_zk_hosts("a:0").is_err());
-        assert!(check_zk_hosts("a:1//x").is_err());
-        assert!(check_zk_path("/services/web").is_ok());
-        assert!(check_zk_path("services").is_err());
-        assert!(check_zk_path("/a//b").is_err());
-        assert!(check_zk_path("/a/").is_err());
-        assert_eq!(parse_listen("8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
-        assert!(parse_listen("nope").is_err());
-    }
-}
+mod tests;

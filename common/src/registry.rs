@@ -104,16 +104,6 @@ impl Registry {
             .or_insert_with(|| Session::start(connect.to_string(), self.options.clone(), self.cancel.clone()))
             .clone()
     }
-
-    /// Every session started so far.
-    pub fn sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
 }
 
 /// The state of a session as seen by its users.
@@ -155,11 +145,6 @@ impl Session {
         let span = tracing::info_span!("zk_session", zk.connect = %connect);
         tokio::spawn(run_session(connect.clone(), options, tx, cancel).instrument(span));
         Arc::new(Session { connect, status: rx })
-    }
-
-    /// The connect string of this session's ensemble.
-    pub fn connect_string(&self) -> &str {
-        &self.connect
     }
 
     /// The current status.
@@ -746,14 +731,4 @@ impl Watcher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_children() {
-        assert!(is_seq_child("host_web_0000000007", "host_web_"));
-        assert!(!is_seq_child("host_web_", "host_web_"));
-        assert!(!is_seq_child("host_web_api_0000000007", "host_web_"));
-        assert!(!is_seq_child("other_0000000001", "host_web_"));
-    }
-}
+mod tests;
