@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::codec::{self, Node};
-use common::registry::{EnsureOutcome, Registration, Session};
+use common::registry::{EnsureOutcome, Registration, RegistryError, Session};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -77,29 +77,20 @@ pub async fn check_loop(
     let mut tick = tokio::time::interval(config.check_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        // `biased`: once shutdown is asked, an overdue tick must not start another round.
         tokio::select! {
+            biased;
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut failure = None;
-        for (check, (ok, fail, seconds)) in config.checks.iter().zip(&metrics.checks) {
-            let started = Instant::now();
-            let result = check::run(check).await;
-            seconds.observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => ok.inc(),
-                Err(err) => {
-                    fail.inc();
-                    failure = Some(format!(
-                        "{} check {}:{}: {err}",
-                        check.kind.label(),
-                        check.host,
-                        check.port
-                    ));
-                    break;
-                }
-            }
-        }
+        // A round is abandoned at once on shutdown, whatever its checks are doing (a check
+        // against a server that accepts and never answers would otherwise hold the exit for
+        // its whole timeout).
+        let failure = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            f = check_round(&config, &metrics) => f,
+        };
         if let Some(err) = &failure {
             debug!(error = %err, "check round failed");
         }
@@ -118,6 +109,28 @@ pub async fn check_loop(
             s.last_error = failure;
         });
     }
+}
+
+/// Runs the checks of one round in order; the first failure ends the round and is returned.
+async fn check_round(config: &ServiceConfig, metrics: &ServiceMetrics) -> Option<String> {
+    for (check, (ok, fail, seconds)) in config.checks.iter().zip(&metrics.checks) {
+        let started = Instant::now();
+        let result = check::run(check).await;
+        seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => ok.inc(),
+            Err(err) => {
+                fail.inc();
+                return Some(format!(
+                    "{} check {}:{}: {err}",
+                    check.kind.label(),
+                    check.host,
+                    check.port
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Time between two verifications that our node still exists, when nothing else happens.
@@ -141,27 +154,12 @@ pub async fn report_loop(
     let mut backoff = Duration::from_millis(100);
     loop {
         let want = desired.borrow_and_update().clone();
-        let result = match &want {
-            Some(data) => registration.ensure(data).await.map(|o| match o {
-                EnsureOutcome::Created => {
-                    metrics.zk_created.inc();
-                    info!(zk.node = registration.path().unwrap_or(""), "registered");
-                }
-                EnsureOutcome::Updated => {
-                    metrics.zk_updated.inc();
-                    info!(
-                        zk.node = registration.path().unwrap_or(""),
-                        "registration updated"
-                    );
-                }
-                EnsureOutcome::Unchanged => {}
-            }),
-            None => registration.remove().await.map(|existed| {
-                if existed {
-                    metrics.zk_deleted.inc();
-                    info!("deregistered");
-                }
-            }),
+        // A reconcile waiting on an unresponsive ZooKeeper must not hold up shutdown: the
+        // deregistration below has its own budget.
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            r = reconcile(&mut registration, want.as_deref(), &metrics) => r,
         };
         let wait = match result {
             Ok(()) => {
@@ -192,6 +190,37 @@ pub async fn report_loop(
     }
     deregister(&mut registration, &metrics).await;
     status.send_modify(|s| s.node = None);
+}
+
+/// One "make ZooKeeper match `want`" step.
+async fn reconcile(
+    registration: &mut Registration,
+    want: Option<&Vec<u8>>,
+    metrics: &ServiceMetrics,
+) -> Result<(), RegistryError> {
+    match want {
+        Some(data) => match registration.ensure(data).await? {
+            EnsureOutcome::Created => {
+                metrics.zk_created.inc();
+                info!(zk.node = registration.path().unwrap_or(""), "registered");
+            }
+            EnsureOutcome::Updated => {
+                metrics.zk_updated.inc();
+                info!(
+                    zk.node = registration.path().unwrap_or(""),
+                    "registration updated"
+                );
+            }
+            EnsureOutcome::Unchanged => {}
+        },
+        None => {
+            if registration.remove().await? {
+                metrics.zk_deleted.inc();
+                info!("deregistered");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {
