@@ -5,7 +5,6 @@
 //! Idle tracking adds one relaxed atomic add per read and per write and no clock read: a
 //! watcher task samples the counters a few times per timeout period instead.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,33 +229,31 @@ const IDLE_SAMPLES: u32 = 4;
 ///
 /// `progress` is a cheap counter read, typically [`Activity::total`] of the streams of a
 /// connection; race this future with the connection's work and drop both when it wins.
-pub fn idle<F>(timeout: Duration, progress: F) -> impl Future<Output = ()>
+pub async fn idle<F>(timeout: Duration, progress: F)
 where
     F: Fn() -> u64,
 {
-    async move {
-        if timeout.is_zero() {
-            return std::future::pending().await;
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    let period = (timeout / IDLE_SAMPLES).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = progress();
+    let mut quiet_ticks = 0;
+    loop {
+        tick.tick().await;
+        let now = progress();
+        if now != last {
+            last = now;
+            quiet_ticks = 0;
+            continue;
         }
-        let period = (timeout / IDLE_SAMPLES).max(Duration::from_millis(1));
-        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = progress();
-        let mut quiet_ticks = 0;
-        loop {
-            tick.tick().await;
-            let now = progress();
-            if now != last {
-                last = now;
-                quiet_ticks = 0;
-                continue;
-            }
-            quiet_ticks += 1;
-            // The last byte moved before the first quiet tick, so after IDLE_SAMPLES quiet
-            // ticks at least `timeout` has passed since.
-            if quiet_ticks >= IDLE_SAMPLES {
-                return;
-            }
+        quiet_ticks += 1;
+        // The last byte moved before the first quiet tick, so after IDLE_SAMPLES quiet ticks
+        // at least `timeout` has passed since.
+        if quiet_ticks >= IDLE_SAMPLES {
+            return;
         }
     }
 }
