@@ -2,6 +2,10 @@
 //!
 //! Each agent supplies a synchronous [`Handler`]: routes read in-memory state only, so no
 //! request ever waits on ZooKeeper.
+//!
+//! A local admin port is also a way to exhaust the process's file descriptors, so slow and
+//! idle clients are bounded ([`AdminLimits`]): header read timeout, idle timeout and a cap
+//! on open connections. Accept errors back off through [`crate::net::AcceptBackoff`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,11 +17,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
+
+use crate::net::{AcceptBackoff, AcceptRetry, Activity, Tracked};
 
 /// Default admin listen address of nerve.
 pub const NERVE_DEFAULT: SocketAddr =
@@ -83,20 +90,76 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminBindError> {
         .map_err(|source| AdminBindError { addr, source })
 }
 
-/// Serves admin requests until `cancel` fires.
+/// Limits that keep slow or idle clients from holding the admin server's connections (and
+/// the process's file descriptors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Time a client has to send a request's complete headers, counted from the moment the
+    /// server is ready to read them: from the accept for the first request, and from the
+    /// end of the previous response on a keep-alive connection, so this is also how long an
+    /// idle keep-alive connection is kept. Default 10 s. Zero disables it.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed, whatever it
+    /// is doing (e.g. a client that stalls sending a body or stops reading the response).
+    /// Default 30 s. Zero disables it.
+    pub idle_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog until one
+    /// closes. Default 32.
+    pub max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 32,
+        }
+    }
+}
+
+/// Serves admin requests with the default [`AdminLimits`] until `cancel` fires.
 pub async fn serve(listener: TcpListener, handler: Handler, cancel: CancellationToken) {
+    serve_with(listener, handler, AdminLimits::default(), cancel).await
+}
+
+/// Serves admin requests until `cancel` fires, within `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    handler: Handler,
+    limits: AdminLimits,
+    cancel: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin server listening");
+        info!(%addr, max_connections = limits.max_connections, "admin server listening");
     }
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut backoff = AcceptBackoff::new("admin");
     loop {
+        // A slot is taken before accepting, so clients past the cap wait in the backlog
+        // instead of holding a descriptor each.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
-                Ok(s) => s,
+                Ok(s) => {
+                    backoff.on_success();
+                    s
+                }
                 Err(err) => {
-                    warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let AcceptRetry::After(pause) = backoff.on_error(&err) {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
                     continue;
                 }
             },
@@ -104,21 +167,47 @@ pub async fn serve(listener: TcpListener, handler: Handler, cancel: Cancellation
         let handler = handler.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let reply = handler(req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(to_response(reply)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(err) = r { debug!(%peer, error = %err, "admin connection error") },
-                _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            let _permit = permit;
+            serve_connection(stream, peer, handler, limits, cancel).await;
         });
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Handler,
+    limits: AdminLimits,
+    cancel: CancellationToken,
+) {
+    let activity = Activity::default();
+    let io = TokioIo::new(Tracked::new(stream, &activity));
+    let service = service_fn(move |req: Request<Incoming>| {
+        let reply = handler(req.method(), req.uri().path());
+        async move { Ok::<_, Infallible>(to_response(reply)) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    // Zero disables it (hyper would otherwise apply its own 30 s default).
+    builder.header_read_timeout(Some(limits.header_read_timeout).filter(|t| !t.is_zero()));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle = crate::net::idle(limits.idle_timeout, || activity.total());
+    tokio::pin!(idle);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(err) = r { debug!(%peer, error = %err, "admin connection error") },
+        _ = &mut idle => debug!(%peer, timeout = ?limits.idle_timeout, "admin connection idle; closing"),
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            // An idle or slow client must not hold the shutdown either.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = &mut idle => {}
+            }
+        }
+    }
 }
 
 fn to_response(reply: Reply) -> Response<Full<Bytes>> {
@@ -135,3 +224,6 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
 pub fn is_get(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
+
+#[cfg(test)]
+mod tests;

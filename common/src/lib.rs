@@ -7,6 +7,7 @@
 //! - [`telemetry`]: `tracing` subscriber setup.
 //! - [`metrics`]: Prometheus rendering.
 //! - [`admin`]: the small localhost HTTP admin server.
+//! - [`net`]: accept-error backoff and connection idle tracking (proxy and admin servers).
 //! - [`shutdown`]: signals to a `CancellationToken`.
 //! - [`cli`]: what both `main`s do once their CLI is parsed.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod net;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

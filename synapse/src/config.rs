@@ -51,6 +51,33 @@ pub struct ServiceConfig {
     pub connect_attempts: NonZeroU32,
     /// When the path empties, keep routing to the previous backends. Default true.
     pub use_previous_backends: bool,
+    /// How long a connection accepted before the first full listing from ZooKeeper waits
+    /// for it; past that it is closed (and counted). Zero: closed at once. Default 5 s, or
+    /// the top-level `first_sync_timeout`.
+    pub first_sync_timeout: Duration,
+    /// A proxied connection on which no byte moves either way for this long is closed, both
+    /// sides. Zero: never. Default 1 h, or the top-level `idle_timeout`.
+    pub idle_timeout: Duration,
+    /// TCP keepalive on client and backend sockets: idle time before the first probe (then
+    /// probes every 10 s, up to 6). Zero: off. Default 60 s, or the top-level
+    /// `tcp_keepalive`.
+    pub tcp_keepalive: Duration,
+}
+
+/// Default of [`ServiceConfig::first_sync_timeout`].
+pub const DEFAULT_FIRST_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`ServiceConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default of [`ServiceConfig::tcp_keepalive`].
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Connection settings set at the top level for every service; each service may override
+/// them.
+#[derive(Debug, Default, Clone, Copy)]
+struct RawConnDefaults {
+    first_sync_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    tcp_keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +90,12 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    first_sync_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    tcp_keepalive: Option<Duration>,
     services: Vec<serde_json::Value>,
 }
 
@@ -85,6 +118,12 @@ struct RawService {
     connect_timeout: Option<Duration>,
     connect_attempts: Option<u32>,
     use_previous_backends: Option<bool>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    first_sync_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    tcp_keepalive: Option<Duration>,
 }
 
 impl Config {
@@ -99,13 +138,18 @@ impl Config {
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
         }
+        let conn = RawConnDefaults {
+            first_sync_timeout: raw.first_sync_timeout,
+            idle_timeout: raw.idle_timeout,
+            tcp_keepalive: raw.tcp_keepalive,
+        };
         let mut services: Vec<ServiceConfig> = Vec::new();
         for (i, value) in raw.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             let Some(s) = p.take::<RawService>(&at, value) else {
                 continue;
             };
-            let s = validate_service(&at, s, p);
+            let s = validate_service(&at, s, &conn, p);
             if services.iter().any(|o| o.name == s.name) {
                 p.push(
                     format!("{at}.name"),
@@ -130,7 +174,7 @@ impl Config {
     }
 }
 
-fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
+fn validate_service(at: &str, s: RawService, conn: &RawConnDefaults, p: &mut Problems) -> ServiceConfig {
     cc::check_service_name(p, at, &s.name);
     let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let listen_text = match &s.listen {
@@ -168,6 +212,18 @@ fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig 
         connect_timeout,
         connect_attempts,
         use_previous_backends: s.use_previous_backends.unwrap_or(true),
+        first_sync_timeout: s
+            .first_sync_timeout
+            .or(conn.first_sync_timeout)
+            .unwrap_or(DEFAULT_FIRST_SYNC_TIMEOUT),
+        idle_timeout: s
+            .idle_timeout
+            .or(conn.idle_timeout)
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        tcp_keepalive: s
+            .tcp_keepalive
+            .or(conn.tcp_keepalive)
+            .unwrap_or(DEFAULT_TCP_KEEPALIVE),
     }
 }
 

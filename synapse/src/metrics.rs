@@ -9,6 +9,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 pub struct Metrics {
     connections: IntCounterVec,
     no_backend: IntCounterVec,
+    rejected: IntCounterVec,
+    idle_closed: IntCounterVec,
     backends: IntGaugeVec,
     invalid_nodes: IntCounterVec,
     unavailable_nodes: IntGaugeVec,
@@ -27,6 +29,10 @@ pub struct ServiceMetrics {
     pub connections: IntCounter,
     /// Client connections closed because no backend could be reached.
     pub no_backend: IntCounter,
+    /// Client connections closed unserved, by reason.
+    pub rejected: Rejected,
+    /// Proxied connections closed after `idle_timeout` without traffic.
+    pub idle_closed: IntCounter,
     /// Backends in the current route table.
     pub backends: IntGauge,
     /// Znodes that could not be decoded.
@@ -41,6 +47,17 @@ pub struct ServiceMetrics {
     pub bytes_up: IntCounter,
     /// Bytes from backends to clients.
     pub bytes_down: IntCounter,
+}
+
+/// `synapse_connections_rejected_total` handles of one service, one per `reason`.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// `not_synced`: no first sync from ZooKeeper within `first_sync_timeout`.
+    pub not_synced: IntCounter,
+    /// `no_backend`: synced, but no backend in the table or none reachable.
+    pub no_backend: IntCounter,
+    /// `shutdown`: synapse stopped while the connection waited for the first sync.
+    pub shutdown: IntCounter,
 }
 
 /// Handles for one backend of one service.
@@ -68,6 +85,21 @@ impl Metrics {
                 Opts::new(
                     "synapse_no_backend_total",
                     "Client connections closed because no backend could be reached",
+                ),
+                svc,
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "synapse_connections_rejected_total",
+                    "Client connections closed without being proxied, by reason \
+                     (not_synced, no_backend, shutdown)",
+                ),
+                &["service", "reason"],
+            )?,
+            idle_closed: IntCounterVec::new(
+                Opts::new(
+                    "synapse_idle_timeouts_total",
+                    "Proxied connections closed after idle_timeout without traffic",
                 ),
                 svc,
             )?,
@@ -128,6 +160,8 @@ impl Metrics {
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.no_backend.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        registry.register(Box::new(m.idle_closed.clone()))?;
         registry.register(Box::new(m.backends.clone()))?;
         registry.register(Box::new(m.invalid_nodes.clone()))?;
         registry.register(Box::new(m.unavailable_nodes.clone()))?;
@@ -145,6 +179,12 @@ impl Metrics {
         ServiceMetrics {
             connections: self.connections.with_label_values(&[service]),
             no_backend: self.no_backend.with_label_values(&[service]),
+            rejected: Rejected {
+                not_synced: self.rejected.with_label_values(&[service, "not_synced"]),
+                no_backend: self.rejected.with_label_values(&[service, "no_backend"]),
+                shutdown: self.rejected.with_label_values(&[service, "shutdown"]),
+            },
+            idle_closed: self.idle_closed.with_label_values(&[service]),
             backends: self.backends.with_label_values(&[service]),
             invalid_nodes: self.invalid_nodes.with_label_values(&[service]),
             unavailable_nodes: self.unavailable_nodes.with_label_values(&[service]),

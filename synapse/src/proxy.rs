@@ -1,27 +1,41 @@
-//! The TCP proxy. HOT PATH: one task per connection; the route table is loaded once per
-//! connection, never locked.
+//! The TCP proxy. HOT PATH: one task per connection; once the service is synced, a
+//! connection costs one atomic load and one table load, never a lock.
+//!
+//! A connection accepted before the service's first sync from ZooKeeper waits for it (up to
+//! `first_sync_timeout`) instead of being closed: a restarting synapse binds its listeners
+//! before ZooKeeper has answered. Proxied connections are closed after `idle_timeout`
+//! without traffic, and both sockets have TCP keepalive, so half-open connections do not
+//! hold descriptors forever.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::net::{self, AcceptBackoff, AcceptRetry, Activity, Tracked};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::service::Service;
 use crate::table::{Backend, Target};
 
-/// Accepts connections until `cancel` fires. Accept errors (e.g. too many open files) are
-/// logged and retried after a pause; the loop never dies. Connections are tracked in
-/// `connections` so shutdown can wait for them.
+/// Interval between keepalive probes once the first one is sent.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection.
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Accepts connections until `cancel` fires. Accept errors (e.g. too many open files) back
+/// off through [`AcceptBackoff`] (rate-limited warnings); the loop never dies. Connections
+/// are tracked in `connections` so shutdown can wait for them.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<Service>,
     connections: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let mut pause = Duration::from_millis(5);
+    let mut backoff = AcceptBackoff::new("proxy");
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -29,24 +43,66 @@ pub async fn serve(
         };
         let (client, peer) = match accepted {
             Ok(c) => {
-                pause = Duration::from_millis(5);
+                backoff.on_success();
                 c
             }
             Err(err) => {
-                warn!(error = %err, retry_in = ?pause, "accept failed");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
+                if let AcceptRetry::After(pause) = backoff.on_error(&err) {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
                 continue;
             }
         };
         service.metrics.connections.inc();
         let svc = service.clone();
+        let cancel = cancel.clone();
         let span = tracing::debug_span!("conn", client.addr = %peer);
-        connections.spawn(async move { proxy(client, &svc).await }.instrument(span));
+        connections.spawn(async move { proxy(client, &svc, &cancel).await }.instrument(span));
     }
 }
 
-async fn proxy(mut client: TcpStream, service: &Service) {
+/// Why a connection that arrived before the first sync was not served.
+enum NotSynced {
+    TimedOut,
+    Shutdown,
+}
+
+/// Waits until the service's first route table is installed, up to `first_sync_timeout`.
+async fn first_sync(service: &Service, cancel: &CancellationToken) -> Result<(), NotSynced> {
+    let mut synced = service.first_sync.subscribe();
+    let wait = tokio::time::timeout(service.config.first_sync_timeout, synced.wait_for(|s| *s));
+    tokio::select! {
+        _ = cancel.cancelled() => Err(NotSynced::Shutdown),
+        r = wait => match r {
+            Ok(Ok(_)) => Ok(()),
+            // The sender lives in the service, so a closed channel only happens at teardown.
+            Ok(Err(_)) => Err(NotSynced::Shutdown),
+            Err(_) => Err(NotSynced::TimedOut),
+        },
+    }
+}
+
+async fn proxy(client: TcpStream, service: &Service, cancel: &CancellationToken) {
+    keepalive(&client, service.config.tcp_keepalive);
+    if !service.synced.load(Ordering::Acquire) {
+        if let Err(why) = first_sync(service, cancel).await {
+            let rejected = &service.metrics.rejected;
+            match why {
+                NotSynced::TimedOut => {
+                    rejected.not_synced.inc();
+                    debug!(
+                        waited = ?service.config.first_sync_timeout,
+                        "no first sync from ZooKeeper in time; closing client connection"
+                    );
+                }
+                NotSynced::Shutdown => rejected.shutdown.inc(),
+            }
+            return;
+        }
+    }
     let table = service.table.load_full();
     let attempts = service.config.connect_attempts.get() as usize;
     let mut chosen = None;
@@ -62,8 +118,9 @@ async fn proxy(mut client: TcpStream, service: &Service) {
             }
         }
     }
-    let Some((backend, mut upstream)) = chosen else {
+    let Some((backend, upstream)) = chosen else {
         service.metrics.no_backend.inc();
+        service.metrics.rejected.no_backend.inc();
         debug!(
             backends = table.backends().len(),
             "no backend reachable; closing client connection"
@@ -72,18 +129,49 @@ async fn proxy(mut client: TcpStream, service: &Service) {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    keepalive(&upstream, service.config.tcp_keepalive);
     let m = &backend.state.metrics;
     m.connections.inc();
     m.active.inc();
+    let (client_io, upstream_io) = (Activity::default(), Activity::default());
+    let mut c = Tracked::new(client, &client_io);
+    let mut u = Tracked::new(upstream, &upstream_io);
+    let idle = net::idle(service.config.idle_timeout, || {
+        client_io.total() + upstream_io.total()
+    });
     // copy_bidirectional forwards a half-close (EOF) in each direction with shutdown().
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    // When the idle watcher wins, dropping the copy closes both sockets.
+    let result = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => Some(r),
+        _ = idle => None,
+    };
     m.active.dec();
+    // Counted from the wrappers, so an idle timeout or an error still reports the bytes.
+    service.metrics.bytes_up.inc_by(upstream_io.written());
+    service.metrics.bytes_down.inc_by(client_io.written());
     match result {
-        Ok((up, down)) => {
-            service.metrics.bytes_up.inc_by(up);
-            service.metrics.bytes_down.inc_by(down);
+        Some(Ok(_)) => {}
+        Some(Err(err)) => {
+            debug!(backend.addr = %backend.state.key, error = %err, "connection ended with an error")
         }
-        Err(err) => debug!(backend.addr = %backend.state.key, error = %err, "connection ended with an error"),
+        None => {
+            service.metrics.idle_closed.inc();
+            debug!(backend.addr = %backend.state.key, timeout = ?service.config.idle_timeout, "connection idle; closed both sides");
+        }
+    }
+}
+
+/// Turns TCP keepalive on (`idle` before the first probe; zero leaves it off).
+fn keepalive(stream: &TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    let params = TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&params) {
+        debug!(error = %err, "cannot set TCP keepalive");
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use common::codec::Node;
 use common::registry::{self, Session, WatchUpdate};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,8 +26,11 @@ pub struct Service {
     pub config: ServiceConfig,
     /// The current route table. Loaded once per connection.
     pub table: ArcSwap<RouteTable>,
-    /// Set after the first full listing from ZooKeeper.
+    /// Set after the first full listing from ZooKeeper, once its table is installed. The
+    /// proxy's fast path reads only this.
     pub synced: AtomicBool,
+    /// The same fact as a channel, for connections that arrive before it and wait.
+    pub first_sync: watch::Sender<bool>,
     /// Metric handles.
     pub metrics: ServiceMetrics,
 }
@@ -38,6 +42,7 @@ impl Service {
             config,
             table: ArcSwap::default(),
             synced: AtomicBool::new(false),
+            first_sync: watch::Sender::new(false),
             metrics,
         }
     }
@@ -75,7 +80,9 @@ pub async fn watch_loop(
             synced |= w.apply(more);
         }
         w.install();
-        if synced && !w.service.synced.swap(true, Ordering::Relaxed) {
+        // Release: a connection that sees `synced` also sees the table installed above.
+        if synced && !w.service.synced.swap(true, Ordering::Release) {
+            w.service.first_sync.send_replace(true);
             info!(
                 backends = w.service.table.load().backends().len(),
                 "first sync complete"
@@ -168,7 +175,6 @@ impl Watcher {
             self.states.remove(&key);
             self.metrics.forget_backend(name, &key);
         }
-        self.service.metrics.stale.set(0);
         self.service.metrics.stale.set(0);
         self.service.metrics.backends.set(table.backends().len() as i64);
         self.service.metrics.updates.inc();

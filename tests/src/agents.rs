@@ -36,11 +36,31 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
+        Self::spawn(name, config, None)
+    }
+
+    /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
+    pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
+        Self::spawn(name, config, Some(nofile))
+    }
+
+    fn spawn(name: &'static str, config: &str, nofile: Option<u32>) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log file");
-        let child = Command::new(binary(name))
+        let mut command = match nofile {
+            None => Command::new(binary(name)),
+            Some(n) => {
+                // `exec` keeps the pid, so signals and kill-on-drop reach the agent itself.
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary(name));
+                c
+            }
+        };
+        let child = command
             .arg("-c")
             .arg(&cfg)
             .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
@@ -147,6 +167,75 @@ impl Backend {
 }
 
 impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP echo backend: every connection gets back what it sends, until it closes. Counts
+/// the connections it saw end (EOF or error), so tests can tell that a proxy closed its
+/// side. Dropping it closes the listener.
+#[derive(Debug)]
+pub struct EchoBackend {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    /// Starts on a free port.
+    pub fn start() -> EchoBackend {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind echo backend");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c) = (stop.clone(), closed.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let c = c.clone();
+                        std::thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let mut buf = [0u8; 4096];
+                            loop {
+                                match conn.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        if conn.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            c.fetch_add(1, Ordering::SeqCst);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        EchoBackend {
+            port,
+            closed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections that ended so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -17,4 +17,4 @@ pub mod zk;
 pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async};
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
-pub use agents::{Agent, Backend, Zk};
+pub use agents::{Agent, Backend, EchoBackend, Zk};

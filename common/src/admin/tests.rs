@@ -1,0 +1,166 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// Generous bound for "the server closed it by now".
+const WITHIN: Duration = Duration::from_secs(10);
+
+async fn start(limits: AdminLimits) -> (SocketAddr, CancellationToken) {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let handler: Handler = Arc::new(|_, path| match path {
+        // Larger than the socket buffers: a client that does not read stalls the write.
+        "/big" => Reply::text(StatusCode::OK, "x".repeat(64 << 20)),
+        _ => Reply::text(StatusCode::OK, format!("at {path}\n")),
+    });
+    tokio::spawn(serve_with(listener, handler, limits, cancel.clone()));
+    (addr, cancel)
+}
+
+/// Reads until the server closes the connection; returns what was read, or panics if it
+/// is still open after `within`.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => panic!(
+                "connection still open after {within:?}; read so far: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body, leaving the connection open.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WITHIN, s.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a full response: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+fn limits(header: u64, idle: u64, max: usize) -> AdminLimits {
+    AdminLimits {
+        header_read_timeout: Duration::from_millis(header),
+        idle_timeout: Duration::from_millis(idle),
+        max_connections: max,
+    }
+}
+
+#[tokio::test]
+async fn half_a_request_header_is_disconnected_after_the_header_timeout() {
+    let (addr, _cancel) = start(limits(300, 60_000, 32)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc").await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut s, WITHIN).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (addr, _cancel) = start(limits(300, 60_000, 32)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for path in ["/a", "/b"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with(&format!("at {path}\n")),
+            "{resp}"
+        );
+    }
+    // Kept alive between requests, closed once idle past the header timeout.
+    assert_eq!(read_until_closed(&mut s, WITHIN).await, "");
+}
+
+#[tokio::test]
+async fn a_connection_with_no_progress_is_closed_after_the_idle_timeout() {
+    // One slot: the second client is served only once the first connection is gone.
+    let (addr, _cancel) = start(limits(60_000, 300, 1)).await;
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    // Asks for a large answer and does not read it: the server's write stalls.
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 15];
+    stalled.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(b"GET /small HTTP/1.0\r\n\r\n").await.unwrap();
+    let resp = read_until_closed(&mut next, WITHIN).await;
+    assert!(resp.ends_with("at /small\n"), "{resp:?}");
+    // The stalled answer was cut short: what was already in the socket buffers, then EOF.
+    let rest = read_until_closed(&mut stalled, WITHIN).await;
+    assert!(
+        rest.len() < 64 << 20,
+        "the whole answer was kept for the stalled client"
+    );
+}
+
+#[tokio::test]
+async fn past_the_cap_a_client_waits_for_a_slot_and_is_served() {
+    let (addr, _cancel) = start(limits(500, 60_000, 2)).await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        slow.push(s);
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let resp = read_until_closed(&mut s, WITHIN).await;
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp:?}");
+    // It could only be served once a slow client had been dropped.
+    let mut closed = 0;
+    for mut s in slow {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 1,
+        "the answer came while both slots were held by slow clients"
+    );
+}
