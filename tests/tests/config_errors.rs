@@ -353,3 +353,27 @@ fn nerve_refuses_bad_hosts() {
     assert!(err.contains("services[0].host"), "{err}");
     assert!(err.contains("services[0].checks[0].host"), "{err}");
 }
+
+#[test]
+fn check_config_fails_on_a_bad_rust_log_as_a_start_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("ok.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  - {name: web, zk_hosts: '127.0.0.1:2181', zk_path: /s/web, listen: 3306}\n",
+    )
+    .expect("write");
+    let run = |rust_log: &str| {
+        Command::new(binary("synapse"))
+            .args(["--check-config", "-c"])
+            .arg(&file)
+            .env("RUST_LOG", rust_log)
+            .output()
+            .expect("run")
+    };
+    let out = run("debug,x=loud");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("RUST_LOG"), "{err}");
+    assert_eq!(run("debug").status.code(), Some(0));
+}
