@@ -468,7 +468,12 @@ pub fn admin_listen(p: &mut Problems, admin: Option<RawAdminConfig>, default: So
     }
 }
 
-/// Parses `"250ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"` into a [`Duration`].
+/// Longest duration any key accepts (24 h): far beyond any sensible timeout or interval,
+/// and far from the overflows of `Instant + Duration` that an absurd value would cause.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `"250ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"` into a [`Duration`] of at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -490,7 +495,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {text:?}: {e}"))
+    let d =
+        Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {text:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("invalid duration {text:?}: longer than 24h"));
+    }
+    Ok(d)
 }
 
 /// Serde adapter for `Option<Duration>`.

@@ -269,6 +269,15 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
     if s.port == 0 {
         p.push(format!("{at}.port"), "port must be in 1..=65535");
     }
+    // airbnb synapse pastes it into the HAProxy `server` line: a newline would inject config.
+    if let Some(o) = &s.haproxy_server_options {
+        if o.chars().any(char::is_control) {
+            p.push(
+                format!("{at}.haproxy_server_options"),
+                "must not contain control characters (newlines, tabs, ...)",
+            );
+        }
+    }
     if let Some(w) = s.weight.filter(|w| *w > u32::from(u8::MAX)) {
         p.push(
             format!("{at}.weight"),

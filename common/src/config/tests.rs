@@ -11,6 +11,9 @@ fn durations() {
     assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
     assert!(parse_duration("fast").is_err());
     assert!(parse_duration("").is_err());
+    assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
+    assert!(parse_duration("24.1h").unwrap_err().contains("24h"));
+    assert!(parse_duration("5000000000000000h").is_err());
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,7 +268,9 @@ fn session_timeout_range() {
     };
     assert_eq!(zk("1s").0, Some(Duration::from_secs(1)));
     assert_eq!(zk("5m").0, Some(Duration::from_secs(300)));
-    for bad in ["1000h", "999ms", "0s", "301s"] {
+    let (_, got) = zk("1000h");
+    assert_eq!(got[0].0, "zookeeper.session_timeout", "{got:?}");
+    for bad in ["2h", "999ms", "0s", "301s"] {
         let (_, got) = zk(bad);
         assert_eq!(got.len(), 1, "{bad}: {got:?}");
         assert_eq!(got[0].0, "zookeeper.session_timeout");

@@ -226,3 +226,21 @@ fn a_service_with_a_bad_required_key_is_still_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn haproxy_server_options_cannot_inject_lines() {
+    let err = load(&format!(
+        "services:\n{}",
+        svc(
+            "web",
+            "haproxy_server_options: \"backup\\n  server evil 1.2.3.4:80\", "
+        )
+    ))
+    .unwrap_err();
+    assert_eq!(paths(&err), ["services[0].haproxy_server_options"], "{err}");
+    assert!(load(&format!(
+        "services:\n{}",
+        svc("web", "haproxy_server_options: 'backup check inter 2s', ")
+    ))
+    .is_ok());
+}
