@@ -111,14 +111,15 @@ impl Problems {
     /// inside it with its full key path.
     ///
     /// serde stops at the first error, so on an error the offending key is recorded, removed
-    /// from `value` and the deserialization tried again (at most [`MAX_ATTEMPTS`] times).
-    /// When a required key is missing, or was removed that way (then serde's follow-up
-    /// "missing field" is not recorded), a neutral stand-in (`""`, `0`, `[]`, `{}` or `false`, the first that fits)
-    /// takes its place, so the rest of the value is still checked; if none fits, the struct
-    /// holding the key is removed in turn. Returns `Some` when `value` deserializes once the
-    /// bad keys are gone or stood in for, so the caller can go on checking the rest; later
-    /// problems pushed at a refused key are dropped, and the recorded problems still fail the
-    /// config.
+    /// from `value` and the deserialization tried again (a bounded number of times). When a
+    /// required key is missing, or was removed that way (then serde's follow-up "missing
+    /// field" is not recorded), a neutral stand-in (`""`, `0`, `[]`, `{}` or `false`, the
+    /// first that fits) takes its place, so the rest of the value is still checked; if none
+    /// fits, the struct holding the key is removed in turn.
+    ///
+    /// Returns `Some` when `value` deserializes once the bad keys are gone or stood in for,
+    /// so the caller can go on checking the rest: later problems pushed at a refused key are
+    /// dropped as repeats, and the recorded problems still fail the config.
     pub fn take<T: DeserializeOwned>(&mut self, path: &str, mut value: Value) -> Option<T> {
         let mut removed: Vec<Vec<Seg>> = Vec::new();
         for _ in 0..MAX_ATTEMPTS {
@@ -227,8 +228,8 @@ fn removal_target(at: &[Seg]) -> Option<Vec<Seg>> {
     Some(at[..=last_key].to_vec())
 }
 
-/// Puts the first neutral value `T` accepts at `field` (a required key whose bad value was
-/// removed); false, with the key removed again, when none fits.
+/// Puts the first neutral value `T` accepts at `field` (a required key, missing or whose bad
+/// value was removed); false, with the key removed again, when none fits.
 fn stand_in<T: DeserializeOwned>(value: &mut Value, field: &[Seg]) -> bool {
     let Some((Seg::Key(key), parents)) = field.split_last() else {
         return false;

@@ -377,3 +377,67 @@ fn check_config_fails_on_a_bad_rust_log_as_a_start_would() {
     assert!(err.contains("RUST_LOG"), "{err}");
     assert_eq!(run("debug").status.code(), Some(0));
 }
+
+/// The characters `--check-config` refuses in a `zk_path` are exactly the ones a real
+/// ZooKeeper refuses (through the client nerve and synapse use), so no accepted path makes
+/// an agent retry forever and no good path is refused.
+#[test]
+fn zk_path_characters_match_what_zookeeper_accepts() {
+    use zookeeper_client as zkc;
+    let zk = integration_tests::ZkCluster::standalone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let client = rt
+        .block_on(zkc::Client::connector().connect(&zk.connect_string()))
+        .expect("connect");
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    let samples = [
+        '\u{0}',
+        '\u{1}',
+        '\t',
+        '\u{1f}',
+        ' ',
+        'a',
+        '~',
+        '\u{7f}',
+        '\u{85}',
+        '\u{9f}',
+        '\u{a0}',
+        'é',
+        '\u{d7ff}',
+        '\u{e000}',
+        '\u{f8ff}',
+        '\u{f900}',
+        '\u{ffef}',
+        '\u{fff0}',
+        '\u{fffd}',
+        '\u{10000}',
+        '\u{1f600}',
+    ];
+    for (i, c) in samples.into_iter().enumerate() {
+        let path = format!("/p{i}{c}x");
+        let zk_ok = match rt.block_on(client.create(&path, b"", &opts)) {
+            Ok(_) => true,
+            Err(zkc::Error::BadArguments(_)) => false,
+            // What the server itself refuses comes back as a server error.
+            Err(e) => {
+                assert!(
+                    !matches!(e, zkc::Error::ConnectionLoss | zkc::Error::Timeout),
+                    "{c:?}: {e}"
+                );
+                false
+            }
+        };
+        let json = serde_json::json!({"services": [{"name": "web", "zk_hosts": "127.0.0.1:2181",
+            "zk_path": path, "listen": 3306}]});
+        let (code, err) = check("synapse", "p.json", &json.to_string());
+        assert_eq!(
+            code == 0,
+            zk_ok,
+            "U+{:04X}: ZooKeeper accepts: {zk_ok}; {err}",
+            u32::from(c)
+        );
+    }
+}
