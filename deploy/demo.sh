@@ -229,6 +229,7 @@ $(for b in "backend-a $A_PORT" "backend-b $B_PORT"; do
   set -- $b
   cat <<SVC
   - name: $1
+    instance_id: demo-host-$1
     host: 127.0.0.1
     port: $2
     zk_hosts: 127.0.0.1:$ZK_PORT

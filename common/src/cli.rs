@@ -39,6 +39,10 @@ where
         }
     };
     if check_only {
+        if let Err(err) = crate::telemetry::filter(config.log()) {
+            eprintln!("{name}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!(
             "{name}: {} is valid ({} services)",
             file.display(),

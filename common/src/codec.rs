@@ -25,13 +25,14 @@
 //! URL-safe base64 alphabet contains `_` and `-`, so the name is split by the declared length, never by
 //! searching for `_`. Both padded (what airbnb nerve writes) and unpadded base64 are accepted.
 //!
-//! [`encode`] writes the airbnb-nerve dialect (with go-nerve's `available: false` and
-//! `unavailable_reason` only for unavailable nodes), and [`encode_path_name`] builds the path-encoded
+//! [`encode`] writes the airbnb-nerve dialect plus go-nerve's `available` (always: go-synapse only
+//! puts a server back in rotation when it reads `"available": true`; airbnb readers ignore the key)
+//! and, for unavailable nodes, `unavailable_reason`. [`encode_path_name`] builds the path-encoded
 //! child-name prefix.
 //!
-//! Decoding validates what it returns: the host is non-empty and contains no whitespace, the port is in
-//! `1..=65535`, and the weight is a non-negative integer that fits in a `u32`. It never panics, whatever
-//! the input.
+//! Decoding validates what it returns: the host passes [`check_host`] (an IP address or a host name),
+//! the port is in `1..=65535`, and the weight is a non-negative integer that fits in a `u32`. It never
+//! panics, whatever the input.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,7 @@ const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(
 /// One service instance as found in (or written to) ZooKeeper.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    /// Host name or IP address the instance listens on. Non-empty, no whitespace.
+    /// Host name or IP address the instance listens on; passes [`check_host`] once decoded.
     pub host: String,
     /// TCP port, `1..=65535` once decoded.
     pub port: u16,
@@ -113,8 +114,9 @@ pub enum DecodeError {
     /// The port is not a number (or numeric string) in `1..=65535`; holds its JSON text.
     #[error("port {0} is not a number in 1..=65535")]
     BadPort(String),
-    /// The host is empty or contains whitespace; holds the host.
-    #[error("host {0:?} is empty or contains whitespace")]
+    /// The host is not an IP address nor a host name (see [`check_host`]); holds the
+    /// (shortened) host.
+    #[error("host {0:?} is not an IP address or a valid host name")]
     BadHost(String),
     /// The weight is not a non-negative integer that fits in a u32; holds its JSON text.
     #[error("weight {0} is not a non-negative integer that fits in 32 bits")]
@@ -137,9 +139,9 @@ struct WireNode<'a> {
     haproxy_server_options: Option<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: &'a BTreeMap<String, String>,
-    /// Only ever `Some(false)`: available nodes omit the key (go-nerve style).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    available: Option<bool>,
+    /// Always written, as go-nerve does: go-synapse re-enables a server in HAProxy only on an
+    /// explicit `true`.
+    available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     unavailable_reason: Option<&'a str>,
 }
@@ -147,8 +149,8 @@ struct WireNode<'a> {
 /// Encodes `node` as the airbnb-nerve JSON payload (compact, deterministic key order).
 ///
 /// Keys, in order: `host`, `port` (a JSON number), then `name`, `weight`, `haproxy_server_options` and
-/// `labels` when set / non-empty. When `node.available` is false, `"available": false` and (if set)
-/// `unavailable_reason` follow, as go-nerve writes them. `shard` is not written (it is a serverset
+/// `labels` when set / non-empty, then `available` (always), then `unavailable_reason` when the node is
+/// unavailable and a reason is set, as go-nerve writes them. `shard` is not written (it is a serverset
 /// concept).
 pub fn encode(node: &Node) -> Vec<u8> {
     let wire = WireNode {
@@ -158,7 +160,7 @@ pub fn encode(node: &Node) -> Vec<u8> {
         weight: node.weight,
         haproxy_server_options: node.haproxy_server_options.as_deref(),
         labels: &node.labels,
-        available: if node.available { None } else { Some(false) },
+        available: node.available,
         unavailable_reason: if node.available {
             None
         } else {
@@ -338,16 +340,76 @@ fn optional_string(obj: &Map<String, Value>, key: &'static str) -> Result<Option
     }
 }
 
-/// A required host: a non-empty string without whitespace.
+/// A required host: a string that passes [`check_host`].
 fn parse_host(value: Option<&Value>, key: &'static str) -> Result<String, DecodeError> {
     match value {
         None => Err(DecodeError::MissingField(key)),
-        Some(Value::String(s)) if s.is_empty() || s.chars().any(char::is_whitespace) => {
-            Err(DecodeError::BadHost(shorten(s)))
-        }
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => match check_host(s) {
+            Ok(()) => Ok(s.clone()),
+            Err(_) => Err(DecodeError::BadHost(shorten(s))),
+        },
         Some(other) => Err(wrong_type(key, "a string", other)),
     }
+}
+
+/// Longest accepted host name, in bytes, not counting a trailing dot (RFC 1035).
+pub const MAX_HOST_BYTES: usize = 253;
+
+/// Longest label of a host name, in bytes (RFC 1035).
+const MAX_LABEL_BYTES: usize = 63;
+
+/// Checks that `host` is something a backend address can be: an IPv4 literal
+/// (`10.0.0.1`), a bare IPv6 literal (`fd00::1`; no brackets, no zone: payloads and
+/// `host:port` parsers expect it bare), or a host name in the RFC 1123 syntax: dot-separated
+/// labels of 1 to 63 ASCII letters, digits and hyphens, not starting or ending with a hyphen,
+/// at most 253 bytes in all, one trailing dot allowed, and a last label that is not all
+/// digits (`10.0.0.256` is a bad address, not a name).
+///
+/// Underscores are accepted in labels: RFC 1123 does not allow them in host names, but real
+/// fleets have them (`db_replica-3.internal`) and resolvers look them up fine.
+///
+/// Shared by [`decode`] (a payload's host) and nerve's config (the registered `host`). Returns
+/// why the host is refused.
+pub fn check_host(host: &str) -> Result<(), &'static str> {
+    if host.is_empty() {
+        return Err("empty host");
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.starts_with('[') {
+        return Err("an IPv6 address is written without brackets");
+    }
+    if host.contains(':') {
+        return Err("not a valid IPv6 address");
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > MAX_HOST_BYTES {
+        return Err("longer than 253 bytes");
+    }
+    let mut last = "";
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (two dots in a row, or a leading dot)");
+        }
+        if label.len() > MAX_LABEL_BYTES {
+            return Err("a label is longer than 63 bytes");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("only ASCII letters, digits, '-', '_' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label starts or ends with '-'");
+        }
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a valid IPv4 address");
+    }
+    Ok(())
 }
 
 /// A required port: a JSON integer or a string of ASCII digits, in `1..=65535`.

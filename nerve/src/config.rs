@@ -13,8 +13,8 @@ use serde::Deserialize;
 /// A validated nerve configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// This host's name in ZooKeeper (`name` in payloads, prefix of node names).
-    /// Default: the machine's hostname.
+    /// This host's name in ZooKeeper (`name` in payloads, prefix of node names), unless a
+    /// service sets its own. Default: the machine's hostname. See [`check_instance_id`].
     pub instance_id: String,
     /// Requested ZooKeeper session timeout. Default 10 s.
     pub zk_session_timeout: Duration,
@@ -33,6 +33,10 @@ pub struct Config {
 pub struct ServiceConfig {
     /// Unique name within this config; also part of the node name.
     pub name: String,
+    /// The payload's `name` and the node-name prefix (`<instance_id>_<name>_<seq>`): the
+    /// service's own `instance_id` key, else the top-level one. No two services of one
+    /// config write the same `instance_id` to the same ensemble and path.
+    pub instance_id: String,
     /// Address registered (and checked, unless a check overrides it).
     pub host: String,
     /// Port registered (and checked, unless a check overrides it).
@@ -41,7 +45,8 @@ pub struct ServiceConfig {
     pub zk_hosts: String,
     /// Parent path of the nodes, e.g. `/services/web`.
     pub zk_path: String,
-    /// Relative weight written in the payload. Default: none.
+    /// Relative weight written in the payload, `0..=255` (go-synapse reads it as a `u8` and
+    /// drops a node with a larger one). Default: none.
     pub weight: Option<u32>,
     /// Labels written in the payload.
     pub labels: BTreeMap<String, String>,
@@ -101,7 +106,7 @@ impl CheckKind {
 struct RawConfig {
     instance_id: Option<String>,
     #[serde(default)]
-    zookeeper: RawZk,
+    zookeeper: cc::RawZookeeperConfig,
     admin: Option<RawAdminConfig>,
     #[serde(default)]
     log: LogConfig,
@@ -110,17 +115,11 @@ struct RawConfig {
     services: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawZk {
-    #[serde(default, deserialize_with = "cc::opt_duration")]
-    session_timeout: Option<Duration>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: String,
+    instance_id: Option<String>,
     host: String,
     port: u16,
     zk_hosts: cc::ZkHosts,
@@ -161,50 +160,129 @@ impl Config {
     fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
         let raw: RawConfig = p.take("", doc)?;
         let admin_listen = cc::admin_listen(p, raw.admin, common::admin::NERVE_DEFAULT);
-        let instance_id = raw.instance_id.unwrap_or_else(common::hostname);
-        if instance_id.is_empty() || instance_id.contains(['/', ' ']) {
-            p.push(
-                "instance_id",
-                format!("{instance_id:?} must be non-empty, without '/' or spaces"),
-            );
-        }
+        let instance_id = match raw.instance_id {
+            Some(id) => {
+                if let Err(e) = check_instance_id(&id) {
+                    p.push("instance_id", e);
+                }
+                id
+            }
+            None => {
+                let id = common::hostname();
+                if let Err(e) = check_instance_id(&id) {
+                    p.push(
+                        "instance_id",
+                        format!("{e} (it defaults to the hostname: set instance_id)"),
+                    );
+                }
+                id
+            }
+        };
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
         }
-        let mut services = Vec::new();
+        // (index in the file, service): a service that did not deserialize is skipped, and
+        // later messages must still name the right index.
+        let mut services: Vec<(usize, ServiceConfig)> = Vec::new();
         for (i, value) in raw.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             if let Some(s) = p.take::<RawService>(&at, value) {
-                services.push(validate_service(&at, s, p));
+                services.push((i, validate_service(&at, s, &instance_id, p)));
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        for (i, s) in services.iter().enumerate() {
-            if !seen.insert(&s.name) {
+        for (n, (i, s)) in services.iter().enumerate() {
+            let earlier = &services[..n];
+            if earlier.iter().any(|(_, o)| o.name == s.name) {
                 p.push(
                     format!("services[{i}].name"),
                     format!("duplicate service name {:?}", s.name),
                 );
             }
+            // go-synapse names HAProxy servers after the payload's `name`: two with one name
+            // on one path make HAProxy refuse its whole config.
+            let here = cc::zk_location_key(&s.zk_hosts, &s.zk_path);
+            if let Some((j, o)) = earlier.iter().find(|(_, o)| {
+                o.instance_id == s.instance_id && cc::zk_location_key(&o.zk_hosts, &o.zk_path) == here
+            }) {
+                p.push(
+                    format!("services[{i}].instance_id"),
+                    format!(
+                        "services[{j}] ({}) already registers instance_id {:?} on the same \
+                         ZooKeeper path: give one of them its own instance_id",
+                        o.name, s.instance_id
+                    ),
+                );
+            }
         }
         Some(Config {
             instance_id,
-            zk_session_timeout: raw.zookeeper.session_timeout.unwrap_or(Duration::from_secs(10)),
+            zk_session_timeout: raw.zookeeper.session_timeout(),
             admin_listen,
             log: raw.log,
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
-            services,
+            services: services.into_iter().map(|(_, s)| s).collect(),
         })
     }
 }
 
-fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
-    cc::check_service_name(p, at, &s.name);
-    if s.host.is_empty() || s.host.contains(char::is_whitespace) {
-        p.push(format!("{at}.host"), format!("invalid host {:?}", s.host));
+/// Longest payload `name`, in bytes.
+pub const MAX_INSTANCE_ID_BYTES: usize = cc::MAX_NAME_BYTES;
+
+/// Checks an `instance_id` (top-level or per service). It becomes the payload's `name`
+/// (go-synapse: the HAProxy server name) and the node-name prefix, so: 1 to
+/// [`MAX_INSTANCE_ID_BYTES`] ASCII letters, digits, `-`, `_`, `.` (what ZooKeeper node
+/// names and HAProxy server names both accept), and not starting with `base64_`, which
+/// readers take for airbnb's path-encoded node names.
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    cc::check_name(id)?;
+    if id.starts_with(PATH_ENCODED_PREFIX) {
+        return Err(format!(
+            "{id:?} must not start with {PATH_ENCODED_PREFIX:?}: readers would take the node \
+             for a path-encoded one"
+        ));
     }
+    Ok(())
+}
+
+const PATH_ENCODED_PREFIX: &str = "base64_";
+
+/// Records why `host` (at `key`) is not an address nerve can register or check.
+fn check_host(p: &mut Problems, key: String, host: &str) {
+    if let Err(e) = common::codec::check_host(host) {
+        let quoted: String = host.chars().take(64).collect();
+        p.push(key, format!("invalid host {quoted:?}: {e}"));
+    }
+}
+
+fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems) -> ServiceConfig {
+    cc::check_service_name(p, at, &s.name);
+    let instance_id = match s.instance_id {
+        Some(id) => {
+            if let Err(e) = check_instance_id(&id) {
+                p.push(format!("{at}.instance_id"), e);
+            }
+            id
+        }
+        None => default_id.to_string(),
+    };
+    check_host(p, format!("{at}.host"), &s.host);
     if s.port == 0 {
         p.push(format!("{at}.port"), "port must be in 1..=65535");
+    }
+    // airbnb synapse pastes it into the HAProxy `server` line: a newline would inject config.
+    if let Some(o) = &s.haproxy_server_options {
+        if o.chars().any(char::is_control) {
+            p.push(
+                format!("{at}.haproxy_server_options"),
+                "must not contain control characters (newlines, tabs, ...)",
+            );
+        }
+    }
+    if let Some(w) = s.weight.filter(|w| *w > u32::from(u8::MAX)) {
+        p.push(
+            format!("{at}.weight"),
+            format!("weight {w} is out of range 0..=255 (go-synapse drops nodes with a larger one)"),
+        );
     }
     let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let check_interval = s.check_interval.unwrap_or(Duration::from_secs(1));
@@ -231,6 +309,7 @@ fn validate_service(at: &str, s: RawService, p: &mut Problems) -> ServiceConfig 
     }
     ServiceConfig {
         name: s.name,
+        instance_id,
         host: s.host,
         port: s.port,
         zk_hosts,
@@ -260,8 +339,20 @@ fn validate_check(at: &str, c: RawCheck, host: &str, port: u16, p: &mut Problems
         }
         "http" => {
             let uri = c.uri.unwrap_or_else(|| "/health".to_string());
-            if !uri.starts_with('/') {
-                p.push(format!("{at}.uri"), format!("{uri:?} must start with '/'"));
+            // What the check builds its request from: refused here, not at every round.
+            if !uri.starts_with('/') || uri.parse::<hyper::Uri>().is_err() {
+                p.push(
+                    format!("{at}.uri"),
+                    format!("{uri:?} must be a request path starting with '/'"),
+                );
+            }
+            if let Some(h) = &c.host_header {
+                if h.is_empty() || hyper::header::HeaderValue::from_str(h).is_err() {
+                    p.push(
+                        format!("{at}.host_header"),
+                        format!("{h:?} is not a valid Host header value"),
+                    );
+                }
             }
             let expect_status = match &c.expect_status {
                 None => (200, 399),
@@ -290,6 +381,9 @@ fn validate_check(at: &str, c: RawCheck, host: &str, port: u16, p: &mut Problems
     }
     if c.port == Some(0) {
         p.push(format!("{at}.port"), "port must be in 1..=65535");
+    }
+    if let Some(h) = &c.host {
+        check_host(p, format!("{at}.host"), h);
     }
     CheckConfig {
         host: c.host.unwrap_or_else(|| host.to_string()),

@@ -62,9 +62,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let kinds: Vec<&str> = svc.checks.iter().map(|c| c.kind.label()).collect();
         let m = metrics.service(&svc.name, &kinds);
         let session = registry.session(&svc.zk_hosts);
-        let name = format!("{}_{}", config.instance_id, svc.name);
+        let name = format!("{}_{}", svc.instance_id, svc.name);
         let registration = Registration::new(session.clone(), &svc.zk_path, &name);
-        let payload = Arc::new(service::payload(&config.instance_id, svc));
+        let payload = Arc::new(service::payload(&svc.instance_id, svc));
         let (desired_tx, desired_rx) = watch::channel(None);
         let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
         let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());

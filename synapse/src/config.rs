@@ -84,7 +84,7 @@ struct RawConnDefaults {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    zookeeper: RawZk,
+    zookeeper: cc::RawZookeeperConfig,
     admin: Option<RawAdminConfig>,
     #[serde(default)]
     log: LogConfig,
@@ -97,13 +97,6 @@ struct RawConfig {
     #[serde(default, deserialize_with = "cc::opt_duration")]
     tcp_keepalive: Option<Duration>,
     services: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawZk {
-    #[serde(default, deserialize_with = "cc::opt_duration")]
-    session_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,16 +149,26 @@ impl Config {
                     format!("duplicate service name {:?}", s.name),
                 );
             }
-            if services.iter().any(|o| o.listen == s.listen) {
-                p.push(
-                    format!("{at}.listen"),
-                    format!("{} is already used by another service", s.listen),
-                );
+            // What binding would refuse at start, wildcards included; a port 0 listen was
+            // already refused.
+            if s.listen.port() != 0 {
+                if cc::listen_conflict(s.listen, admin_listen) {
+                    p.push(
+                        format!("{at}.listen"),
+                        format!("{} overlaps the admin listen address {admin_listen}", s.listen),
+                    );
+                }
+                if let Some(o) = services.iter().find(|o| cc::listen_conflict(o.listen, s.listen)) {
+                    p.push(
+                        format!("{at}.listen"),
+                        format!("{} overlaps {} of service {:?}", s.listen, o.listen, o.name),
+                    );
+                }
             }
             services.push(s);
         }
         Some(Config {
-            zk_session_timeout: raw.zookeeper.session_timeout.unwrap_or(Duration::from_secs(10)),
+            zk_session_timeout: raw.zookeeper.session_timeout(),
             admin_listen,
             log: raw.log,
             drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(10)),

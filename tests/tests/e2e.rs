@@ -15,15 +15,17 @@ const WAIT: Duration = Duration::from_secs(20);
 const PATH: &str = "/services/web";
 
 /// Starts nerve registering each backend as a service of its own name under [`PATH`], with
-/// tcp checks every 100 ms (rise 2, fall 2). `extra` is prepended top-level YAML.
+/// tcp checks every 100 ms (rise 2, fall 2), payload name (instance_id) `test-host-<name>`.
+/// `extra` is prepended top-level YAML.
 fn start_nerve(zk: &str, backends: &[&Backend], extra: &str) -> (Agent, u16) {
     let admin = free_port();
     let mut config =
         format!("instance_id: test-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{extra}services:\n");
     for b in backends {
         config += &format!(
-            "  - {{name: {}, host: 127.0.0.1, port: {}, zk_hosts: \"{zk}\", zk_path: {PATH}, \
-             check_interval: 100ms, rise: 2, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
+            "  - {{name: {0}, instance_id: test-host-{0}, host: 127.0.0.1, port: {1}, \
+             zk_hosts: \"{zk}\", zk_path: {PATH}, check_interval: 100ms, rise: 2, fall: 2, \
+             checks: [{{type: tcp, timeout: 500ms}}]}}\n",
             b.name, b.port
         );
     }
@@ -116,13 +118,14 @@ fn register_route_and_spread_over_two_backends() {
     let children = zkc.children(PATH).expect("list");
     assert_eq!(children.len(), 2, "{children:?}");
     assert!(
-        children.iter().all(|c| c.starts_with("test-host_")),
+        children.iter().all(|c| c.starts_with("test-host-")),
         "{children:?}"
     );
     let (data, _) = zkc.get(&format!("{PATH}/{}", children[0])).expect("get");
     let v: serde_json::Value = serde_json::from_slice(&data).expect("json payload");
     assert_eq!(v["host"], "127.0.0.1");
-    assert_eq!(v["name"], "test-host");
+    assert!(v["name"] == "test-host-a" || v["name"] == "test-host-b", "{v}");
+    assert_eq!(v["available"], true, "{v}");
     assert!(v["port"].is_u64(), "{v}");
 }
 
@@ -376,7 +379,7 @@ fn zookeeper_outage_keeps_routing_and_recovers() {
             .children(PATH)
             .ok()?
             .iter()
-            .filter(|c| c.starts_with("test-host_"))
+            .filter(|c| c.starts_with("test-host-"))
             .count();
         (ours == 1).then_some(())
     });

@@ -43,7 +43,7 @@ fn path_name(json: &str, seq: &str) -> String {
 #[test]
 fn encode_minimal_is_compact_and_ordered() {
     let bytes = encode(&node("h1", 80));
-    assert_eq!(bytes, br#"{"host":"h1","port":80}"#);
+    assert_eq!(bytes, br#"{"host":"h1","port":80,"available":true}"#);
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn encode_full_has_deterministic_key_order() {
     let text = String::from_utf8(encode(&full_node())).unwrap();
     assert_eq!(
         text,
-        r#"{"host":"10.1.2.3","port":8080,"name":"i-0abc_def","weight":25,"haproxy_server_options":"backup check inter 2s","labels":{"az":"us-east-1a","env":"prod"}}"#
+        r#"{"host":"10.1.2.3","port":8080,"name":"i-0abc_def","weight":25,"haproxy_server_options":"backup check inter 2s","labels":{"az":"us-east-1a","env":"prod"},"available":true}"#
     );
 }
 
@@ -76,7 +76,16 @@ fn encode_available_omits_reason() {
         unavailable_reason: Some("stale".to_owned()),
         ..node("h", 1)
     };
-    assert_eq!(encode(&n), br#"{"host":"h","port":1}"#);
+    assert_eq!(encode(&n), br#"{"host":"h","port":1,"available":true}"#);
+}
+
+/// go-synapse switches a server back on in HAProxy only when it reads `"available": true`:
+/// a healthy node must say so, or a backend that went down and came back stays disabled.
+#[test]
+fn encode_available_writes_available_true_like_go_nerve() {
+    let v: serde_json::Value = serde_json::from_slice(&encode(&full_node())).unwrap();
+    assert_eq!(v["available"], serde_json::Value::Bool(true), "{v}");
+    assert!(v.get("unavailable_reason").is_none(), "{v}");
 }
 
 #[test]
@@ -85,7 +94,7 @@ fn encode_does_not_write_shard() {
         shard: Some(4),
         ..node("h", 1)
     };
-    assert_eq!(encode(&n), br#"{"host":"h","port":1}"#);
+    assert_eq!(encode(&n), br#"{"host":"h","port":1,"available":true}"#);
 }
 
 #[test]
@@ -305,7 +314,10 @@ fn missing_port_and_host() {
 fn empty_or_spaced_host_rejected() {
     let err = dec(r#"{"host":"","port":1}"#).unwrap_err();
     assert_eq!(err, DecodeError::BadHost(String::new()));
-    assert_eq!(err.to_string(), r#"host "" is empty or contains whitespace"#);
+    assert_eq!(
+        err.to_string(),
+        r#"host "" is not an IP address or a valid host name"#
+    );
     for bad in [" h", "h ", "a b", "a\tb", "a\nb", "a\u{a0}b"] {
         let json = serde_json::json!({"host": bad, "port": 1}).to_string();
         assert_eq!(
@@ -314,6 +326,71 @@ fn empty_or_spaced_host_rejected() {
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn hosts_must_be_ip_addresses_or_host_names() {
+    let good = [
+        "10.0.0.1",
+        "::1",
+        "fd00::1:2",
+        "::ffff:10.0.0.1",
+        "localhost",
+        "h",
+        "web-1.prod.example.com",
+        "web-1.prod.example.com.",
+        "db_replica-3.internal",
+        "1a.example",
+        "x1",
+        "i-0abc123",
+    ];
+    for host in good {
+        assert_eq!(check_host(host), Ok(()), "{host}");
+        let json = serde_json::json!({"host": host, "port": 1}).to_string();
+        assert_eq!(dec(&json).unwrap().host, host);
+    }
+    let label63 = "a".repeat(63);
+    let name253 = [label63.as_str(); 4].join(".")[..253].to_string();
+    assert_eq!(check_host(&name253), Ok(()));
+    assert_eq!(check_host(&format!("{name253}.")), Ok(()));
+    let bad = [
+        String::new(),
+        "x".repeat(10_000),
+        format!("{name253}a"),
+        format!("{}.example", "a".repeat(64)),
+        "[::1]".to_owned(),
+        "fe80::1%eth0".to_owned(),
+        "1:2:3".to_owned(),
+        "10.0.0.256".to_owned(),
+        "10.0.0".to_owned(),
+        "1234".to_owned(),
+        "-web.example".to_owned(),
+        "web-.example".to_owned(),
+        "a..b".to_owned(),
+        ".a".to_owned(),
+        "a.b..".to_owned(),
+        ".".to_owned(),
+        "a/b".to_owned(),
+        "a:80".to_owned(),
+        "héllo".to_owned(),
+        "a\u{0}b".to_owned(),
+        "a\u{7f}".to_owned(),
+        "tab\there".to_owned(),
+    ];
+    for host in &bad {
+        assert!(check_host(host).is_err(), "{host:?}");
+        let json = serde_json::json!({"host": host, "port": 1}).to_string();
+        assert!(matches!(dec(&json), Err(DecodeError::BadHost(_))), "{host:?}");
+    }
+    // The 10 KB host is quoted shortened, and refused in every dialect.
+    let long = "x".repeat(10_000);
+    let json = serde_json::json!({"serviceEndpoint": {"host": long, "port": 1}}).to_string();
+    let Err(DecodeError::BadHost(quoted)) = decode("member_1", json.as_bytes()) else {
+        panic!("expected BadHost")
+    };
+    assert!(quoted.chars().count() <= MAX_QUOTED_CHARS + 1);
+    let name = path_name(&serde_json::json!({"host": "a b", "port": 1}).to_string(), "_1");
+    assert!(matches!(decode(&name, b""), Err(DecodeError::BadHost(_))));
 }
 
 #[test]
@@ -592,7 +669,7 @@ fn encode_path_name_round_trip() {
 #[test]
 fn encode_path_name_matches_airbnb_format() {
     let prefix = encode_path_name(&node("h", 1));
-    let enc = URL_SAFE.encode(br#"{"host":"h","port":1}"#);
+    let enc = URL_SAFE.encode(br#"{"host":"h","port":1,"available":true}"#);
     assert_eq!(prefix, format!("base64_{}_{enc}_", enc.len()));
 }
 
@@ -802,7 +879,7 @@ fn errors_display_human_readable() {
         ),
         (
             DecodeError::BadHost("a b".to_owned()),
-            r#"host "a b" is empty or contains whitespace"#,
+            r#"host "a b" is not an IP address or a valid host name"#,
         ),
         (
             DecodeError::WrongType {

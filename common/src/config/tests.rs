@@ -11,6 +11,9 @@ fn durations() {
     assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
     assert!(parse_duration("fast").is_err());
     assert!(parse_duration("").is_err());
+    assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
+    assert!(parse_duration("24.1h").unwrap_err().contains("24h"));
+    assert!(parse_duration("5000000000000000h").is_err());
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,7 +47,8 @@ fn every_list_element_reports_its_own_problem() {
         .enumerate()
         .filter_map(|(i, v)| p.take(&format!("services[{i}]"), v))
         .collect();
-    assert_eq!(list.len(), 1);
+    // The bad keys are removed (optional ones take their defaults) and the rest still checked.
+    assert_eq!(list.len(), 3);
     let err = p.finish(Path::new("x.yaml"), ()).unwrap_err();
     assert_eq!(err.problems.len(), 2);
     assert_eq!(err.problems[0].path, "services[0].checks[1].timeout");
@@ -95,4 +99,297 @@ fn zk_hosts_and_paths() {
     assert!(check_zk_path("/a/").is_err());
     assert_eq!(parse_listen("8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
     assert!(parse_listen("nope").is_err());
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Inner {
+    port: u16,
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Outer {
+    name: String,
+    #[serde(default)]
+    inner: Option<Inner>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    zookeeper: RawZookeeperConfig,
+    admin: Option<RawAdminConfig>,
+    list: Vec<serde_json::Value>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+fn problems(p: Problems) -> Vec<(String, String)> {
+    match p.finish(Path::new("x.yaml"), ()) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| (p.path, p.reason)).collect(),
+    }
+}
+
+#[test]
+fn take_reports_every_bad_key_of_every_level_in_one_pass() {
+    let doc = serde_json::json!({
+        "name": 5,
+        "colour": "red",
+        "inner": {"port": "x", "timeout": "2x", "extra": 1},
+        "log": {"level": "loud", "style": 1},
+        "zookeeper": {"session_timeout": "1000h", "flavour": 1},
+        "admin": {"listen": 1, "other": 2},
+        "list": [1, 2],
+        "labels": {"a": "b", "c": [1], "d": 2},
+    });
+    let mut p = Problems::default();
+    let outer: Option<Outer> = p.take("", doc);
+    let got = problems(p);
+    let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    for want in [
+        "name",
+        "colour",
+        "inner.port",
+        "inner.timeout",
+        "inner.extra",
+        "log.level",
+        "log.style",
+        "zookeeper.session_timeout",
+        "zookeeper.flavour",
+        "admin.listen",
+        "admin.other",
+        "labels.c",
+        "labels.d",
+    ] {
+        assert_eq!(
+            paths.iter().filter(|p| **p == want).count(),
+            1,
+            "{want} reported once: {got:?}"
+        );
+    }
+    assert_eq!(paths.len(), 13, "{got:?}");
+    assert!(
+        !got.iter().any(|(_, r)| r.contains("missing field")),
+        "no follow-up 'missing field' for removed keys: {got:?}"
+    );
+    // Stand-ins let the whole value through, so callers can go on checking the rest.
+    let outer = outer.expect("deserializes once the bad keys are gone");
+    assert_eq!(outer.list.len(), 2);
+    assert_eq!(outer.labels.len(), 1);
+}
+
+#[test]
+fn take_reports_a_missing_key_and_still_checks_the_rest() {
+    let mut p = Problems::default();
+    let v: Option<Outer> = p.take(
+        "services[3]",
+        serde_json::json!({"list": [], "bogus": 1, "inner": {"timeout": "1s"}}),
+    );
+    assert!(v.is_some());
+    // Semantic checks of a refused or stood-in key only repeat the problem: dropped.
+    p.push("services[3].name", "name is empty");
+    p.push("services[3].inner.port", "port must be in 1..=65535");
+    p.push("services[3].list", "still reported: not refused");
+    let got = problems(p);
+    assert_eq!(
+        got,
+        [
+            (
+                "services[3].bogus".to_string(),
+                "unknown field `bogus`, expected one of `name`, `inner`, `log`, `zookeeper`, `admin`, `list`, `labels`".to_string()
+            ),
+            (
+                "services[3].inner".to_string(),
+                "missing field `port`".to_string()
+            ),
+            ("services[3]".to_string(), "missing field `name`".to_string()),
+            (
+                "services[3].list".to_string(),
+                "still reported: not refused".to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn take_gives_up_on_a_value_of_the_wrong_type() {
+    let mut p = Problems::default();
+    let v: Option<Outer> = p.take("services[0]", serde_json::json!("web"));
+    assert!(v.is_none());
+    let got = problems(p);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "services[0]");
+}
+
+#[test]
+fn config_file_must_be_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let reason = |path: &Path| read_document(path).unwrap_err().problems[0].reason.clone();
+    assert!(reason(Path::new("/dev/zero")).contains("character device"));
+    let link = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    assert!(reason(&link).contains("not a regular file"));
+    let sub = dir.path().join("d.yaml");
+    std::fs::create_dir(&sub).unwrap();
+    assert!(reason(&sub).contains("a directory"));
+    let fifo = dir.path().join("f.yaml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    assert!(reason(&fifo).contains("a FIFO"));
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b'#'; usize::try_from(MAX_FILE_BYTES).unwrap() + 1]).unwrap();
+    assert!(reason(&big).contains("4 MiB"), "{}", reason(&big));
+    let at_cap = dir.path().join("cap.yaml");
+    let mut text = vec![b' '; usize::try_from(MAX_FILE_BYTES).unwrap() - 4];
+    text.extend_from_slice(b"a: 1");
+    std::fs::write(&at_cap, text).unwrap();
+    assert_eq!(read_document(&at_cap).unwrap(), serde_json::json!({"a": 1}));
+    let good_link = dir.path().join("link.yaml");
+    std::os::unix::fs::symlink(&at_cap, &good_link).unwrap();
+    assert!(read_document(&good_link).is_ok());
+    let latin1 = dir.path().join("l.yaml");
+    std::fs::write(&latin1, b"a: \xe9\n").unwrap();
+    assert!(reason(&latin1).contains("UTF-8"));
+}
+
+#[test]
+fn session_timeout_range() {
+    let zk = |t: &str| {
+        let mut p = Problems::default();
+        let z: Option<RawZookeeperConfig> = p.take("zookeeper", serde_json::json!({"session_timeout": t}));
+        (z.map(|z| z.session_timeout()), problems(p))
+    };
+    assert_eq!(zk("1s").0, Some(Duration::from_secs(1)));
+    assert_eq!(zk("5m").0, Some(Duration::from_secs(300)));
+    let (_, got) = zk("1000h");
+    assert_eq!(got[0].0, "zookeeper.session_timeout", "{got:?}");
+    for bad in ["2h", "999ms", "0s", "301s"] {
+        let (_, got) = zk(bad);
+        assert_eq!(got.len(), 1, "{bad}: {got:?}");
+        assert_eq!(got[0].0, "zookeeper.session_timeout");
+        assert!(got[0].1.contains("1s to 5m"), "{got:?}");
+    }
+    assert_eq!(
+        RawZookeeperConfig::default().session_timeout(),
+        DEFAULT_SESSION_TIMEOUT
+    );
+}
+
+#[test]
+fn log_levels() {
+    for good in [
+        "info",
+        "DEBUG",
+        "warn,synapse=debug",
+        "common::registry=trace,info",
+        "off",
+        "info,",
+    ] {
+        assert_eq!(check_log_level(good), Ok(()), "{good}");
+    }
+    for bad in ["", " ", "verbose", "inf", "info,x=loud", "debug,[{", "a=b=c"] {
+        assert!(check_log_level(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn listen_addresses() {
+    assert!(parse_listen("0").unwrap_err().contains("port 0"));
+    assert!(parse_listen("127.0.0.1:0").unwrap_err().contains("port 0"));
+    assert!(parse_listen("[::]:0").is_err());
+    assert_eq!(parse_listen("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+    let conflict = |a: &str, b: &str| {
+        let (a, b) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(listen_conflict(a, b), listen_conflict(b, a), "symmetric");
+        listen_conflict(a, b)
+    };
+    for (a, b) in [
+        ("127.0.0.1:80", "127.0.0.1:80"),
+        ("0.0.0.0:80", "127.0.0.1:80"),
+        ("0.0.0.0:80", "10.1.2.3:80"),
+        ("[::]:80", "127.0.0.1:80"),
+        ("[::]:80", "0.0.0.0:80"),
+        ("[::]:80", "[::1]:80"),
+        ("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+        ("0.0.0.0:80", "[::ffff:10.0.0.1]:80"),
+    ] {
+        assert!(conflict(a, b), "{a} vs {b}");
+    }
+    for (a, b) in [
+        ("127.0.0.1:80", "127.0.0.1:81"),
+        ("127.0.0.1:80", "127.0.0.2:80"),
+        ("0.0.0.0:80", "[::1]:80"),
+        ("0.0.0.0:80", "0.0.0.0:81"),
+        ("[::1]:80", "127.0.0.1:80"),
+    ] {
+        assert!(!conflict(a, b), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn zk_paths_refuse_what_zookeeper_refuses() {
+    for bad in [
+        "/a\u{0}b",
+        "/a\u{1}",
+        "/a\u{1f}",
+        "/a\tb",
+        "/a\nb",
+        "/a\u{7f}",
+        "/a\u{85}",
+        "/a\u{9f}",
+        "/a\u{e000}",
+        "/a\u{f8ff}",
+        "/a\u{fff0}",
+        "/a\u{ffff}",
+        "/a\u{1f600}",
+    ] {
+        assert!(check_zk_path(bad).unwrap_err().contains("refuses"), "{bad:?}");
+        assert!(check_zk_hosts(&format!("h:1{bad}")).is_err(), "chroot {bad:?}");
+    }
+    for good in [
+        "/a b",
+        "/é/ü",
+        "/\u{a0}",
+        "/a\u{d7ff}",
+        "/\u{f900}",
+        "/\u{ffef}",
+        "/a-b_c.d:e",
+    ] {
+        assert_eq!(check_zk_path(good), Ok(()), "{good:?}");
+    }
+    assert!(check_zk_hosts("h:1/a\u{1}").unwrap_err().contains("chroot"));
+    assert!(check_zk_hosts("bad host:1").is_err());
+    assert!(check_zk_hosts("[::1]:2181,10.0.0.1:2181,zk-1.example:2181").is_ok());
+    assert!(check_zk_hosts("[nope]:2181").is_err());
+}
+
+#[test]
+fn zk_location_keys() {
+    assert_eq!(
+        zk_location_key("a:1,b:2", "/s/web"),
+        zk_location_key("B:2,a:1", "/s/web")
+    );
+    assert_eq!(
+        zk_location_key("a:1/services", "/web"),
+        zk_location_key("a:1", "/services/web")
+    );
+    assert_ne!(zk_location_key("a:1", "/s/web"), zk_location_key("a:2", "/s/web"));
+    assert_eq!(zk_location_key("a:1/x", "/"), zk_location_key("a:1", "/x"));
+}
+
+#[test]
+fn names() {
+    assert!(check_name("web-1.a_b").is_ok());
+    assert!(check_name("").is_err());
+    assert!(check_name(&"a".repeat(MAX_NAME_BYTES)).is_ok());
+    assert!(check_name(&"a".repeat(MAX_NAME_BYTES + 1)).is_err());
+    assert!(check_name("a b").is_err());
+    assert!(check_name("a/b").is_err());
 }

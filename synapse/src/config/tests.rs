@@ -81,5 +81,81 @@ fn connection_settings_defaults_top_level_and_per_service() {
     ))
     .unwrap_err();
     let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(paths, ["idle_timeout"], "{err}");
+    assert_eq!(paths, ["idle_timeout", "services[0].tcp_keepalive"], "{err}");
+}
+
+fn svc(name: &str, listen: &str) -> String {
+    format!("  - {{name: {name}, zk_hosts: 'a:1', zk_path: /s, listen: '{listen}'}}\n")
+}
+
+#[test]
+fn overlapping_listen_addresses_are_refused() {
+    let refused = [
+        (
+            svc("a", "0.0.0.0:4000") + &svc("b", "127.0.0.1:4000"),
+            "services[1].listen",
+        ),
+        (
+            svc("a", "127.0.0.1:4000") + &svc("b", "0.0.0.0:4000"),
+            "services[1].listen",
+        ),
+        (
+            svc("a", "10.0.0.1:4000") + &svc("b", "[::]:4000"),
+            "services[1].listen",
+        ),
+        (
+            svc("a", "4000") + &svc("b", "127.0.0.1:4000"),
+            "services[1].listen",
+        ),
+        (svc("a", "3422"), "services[0].listen"),
+        (svc("a", "0.0.0.0:3422"), "services[0].listen"),
+        (svc("a", "127.0.0.1:0"), "services[0].listen"),
+        (svc("a", "0"), "services[0].listen"),
+    ];
+    for (services, key) in refused {
+        let err = load(&format!("services:\n{services}")).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{services}: {err}");
+    }
+    let err = load(&format!(
+        "admin: {{listen: '0'}}\nservices:\n{}",
+        svc("a", "4000")
+    ))
+    .unwrap_err();
+    assert_eq!(err.problems[0].path, "admin.listen", "{err}");
+    let err = load(&format!(
+        "admin: {{listen: '[::]:4000'}}\nservices:\n{}",
+        svc("a", "4000")
+    ))
+    .unwrap_err();
+    assert_eq!(err.problems[0].path, "services[0].listen", "{err}");
+    assert!(err.to_string().contains("admin"), "{err}");
+    // Same port on distinct addresses, or distinct families without a dual-stack wildcard.
+    assert!(load(&format!(
+        "services:\n{}{}{}",
+        svc("a", "127.0.0.1:4000"),
+        svc("b", "127.0.0.2:4000"),
+        svc("c", "[::1]:4000")
+    ))
+    .is_ok());
+}
+
+#[test]
+fn session_timeout_log_level_and_zk_chars_are_checked_at_load() {
+    let err = load(concat!(
+        "zookeeper: {session_timeout: 500ms}\nlog: {level: 'info,x=loud'}\nservices:\n",
+        "  - {name: web, zk_hosts: \"a:1/r\\x7f\", zk_path: \"/s\\x00\", listen: 4000}\n",
+    ))
+    .unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "log.level",
+            "zookeeper.session_timeout",
+            "services[0].zk_hosts",
+            "services[0].zk_path"
+        ],
+        "{err}"
+    );
 }
