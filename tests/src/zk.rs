@@ -310,7 +310,10 @@ impl ZkServer {
             Some(child) => child.id(),
             None => panic!("{} is not running", self.describe()),
         };
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status();
         assert!(
             status.as_ref().is_ok_and(ExitStatus::success),
             "kill -{sig} {pid} ({}): {status:?}",
@@ -698,12 +701,8 @@ impl ZkCluster {
     /// Whether the ensemble serves clients: some server answers `srvr` with its ready mode
     /// (`standalone`, or `leader`: followers serve once a leader exists).
     pub fn serving(&self) -> bool {
-        self.indices().any(|i| {
-            self.is_running(i)
-                && self
-                    .mode(i)
-                    .is_some_and(|m| m == "standalone" || m == "leader")
-        })
+        self.indices()
+            .any(|i| self.is_running(i) && self.mode(i).is_some_and(|m| m == "standalone" || m == "leader"))
     }
 
     /// Starts every server again (after [`kill_all`](Self::kill_all)) and waits until all are

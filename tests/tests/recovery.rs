@@ -67,7 +67,10 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -178,7 +181,9 @@ fn full_outage(zk: &mut ZkCluster, round: usize, longer: Duration) -> (Duration,
     // The outage itself lasts: not a synchronisation, the length of the fault under test.
     std::thread::sleep(longer);
     zk.spawn_all();
-    poll("the ensemble serves again", Duration::from_secs(60), || zk.serving().then_some(()));
+    poll("the ensemble serves again", Duration::from_secs(60), || {
+        zk.serving().then_some(())
+    });
     let serving = Instant::now();
 
     let observer = Observer::start(&cs);
@@ -217,9 +222,17 @@ fn full_outage(zk: &mut ZkCluster, round: usize, longer: Duration) -> (Duration,
         observer.max(),
         observer.polls()
     );
-    assert_eq!(remaining.len(), 1, "exactly one node of the instance: {remaining:?}");
+    assert_eq!(
+        remaining.len(),
+        1,
+        "exactly one node of the instance: {remaining:?}"
+    );
     assert_ne!(remaining[0].1, old_owner, "owned by the new session");
-    assert!(observer.max() <= 1, "never two nodes for one instance (saw {})", observer.max());
+    assert!(
+        observer.max() <= 1,
+        "never two nodes for one instance (saw {})",
+        observer.max()
+    );
     assert!(
         nerve_back <= RECOVERY_LIMIT,
         "nerve re-registered {nerve_back:?} after the ensemble served again"
@@ -263,7 +276,9 @@ fn frozen_server_holding_the_session_never_leaves_two_nodes() {
     drop(zkc);
 
     // Move nerve's connection to the leader: kill the follower it is on until it lands there.
-    let mut server = eventually("nerve's connection shows in cons", WAIT, || zk.server_with_session(owner));
+    let mut server = eventually("nerve's connection shows in cons", WAIT, || {
+        zk.server_with_session(owner)
+    });
     for _ in 0..20 {
         if zk.leader() == Some(server) {
             break;
@@ -284,16 +299,20 @@ fn frozen_server_holding_the_session_never_leaves_two_nodes() {
     let others = others.join(",");
 
     let observer = Observer::start(&others);
-    poll("the observer sees nerve's node", WAIT, || (observer.max() == 1).then_some(()));
+    poll("the observer sees nerve's node", WAIT, || {
+        (observer.max() == 1).then_some(())
+    });
     zk.freeze(server);
     let frozen = Instant::now();
     let zkc = Zk::connect(&others);
-    let new_owner = eventually("nerve registers under a new session, its old node gone", WAIT, || {
-        match ours(&zkc)?.as_slice() {
+    let new_owner = eventually(
+        "nerve registers under a new session, its old node gone",
+        WAIT,
+        || match ours(&zkc)?.as_slice() {
             [(_, o)] if *o != owner => Some(*o),
             _ => None,
-        }
-    });
+        },
+    );
     let registered = frozen.elapsed();
     zk.thaw(server);
     eventually("the thawed server rejoins", WAIT, || {
@@ -313,5 +332,8 @@ fn frozen_server_holding_the_session_never_leaves_two_nodes() {
         "never two nodes for one instance (saw {})",
         observer.max()
     );
-    assert!(nerve.log().contains("session ended"), "the client gave its session up");
+    assert!(
+        nerve.log().contains("session ended"),
+        "the client gave its session up"
+    );
 }

@@ -131,12 +131,16 @@ async fn resync_keeps_last_good_value_of_a_child_turned_malformed() {
     let cancel = CancellationToken::new();
     let session = session(&cs, &cancel);
     let mut view = View::new(registry::watch(session.clone(), PATH.to_string(), cancel.clone()));
-    view.until("the first listing", WAIT, |v| v.resets == 1 && v.members.len() == 2)
-        .await;
+    view.until("the first listing", WAIT, |v| {
+        v.resets == 1 && v.members.len() == 2
+    })
+    .await;
 
     client.set_data(&good, b"{\"host\":", None).await.unwrap();
-    view.until("the malformed version is reported", WAIT, |v| v.invalid.len() == 1)
-        .await;
+    view.until("the malformed version is reported", WAIT, |v| {
+        v.invalid.len() == 1
+    })
+    .await;
     assert_eq!(view.port("good_0000000001"), Some(4001), "last good value kept");
 
     // Two reconnects: the server goes away and comes back (the session survives).
@@ -160,12 +164,19 @@ async fn resync_keeps_last_good_value_of_a_child_turned_malformed() {
         );
         assert_eq!(view.port("other_0000000002"), Some(4002));
     }
-    assert_eq!(view.invalid.len(), 1, "one report per bad version: {:?}", view.invalid);
+    assert_eq!(
+        view.invalid.len(),
+        1,
+        "one report per bad version: {:?}",
+        view.invalid
+    );
 
     // A new bad version is reported again; a good one replaces the value.
     client.set_data(&good, b"still not json", None).await.unwrap();
-    view.until("the second bad version is reported", WAIT, |v| v.invalid.len() == 2)
-        .await;
+    view.until("the second bad version is reported", WAIT, |v| {
+        v.invalid.len() == 2
+    })
+    .await;
     assert_eq!(view.port("good_0000000001"), Some(4001));
     client.set_data(&good, &payload(4003), None).await.unwrap();
     view.until("the good data arrives", WAIT, |v| {
@@ -191,9 +202,15 @@ async fn same_name_delete_and_recreate_always_converges() {
         .unwrap();
 
     let cancel = CancellationToken::new();
-    let mut view = View::new(registry::watch(session(&cs, &cancel), PATH.to_string(), cancel.clone()));
-    view.until("the first listing", WAIT, |v| v.port("x_0000000001") == Some(5000))
-        .await;
+    let mut view = View::new(registry::watch(
+        session(&cs, &cancel),
+        PATH.to_string(),
+        cancel.clone(),
+    ));
+    view.until("the first listing", WAIT, |v| {
+        v.port("x_0000000001") == Some(5000)
+    })
+    .await;
 
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -206,13 +223,19 @@ async fn same_name_delete_and_recreate_always_converges() {
         }
         client.create(&x, &payload(port), &persistent()).await.unwrap();
         let pair = Instant::now();
-        view.until(&format!("pair {i}: x with port {port}"), Duration::from_secs(5), |v| {
-            v.port("x_0000000001") == Some(port)
-        })
+        view.until(
+            &format!("pair {i}: x with port {port}"),
+            Duration::from_secs(5),
+            |v| v.port("x_0000000001") == Some(port),
+        )
         .await;
         slowest = slowest.max(pair.elapsed());
     }
-    assert_eq!(view.port("y_0000000002"), Some(4999), "the bystander is untouched");
+    assert_eq!(
+        view.port("y_0000000002"),
+        Some(4999),
+        "the bystander is untouched"
+    );
     println!(
         "{PAIRS} same-name delete/create pairs converged in {:?} (slowest {slowest:?})",
         started.elapsed()

@@ -188,7 +188,12 @@ impl Registration {
 
     /// Our nodes under the parent: those owned by `session_id` and those owned by one of
     /// `earlier` sessions of this process.
-    async fn ours(&self, client: &zk::Client, session_id: i64, earlier: &[i64]) -> Result<Ours, RegistryError> {
+    async fn ours(
+        &self,
+        client: &zk::Client,
+        session_id: i64,
+        earlier: &[i64],
+    ) -> Result<Ours, RegistryError> {
         let children = match client.list_children(&self.parent).await {
             Ok(c) => c,
             Err(zk::Error::NoNode) => return Ok(Ours::default()),

@@ -288,7 +288,11 @@ async fn run_session(
                     });
                 }
                 zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                    warn!(?state, session_id = format!("{session_id:#x}"), "ZooKeeper session ended; establishing a new one");
+                    warn!(
+                        ?state,
+                        session_id = format!("{session_id:#x}"),
+                        "ZooKeeper session ended; establishing a new one"
+                    );
                     failing_since = Some((Instant::now(), 0));
                     tx.send_modify(|s| {
                         s.client = None;

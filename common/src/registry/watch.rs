@@ -227,12 +227,7 @@ impl Watcher {
         let good = self
             .children
             .iter()
-            .filter_map(|(id, c)| {
-                c.node.clone().map(|node| Member {
-                    id: id.clone(),
-                    node,
-                })
-            })
+            .filter_map(|(id, c)| c.node.clone().map(|node| Member { id: id.clone(), node }))
             .collect::<Vec<_>>();
         debug!(members = good.len(), children = self.children.len(), "full sync");
         if self.tx.send(WatchUpdate::Reset(good)).await.is_err() {
@@ -264,7 +259,11 @@ impl Watcher {
 
     /// Reads one child and sets a watch on it: a data watch when it exists, an exists watch
     /// (fires on creation) when it does not.
-    async fn read(&self, client: &zk::Client, child: &str) -> Result<(Read, zk::OneshotWatcher), RegistryError> {
+    async fn read(
+        &self,
+        client: &zk::Client,
+        child: &str,
+    ) -> Result<(Read, zk::OneshotWatcher), RegistryError> {
         let path = format!("{}/{}", self.path.trim_end_matches('/'), child);
         for _ in 0..READ_ATTEMPTS {
             match client.get_and_watch_data(&path).await {

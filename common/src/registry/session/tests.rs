@@ -3,8 +3,14 @@ use super::*;
 #[test]
 fn connection_timeout_is_short_and_bounded() {
     let ms = Duration::from_millis;
-    assert_eq!(connection_timeout(Duration::from_secs(10)), Duration::from_secs(2));
-    assert_eq!(connection_timeout(Duration::from_secs(60)), Duration::from_secs(2));
+    assert_eq!(
+        connection_timeout(Duration::from_secs(10)),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        connection_timeout(Duration::from_secs(60)),
+        Duration::from_secs(2)
+    );
     assert_eq!(connection_timeout(Duration::from_secs(4)), Duration::from_secs(1));
     assert_eq!(connection_timeout(Duration::from_secs(2)), ms(500));
     // Never above the library's default share of the session timeout (2/5).
@@ -17,7 +23,11 @@ fn backoff_doubles_with_jitter_up_to_its_cap() {
     let pauses: Vec<Duration> = (0..8).map(|_| b.pause()).collect();
     let caps = [100, 200, 400, 800, 1000, 1000, 1000, 1000].map(Duration::from_millis);
     for (pause, cap) in pauses.iter().zip(caps) {
-        assert!(*pause >= cap / 2 && *pause <= cap, "{pause:?} not in [{:?}, {cap:?}]", cap / 2);
+        assert!(
+            *pause >= cap / 2 && *pause <= cap,
+            "{pause:?} not in [{:?}, {cap:?}]",
+            cap / 2
+        );
     }
     b.reset();
     assert!(b.pause() <= Duration::from_millis(100));
