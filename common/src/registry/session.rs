@@ -8,10 +8,13 @@
 //! attempt per second, and a new session is established within about a second of a server
 //! answering again.
 //!
-//! Reconnecting an existing session (after a disconnection, before it expires) is done by the
-//! client library itself: it retries the servers with its own doubling delays, bounded by
-//! 7/5 of the session timeout after which it declares the session expired and we start a new
-//! one as above.
+//! Reconnecting an existing session (after a disconnection, before it expires) is first left
+//! to the client library, which retries the servers at once and then with delays doubling up
+//! to a good part of the session timeout (bounded by 7/5 of it, after which it declares the
+//! session expired). Since that can leave a session down for seconds after the servers answer
+//! again, a connection still lost after a grace period (twice the connection timeout, at least
+//! 1 s) also makes us attempt a new session with the backoff above; the first of the two to
+//! succeed wins, and a given-up session joins [`SessionStatus::earlier_session_ids`].
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -207,106 +210,224 @@ async fn run_session(
     tx: tokio_watch::Sender<SessionStatus>,
     cancel: CancellationToken,
 ) {
-    let connection_timeout = connection_timeout(options.session_timeout);
-    let mut backoff = Backoff::new(MIN_BACKOFF, options.max_backoff);
-    let mut failing_since: Option<(Instant, u32)> = None;
-    let mut last_warning: Option<Instant> = None;
+    let link = Link::new(connect, &options);
+    let mut replacement = None;
     loop {
-        let attempt = zk::Client::connector()
-            .with_session_timeout(options.session_timeout)
-            .with_connection_timeout(connection_timeout)
-            .with_fail_eagerly()
-            .connect(&connect);
-        let client = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = attempt => r,
+        let (client, waited) = match replacement.take() {
+            Some(client) => (client, None),
+            None => match link.establish(&cancel).await {
+                Some(established) => established,
+                None => return,
+            },
         };
-        let client = match client {
-            Ok(c) => c,
-            Err(err) => {
-                let pause = backoff.pause();
-                let (since, attempts) = failing_since.get_or_insert((Instant::now(), 0));
-                *attempts += 1;
-                // One warning per outage at first, then a reminder now and then, not one per
-                // attempt (there is one a second).
-                if last_warning.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
-                    warn!(error = %err, attempts = *attempts, failing_for = ?since.elapsed(), retry_in = ?pause, "cannot establish ZooKeeper session");
-                    last_warning = Some(Instant::now());
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        last_warning = None;
-        let session_id = client.session_id().0;
-        let granted = client.session_timeout();
-        let waited = failing_since.take().map(|(since, _)| since.elapsed());
-        if granted == options.session_timeout {
-            info!(session_id = format!("{session_id:#x}"), timeout = ?granted, ?waited, "ZooKeeper session established");
-        } else {
-            warn!(
-                session_id = format!("{session_id:#x}"),
-                requested = ?options.session_timeout,
-                granted = ?granted,
-                ?waited,
-                "ZooKeeper session established with another timeout than requested (the server bounds it by its minSessionTimeout/maxSessionTimeout)"
-            );
+        install(&tx, &client, &options, waited);
+        match link.serve(client, &tx, &cancel).await {
+            Served::Cancelled => return,
+            Served::Ended => {}
+            Served::Replaced(client) => replacement = Some(client),
         }
+    }
+}
+
+/// How a session's client is obtained and kept.
+struct Link {
+    connect: String,
+    session_timeout: Duration,
+    connection_timeout: Duration,
+    max_backoff: Duration,
+    /// How long a lost connection is left to the client library to restore before we look
+    /// for a new session ourselves.
+    grace: Duration,
+}
+
+/// How [`Link::serve`] ended.
+enum Served {
+    Cancelled,
+    /// The session expired or was closed: establish a new one.
+    Ended,
+    /// The connection was lost and a new session is established: use it.
+    Replaced(zk::Client),
+}
+
+impl Link {
+    fn new(connect: String, options: &RegistryOptions) -> Link {
+        let connection_timeout = connection_timeout(options.session_timeout);
+        Link {
+            connect,
+            session_timeout: options.session_timeout,
+            connection_timeout,
+            max_backoff: options.max_backoff,
+            grace: (connection_timeout * 2).max(Duration::from_secs(1)),
+        }
+    }
+
+    /// One attempt at a new session: every server once, each with the connection timeout.
+    async fn attempt(&self) -> Result<zk::Client, zk::Error> {
+        zk::Client::connector()
+            .with_session_timeout(self.session_timeout)
+            .with_connection_timeout(self.connection_timeout)
+            .with_fail_eagerly()
+            .connect(&self.connect)
+            .await
+    }
+
+    /// Attempts a new session until one is established (with how long that took) or `cancel`
+    /// fires (`None`).
+    async fn establish(&self, cancel: &CancellationToken) -> Option<(zk::Client, Option<Duration>)> {
+        let mut backoff = Backoff::new(MIN_BACKOFF, self.max_backoff);
+        let started = Instant::now();
+        let mut last_warning: Option<Instant> = None;
+        for attempts in 1u64.. {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                r = self.attempt() => r,
+            };
+            let err = match result {
+                Ok(client) => return Some((client, (attempts > 1).then(|| started.elapsed()))),
+                Err(err) => err,
+            };
+            let pause = backoff.pause();
+            // One warning when the trouble starts, then a reminder now and then, not one per
+            // attempt (there is one a second).
+            if last_warning.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
+                warn!(error = %err, attempts, failing_for = ?started.elapsed(), retry_in = ?pause, "cannot establish ZooKeeper session");
+                last_warning = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        None
+    }
+
+    /// Follows the session of `client` (installed in `tx`) until it ends, is replaced or
+    /// `cancel` fires.
+    ///
+    /// After a disconnection the client library reconnects the session on its own, but with
+    /// delays that double up to a good part of the session timeout: once the servers answer
+    /// again it may wait seconds more. So when the connection is still lost after
+    /// [`grace`](Link::grace), we also attempt a new session (with the usual short backoff);
+    /// if one is established before the old one reconnects, it replaces it. The old session
+    /// is given up: it goes into the earlier-session ids, whose nodes nerve deletes, and the
+    /// old client closes it if it ever reconnects.
+    async fn serve(
+        &self,
+        client: zk::Client,
+        tx: &tokio_watch::Sender<SessionStatus>,
+        cancel: &CancellationToken,
+    ) -> Served {
+        let session_id = client.session_id().0;
         let mut states = client.state_watcher();
-        tx.send_modify(|s| {
-            s.client = Some(client.clone());
-            s.session_epoch += 1;
-            s.connection_epoch += 1;
-            s.connected = true;
-            s.session_id = Some(session_id);
-        });
         drop(client);
+        let mut rescue = Backoff::new(MIN_BACKOFF, self.max_backoff);
+        let mut disconnected: Option<Instant> = None;
+        let mut next_attempt: Option<tokio::time::Instant> = None;
         loop {
-            let state = tokio::select! {
+            let attempt_due = async {
+                match next_attempt {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
                 _ = cancel.cancelled() => {
                     // Dropping the last client closes the session, which removes our
                     // ephemeral nodes if anything is left.
                     tx.send_modify(|s| { s.client = None; s.connected = false; });
-                    return;
+                    return Served::Cancelled;
                 }
-                st = states.changed() => st,
-            };
-            match state {
-                zk::SessionState::Disconnected => {
-                    warn!("disconnected from ZooKeeper; keeping the session, reconnecting");
-                    tx.send_modify(|s| s.connected = false);
-                }
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    info!("reconnected to ZooKeeper");
-                    tx.send_modify(|s| {
-                        s.connected = true;
-                        s.connection_epoch += 1;
-                    });
-                }
-                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                    warn!(
-                        ?state,
-                        session_id = format!("{session_id:#x}"),
-                        "ZooKeeper session ended; establishing a new one"
-                    );
-                    failing_since = Some((Instant::now(), 0));
-                    tx.send_modify(|s| {
-                        s.client = None;
-                        s.connected = false;
-                        s.session_id = None;
-                        s.earlier_session_ids.push(session_id);
-                        let excess = s.earlier_session_ids.len().saturating_sub(SESSION_HISTORY);
-                        s.earlier_session_ids.drain(..excess);
-                    });
-                    break;
+                state = states.changed() => match state {
+                    zk::SessionState::Disconnected => {
+                        warn!("disconnected from ZooKeeper; keeping the session, reconnecting");
+                        tx.send_modify(|s| s.connected = false);
+                        disconnected = Some(Instant::now());
+                        next_attempt = Some(tokio::time::Instant::now() + self.grace);
+                        rescue.reset();
+                    }
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        info!(after = ?disconnected.take().map(|t| t.elapsed()), "reconnected to ZooKeeper");
+                        next_attempt = None;
+                        tx.send_modify(|s| {
+                            s.connected = true;
+                            s.connection_epoch += 1;
+                        });
+                    }
+                    zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                        warn!(?state, session_id = format!("{session_id:#x}"), "ZooKeeper session ended; establishing a new one");
+                        end_session(tx, session_id);
+                        return Served::Ended;
+                    }
+                },
+                _ = attempt_due => {
+                    let result = tokio::select! {
+                        _ = cancel.cancelled() => continue,
+                        r = self.attempt() => r,
+                    };
+                    let state = states.peek_state();
+                    match result {
+                        Ok(_) if matches!(state, zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly) => {
+                            // The old session came back meanwhile: keep it, drop the new one.
+                            next_attempt = None;
+                        }
+                        Ok(replacement) => {
+                            warn!(
+                                session_id = format!("{session_id:#x}"),
+                                disconnected_for = ?disconnected.map(|t| t.elapsed()),
+                                "ZooKeeper answers again but our session has not reconnected yet; giving it up for a new session"
+                            );
+                            end_session(tx, session_id);
+                            return Served::Replaced(replacement);
+                        }
+                        Err(_) => {
+                            next_attempt = Some(tokio::time::Instant::now() + rescue.pause());
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Publishes a newly established session.
+fn install(
+    tx: &tokio_watch::Sender<SessionStatus>,
+    client: &zk::Client,
+    options: &RegistryOptions,
+    waited: Option<Duration>,
+) {
+    let session_id = client.session_id().0;
+    let granted = client.session_timeout();
+    if granted == options.session_timeout {
+        info!(session_id = format!("{session_id:#x}"), timeout = ?granted, ?waited, "ZooKeeper session established");
+    } else {
+        warn!(
+            session_id = format!("{session_id:#x}"),
+            requested = ?options.session_timeout,
+            granted = ?granted,
+            ?waited,
+            "ZooKeeper session established with another timeout than requested (the server bounds it by its minSessionTimeout/maxSessionTimeout)"
+        );
+    }
+    tx.send_modify(|s| {
+        s.client = Some(client.clone());
+        s.session_epoch += 1;
+        s.connection_epoch += 1;
+        s.connected = true;
+        s.session_id = Some(session_id);
+    });
+}
+
+/// Withdraws a session that ended or was given up, remembering its id.
+fn end_session(tx: &tokio_watch::Sender<SessionStatus>, session_id: i64) {
+    tx.send_modify(|s| {
+        s.client = None;
+        s.connected = false;
+        s.session_id = None;
+        s.earlier_session_ids.push(session_id);
+        let excess = s.earlier_session_ids.len().saturating_sub(SESSION_HISTORY);
+        s.earlier_session_ids.drain(..excess);
+    });
 }
 
 #[cfg(test)]
