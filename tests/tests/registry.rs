@@ -41,9 +41,13 @@ async fn writer(connect: &str) -> zkc::Client {
 
 /// A registry session of our own, as synapse has.
 fn session(connect: &str, cancel: &CancellationToken) -> Arc<Session> {
+    session_with_timeout(connect, Duration::from_secs(10), cancel)
+}
+
+fn session_with_timeout(connect: &str, timeout: Duration, cancel: &CancellationToken) -> Arc<Session> {
     let registry = Registry::new(
         RegistryOptions {
-            session_timeout: Duration::from_secs(10),
+            session_timeout: timeout,
             ..Default::default()
         },
         cancel.clone(),
@@ -240,5 +244,28 @@ async fn same_name_delete_and_recreate_always_converges() {
         "{PAIRS} same-name delete/create pairs converged in {:?} (slowest {slowest:?})",
         started.elapsed()
     );
+    cancel.cancel();
+}
+
+/// The session timeout the server granted is known (and logged beside the requested one): the
+/// harness's servers bound it to 0.4..30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_session_timeout_is_reported() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let cancel = CancellationToken::new();
+    for (requested, granted) in [(5_000, 5_000), (45_000, 30_000), (100, 400)] {
+        let session = session_with_timeout(&cs, Duration::from_millis(requested), &cancel);
+        let status = integration_tests::eventually_async("a session", WAIT, || {
+            let s = session.status();
+            async move { s.connected.then_some(s) }
+        })
+        .await;
+        assert_eq!(
+            status.session_timeout,
+            Some(Duration::from_millis(granted)),
+            "requested {requested} ms"
+        );
+    }
     cancel.cancel();
 }

@@ -148,6 +148,9 @@ pub struct SessionStatus {
     pub connected: bool,
     /// ZooKeeper session id, when there is a session.
     pub session_id: Option<i64>,
+    /// The session timeout the server granted (it bounds the requested one by its
+    /// `minSessionTimeout`/`maxSessionTimeout`), when there is a session.
+    pub session_timeout: Option<Duration>,
     /// Ids of this process's earlier sessions on this ensemble, oldest first, at most 16. The
     /// client gave them up, but the ensemble may still hold one for up to a session timeout
     /// (e.g. when the client declared it expired while no server answered): nodes they own
@@ -162,6 +165,7 @@ impl fmt::Debug for SessionStatus {
             .field("connection_epoch", &self.connection_epoch)
             .field("connected", &self.connected)
             .field("session_id", &self.session_id.map(|id| format!("{id:#x}")))
+            .field("session_timeout", &self.session_timeout)
             .field("earlier_session_ids", &self.earlier_session_ids.len())
             .finish()
     }
@@ -415,6 +419,7 @@ fn install(
         s.connection_epoch += 1;
         s.connected = true;
         s.session_id = Some(session_id);
+        s.session_timeout = Some(granted);
     });
 }
 
@@ -424,6 +429,7 @@ fn end_session(tx: &tokio_watch::Sender<SessionStatus>, session_id: i64) {
         s.client = None;
         s.connected = false;
         s.session_id = None;
+        s.session_timeout = None;
         s.earlier_session_ids.push(session_id);
         let excess = s.earlier_session_ids.len().saturating_sub(SESSION_HISTORY);
         s.earlier_session_ids.drain(..excess);
