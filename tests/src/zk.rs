@@ -699,7 +699,8 @@ impl ZkCluster {
     }
 
     /// Whether the ensemble serves clients: some server answers `srvr` with its ready mode
-    /// (`standalone`, or `leader`: followers serve once a leader exists).
+    /// (`standalone`, or `leader`: followers serve once a leader exists). A frozen server costs
+    /// the four-letter-word timeout (2 s) here.
     pub fn serving(&self) -> bool {
         self.indices()
             .any(|i| self.is_running(i) && self.mode(i).is_some_and(|m| m == "standalone" || m == "leader"))
