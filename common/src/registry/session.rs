@@ -4,9 +4,9 @@
 //! (`with_fail_eagerly`), each with a short connection timeout ([`connection_timeout`]), so an
 //! attempt ends as soon as every server has refused or stayed silent for that long; between
 //! attempts we sleep a jittered backoff that doubles from 100 ms up to
-//! [`RegistryOptions::max_backoff`] (1 s by default). A long outage therefore costs one cheap
-//! attempt per second, and a new session is established within about a second of a server
-//! answering again.
+//! [`RegistryOptions::max_backoff`] (500 ms by default). A long outage therefore costs two
+//! cheap attempts per second (a refused TCP connect per server), and a new session is
+//! established within about half a second of a server answering again.
 //!
 //! Reconnecting an existing session (after a disconnection, before it expires) is first left
 //! to the client library, which retries the servers at once and then with delays doubling up
@@ -35,7 +35,8 @@ pub struct RegistryOptions {
     /// Requested ZooKeeper session timeout (the server may bound it; the granted one is logged).
     /// Default 10 s.
     pub session_timeout: Duration,
-    /// Longest pause between two attempts to establish a session. Default 1 s.
+    /// Longest pause between two attempts to establish a session. Default 500 ms: the
+    /// recovery target is "serving again within a second of ZooKeeper answering".
     pub max_backoff: Duration,
 }
 
@@ -43,7 +44,7 @@ impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             session_timeout: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(500),
         }
     }
 }
