@@ -331,9 +331,7 @@ fn outlier_config(at: &str, raw: RawOutlier, d: OutlierConfig, p: &mut Problems)
         base_ejection: raw.base_ejection.unwrap_or(d.base_ejection),
         max_ejection: raw.max_ejection.unwrap_or(d.max_ejection),
         max_ejected_percent: raw.max_ejected_percent.unwrap_or(d.max_ejected_percent),
-        panic_threshold_percent: raw
-            .panic_threshold_percent
-            .unwrap_or(d.panic_threshold_percent),
+        panic_threshold_percent: raw.panic_threshold_percent.unwrap_or(d.panic_threshold_percent),
     };
     if c.base_ejection.is_zero() {
         p.push(
@@ -362,7 +360,10 @@ fn outlier_config(at: &str, raw: RawOutlier, d: OutlierConfig, p: &mut Problems)
         ("panic_threshold_percent", &mut c.panic_threshold_percent),
     ] {
         if *value > 100 {
-            p.push(format!("{at}.{key}"), format!("{value} is not a percentage (0 to 100)"));
+            p.push(
+                format!("{at}.{key}"),
+                format!("{value} is not a percentage (0 to 100)"),
+            );
             *value = 100;
         }
     }

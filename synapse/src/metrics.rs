@@ -201,10 +201,7 @@ impl Metrics {
                 be,
             )?,
             backend_ejections: IntCounterVec::new(
-                Opts::new(
-                    "synapse_backend_ejections_total",
-                    "Outlier ejections per backend",
-                ),
+                Opts::new("synapse_backend_ejections_total", "Outlier ejections per backend"),
                 be,
             )?,
             backend_ejected: IntGaugeVec::new(

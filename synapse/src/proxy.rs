@@ -142,7 +142,9 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
             Err(err) => {
                 attempt.on_connect_fail();
                 backend.state.metrics.failures.inc();
-                service.outlier.on_failure(backend, Failure::Connect, &service.table);
+                service
+                    .outlier
+                    .on_failure(backend, Failure::Connect, &service.table);
                 debug!(backend.addr = %backend.state.key, error = %err, "backend connect failed; trying the next");
             }
         }

@@ -236,14 +236,7 @@ impl Watcher {
                     .map(|b| b.id.clone())
                     .unwrap_or_default();
                 state.metrics.weight.set(0);
-                self.draining.insert(
-                    key,
-                    Draining {
-                        id,
-                        state,
-                        closes_at,
-                    },
-                );
+                self.draining.insert(key, Draining { id, state, closes_at });
             }
         }
         for b in table.backends() {

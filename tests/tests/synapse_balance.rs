@@ -210,7 +210,10 @@ fn payload_weights_are_honoured() {
     assert_eq!(canary_entry["effective_weight"], 1);
     let off_entry = synapse.backend("w", off.port).expect("listed");
     assert_eq!(off_entry["effective_weight"], 0);
-    assert_eq!(synapse.backend("mix", plain.port).unwrap()["effective_weight"], 255);
+    assert_eq!(
+        synapse.backend("mix", plain.port).unwrap()["effective_weight"],
+        255
+    );
 }
 
 /// A `backup` backend takes traffic only while the primary is down, and gives it back when
@@ -298,7 +301,11 @@ fn every_policy_is_selectable_and_routes() {
         "x's open connections are still counted in the new table"
     );
     let counts = tally(synapse.port("lc"), 20);
-    assert_eq!(count(&counts, "y"), 20, "least_conn avoids the busy backend: {counts:?}");
+    assert_eq!(
+        count(&counts, "y"),
+        20,
+        "least_conn avoids the busy backend: {counts:?}"
+    );
     drop(held);
     assert_eq!(synapse.service("lc")["balance"], "least_conn");
 
@@ -354,8 +361,7 @@ fn consecutive_connect_failures_eject_for_a_growing_time() {
     let port = synapse.port("web");
     synapse.wait_routes("web", &[good.port, dead]);
     let ejections = |s: &Synapse| s.backend_metric("synapse_backend_ejections_total", "web", dead);
-    let failures =
-        |s: &Synapse| s.backend_metric("synapse_backend_connect_failures_total", "web", dead);
+    let failures = |s: &Synapse| s.backend_metric("synapse_backend_connect_failures_total", "web", dead);
 
     eventually("the dead backend is ejected", WAIT, || {
         assert_eq!(who(port).as_deref(), Some("good"), "clients are served");
@@ -392,7 +398,10 @@ fn consecutive_connect_failures_eject_for_a_growing_time() {
         .as_u64()
         .unwrap();
     assert!(remaining > 5000, "second ejection is 8 s: {remaining} ms left");
-    assert_eq!(synapse.backend_metric("synapse_backend_ejected", "web", good.port), 0.0);
+    assert_eq!(
+        synapse.backend_metric("synapse_backend_ejected", "web", good.port),
+        0.0
+    );
 }
 
 /// Below `panic_threshold_percent` usable backends, ejection is ignored and every backend is
@@ -417,8 +426,14 @@ fn panic_threshold_ignores_ejection_when_too_few_are_usable() {
     let synapse = start_synapse(
         &cs,
         &[
-            ("panic", &format!("outlier: {{{outlier}, panic_threshold_percent: 50}}")),
-            ("nopanic", &format!("outlier: {{{outlier}, panic_threshold_percent: 0}}")),
+            (
+                "panic",
+                &format!("outlier: {{{outlier}, panic_threshold_percent: 50}}"),
+            ),
+            (
+                "nopanic",
+                &format!("outlier: {{{outlier}, panic_threshold_percent: 0}}"),
+            ),
             ("alldead", &format!("outlier: {{{outlier}}}")),
         ],
     );
@@ -447,7 +462,10 @@ fn panic_threshold_ignores_ejection_when_too_few_are_usable() {
         attempts("nopanic")
     );
     assert_eq!(attempts("nopanic"), 4.0, "ejected backends left alone");
-    assert!(attempts("panic") > 10.0, "1/3 usable < 50 %: ejected backends still tried");
+    assert!(
+        attempts("panic") > 10.0,
+        "1/3 usable < 50 %: ejected backends still tried"
+    );
     assert_eq!(synapse.service("panic")["panic"], true);
     assert_eq!(synapse.service("nopanic")["panic"], false);
 
@@ -460,7 +478,11 @@ fn panic_threshold_ignores_ejection_when_too_few_are_usable() {
         (e == 2.0).then_some(())
     });
     let _back = Backend::start_on("back", gone1);
-    assert_eq!(who(port).as_deref(), Some("back"), "served during its 30 s ejection");
+    assert_eq!(
+        who(port).as_deref(),
+        Some("back"),
+        "served during its 30 s ejection"
+    );
 }
 
 /// A connection to a backend that leaves the table keeps flowing (default `removal_grace`),
@@ -495,7 +517,11 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
     synapse.wait_routes("grace", &[next.port]);
     let removed = Instant::now();
     for svc in ["keep", "grace"] {
-        assert_eq!(who(synapse.port(svc)).as_deref(), Some("next"), "{svc}: new ones elsewhere");
+        assert_eq!(
+            who(synapse.port(svc)).as_deref(),
+            Some("next"),
+            "{svc}: new ones elsewhere"
+        );
         let draining = &synapse.service(svc)["draining"];
         assert_eq!(draining[0]["active_connections"], 1, "{svc}: {draining}");
     }
@@ -513,7 +539,10 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
     let read = conns[1].read(&mut buf);
     let closed_after = removed.elapsed();
     assert!(
-        matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
         "closed at the end of the grace: {read:?}"
     );
     println!("removal_grace 1.5 s: closed {closed_after:?} after the removal was seen");
@@ -604,10 +633,10 @@ fn membership_churn_under_load_fails_no_request() {
     );
     assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert!(ok > 1000, "too little load: {ok} requests");
-    assert!(changes as f64 / elapsed.as_secs_f64() >= 15.0, "{changes} changes");
-    assert!(updates >= 50.0, "synapse saw the churn: {updates} tables");
-    assert_eq!(
-        synapse.service_metric("synapse_no_backend_total", "churn"),
-        0.0
+    assert!(
+        changes as f64 / elapsed.as_secs_f64() >= 15.0,
+        "{changes} changes"
     );
+    assert!(updates >= 50.0, "synapse saw the churn: {updates} tables");
+    assert_eq!(synapse.service_metric("synapse_no_backend_total", "churn"), 0.0);
 }

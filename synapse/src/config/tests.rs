@@ -210,10 +210,22 @@ fn every_policy_parses() {
 #[test]
 fn balance_problems_name_their_key() {
     let cases = [
-        (", balance: fastest", "services[0].balance", "unknown balance policy"),
+        (
+            ", balance: fastest",
+            "services[0].balance",
+            "unknown balance policy",
+        ),
         (", balance: hash", "services[0].balance", "needs hash_on"),
-        (", balance: random, hash_on: client_ip", "services[0].balance", "only used with balance: hash"),
-        (", balance: hash, hash_on: 'ip'", "services[0].hash_on", "bad hash_on"),
+        (
+            ", balance: random, hash_on: client_ip",
+            "services[0].balance",
+            "only used with balance: hash",
+        ),
+        (
+            ", balance: hash, hash_on: 'ip'",
+            "services[0].hash_on",
+            "bad hash_on",
+        ),
         (
             ", balance: hash, hash_on: 'header:X-User'",
             "services[0].hash_on",
@@ -256,7 +268,10 @@ fn outlier_and_removal_grace_top_level_defaults_and_overrides() {
             ..OutlierConfig::default()
         }
     );
-    assert_eq!((b.default_weight, b.removal_grace), (1, Duration::from_secs(86_400)));
+    assert_eq!(
+        (b.default_weight, b.removal_grace),
+        (1, Duration::from_secs(86_400))
+    );
     assert_eq!(
         b.outlier,
         OutlierConfig {

@@ -66,7 +66,10 @@ fn ejection_and_panic_counts() {
         ..c
     };
     assert_eq!(none.max_ejected(10), 0);
-    let before: Vec<usize> = [0, 1, 2, 3, 4].iter().map(|n| c.ejected_before_panic(*n)).collect();
+    let before: Vec<usize> = [0, 1, 2, 3, 4]
+        .iter()
+        .map(|n| c.ejected_before_panic(*n))
+        .collect();
     assert_eq!(before, [0, 0, 1, 1, 2], "at least 50 % usable");
     let never = OutlierConfig {
         panic_threshold_percent: 0,
@@ -82,7 +85,11 @@ fn consecutive_failures_eject_and_a_success_resets_the_count() {
     let b = t.load_full();
     assert_eq!(fail(&d, &t, 0, 2), Verdict::Counted);
     b.backends()[0].state.outlier.on_success();
-    assert_eq!(fail(&d, &t, 0, 2), Verdict::Counted, "the success reset the count");
+    assert_eq!(
+        fail(&d, &t, 0, 2),
+        Verdict::Counted,
+        "the success reset the count"
+    );
     assert_eq!(fail(&d, &t, 0, 1), Verdict::Ejected(Duration::from_secs(1)));
     assert!(b.backends()[0].state.live.is_ejected());
     assert_eq!(b.backends()[0].state.metrics.ejections.get(), 1);
@@ -160,7 +167,11 @@ fn probation_reejects_at_once_with_a_doubled_time_until_a_success() {
     assert_eq!(fail(&d, &t, 0, 1), Verdict::Ejected(Duration::from_secs(4)));
     live.uneject();
     b.backends()[0].state.outlier.on_success();
-    assert_eq!(fail(&d, &t, 0, 2), Verdict::Counted, "a success ends the probation");
+    assert_eq!(
+        fail(&d, &t, 0, 2),
+        Verdict::Counted,
+        "a success ends the probation"
+    );
     assert_eq!(
         fail(&d, &t, 0, 1),
         Verdict::Ejected(Duration::from_secs(8)),

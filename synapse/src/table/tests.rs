@@ -59,7 +59,11 @@ fn round_robin_alternates_and_attempts_are_bounded() {
     let f = firsts(&t, 4);
     assert_ne!(f[0], f[1], "{f:?}");
     assert_eq!((&f[0], &f[1]), (&f[2], &f[3]), "{f:?}");
-    assert_eq!(t.pick(Ctx::new(5)).count(), 2, "attempts bounded by backend count");
+    assert_eq!(
+        t.pick(Ctx::new(5)).count(),
+        2,
+        "attempts bounded by backend count"
+    );
     assert_eq!(RouteTable::default().pick(Ctx::new(3)).count(), 0);
 }
 
@@ -92,7 +96,14 @@ fn weights_options_and_default_weight_reach_the_balancer() {
     let w: Vec<(u32, bool)> = t.backends().iter().map(|b| (b.weight, b.backup)).collect();
     assert_eq!(
         w,
-        [(0, false), (1, false), (7, false), (0, false), (3, false), (7, true)]
+        [
+            (0, false),
+            (1, false),
+            (7, false),
+            (0, false),
+            (3, false),
+            (7, true)
+        ]
     );
     let mut seen = std::collections::HashMap::<String, usize>::new();
     for k in firsts(&t, 1100) {
@@ -102,7 +113,11 @@ fn weights_options_and_default_weight_reach_the_balancer() {
     assert_eq!(seen.get("10.0.0.2:80"), Some(&100), "{seen:?}");
     assert_eq!(seen.get("10.0.0.3:80"), Some(&700), "{seen:?}");
     assert_eq!(seen.get("10.0.0.5:80"), Some(&300), "{seen:?}");
-    assert_eq!(seen.len(), 3, "weight 0, disabled and backup get nothing: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "weight 0, disabled and backup get nothing: {seen:?}"
+    );
     // The backup is the last fallback.
     let all: Vec<&str> = t.pick(Ctx::new(10)).map(|b| b.id.as_str()).collect();
     assert_eq!(all.len(), 4, "{all:?}");
@@ -125,6 +140,9 @@ fn live_state_is_shared_with_the_balancer() {
     for k in firsts(&t, 20) {
         assert_eq!(k, "10.0.0.1:80", "the ejected backend is skipped");
     }
-    let panic = t.pick(Ctx::new(1).ignoring_ejection()).next().map(|b| b.id.as_str());
+    let panic = t
+        .pick(Ctx::new(1).ignoring_ejection())
+        .next()
+        .map(|b| b.id.as_str());
     assert_eq!(panic, Some("b"), "in panic mode, ejection is ignored");
 }
