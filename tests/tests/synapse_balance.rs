@@ -556,6 +556,14 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
         synapse.service_metric("synapse_removal_grace_closed_total", "keep"),
         0.0
     );
+
+    // Back within its grace: it gets its state back, open connection included.
+    put(&zkc, "keep", "echo_0000000003", echo.port, "");
+    synapse.wait_routes("keep", &[echo.port, next.port]);
+    let entry = synapse.backend("keep", echo.port).unwrap();
+    assert_eq!(entry["active_connections"], 1, "{entry}");
+    assert_eq!(synapse.service("keep")["draining"], serde_json::json!([]));
+    echo_round(&mut conns[0]).expect("still flowing");
 }
 
 /// Load test: backends join and leave ~20 times a second for 10 s while clients open a
