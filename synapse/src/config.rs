@@ -9,6 +9,9 @@ use std::time::Duration;
 use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
 use serde::Deserialize;
 
+use crate::balance::{HashOn, Policy, PolicyName, DEFAULT_WEIGHT};
+use crate::outlier::OutlierConfig;
+
 /// A validated synapse configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,7 +65,21 @@ pub struct ServiceConfig {
     /// probes every 10 s, up to 6). Zero: off. Default 60 s, or the top-level
     /// `tcp_keepalive`.
     pub tcp_keepalive: Duration,
+    /// Balancing policy (`balance`, plus `hash_on` for `hash`). Default `round_robin`.
+    pub balance: Policy,
+    /// Weight of a node whose payload has none (airbnb nerve writes none unless told to).
+    /// Default 255 ([`DEFAULT_WEIGHT`]), or the top-level `default_weight`.
+    pub default_weight: u32,
+    /// Passive outlier ejection and panic threshold. Defaults: see [`OutlierConfig`]; the
+    /// top-level `outlier` sets defaults key by key.
+    pub outlier: OutlierConfig,
+    /// How long connections to a backend that left the route table may go on; then they
+    /// are closed. Zero: closed at once. Default 5 min, or the top-level `removal_grace`.
+    pub removal_grace: Duration,
 }
+
+/// Default of [`ServiceConfig::removal_grace`].
+pub const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(300);
 
 /// Default of [`ServiceConfig::first_sync_timeout`].
 pub const DEFAULT_FIRST_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +95,23 @@ struct RawConnDefaults {
     first_sync_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     tcp_keepalive: Option<Duration>,
+    default_weight: Option<u32>,
+    /// The top-level `outlier` block, validated, defaults filled in.
+    outlier: OutlierConfig,
+    removal_grace: Option<Duration>,
+}
+
+/// `outlier:`, at the top level (defaults) or in a service. Every key is optional.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_failures: Option<u32>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    base_ejection: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    max_ejection: Option<Duration>,
+    max_ejected_percent: Option<u32>,
+    panic_threshold_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +130,11 @@ struct RawConfig {
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     tcp_keepalive: Option<Duration>,
+    default_weight: Option<u32>,
+    #[serde(default)]
+    outlier: RawOutlier,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    removal_grace: Option<Duration>,
     services: Vec<serde_json::Value>,
 }
 
@@ -117,6 +156,13 @@ struct RawService {
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     tcp_keepalive: Option<Duration>,
+    balance: Option<String>,
+    hash_on: Option<String>,
+    default_weight: Option<u32>,
+    #[serde(default)]
+    outlier: RawOutlier,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    removal_grace: Option<Duration>,
 }
 
 impl Config {
@@ -135,6 +181,9 @@ impl Config {
             first_sync_timeout: raw.first_sync_timeout,
             idle_timeout: raw.idle_timeout,
             tcp_keepalive: raw.tcp_keepalive,
+            default_weight: raw.default_weight,
+            outlier: outlier_config("outlier", raw.outlier, OutlierConfig::default(), p),
+            removal_grace: raw.removal_grace,
         };
         let mut services: Vec<ServiceConfig> = Vec::new();
         for (i, value) in raw.services.into_iter().enumerate() {
@@ -227,7 +276,98 @@ fn validate_service(at: &str, s: RawService, conn: &RawConnDefaults, p: &mut Pro
             .tcp_keepalive
             .or(conn.tcp_keepalive)
             .unwrap_or(DEFAULT_TCP_KEEPALIVE),
+        balance: balance(at, s.balance.as_deref(), s.hash_on.as_deref(), mode, p),
+        default_weight: s.default_weight.or(conn.default_weight).unwrap_or(DEFAULT_WEIGHT),
+        outlier: outlier_config(&format!("{at}.outlier"), s.outlier, conn.outlier, p),
+        removal_grace: s
+            .removal_grace
+            .or(conn.removal_grace)
+            .unwrap_or(DEFAULT_REMOVAL_GRACE),
     }
+}
+
+/// `balance` + `hash_on` → a policy; problems at `<at>.balance` / `<at>.hash_on`.
+fn balance(at: &str, name: Option<&str>, hash_on: Option<&str>, mode: Mode, p: &mut Problems) -> Policy {
+    let name = match name.map(str::parse::<PolicyName>).transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            p.push(format!("{at}.balance"), e);
+            return Policy::default();
+        }
+    };
+    let hash_on = match hash_on.map(str::parse::<HashOn>).transpose() {
+        Ok(h) => h,
+        Err(e) => {
+            p.push(format!("{at}.hash_on"), e);
+            return Policy::default();
+        }
+    };
+    let policy = match Policy::from_config(name, hash_on) {
+        Ok(policy) => policy,
+        Err(e) => {
+            p.push(format!("{at}.balance"), e);
+            return Policy::default();
+        }
+    };
+    if let Some(on) = policy.hash_on().filter(|on| on.needs_http()) {
+        match mode {
+            Mode::Tcp => p.push(
+                format!("{at}.hash_on"),
+                format!(
+                    "hash_on {on} needs an HTTP request to read it from, and this service is \
+                     mode tcp; in tcp mode only client_ip can be hashed"
+                ),
+            ),
+        }
+    }
+    policy
+}
+
+/// Validates an `outlier:` block, its missing keys taken from `d` (already valid); problems
+/// at `<at>.<key>`, only ever about keys of this block.
+fn outlier_config(at: &str, raw: RawOutlier, d: OutlierConfig, p: &mut Problems) -> OutlierConfig {
+    let mut c = OutlierConfig {
+        consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
+        base_ejection: raw.base_ejection.unwrap_or(d.base_ejection),
+        max_ejection: raw.max_ejection.unwrap_or(d.max_ejection),
+        max_ejected_percent: raw.max_ejected_percent.unwrap_or(d.max_ejected_percent),
+        panic_threshold_percent: raw.panic_threshold_percent.unwrap_or(d.panic_threshold_percent),
+    };
+    if c.base_ejection.is_zero() {
+        p.push(
+            format!("{at}.base_ejection"),
+            "must be more than 0 (to turn ejection off, set consecutive_failures: 0)",
+        );
+        c.base_ejection = d.base_ejection;
+    }
+    if c.max_ejection < c.base_ejection {
+        let key = if raw.max_ejection.is_some() {
+            "max_ejection"
+        } else {
+            "base_ejection"
+        };
+        p.push(
+            format!("{at}.{key}"),
+            format!(
+                "max_ejection {:?} is less than base_ejection {:?}",
+                c.max_ejection, c.base_ejection
+            ),
+        );
+        c.max_ejection = c.base_ejection;
+    }
+    for (key, value) in [
+        ("max_ejected_percent", &mut c.max_ejected_percent),
+        ("panic_threshold_percent", &mut c.panic_threshold_percent),
+    ] {
+        if *value > 100 {
+            p.push(
+                format!("{at}.{key}"),
+                format!("{value} is not a percentage (0 to 100)"),
+            );
+            *value = 100;
+        }
+    }
+    c
 }
 
 impl common::cli::AgentConfig for Config {

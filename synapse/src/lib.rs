@@ -4,22 +4,26 @@
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
 //! - [`service`]: per service, the watcher task that builds route tables (single writer).
-//! - [`table`]: immutable route tables and per-backend live state (hot path).
+//! - [`table`]: immutable route tables (backends + balancer) and per-backend live state
+//!   carried across tables (hot path).
 //! - [`balance`]: balancing policies (round-robin, least-conn, random, p2c-EWMA, Maglev
 //!   hash), weights, backups, per-backend live state (hot path, pure).
+//! - [`outlier`]: passive outlier ejection (consecutive failures, growing capped ejection
+//!   time, maximum ejected share) and the panic threshold.
 //! - [`proxy`]: accept loop and per-connection TCP proxying (hot path).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /ready`, `GET /services`, `GET /metrics`.
 //!
 //! Data flow: ZooKeeper event → `common::registry::watch` → member map → filters
-//! (availability) and fallback (previous backends) → `RouteTable::build` → `ArcSwap::store`
-//! → the next connection uses it.
+//! (availability) and fallback (previous backends) → `RouteTable::build` (balancer included)
+//! → `ArcSwap::store` → the next connection loads it and asks its balancer for backends.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod service;
 pub mod table;

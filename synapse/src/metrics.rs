@@ -2,7 +2,18 @@
 //! resolved once per service and once per backend (when it joins a route table), never per
 //! connection.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets of `synapse_backend_connect_seconds`: 100 µs to 2.5 s.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets of `synapse_route_table_build_seconds`: 10 µs to 250 ms.
+const BUILD_BUCKETS: &[f64] = &[
+    0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
 
 /// All synapse metrics.
 #[derive(Debug, Clone)]
@@ -20,6 +31,14 @@ pub struct Metrics {
     backend_active: IntGaugeVec,
     backend_connections: IntCounterVec,
     backend_failures: IntCounterVec,
+    backend_connect_time: HistogramVec,
+    backend_ejections: IntCounterVec,
+    backend_ejected: IntGaugeVec,
+    backend_weight: IntGaugeVec,
+    grace_closed: IntCounterVec,
+    draining: IntGaugeVec,
+    panic: IntGaugeVec,
+    build_time: HistogramVec,
 }
 
 /// Handles for one service.
@@ -47,6 +66,14 @@ pub struct ServiceMetrics {
     pub bytes_up: IntCounter,
     /// Bytes from backends to clients.
     pub bytes_down: IntCounter,
+    /// Connections to a removed backend closed at the end of `removal_grace`.
+    pub grace_closed: IntCounter,
+    /// Removed backends whose connections are still open (within `removal_grace`).
+    pub draining: IntGauge,
+    /// 1 while the route table is in panic mode (set when `/metrics` is read).
+    pub panic: IntGauge,
+    /// Time to build a route table (balancer included).
+    pub build_time: Histogram,
 }
 
 /// `synapse_connections_rejected_total` handles of one service, one per `reason`.
@@ -69,6 +96,14 @@ pub struct BackendMetrics {
     pub connections: IntCounter,
     /// Connection attempts that failed (refused or timed out).
     pub failures: IntCounter,
+    /// Time to connect, successful attempts only.
+    pub connect_time: Histogram,
+    /// Outlier ejections.
+    pub ejections: IntCounter,
+    /// 1 while ejected (set at ejection and whenever `/metrics` is read).
+    pub ejected: IntGauge,
+    /// Effective weight in the current table.
+    pub weight: IntGauge,
 }
 
 impl Metrics {
@@ -157,6 +192,58 @@ impl Metrics {
                 ),
                 be,
             )?,
+            backend_connect_time: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_backend_connect_seconds",
+                    "Time to connect to a backend (successful attempts)",
+                )
+                .buckets(CONNECT_BUCKETS.to_vec()),
+                be,
+            )?,
+            backend_ejections: IntCounterVec::new(
+                Opts::new("synapse_backend_ejections_total", "Outlier ejections per backend"),
+                be,
+            )?,
+            backend_ejected: IntGaugeVec::new(
+                Opts::new("synapse_backend_ejected", "1 while the backend is ejected"),
+                be,
+            )?,
+            backend_weight: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_backend_weight",
+                    "Effective weight of the backend in the route table (0 = no new connections)",
+                ),
+                be,
+            )?,
+            grace_closed: IntCounterVec::new(
+                Opts::new(
+                    "synapse_removal_grace_closed_total",
+                    "Connections to removed backends closed at the end of removal_grace",
+                ),
+                svc,
+            )?,
+            draining: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_backends_draining",
+                    "Removed backends whose connections are still open within removal_grace",
+                ),
+                svc,
+            )?,
+            panic: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_outlier_panic",
+                    "1 while too few backends are usable and ejection is ignored",
+                ),
+                svc,
+            )?,
+            build_time: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_route_table_build_seconds",
+                    "Time to build a route table and its balancer",
+                )
+                .buckets(BUILD_BUCKETS.to_vec()),
+                svc,
+            )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.no_backend.clone()))?;
@@ -171,6 +258,14 @@ impl Metrics {
         registry.register(Box::new(m.backend_active.clone()))?;
         registry.register(Box::new(m.backend_connections.clone()))?;
         registry.register(Box::new(m.backend_failures.clone()))?;
+        registry.register(Box::new(m.backend_connect_time.clone()))?;
+        registry.register(Box::new(m.backend_ejections.clone()))?;
+        registry.register(Box::new(m.backend_ejected.clone()))?;
+        registry.register(Box::new(m.backend_weight.clone()))?;
+        registry.register(Box::new(m.grace_closed.clone()))?;
+        registry.register(Box::new(m.draining.clone()))?;
+        registry.register(Box::new(m.panic.clone()))?;
+        registry.register(Box::new(m.build_time.clone()))?;
         Ok(m)
     }
 
@@ -192,6 +287,10 @@ impl Metrics {
             stale: self.stale.with_label_values(&[service]),
             bytes_up: self.bytes.with_label_values(&[service, "up"]),
             bytes_down: self.bytes.with_label_values(&[service, "down"]),
+            grace_closed: self.grace_closed.with_label_values(&[service]),
+            draining: self.draining.with_label_values(&[service]),
+            panic: self.panic.with_label_values(&[service]),
+            build_time: self.build_time.with_label_values(&[service]),
         }
     }
 
@@ -201,6 +300,10 @@ impl Metrics {
             active: self.backend_active.with_label_values(&[service, backend]),
             connections: self.backend_connections.with_label_values(&[service, backend]),
             failures: self.backend_failures.with_label_values(&[service, backend]),
+            connect_time: self.backend_connect_time.with_label_values(&[service, backend]),
+            ejections: self.backend_ejections.with_label_values(&[service, backend]),
+            ejected: self.backend_ejected.with_label_values(&[service, backend]),
+            weight: self.backend_weight.with_label_values(&[service, backend]),
         }
     }
 
@@ -209,5 +312,9 @@ impl Metrics {
         let _ = self.backend_active.remove_label_values(&[service, backend]);
         let _ = self.backend_connections.remove_label_values(&[service, backend]);
         let _ = self.backend_failures.remove_label_values(&[service, backend]);
+        let _ = self.backend_connect_time.remove_label_values(&[service, backend]);
+        let _ = self.backend_ejections.remove_label_values(&[service, backend]);
+        let _ = self.backend_ejected.remove_label_values(&[service, backend]);
+        let _ = self.backend_weight.remove_label_values(&[service, backend]);
     }
 }

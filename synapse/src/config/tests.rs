@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::balance::{HashOn, Policy};
+use crate::outlier::OutlierConfig;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -158,4 +160,161 @@ fn session_timeout_log_level_and_zk_chars_are_checked_at_load() {
         ],
         "{err}"
     );
+}
+
+fn one(extra: &str) -> String {
+    format!("services:\n  - {{name: a, zk_hosts: 'h:1', zk_path: /a, listen: 3306{extra}}}\n")
+}
+
+fn problem_paths(text: &str) -> Vec<String> {
+    let err = load(text).unwrap_err();
+    err.problems.iter().map(|p| p.path.clone()).collect()
+}
+
+#[test]
+fn balancing_defaults() {
+    let c = load(&one("")).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.balance, Policy::RoundRobin);
+    assert_eq!(s.default_weight, 255);
+    assert_eq!(s.outlier, OutlierConfig::default());
+    assert_eq!(
+        (
+            s.outlier.consecutive_failures,
+            s.outlier.base_ejection,
+            s.outlier.max_ejection,
+            s.outlier.max_ejected_percent,
+            s.outlier.panic_threshold_percent
+        ),
+        (5, Duration::from_secs(1), Duration::from_secs(30), 50, 50)
+    );
+    assert_eq!(s.removal_grace, Duration::from_secs(300));
+}
+
+#[test]
+fn every_policy_parses() {
+    for (text, want) in [
+        ("round_robin", Policy::RoundRobin),
+        ("least_conn", Policy::LeastConn),
+        ("random", Policy::Random),
+        ("p2c_ewma", Policy::P2cEwma),
+        ("peak_ewma", Policy::P2cEwma),
+    ] {
+        let c = load(&one(&format!(", balance: {text}"))).unwrap();
+        assert_eq!(c.services[0].balance, want, "{text}");
+    }
+    let c = load(&one(", balance: hash, hash_on: client_ip")).unwrap();
+    assert_eq!(c.services[0].balance, Policy::Hash(HashOn::ClientIp));
+}
+
+#[test]
+fn balance_problems_name_their_key() {
+    let cases = [
+        (
+            ", balance: fastest",
+            "services[0].balance",
+            "unknown balance policy",
+        ),
+        (", balance: hash", "services[0].balance", "needs hash_on"),
+        (
+            ", balance: random, hash_on: client_ip",
+            "services[0].balance",
+            "only used with balance: hash",
+        ),
+        (
+            ", balance: hash, hash_on: 'ip'",
+            "services[0].hash_on",
+            "bad hash_on",
+        ),
+        (
+            ", balance: hash, hash_on: 'header:X-User'",
+            "services[0].hash_on",
+            "mode tcp",
+        ),
+        (
+            ", balance: hash, hash_on: 'cookie:session'",
+            "services[0].hash_on",
+            "mode tcp",
+        ),
+        (", default_weight: -1", "services[0].default_weight", ""),
+    ];
+    for (extra, key, words) in cases {
+        let err = load(&one(extra)).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{extra}: {err}");
+        assert!(err.to_string().contains(words), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn outlier_and_removal_grace_top_level_defaults_and_overrides() {
+    let c = load(concat!(
+        "default_weight: 10\nremoval_grace: 0s\n",
+        "outlier: {consecutive_failures: 2, max_ejection: 1m, panic_threshold_percent: 0}\n",
+        "services:\n",
+        "  - {name: a, zk_hosts: 'h:1', zk_path: /a, listen: 3306}\n",
+        "  - {name: b, zk_hosts: 'h:1', zk_path: /b, listen: 3307, default_weight: 1, \
+         removal_grace: 24h, outlier: {consecutive_failures: 0, base_ejection: 2s}}\n",
+    ))
+    .unwrap();
+    let (a, b) = (&c.services[0], &c.services[1]);
+    assert_eq!((a.default_weight, a.removal_grace), (10, Duration::ZERO));
+    assert_eq!(
+        a.outlier,
+        OutlierConfig {
+            consecutive_failures: 2,
+            max_ejection: Duration::from_secs(60),
+            panic_threshold_percent: 0,
+            ..OutlierConfig::default()
+        }
+    );
+    assert_eq!(
+        (b.default_weight, b.removal_grace),
+        (1, Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        b.outlier,
+        OutlierConfig {
+            consecutive_failures: 0,
+            base_ejection: Duration::from_secs(2),
+            max_ejection: Duration::from_secs(60),
+            panic_threshold_percent: 0,
+            ..OutlierConfig::default()
+        },
+        "key by key over the top-level block"
+    );
+}
+
+#[test]
+fn outlier_problems_name_their_key_once() {
+    let paths = problem_paths(&one(
+        ", outlier: {base_ejection: 0s, max_ejected_percent: 101, panic_threshold_percent: 200, \
+         interval: 1s}",
+    ));
+    assert_eq!(
+        paths,
+        [
+            "services[0].outlier.interval",
+            "services[0].outlier.base_ejection",
+            "services[0].outlier.max_ejected_percent",
+            "services[0].outlier.panic_threshold_percent"
+        ]
+    );
+    let paths = problem_paths(&one(", outlier: {base_ejection: 1m, max_ejection: 10s}"));
+    assert_eq!(paths, ["services[0].outlier.max_ejection"]);
+    // A service's base above the top-level max: the service's key is the one to blame.
+    let paths = problem_paths(&format!(
+        "outlier: {{max_ejection: 10s}}\n{}",
+        one(", outlier: {base_ejection: 1m}")
+    ));
+    assert_eq!(paths, ["services[0].outlier.base_ejection"]);
+    // A bad top-level block is reported once, at the top level, not per service.
+    let paths = problem_paths(&format!(
+        "outlier: {{max_ejected_percent: 150}}\nservices:\n{}{}",
+        svc("a", "4000"),
+        svc("b", "4001")
+    ));
+    assert_eq!(paths, ["outlier.max_ejected_percent"]);
+    let paths = problem_paths(&one(", removal_grace: soon"));
+    assert_eq!(paths, ["services[0].removal_grace"]);
 }
