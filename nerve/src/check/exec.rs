@@ -126,33 +126,42 @@ impl Group {
         let _ = killpg(self.id, Signal::SIGKILL);
     }
 
-    /// Reaps the killed members that were re-parented to nerve. When nerve is PID 1 (a
-    /// container) or a subreaper, the orphans of the command become its children and would
-    /// stay zombies: tokio only waits for the children it spawned. Elsewhere they belong to
-    /// init and this returns at once (`ECHILD`).
+    /// Reaps what was killed (see [`reap`]); nothing left to do on drop.
     async fn reap(mut self) {
-        let deadline = Instant::now() + REAP;
-        loop {
-            match waitpid(Pid::from_raw(-self.id.as_raw()), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Ok(_) => {}
-                Err(Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
         self.done = true;
+        reap(self.id).await;
     }
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
         if !self.done {
+            // Abandoned mid-run (shutdown, a cancelled check): kill now, reap in the
+            // background.
             self.kill();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(reap(self.id));
+            }
+        }
+    }
+}
+
+/// Reaps the killed members of group `id` that were re-parented to nerve. When nerve is
+/// PID 1 (a container) or a subreaper, the orphans of the command become its children and
+/// would stay zombies: tokio only waits for the children it spawned. Elsewhere they belong
+/// to init and this returns at once (`ECHILD`).
+async fn reap(id: Pid) {
+    let deadline = Instant::now() + REAP;
+    loop {
+        match waitpid(Pid::from_raw(-id.as_raw()), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return,
         }
     }
 }
