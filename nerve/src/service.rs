@@ -382,3 +382,6 @@ async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,8 +37,8 @@ fn runtime() -> Runtime {
 /// A listener on a free loopback port, bound before the runtime runs anything (blocking
 /// inside an async test is not allowed).
 fn bind(what: &str) -> std::net::TcpListener {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap_or_else(|e| panic!("bind {what} target: {e}"));
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind {what} target: {e}"));
     listener.set_nonblocking(true).expect("nonblocking");
     listener
 }
@@ -192,11 +192,7 @@ impl HttpTarget {
     }
 }
 
-fn answer(
-    routes: &Routes,
-    seen: &Mutex<Vec<SeenRequest>>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+fn answer(routes: &Routes, seen: &Mutex<Vec<SeenRequest>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let headers = req
         .headers()
         .iter()
@@ -315,7 +311,11 @@ impl GrpcHealth {
 
 type GrpcBody = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
-async fn health(statuses: &Statuses, asked: &Mutex<Vec<String>>, req: Request<Incoming>) -> Response<GrpcBody> {
+async fn health(
+    statuses: &Statuses,
+    asked: &Mutex<Vec<String>>,
+    req: Request<Incoming>,
+) -> Response<GrpcBody> {
     let trailers_only = |code: &str, message: &str| {
         Response::builder()
             .status(200)

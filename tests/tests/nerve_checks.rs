@@ -62,7 +62,10 @@ async fn http_statuses_body_method_and_host_header() {
     );
     // A list of codes and ranges.
     let list = r#"expect_status: [200, "300-302"]"#;
-    assert_eq!(result(p, &format!("{{type: http, uri: /moved, {list}}}")).await, Ok(()));
+    assert_eq!(
+        result(p, &format!("{{type: http, uri: /moved, {list}}}")).await,
+        Ok(())
+    );
     assert_eq!(
         result(p, &format!("{{type: http, uri: /created, {list}}}")).await,
         Err(CheckError::Status {
@@ -76,12 +79,13 @@ async fn http_statuses_body_method_and_host_header() {
         "a 503 can be what is expected"
     );
     // The body substring.
+    assert_eq!(result(p, "{type: http, expect_body: 'status: ok'}").await, Ok(()));
     assert_eq!(
-        result(p, "{type: http, expect_body: 'status: ok'}").await,
-        Ok(())
-    );
-    assert_eq!(
-        result(p, "{type: http, uri: /down, expect_status: 503, expect_body: 'status: ok'}").await,
+        result(
+            p,
+            "{type: http, uri: /down, expect_status: 503, expect_body: 'status: ok'}"
+        )
+        .await,
         Err(CheckError::Body {
             expected: "status: ok".into(),
             read: 12
@@ -99,7 +103,11 @@ async fn http_statuses_body_method_and_host_header() {
     // HEAD, and the Host header the server sees: default, host_header, headers.
     assert_eq!(result(p, "{type: http, method: HEAD}").await, Ok(()));
     assert_eq!(
-        result(p, "{type: http, host_header: web.example, uri: '/health?from=nerve'}").await,
+        result(
+            p,
+            "{type: http, host_header: web.example, uri: '/health?from=nerve'}"
+        )
+        .await,
         Ok(())
     );
     assert_eq!(
@@ -136,17 +144,28 @@ async fn https_verifies_by_default_and_trusts_the_ca_file_or_the_opt_out() {
     // Trusted through tls_ca_file, by IP (the default server name) or by name.
     let ca = ca.display();
     assert_eq!(
-        result(p, &format!("{{type: https, tls_ca_file: '{ca}', expect_body: ok}}")).await,
+        result(
+            p,
+            &format!("{{type: https, tls_ca_file: '{ca}', expect_body: ok}}")
+        )
+        .await,
         Ok(())
     );
     assert_eq!(
-        result(p, &format!("{{type: https, tls_ca_file: '{ca}', tls_server_name: localhost}}")).await,
+        result(
+            p,
+            &format!("{{type: https, tls_ca_file: '{ca}', tls_server_name: localhost}}")
+        )
+        .await,
         Ok(())
     );
     // A name the certificate does not carry is refused, CA file or not.
-    let err = result(p, &format!("{{type: https, tls_ca_file: '{ca}', tls_server_name: other.example}}"))
-        .await
-        .unwrap_err();
+    let err = result(
+        p,
+        &format!("{{type: https, tls_ca_file: '{ca}', tls_server_name: other.example}}"),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(&err, CheckError::Tls { .. }), "{err}");
     // The explicit opt-out.
     assert_eq!(result(p, "{type: https, tls_skip_verify: true}").await, Ok(()));
@@ -195,7 +214,11 @@ async fn tcp_connect_send_and_expect() {
         "a line protocol"
     );
     assert_eq!(
-        result(p, "{type: tcp, send: {hex: '00ff7f'}, expect: {hex: '0d0a00ff7f'}}").await,
+        result(
+            p,
+            "{type: tcp, send: {hex: '00ff7f'}, expect: {hex: '0d0a00ff7f'}}"
+        )
+        .await,
         Ok(()),
         "bytes"
     );
@@ -228,7 +251,9 @@ async fn tcp_expect_waits_no_longer_than_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_ping_with_and_without_auth() {
-    let open = tokio::task::spawn_blocking(|| Redis::start(None, &[])).await.unwrap();
+    let open = tokio::task::spawn_blocking(|| Redis::start(None, &[]))
+        .await
+        .unwrap();
     assert_eq!(result(open.port, "{type: redis}").await, Ok(()));
 
     let locked = tokio::task::spawn_blocking(|| Redis::start(Some("s3cret"), &[("probe", "pr0be")]))
@@ -251,7 +276,9 @@ async fn redis_ping_with_and_without_auth() {
         Ok(()),
         "an ACL user"
     );
-    assert!(result(p, "{type: redis, username: probe, password: s3cret}").await.is_err());
+    assert!(result(p, "{type: redis, username: probe, password: s3cret}")
+        .await
+        .is_err());
     // The status never shows the password.
     let c = check(p, "{type: redis, password: s3cret}");
     assert_eq!(c.target(), format!("redis://127.0.0.1:{p}"));
@@ -288,7 +315,10 @@ async fn grpc_health_serving_not_serving_and_unknown() {
     // Switched at run time.
     let web = check(p, "{type: grpc, service: web.v1.Web}");
     grpc.set("web.v1.Web", Some(NOT_SERVING));
-    assert!(matches!(web.run().await.result, Err(CheckError::NotServing { .. })));
+    assert!(matches!(
+        web.run().await.result,
+        Err(CheckError::NotServing { .. })
+    ));
     grpc.set("web.v1.Web", Some(SERVING));
     assert_eq!(web.run().await.result, Ok(()));
 
@@ -310,9 +340,100 @@ async fn grpc_health_over_tls() {
         Err(CheckError::Tls { .. })
     ));
     assert_eq!(
-        result(p, &format!("{{type: grpc, tls: true, tls_ca_file: '{}'}}", ca.display())).await,
+        result(
+            p,
+            &format!("{{type: grpc, tls: true, tls_ca_file: '{}'}}", ca.display())
+        )
+        .await,
         Ok(())
     );
-    assert_eq!(result(p, "{type: grpc, tls: true, tls_skip_verify: true}").await, Ok(()));
+    assert_eq!(
+        result(p, "{type: grpc, tls: true, tls_skip_verify: true}").await,
+        Ok(())
+    );
     assert!(result(p, "{type: grpc}").await.is_err(), "h2c to a TLS port");
+}
+
+/// End to end: the real nerve binary and a real ZooKeeper. One service with two checks of
+/// different types; when one fails the node goes, and `/status` and the metrics name that
+/// check only.
+#[test]
+fn one_failing_check_of_two_removes_the_node_and_is_the_only_one_shown() {
+    use integration_tests::agents::{http_get, metric};
+    use integration_tests::{eventually, Agent, Zk, ZkCluster};
+
+    const WAIT: Duration = Duration::from_secs(20);
+    const PATH: &str = "/services/web";
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let web = HttpTarget::start();
+    web.route("/health", 200, "ok");
+    let grpc = GrpcHealth::start();
+    grpc.set("web", Some(SERVING));
+    let admin = free_port();
+    let config = format!(
+        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  \
+         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
+         check_interval: 100ms, rise: 1, fall: 1, \
+         checks: [{{type: http, name: health, expect_body: ok}}, {{type: grpc, port: {}, service: web}}]}}\n",
+        web.port, grpc.port
+    );
+    let _nerve = Agent::start("nerve", &config);
+    let zkc = Zk::connect(&cs);
+    eventually("nerve registers the service", WAIT, || {
+        (zkc.children(PATH).ok()?.len() == 1).then_some(())
+    });
+
+    web.route("/health", 503, "down");
+    eventually("the node is removed when one check fails", WAIT, || {
+        zkc.children(PATH).ok()?.is_empty().then_some(())
+    });
+    let (code, body) = http_get(admin, "/status").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let svc = &status["services"][0];
+    assert_eq!(svc["healthy"], false, "{body}");
+    let checks = svc["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{body}");
+    let (health, grpc_check) = (&checks[0], &checks[1]);
+    assert_eq!(health["name"], "health");
+    assert_eq!(health["type"], "http");
+    assert_eq!(health["target"], format!("http://127.0.0.1:{}/health", web.port));
+    assert_eq!(health["up"], false);
+    assert_eq!(health["last_result"], "fail");
+    assert!(
+        health["last_error"].as_str().unwrap().contains("http status 503"),
+        "{body}"
+    );
+    assert!(health["consecutive_failures"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(health["consecutive_successes"], 0);
+    assert_eq!(grpc_check["name"], "1_grpc");
+    assert_eq!(grpc_check["type"], "grpc");
+    assert_eq!(grpc_check["up"], true, "{body}");
+    assert_eq!(grpc_check["last_result"], "ok");
+    assert!(grpc_check["last_error"].is_null(), "{body}");
+    let summary = svc["last_check_error"].as_str().unwrap();
+    assert!(summary.starts_with("health: http status 503"), "{summary}");
+    assert!(!summary.contains("1_grpc"), "{summary}");
+    let up = |check: &str| {
+        metric(
+            admin,
+            &format!("nerve_check_up{{check=\"{check}\",service=\"web\"}}"),
+        )
+    };
+    assert_eq!(up("health"), Some(0.0));
+    assert_eq!(up("1_grpc"), Some(1.0));
+    assert!(
+        metric(
+            admin,
+            "nerve_checks_total{check=\"health\",result=\"fail\",service=\"web\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+
+    web.route("/health", 200, "ok");
+    eventually("the node is back once the check passes", WAIT, || {
+        (zkc.children(PATH).ok()?.len() == 1).then_some(())
+    });
 }

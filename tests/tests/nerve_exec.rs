@@ -65,7 +65,9 @@ async fn exit_status_output_and_environment() {
     );
 
     // No shell unless asked: arguments are passed as they are.
-    let literal = exec(r#"{type: exec, command: [echo, "$HOME; exit 1"]}"#).run().await;
+    let literal = exec(r#"{type: exec, command: [echo, "$HOME; exit 1"]}"#)
+        .run()
+        .await;
     assert_eq!(literal.result, Ok(()));
     assert_eq!(literal.output.as_deref(), Some("$HOME; exit 1"));
     // With shell: true, `sh -c` runs the string.
@@ -122,7 +124,11 @@ async fn timeout_kills_the_whole_process_group() {
         report.result,
         Err(CheckError::Timeout(Duration::from_millis(500)))
     );
-    assert_eq!(report.output.as_deref(), Some("started"), "output up to the timeout");
+    assert_eq!(
+        report.output.as_deref(),
+        Some("started"),
+        "output up to the timeout"
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
     let list = pids(&file, 2);
     let (grandchild, shell) = (list[0], list[1]);
@@ -143,7 +149,11 @@ async fn what_a_command_leaves_behind_is_killed_when_it_exits() {
     let started = Instant::now();
     let report = check.run().await;
     // The background sleep holds stdout open: the check must not wait for it.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(report.result, Ok(()));
     assert_eq!(report.output.as_deref(), Some("healthy"));
     let grandchild = pids(&file, 1)[0];
@@ -175,8 +185,10 @@ async fn an_abandoned_run_kills_the_group() {
 }
 
 async fn eventually_async_gone(pid: u32) {
-    integration_tests::eventually_async(&format!("pid {pid} gone"), Duration::from_secs(10), || async move {
-        process_state(pid).is_none().then_some(())
-    })
+    integration_tests::eventually_async(
+        &format!("pid {pid} gone"),
+        Duration::from_secs(10),
+        || async move { process_state(pid).is_none().then_some(()) },
+    )
     .await;
 }
