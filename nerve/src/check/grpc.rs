@@ -206,7 +206,10 @@ pub fn decode_response(body: &[u8]) -> Result<u64, CheckError> {
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad("truncated frame"))?;
     let len = u32::from_be_bytes(len_bytes) as usize;
-    let mut msg = rest.get(4..4 + len).ok_or_else(|| bad("truncated message"))?;
+    let mut msg = rest
+        .get(4..)
+        .and_then(|r| r.get(..len))
+        .ok_or_else(|| bad("truncated message"))?;
     let mut status = 0;
     while !msg.is_empty() {
         let key = get_varint(&mut msg).ok_or_else(|| bad("truncated field"))?;
