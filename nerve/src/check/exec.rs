@@ -70,8 +70,10 @@ pub async fn run(check: &ExecCheck, timeout: Duration) -> Report {
     }
     let exited = match exited {
         Some(status) => status,
-        // Killed with its group just above: this returns at once.
+        // Killed with its group just above (and directly, should it have left the group):
+        // this returns at once.
         None => {
+            let _ = child.start_kill();
             let _ = child.wait().await;
             output.drain(Instant::now() + DRAIN).await;
             if let Some(group) = group {
