@@ -80,6 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let registry = Registry::new(
         RegistryOptions {
             session_timeout: config.zk_session_timeout,
+            // synapse holds no ephemeral node: a lagging session is cheaply replaced.
+            replace_lagging_session: true,
             ..Default::default()
         },
         shutdown.clone(),
