@@ -40,6 +40,7 @@ pub struct Metrics {
     panic: IntGaugeVec,
     build_time: HistogramVec,
     watch_updates: IntCounterVec,
+    update_delay: HistogramVec,
     using_defaults: IntGaugeVec,
     from_cache: IntGaugeVec,
     filtered: IntGaugeVec,
@@ -85,6 +86,9 @@ pub struct ServiceMetrics {
     pub build_time: Histogram,
     /// Updates received from ZooKeeper (before debouncing).
     pub watch_updates: IntCounter,
+    /// From the first ZooKeeper update of a batch to its table's install (debounce and
+    /// build).
+    pub update_delay: Histogram,
     /// 1 while the default servers stand in for ZooKeeper's.
     pub using_defaults: IntGauge,
     /// 1 while the table comes from the state file (no ZooKeeper listing since start).
@@ -272,6 +276,15 @@ impl Metrics {
                 ),
                 svc,
             )?,
+            update_delay: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_route_update_delay_seconds",
+                    "From the first ZooKeeper update of a batch to the install of its table \
+                     (debounce window and build)",
+                )
+                .buckets(CONNECT_BUCKETS.to_vec()),
+                svc,
+            )?,
             using_defaults: IntGaugeVec::new(
                 Opts::new(
                     "synapse_using_default_servers",
@@ -351,6 +364,7 @@ impl Metrics {
         registry.register(Box::new(m.panic.clone()))?;
         registry.register(Box::new(m.build_time.clone()))?;
         registry.register(Box::new(m.watch_updates.clone()))?;
+        registry.register(Box::new(m.update_delay.clone()))?;
         registry.register(Box::new(m.using_defaults.clone()))?;
         registry.register(Box::new(m.from_cache.clone()))?;
         registry.register(Box::new(m.filtered.clone()))?;
@@ -385,6 +399,7 @@ impl Metrics {
             panic: self.panic.with_label_values(&[service]),
             build_time: self.build_time.with_label_values(&[service]),
             watch_updates: self.watch_updates.with_label_values(&[service]),
+            update_delay: self.update_delay.with_label_values(&[service]),
             using_defaults: self.using_defaults.with_label_values(&[service]),
             from_cache: self.from_cache.with_label_values(&[service]),
             filtered: self.filtered.with_label_values(&[service]),
@@ -449,6 +464,7 @@ impl Metrics {
             let _ = self.bytes.remove_label_values(&[service, direction]);
         }
         let _ = self.build_time.remove_label_values(&[service]);
+        let _ = self.update_delay.remove_label_values(&[service]);
     }
 
     /// Resolves the handles of one backend (`host:port`).

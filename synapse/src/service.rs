@@ -335,6 +335,7 @@ pub async fn watch_loop(service: Arc<Service>, ctx: WatchContext, cancel: Cancel
                 continue;
             }
         };
+        let received = Instant::now();
         let mut synced = w.apply(first);
         while let Ok(more) = updates.try_recv() {
             synced |= w.apply(more);
@@ -361,6 +362,10 @@ pub async fn watch_loop(service: Arc<Service>, ctx: WatchContext, cancel: Cancel
             }
         }
         w.install(false).await;
+        w.service
+            .metrics
+            .update_delay
+            .observe(received.elapsed().as_secs_f64());
         if synced {
             w.mark_synced(SyncSource::Zookeeper);
         }
