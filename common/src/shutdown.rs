@@ -128,11 +128,10 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<ReloadRequests, Sig
 }
 
 async fn on_hangup(reload: &ReloadSender) {
+    // The agent logs its reload (what changed, or every problem of a refused file).
     match reload.request().await {
-        ReloadOutcome::Done(Ok(())) => info!(signal = "SIGHUP", "config reloaded"),
-        ReloadOutcome::Done(Err(why)) => {
-            warn!(signal = "SIGHUP", error = %why, "config reload failed; the running config goes on")
-        }
+        ReloadOutcome::Done(Ok(())) => debug!(signal = "SIGHUP", "reload done"),
+        ReloadOutcome::Done(Err(why)) => debug!(signal = "SIGHUP", error = %why, "reload refused"),
         ReloadOutcome::Pending => debug!(signal = "SIGHUP", "a reload is already pending"),
         ReloadOutcome::Unsupported => {
             warn!(

@@ -8,9 +8,11 @@
 //! when both sides are done, after `idle_timeout` without traffic, or when its backend left
 //! the table and its `removal_grace` is over.
 //!
-//! A connection accepted before the service's first sync from ZooKeeper waits for it (up to
+//! A connection accepted before the service's first sync waits for it (up to
 //! `first_sync_timeout`) instead of being closed: a restarting synapse binds its listeners
-//! before ZooKeeper has answered. Proxied connections are closed after `idle_timeout`
+//! before ZooKeeper has answered. (A table from the state file counts as a first sync; the
+//! default servers stand in at the end of the timeout.) With `max_connections`, the accept
+//! loop takes a permit before accepting: excess clients wait in the listen backlog. Proxied connections are closed after `idle_timeout`
 //! without traffic, and both sockets have TCP keepalive, so half-open connections do not
 //! hold descriptors forever.
 
