@@ -365,6 +365,7 @@ impl Supervisor {
         r.conn_cancel.cancel();
         let drain = self.config.drain_timeout;
         let metrics = self.metrics.clone();
+        let services = self.services.clone();
         let name = r.service.config.name.clone();
         self.retiring.spawn(async move {
             // The socket closes once the accept loop has let go of it (unless a new
@@ -380,7 +381,9 @@ impl Supervisor {
                 warn!(service = %name, open = r.connections.len(), "retired service: drain deadline passed; closing its connections");
                 r.service.close_connections();
             }
-            if forget {
+            // A later reload may have brought the name back: its series are live again.
+            let back = services.load().iter().any(|s| s.config.name == name);
+            if forget && !back {
                 let table = r.service.table.load();
                 for b in table.backends() {
                     metrics.forget_backend(&name, &b.state.key);

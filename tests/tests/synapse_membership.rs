@@ -623,23 +623,32 @@ fn propagation_latency_next_to_raw_zookeeper() {
             &format!("synapse_route_update_delay_seconds_count{{service=\"{svc}\"}}"),
         )
         .unwrap();
-        let p99_bucket = text
+        let buckets: Vec<(String, f64)> = text
             .lines()
             .filter_map(|l| {
                 let rest = l.strip_prefix(&prefix)?;
                 let (le, count) = rest.split_once("\"} ")?;
                 Some((le.to_string(), count.parse::<f64>().ok()?))
             })
-            .find(|(_, c)| *c >= 0.99 * total)
-            .map(|(le, _)| le);
+            .collect();
+        let bucket = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, c)| *c >= q * total)
+                .map(|(le, _)| le.clone())
+                .unwrap_or_default()
+        };
         println!(
             "{label}: raw ZooKeeper watch+list+read p50 {:?} p99 {:?}; synapse routed (seen \
-             through /services) p50 {:?} p99 {:?}; update-to-table p99 <= {}s",
+             through /services) p50 {:?} p99 {:?}; update-to-table p50 <= {}s p90 <= {}s \
+             p99 <= {}s",
             pct(&mut raw, 0.5),
             pct(&mut raw, 0.99),
             pct(&mut routed_after, 0.5),
             pct(&mut routed_after, 0.99),
-            p99_bucket.unwrap_or_default()
+            bucket(0.5),
+            bucket(0.9),
+            bucket(0.99)
         );
     }
 }
