@@ -564,7 +564,13 @@ fn propagation_latency_next_to_raw_zookeeper() {
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let rounds = 100;
+    // `PROPAGATION_ONLY_DEFAULT=1` skips the `debounce: 0s` run (to measure a binary that
+    // does not know the key).
+    let only_default = std::env::var_os("PROPAGATION_ONLY_DEFAULT").is_some();
     for (label, debounce) in [("debounce 0 (batch only)", "0s"), ("default debounce", "")] {
+        if only_default && !debounce.is_empty() {
+            continue;
+        }
         let svc = if debounce.is_empty() { "dflt" } else { "zero" };
         let extra = if debounce.is_empty() {
             String::new()
@@ -622,7 +628,7 @@ fn propagation_latency_next_to_raw_zookeeper() {
             synapse.admin,
             &format!("synapse_route_update_delay_seconds_count{{service=\"{svc}\"}}"),
         )
-        .unwrap();
+        .unwrap_or(f64::NAN);
         let buckets: Vec<(String, f64)> = text
             .lines()
             .filter_map(|l| {
@@ -636,7 +642,7 @@ fn propagation_latency_next_to_raw_zookeeper() {
                 .iter()
                 .find(|(_, c)| *c >= q * total)
                 .map(|(le, _)| le.clone())
-                .unwrap_or_default()
+                .unwrap_or_else(|| "?".into())
         };
         println!(
             "{label}: raw ZooKeeper watch+list+read p50 {:?} p99 {:?}; synapse routed (seen \
