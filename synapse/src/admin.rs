@@ -1,6 +1,8 @@
-//! synapse's admin routes: `GET /ready` (200 once every service had its first full sync),
-//! `GET /services` (backends per service with their weights, live state and ejection, JSON)
-//! and `GET /metrics`.
+//! synapse's admin routes: `GET /ready` (200 once every service has a first table, from
+//! ZooKeeper, the state file or the default servers; the body says which), `GET /services`
+//! (backends per service with their weights, live state and ejection, where they come from,
+//! JSON) and `GET /metrics`. The services are those of the running config (reloads
+//! included).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,15 +13,18 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use crate::balance::now_ns;
-use crate::service::Service;
+use crate::filter::{Fallback, LocalityState};
+use crate::reload::Services;
+use crate::service::{Service, SyncSource};
 use crate::table::Backend;
 
 /// Builds the admin handler.
-pub fn handler(services: Arc<Vec<Arc<Service>>>, registry: prometheus::Registry) -> Handler {
+pub fn handler(services: Services, registry: prometheus::Registry) -> Handler {
     Arc::new(move |method, path| {
         if !is_get(method) {
             return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
+        let services = services.load();
         match path {
             "/ready" => ready(&services),
             "/services" => list(&services),
@@ -42,14 +47,27 @@ fn ready(services: &[Arc<Service>]) -> Reply {
         .filter(|s| !s.synced.load(Ordering::Relaxed))
         .map(|s| s.config.name.as_str())
         .collect();
-    if waiting.is_empty() {
-        Reply::text(StatusCode::OK, "ready\n")
-    } else {
-        Reply::text(
+    if !waiting.is_empty() {
+        return Reply::text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("waiting for first sync of: {}\n", waiting.join(", ")),
-        )
+        );
     }
+    let stand_ins: Vec<String> = services
+        .iter()
+        .filter_map(|s| match s.source() {
+            SyncSource::Cache => Some(format!(
+                "{}: synced from cache (state file), not from ZooKeeper yet\n",
+                s.config.name
+            )),
+            SyncSource::DefaultServers => Some(format!(
+                "{}: routing to default servers, no ZooKeeper listing yet\n",
+                s.config.name
+            )),
+            _ => None,
+        })
+        .collect();
+    Reply::text(StatusCode::OK, format!("ready\n{}", stand_ins.concat()))
 }
 
 /// Ejections and panic mode end with time, not with an event: their gauges are brought up
@@ -88,6 +106,7 @@ fn backend_json(b: &Backend) -> serde_json::Value {
         "weight": b.node.weight,
         "effective_weight": b.weight,
         "backup": b.backup,
+        "remote": b.remote,
         "haproxy_server_options": b.node.haproxy_server_options,
         "labels": b.node.labels,
         "active_connections": live.active(),
@@ -120,12 +139,43 @@ fn list(services: &[Arc<Service>]) -> Reply {
             .collect();
         let c = &s.config;
         let o = &c.outlier;
+        let sel = s.selected();
+        let locality = c.locality.as_ref().map(|l| {
+            let (state, local, usable) = match sel.locality {
+                LocalityState::Off => ("off", 0, 0),
+                LocalityState::Local { local, usable } => ("local", local, usable),
+                LocalityState::Failover { local, usable } => ("failover", local, usable),
+            };
+            json!({
+                "label": l.label,
+                "value": l.value,
+                "min_local": l.min_local.to_string(),
+                "state": state,
+                "local_backends": local,
+                "usable_backends": usable,
+            })
+        });
+        let fallback = match sel.fallback {
+            Fallback::None => None,
+            Fallback::DefaultServers => Some("default_servers"),
+            Fallback::Previous => Some("previous_backends"),
+        };
         out.insert(
             c.name.clone(),
             json!({
                 "listen": c.listen.to_string(),
                 "zk_path": c.zk_path,
                 "synced": s.synced.load(Ordering::Relaxed),
+                "synced_from": s.source().as_str(),
+                "fallback": fallback,
+                "label_filters": c.label_filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "filtered_nodes": sel.filtered_out,
+                "locality": locality,
+                "default_servers": c.default_servers.len(),
+                "keep_default_servers": c.keep_default_servers,
+                "max_connections": c.max_connections.map(|n| n.get()),
+                "debounce_ms": millis(c.debounce),
+                "debounce_max_ms": millis(c.debounce_max),
                 "balance": c.balance.name().as_str(),
                 "hash_on": c.balance.hash_on().map(|h| h.to_string()),
                 "default_weight": c.default_weight,

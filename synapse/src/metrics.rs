@@ -39,6 +39,16 @@ pub struct Metrics {
     draining: IntGaugeVec,
     panic: IntGaugeVec,
     build_time: HistogramVec,
+    watch_updates: IntCounterVec,
+    update_delay: HistogramVec,
+    using_defaults: IntGaugeVec,
+    from_cache: IntGaugeVec,
+    filtered: IntGaugeVec,
+    locality_failover: IntGaugeVec,
+    limited: IntCounterVec,
+    reloads: IntCounterVec,
+    state_file_writes: IntCounterVec,
+    file_output_writes: IntCounterVec,
 }
 
 /// Handles for one service.
@@ -74,6 +84,21 @@ pub struct ServiceMetrics {
     pub panic: IntGauge,
     /// Time to build a route table (balancer included).
     pub build_time: Histogram,
+    /// Updates received from ZooKeeper (before debouncing).
+    pub watch_updates: IntCounter,
+    /// From the first ZooKeeper update of a batch to its table's install (debounce and
+    /// build).
+    pub update_delay: Histogram,
+    /// 1 while the default servers stand in for ZooKeeper's.
+    pub using_defaults: IntGauge,
+    /// 1 while the table comes from the state file (no ZooKeeper listing since start).
+    pub from_cache: IntGauge,
+    /// Available nodes refused by the label filters.
+    pub filtered: IntGauge,
+    /// 1 while locality is configured and too few local backends are usable.
+    pub locality_failover: IntGauge,
+    /// Times the accept loop waited because `max_connections` were open.
+    pub limited: IntCounter,
 }
 
 /// `synapse_connections_rejected_total` handles of one service, one per `reason`.
@@ -244,6 +269,78 @@ impl Metrics {
                 .buckets(BUILD_BUCKETS.to_vec()),
                 svc,
             )?,
+            watch_updates: IntCounterVec::new(
+                Opts::new(
+                    "synapse_watch_updates_total",
+                    "Updates received from ZooKeeper, before debouncing",
+                ),
+                svc,
+            )?,
+            update_delay: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_route_update_delay_seconds",
+                    "From the first ZooKeeper update of a batch to the install of its table \
+                     (debounce window and build)",
+                )
+                .buckets(CONNECT_BUCKETS.to_vec()),
+                svc,
+            )?,
+            using_defaults: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_using_default_servers",
+                    "1 while the default servers stand in for ZooKeeper's backends",
+                ),
+                svc,
+            )?,
+            from_cache: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_synced_from_cache",
+                    "1 while the route table comes from the state file (ZooKeeper not listed since start)",
+                ),
+                svc,
+            )?,
+            filtered: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_filtered_nodes",
+                    "Available nodes refused by the service's label filters",
+                ),
+                svc,
+            )?,
+            locality_failover: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_locality_failover",
+                    "1 while too few local backends are usable and every zone is used",
+                ),
+                svc,
+            )?,
+            limited: IntCounterVec::new(
+                Opts::new(
+                    "synapse_max_connections_reached_total",
+                    "Times the listener stopped accepting because max_connections were open",
+                ),
+                svc,
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "synapse_config_reloads_total",
+                    "Config reloads (SIGHUP), by result (ok, failed)",
+                ),
+                &["result"],
+            )?,
+            state_file_writes: IntCounterVec::new(
+                Opts::new(
+                    "synapse_state_file_writes_total",
+                    "Writes of the state file, by result (ok, error)",
+                ),
+                &["result"],
+            )?,
+            file_output_writes: IntCounterVec::new(
+                Opts::new(
+                    "synapse_file_output_writes_total",
+                    "Writes of file_output files, by result (ok, error)",
+                ),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.no_backend.clone()))?;
@@ -266,6 +363,16 @@ impl Metrics {
         registry.register(Box::new(m.draining.clone()))?;
         registry.register(Box::new(m.panic.clone()))?;
         registry.register(Box::new(m.build_time.clone()))?;
+        registry.register(Box::new(m.watch_updates.clone()))?;
+        registry.register(Box::new(m.update_delay.clone()))?;
+        registry.register(Box::new(m.using_defaults.clone()))?;
+        registry.register(Box::new(m.from_cache.clone()))?;
+        registry.register(Box::new(m.filtered.clone()))?;
+        registry.register(Box::new(m.locality_failover.clone()))?;
+        registry.register(Box::new(m.limited.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.state_file_writes.clone()))?;
+        registry.register(Box::new(m.file_output_writes.clone()))?;
         Ok(m)
     }
 
@@ -291,7 +398,73 @@ impl Metrics {
             draining: self.draining.with_label_values(&[service]),
             panic: self.panic.with_label_values(&[service]),
             build_time: self.build_time.with_label_values(&[service]),
+            watch_updates: self.watch_updates.with_label_values(&[service]),
+            update_delay: self.update_delay.with_label_values(&[service]),
+            using_defaults: self.using_defaults.with_label_values(&[service]),
+            from_cache: self.from_cache.with_label_values(&[service]),
+            filtered: self.filtered.with_label_values(&[service]),
+            locality_failover: self.locality_failover.with_label_values(&[service]),
+            limited: self.limited.with_label_values(&[service]),
         }
+    }
+
+    /// Counts a config reload: `ok` or `failed`.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Counts a write of the state file.
+    pub fn state_file_write(&self, ok: bool) {
+        self.state_file_writes
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts a write of a `file_output` file.
+    pub fn file_output_write(&self, ok: bool) {
+        self.file_output_writes
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Drops the series of a service a reload removed (its backends' are dropped as they
+    /// drain).
+    pub fn forget_service(&self, service: &str) {
+        for v in [
+            &self.connections,
+            &self.no_backend,
+            &self.idle_closed,
+            &self.invalid_nodes,
+            &self.updates,
+            &self.grace_closed,
+            &self.watch_updates,
+            &self.limited,
+        ] {
+            let _ = v.remove_label_values(&[service]);
+        }
+        for v in [
+            &self.backends,
+            &self.unavailable_nodes,
+            &self.stale,
+            &self.draining,
+            &self.panic,
+            &self.using_defaults,
+            &self.from_cache,
+            &self.filtered,
+            &self.locality_failover,
+        ] {
+            let _ = v.remove_label_values(&[service]);
+        }
+        for reason in ["not_synced", "no_backend", "shutdown"] {
+            let _ = self.rejected.remove_label_values(&[service, reason]);
+        }
+        for direction in ["up", "down"] {
+            let _ = self.bytes.remove_label_values(&[service, direction]);
+        }
+        let _ = self.build_time.remove_label_values(&[service]);
+        let _ = self.update_delay.remove_label_values(&[service]);
     }
 
     /// Resolves the handles of one backend (`host:port`).

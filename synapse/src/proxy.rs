@@ -8,9 +8,11 @@
 //! when both sides are done, after `idle_timeout` without traffic, or when its backend left
 //! the table and its `removal_grace` is over.
 //!
-//! A connection accepted before the service's first sync from ZooKeeper waits for it (up to
+//! A connection accepted before the service's first sync waits for it (up to
 //! `first_sync_timeout`) instead of being closed: a restarting synapse binds its listeners
-//! before ZooKeeper has answered. Proxied connections are closed after `idle_timeout`
+//! before ZooKeeper has answered. (A table from the state file counts as a first sync; the
+//! default servers stand in at the end of the timeout.) With `max_connections`, the accept
+//! loop takes a permit before accepting: excess clients wait in the listen backlog. Proxied connections are closed after `idle_timeout`
 //! without traffic, and both sockets have TCP keepalive, so half-open connections do not
 //! hold descriptors forever.
 
@@ -38,15 +40,39 @@ const KEEPALIVE_RETRIES: u32 = 6;
 
 /// Accepts connections until `cancel` fires. Accept errors (e.g. too many open files) back
 /// off through [`AcceptBackoff`] (rate-limited warnings); the loop never dies. Connections
-/// are tracked in `connections` so shutdown can wait for them.
+/// are tracked in `connections` so shutdown can wait for them, and see `cancel` (a
+/// connection waiting for the first sync gives up when it fires).
+///
+/// With `max_connections`, a permit is taken *before* `accept`: past the limit, clients wait
+/// in the listen backlog (not accepted, not reset) until a connection ends.
+///
+/// The listener is shared so that a config reload can stop this loop (by dropping its
+/// future: `accept` is cancel-safe) and serve the same socket with a new loop.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     service: Arc<Service>,
     connections: TaskTracker,
     cancel: CancellationToken,
 ) {
     let mut backoff = AcceptBackoff::new("proxy");
+    let mut permit = None;
     loop {
+        if let (Some(limit), None) = (&service.conn_limit, &permit) {
+            permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    service.metrics.limited.inc();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        p = limit.clone().acquire_owned() => match p {
+                            Ok(p) => Some(p),
+                            // Never closed: the semaphore lives as long as the service.
+                            Err(_) => return,
+                        },
+                    }
+                }
+            };
+        }
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => r,
@@ -70,7 +96,15 @@ pub async fn serve(
         let svc = service.clone();
         let cancel = cancel.clone();
         let span = tracing::debug_span!("conn", client.addr = %peer);
-        connections.spawn(async move { proxy(client, peer, &svc, &cancel).await }.instrument(span));
+        let permit = permit.take();
+        connections.spawn(
+            async move {
+                // Held until the connection ends: it frees a `max_connections` slot.
+                let _permit = permit;
+                proxy(client, peer, &svc, &cancel).await
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -105,7 +139,13 @@ enum End {
 async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &CancellationToken) {
     keepalive(&client, service.config.tcp_keepalive);
     if !service.synced.load(Ordering::Acquire) {
-        if let Err(why) = first_sync(service, cancel).await {
+        let waited = first_sync(service, cancel).await;
+        // The default servers stand in at the end of the same timeout: a tie goes to them.
+        let waited = match waited {
+            Err(NotSynced::TimedOut) if service.synced.load(Ordering::Acquire) => Ok(()),
+            other => other,
+        };
+        if let Err(why) = waited {
             let rejected = &service.metrics.rejected;
             match why {
                 NotSynced::TimedOut => {

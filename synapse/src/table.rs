@@ -6,6 +6,7 @@
 //! active connections, latency EWMA, ejection, metric handles) is keyed by `host:port` and
 //! carried from one table to the next, so it survives membership changes.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -66,8 +67,12 @@ pub struct Backend {
     /// Effective weight (payload, `haproxy_server_options`, `default_weight`); 0 = no new
     /// connection.
     pub weight: u32,
-    /// `backup` in `haproxy_server_options`: used only when no other backend is usable.
+    /// `backup` in `haproxy_server_options`, or demoted by locality: used only when no other
+    /// backend is usable.
     pub backup: bool,
+    /// Locality demoted it to a backup (it is not in this host's zone, and enough local
+    /// backends are usable).
+    pub remote: bool,
     /// Live state.
     pub state: Arc<BackendState>,
 }
@@ -86,9 +91,20 @@ impl RouteTable {
     /// `default_weight`. Cost: see [`Balancer::build`] (`hash` over 1000 backends takes tens
     /// of milliseconds: the watcher builds big tables on a blocking thread).
     pub fn build(
+        entries: Vec<(String, Node, Arc<BackendState>)>,
+        policy: PolicyName,
+        default_weight: u32,
+    ) -> RouteTable {
+        Self::build_demoting(entries, policy, default_weight, &HashSet::new())
+    }
+
+    /// [`build`](Self::build), with the backends whose `host:port` is in `demoted` made
+    /// backups (locality: see [`crate::filter`]).
+    pub fn build_demoting(
         mut entries: Vec<(String, Node, Arc<BackendState>)>,
         policy: PolicyName,
         default_weight: u32,
+        demoted: &HashSet<String>,
     ) -> RouteTable {
         entries.sort_by(|a, b| a.2.key.cmp(&b.2.key).then_with(|| a.0.cmp(&b.0)));
         entries.dedup_by(|a, b| a.2.key == b.2.key);
@@ -100,13 +116,15 @@ impl RouteTable {
                     Err(_) => Target::Host(node.host.clone(), node.port),
                 };
                 let m = Member::from_node(&state.key, &node, default_weight, &state.live);
-                let (weight, backup) = (m.weight, m.backup);
+                let remote = demoted.contains(&state.key);
+                let (weight, backup) = (m.weight, m.backup || remote);
                 Backend {
                     id,
                     node,
                     target,
                     weight,
                     backup,
+                    remote,
                     state,
                 }
             })

@@ -36,15 +36,21 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
-        Self::spawn(name, config, None)
+        Self::spawn(name, config, None, &[])
     }
 
     /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
     pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
-        Self::spawn(name, config, Some(nofile))
+        Self::spawn(name, config, Some(nofile), &[])
     }
 
-    fn spawn(name: &'static str, config: &str, nofile: Option<u32>) -> Agent {
+    /// Like [`start`](Self::start), with extra environment variables (they win over the
+    /// harness's own, e.g. `RUST_LOG`).
+    pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
+        Self::spawn(name, config, None, env)
+    }
+
+    fn spawn(name: &'static str, config: &str, nofile: Option<u32>, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&cfg, config).expect("write config");
@@ -65,6 +71,7 @@ impl Agent {
             .arg(&cfg)
             .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -80,6 +87,11 @@ impl Agent {
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// The config file it was started with (rewrite it, then send `HUP`, to reload).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.yaml", self.name))
     }
 
     /// Sends a signal by name (`TERM`, `STOP`, `CONT`, `KILL`).

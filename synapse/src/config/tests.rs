@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
 use crate::balance::{HashOn, Policy};
+use crate::filter::{Locality, MinLocal};
 use crate::outlier::OutlierConfig;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
@@ -317,4 +318,203 @@ fn outlier_problems_name_their_key_once() {
     assert_eq!(paths, ["outlier.max_ejected_percent"]);
     let paths = problem_paths(&one(", removal_grace: soon"));
     assert_eq!(paths, ["services[0].removal_grace"]);
+}
+
+#[test]
+fn membership_defaults() {
+    let c = load(&one("")).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.debounce, DEFAULT_DEBOUNCE);
+    assert_eq!(s.debounce_max, DEFAULT_DEBOUNCE_MAX);
+    assert!(s.label_filters.is_empty());
+    assert_eq!(s.locality, None);
+    assert!(s.default_servers.is_empty());
+    assert!(!s.keep_default_servers);
+    assert_eq!(s.max_connections, None);
+    assert_eq!((c.state_file, c.file_output), (None, None));
+}
+
+#[test]
+fn membership_keys_parse_with_airbnb_names() {
+    let c = load(concat!(
+        "debounce: 0s\nmax_connections: 100\n",
+        "locality: {value: eu-1a}\n",
+        "state_file_path: /var/lib/synapse/state.json\nstate_file_ttl: 1h\n",
+        "file_output: {output_directory: /run/synapse/services}\n",
+        "services:\n",
+        "  - name: a\n    zk_hosts: 'h:1'\n    zk_path: /a\n    listen: 3306\n",
+        "    label_filters:\n",
+        "      - {label: az, condition: equals, value: eu-1a}\n",
+        "      - {label: env, op: in, values: [prod, canary]}\n",
+        "      - {label: tier, condition: not-equals, value: 1}\n",
+        "      - {label: env, condition: not_in, values: [dev]}\n",
+        "    default_servers:\n",
+        "      - {name: fallback, host: db.example.internal, port: 3306, labels: {zone: eu-1b}}\n",
+        "      - {host: 10.0.0.9, port: 3306, weight: 0}\n",
+        "    keep_default_servers: true\n",
+        "    debounce: 50ms\n    debounce_max: 1s\n    max_connections: 2\n",
+        "  - {name: b, zk_hosts: 'h:1', zk_path: /b, listen: 3307, locality: false, \
+         debounce_max: 100ms}\n",
+        "  - {name: c, zk_hosts: 'h:1', zk_path: /c, listen: 3308, \
+         locality: {label: az, value: x, min_local: '30%'}}\n",
+    ))
+    .unwrap();
+    let (a, b, cc) = (&c.services[0], &c.services[1], &c.services[2]);
+    assert_eq!(
+        a.label_filters
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["az=eu-1a", "env in [canary,prod]", "tier!=1", "env not in [dev]"]
+    );
+    assert_eq!(
+        a.default_servers
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["default:fallback", "default:10.0.0.9:3306"]
+    );
+    assert_eq!(a.default_servers[0].node.labels["zone"], "eu-1b");
+    assert_eq!(a.default_servers[1].node.weight, Some(0));
+    assert!(a.keep_default_servers);
+    assert_eq!(
+        (a.debounce, a.debounce_max),
+        (Duration::from_millis(50), Duration::from_secs(1))
+    );
+    assert_eq!(a.max_connections.map(|n| n.get()), Some(2));
+    assert_eq!(
+        a.locality,
+        Some(Locality {
+            label: "zone".into(),
+            value: "eu-1a".into(),
+            min_local: MinLocal::Count(1)
+        }),
+        "the top-level locality is the default"
+    );
+    assert_eq!(b.locality, None, "locality: false turns it off");
+    assert_eq!(
+        (b.debounce, b.debounce_max),
+        (Duration::ZERO, Duration::from_millis(100))
+    );
+    assert_eq!(b.max_connections.map(|n| n.get()), Some(100));
+    assert_eq!(
+        cc.locality.as_ref().map(|l| l.min_local),
+        Some(MinLocal::Percent(30))
+    );
+    let f = c.state_file.unwrap();
+    assert_eq!(f.path, PathBuf::from("/var/lib/synapse/state.json"));
+    assert_eq!(f.ttl, Duration::from_secs(3600));
+    assert_eq!(c.file_output.unwrap().dir, PathBuf::from("/run/synapse/services"));
+    let c = load(&format!(
+        "file_output: {{dir: /tmp/x}}\nstate_file: /s.json\n{}",
+        one("")
+    ))
+    .unwrap();
+    assert_eq!(c.file_output.unwrap().dir, PathBuf::from("/tmp/x"));
+    assert_eq!(c.state_file.unwrap().ttl, DEFAULT_STATE_FILE_TTL);
+}
+
+#[test]
+fn membership_problems_name_their_key() {
+    let cases = [
+        (
+            ", label_filters: [{label: az, condition: like, value: x}]",
+            "services[0].label_filters[0].condition",
+            "unknown condition",
+        ),
+        (
+            ", label_filters: [{label: az, condition: in, value: x}]",
+            "services[0].label_filters[0].values",
+            "values",
+        ),
+        (
+            ", label_filters: [{label: az, condition: equals, values: [x]}]",
+            "services[0].label_filters[0].value",
+            "one `value`",
+        ),
+        (
+            ", label_filters: [{label: az, condition: equals, value: x, extra: 1}]",
+            "services[0].label_filters[0].extra",
+            "unknown field",
+        ),
+        (
+            ", locality: {value: a, min_local: lots}",
+            "services[0].locality.min_local",
+            "percentage",
+        ),
+        (
+            ", locality: {value: a, min_local: '150%'}",
+            "services[0].locality.min_local",
+            "percentage",
+        ),
+        (", locality: true", "services[0].locality", "false"),
+        (
+            ", locality: {label: zone}",
+            "services[0].locality",
+            "missing field `value`",
+        ),
+        (
+            ", default_servers: [{host: 'bad host', port: 1}]",
+            "services[0].default_servers[0].host",
+            "bad host",
+        ),
+        (
+            ", default_servers: [{host: h, port: 0}]",
+            "services[0].default_servers[0].port",
+            "port 0",
+        ),
+        (
+            ", default_servers: [{host: h, port: 1}, {host: h, port: 1}]",
+            "services[0].default_servers[1].name",
+            "duplicate",
+        ),
+        (
+            ", keep_default_servers: true",
+            "services[0].keep_default_servers",
+            "without default_servers",
+        ),
+        (
+            ", max_connections: 0",
+            "services[0].max_connections",
+            "at least 1",
+        ),
+        (
+            ", debounce: 1s, debounce_max: 10ms",
+            "services[0].debounce_max",
+            "less than debounce",
+        ),
+        (", debounce: soon", "services[0].debounce", "invalid duration"),
+    ];
+    for (extra, key, words) in cases {
+        let err = load(&one(extra)).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{extra}: {err}");
+        assert!(err.to_string().contains(words), "{extra}: {err}");
+    }
+    let top = [
+        ("state_file_ttl: 1h\n", "state_file_ttl", "without a state_file"),
+        (
+            "state_file: /s.json\nstate_file_ttl: 0s\n",
+            "state_file_ttl",
+            "more than 0",
+        ),
+        ("file_output: {}\n", "file_output", "output_directory"),
+        (
+            "file_output: {dir: /o}\nstate_file: /o/state.json\n",
+            "state_file",
+            "file_output",
+        ),
+        ("locality: false\n", "locality", "map"),
+        (
+            "debounce: 1s\ndebounce_max: 10ms\n",
+            "debounce_max",
+            "less than debounce",
+        ),
+    ];
+    for (head, key, words) in top {
+        let err = load(&format!("{head}{}", one(""))).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{head}: {err}");
+        assert!(err.to_string().contains(words), "{head}: {err}");
+    }
 }
