@@ -54,8 +54,12 @@ pub struct ServiceConfig {
     /// Parent path of the nodes, e.g. `/services/web`.
     pub zk_path: String,
     /// Relative weight written in the payload, `0..=255` (go-synapse reads it as a `u8` and
-    /// drops a node with a larger one). Default: none.
-    pub weight: Option<u32>,
+    /// drops a node with a larger one). Default 255 (go-nerve's full weight), always written.
+    pub weight: u8,
+    /// On check failure or disable, keep the node with `"available": false` and an
+    /// `unavailable_reason` instead of deleting it (go-nerve), so readers can tell "down"
+    /// from "gone". Default false.
+    pub expose_unavailable: bool,
     /// Labels written in the payload.
     pub labels: BTreeMap<String, String>,
     /// `haproxy_server_options` written in the payload, for airbnb synapse readers.
@@ -95,6 +99,8 @@ struct RawService {
     zk_hosts: cc::ZkHosts,
     zk_path: String,
     weight: Option<u32>,
+    #[serde(default)]
+    expose_unavailable: bool,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     haproxy_server_options: Option<String>,
@@ -178,6 +184,10 @@ impl Config {
         })
     }
 }
+
+/// Weight written when a service sets none: go-nerve's full weight, so a fleet mixing both
+/// behind go-synapse or HAProxy splits evenly.
+pub const DEFAULT_WEIGHT: u8 = 255;
 
 /// Longest payload `name`, in bytes.
 pub const MAX_INSTANCE_ID_BYTES: usize = cc::MAX_NAME_BYTES;
@@ -284,7 +294,10 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
         port: s.port,
         zk_hosts,
         zk_path: s.zk_path,
-        weight: s.weight,
+        weight: s
+            .weight
+            .map_or(DEFAULT_WEIGHT, |w| u8::try_from(w).unwrap_or(u8::MAX)),
+        expose_unavailable: s.expose_unavailable,
         labels: s.labels,
         haproxy_server_options: s.haproxy_server_options,
         check_interval,

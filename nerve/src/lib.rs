@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod desired;
 pub mod metrics;
 pub mod service;
 
@@ -64,21 +65,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let session = registry.session(&svc.zk_hosts);
         let name = format!("{}_{}", svc.instance_id, svc.name);
         let registration = Registration::new(session.clone(), &svc.zk_path, &name);
-        let payload = Arc::new(service::payload(&svc.instance_id, svc));
-        let (desired_tx, desired_rx) = watch::channel(None);
+        let (desired_tx, desired_rx) = watch::channel(desired::Desired::default());
+        let (operator_tx, operator_rx) = watch::channel(desired::Operator::default());
         let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
         let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
         let span = tracing::info_span!("service", service = %svc.name, zk.path = %svc.zk_path);
         tracker.spawn(
-            service::check_loop(
-                svc.clone(),
-                payload,
-                desired_tx,
-                check_tx,
-                m.clone(),
-                shutdown.clone(),
-            )
-            .instrument(span.clone()),
+            service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, desired_tx)
+                .instrument(span.clone()),
+        );
+        tracker.spawn(
+            service::check_loop(svc.clone(), check_tx, m.clone(), shutdown.clone()).instrument(span.clone()),
         );
         tracker.spawn(
             service::report_loop(registration, session, desired_rx, report_tx, m, shutdown.clone())
@@ -88,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             config: svc.clone(),
             check: check_rx,
             report: report_rx,
+            operator: operator_tx,
         });
     }
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");

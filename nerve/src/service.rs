@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::codec::{self, Node};
 use common::registry::{EnsureOutcome, Registration, RegistryError, Session};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -14,8 +13,8 @@ use crate::check::{Check, Hysteresis, Report};
 use crate::config::ServiceConfig;
 use crate::metrics::ServiceMetrics;
 
-/// What ZooKeeper should hold for a service: `Some(payload)` = registered with this data.
-pub type Desired = Option<Arc<Vec<u8>>>;
+pub use crate::desired::Desired;
+use crate::desired::{Inputs, Operator, State};
 
 /// One check's state, for the admin API.
 #[derive(Debug, Clone)]
@@ -101,21 +100,8 @@ pub struct ServiceHandle {
     pub check: watch::Receiver<CheckStatus>,
     /// ZooKeeper state.
     pub report: watch::Receiver<ReportStatus>,
-}
-
-/// The payload this instance registers.
-pub fn payload(instance_id: &str, s: &ServiceConfig) -> Vec<u8> {
-    codec::encode(&Node {
-        host: s.host.clone(),
-        port: s.port,
-        name: Some(instance_id.to_string()),
-        weight: s.weight,
-        available: true,
-        unavailable_reason: None,
-        haproxy_server_options: s.haproxy_server_options.clone(),
-        labels: s.labels.clone(),
-        shard: None,
-    })
+    /// The operator's state (maintenance API).
+    pub operator: watch::Sender<Operator>,
 }
 
 /// Spread of a check's interval: each wait is the interval ±10 %, so that checks started
@@ -138,8 +124,6 @@ struct Run {
 /// (a check against a wedged server, a command and its process group) with no task left.
 pub async fn check_loop(
     config: ServiceConfig,
-    payload: Arc<Vec<u8>>,
-    desired: watch::Sender<Desired>,
     status: watch::Sender<CheckStatus>,
     metrics: ServiceMetrics,
     cancel: CancellationToken,
@@ -226,7 +210,6 @@ pub async fn check_loop(
                     warn!(checks = ?down, "service is down");
                 }
                 metrics.up.set(i64::from(all_up));
-                desired.send_replace(all_up.then(|| payload.clone()));
             }
         }
     };
@@ -265,6 +248,52 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(1.0 + JITTER * (2.0 * unit - 1.0))
 }
 
+/// Publishes the desired state of service `config` whenever its health or its operator
+/// state changes (and only when the desired state itself changes), until both inputs close.
+pub async fn desire_loop(
+    config: ServiceConfig,
+    mut check: watch::Receiver<CheckStatus>,
+    mut operator: watch::Receiver<Operator>,
+    desired: watch::Sender<Desired>,
+) {
+    loop {
+        let state = {
+            let c = check.borrow_and_update();
+            let o = operator.borrow_and_update();
+            let down: Vec<String> = c
+                .checks
+                .iter()
+                .filter(|c| !c.up)
+                .map(|c| c.name.clone())
+                .collect();
+            crate::desired::desired(&Inputs {
+                healthy: c.healthy,
+                down_checks: &down,
+                operator: &o,
+                weight: config.weight,
+                expose_unavailable: config.expose_unavailable,
+                warmup: None,
+            })
+        };
+        desired.send_if_modified(|d| {
+            if d.state == state {
+                return false;
+            }
+            match &state {
+                State::Absent => info!("desired: absent"),
+                State::Available { weight } => info!(weight, "desired: available"),
+                State::Unavailable { reason } => info!(reason, "desired: unavailable"),
+            }
+            *d = Desired::new(state, &config);
+            true
+        });
+        tokio::select! {
+            r = check.changed() => if r.is_err() { return },
+            r = operator.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// Time between two verifications that our node still exists, when nothing else happens.
 const REFRESH: Duration = Duration::from_secs(30);
 /// Longest pause between two failed reconcile attempts.
@@ -285,7 +314,7 @@ pub async fn report_loop(
     let mut sessions = session.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let want = desired.borrow_and_update().clone();
+        let want = desired.borrow_and_update().payload.clone();
         // A reconcile waiting on an unresponsive ZooKeeper must not hold up shutdown: the
         // deregistration below has its own budget.
         let result = tokio::select! {

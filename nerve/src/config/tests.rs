@@ -193,7 +193,10 @@ fn instance_ids_are_checked() {
 #[test]
 fn weight_is_an_8_bit_value() {
     let c = load(&format!("services:\n{}", svc("web", "weight: 255, "))).unwrap();
-    assert_eq!(c.services[0].weight, Some(255));
+    assert_eq!(c.services[0].weight, 255);
+    let c = load(&format!("services:\n{}", svc("web", ""))).unwrap();
+    assert_eq!(c.services[0].weight, 255, "default");
+    assert!(!c.services[0].expose_unavailable);
     assert!(load(&format!("services:\n{}", svc("web", "weight: 0, "))).is_ok());
     let err = load(&format!("services:\n{}", svc("web", "weight: 256, "))).unwrap_err();
     assert_eq!(paths(&err), ["services[0].weight"], "{err}");

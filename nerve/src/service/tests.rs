@@ -58,18 +58,13 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     ));
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
     let m = metrics.service("web", &["fast", "slow"]);
-    let (desired_tx, mut desired) = watch::channel(None);
+    let (desired_tx, mut desired) = watch::channel(Desired::default());
     let (status_tx, mut status) = watch::channel(CheckStatus::default());
+    let (_operator_tx, operator) = watch::channel(Operator::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(check_loop(
-        config,
-        Arc::new(b"payload".to_vec()),
-        desired_tx,
-        status_tx,
-        m.clone(),
-        cancel.clone(),
-    ));
-    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(Option::is_some))
+    tokio::spawn(desire_loop(config.clone(), status.clone(), operator, desired_tx));
+    let task = tokio::spawn(check_loop(config, status_tx, m.clone(), cancel.clone()));
+    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
         .await
         .unwrap()
         .unwrap();
@@ -91,7 +86,10 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     .await;
     assert!(down.checks[1].consecutive_failures >= 5, "{down:?}");
     assert!(!down.checks[1].up);
-    assert!(desired.borrow().is_none(), "deregistered");
+    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_none()))
+        .await
+        .expect("deregistered")
+        .unwrap();
     assert_eq!(m.up.get(), 0);
     assert_eq!((m.checks[0].up.get(), m.checks[1].up.get()), (1, 0));
     let failures = down.failures().unwrap();
@@ -120,7 +118,7 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     let up = wait_status(&mut status, |_| {}, |s| s.healthy).await;
     assert!(up.checks.iter().all(|c| c.up && c.last_error.is_none()), "{up:?}");
     assert!(up.checks[1].consecutive_successes >= 2, "{up:?}");
-    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(Option::is_some))
+    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
         .await
         .unwrap()
         .unwrap();
