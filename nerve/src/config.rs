@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
+pub use common::registry::ZkAuth;
 use serde::Deserialize;
 
 mod checks;
@@ -60,6 +61,16 @@ pub struct ServiceConfig {
     /// `unavailable_reason` instead of deleting it (go-nerve), so readers can tell "down"
     /// from "gone". Default false.
     pub expose_unavailable: bool,
+    /// Sequential (default) or plain ephemeral node.
+    pub node_type: NodeType,
+    /// airbnb path encoding: the payload is also base64-encoded into the node name (which
+    /// then changes with the payload: the new node is created before the old one goes).
+    /// Default false.
+    pub use_path_encoding: bool,
+    /// Credentials of the session that registers this service (`zk_auth`, else
+    /// `zookeeper.auth`); when set, nodes and created parents get ACLs creator-all +
+    /// world-read. Default none (world-all).
+    pub zk_auth: Option<ZkAuth>,
     /// Labels written in the payload.
     pub labels: BTreeMap<String, String>,
     /// `haproxy_server_options` written in the payload, for airbnb synapse readers.
@@ -80,13 +91,39 @@ pub struct ServiceConfig {
 struct RawConfig {
     instance_id: Option<String>,
     #[serde(default)]
-    zookeeper: cc::RawZookeeperConfig,
+    zookeeper: RawZookeeper,
     admin: Option<RawAdminConfig>,
     #[serde(default)]
     log: LogConfig,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_time: Option<Duration>,
     services: Vec<serde_json::Value>,
+}
+
+/// nerve's `zookeeper:` section: synapse's plus the credentials nerve registers with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZookeeper {
+    #[serde(default, deserialize_with = "cc::session_timeout")]
+    session_timeout: Option<Duration>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    scheme: String,
+    credentials: String,
+}
+
+/// How a service's node is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeType {
+    /// `<instance_id>_<service>_<seq>` (airbnb nerve, go-nerve). The default.
+    EphemeralSequential,
+    /// `<instance_id>_<service>`, one fixed name.
+    Ephemeral,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +138,10 @@ struct RawService {
     weight: Option<u32>,
     #[serde(default)]
     expose_unavailable: bool,
+    node_type: Option<NodeType>,
+    #[serde(default)]
+    use_path_encoding: bool,
+    zk_auth: Option<RawAuth>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     haproxy_server_options: Option<String>,
@@ -138,6 +179,11 @@ impl Config {
                 id
             }
         };
+        let default_auth = raw
+            .zookeeper
+            .auth
+            .clone()
+            .and_then(|a| validate_auth("zookeeper.auth", a, p));
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
         }
@@ -147,7 +193,10 @@ impl Config {
         for (i, value) in raw.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             if let Some(s) = p.take::<RawService>(&at, value) {
-                services.push((i, validate_service(&at, s, &instance_id, p)));
+                services.push((
+                    i,
+                    validate_service(&at, s, &instance_id, default_auth.as_ref(), p),
+                ));
             }
         }
         for (n, (i, s)) in services.iter().enumerate() {
@@ -176,7 +225,10 @@ impl Config {
         }
         Some(Config {
             instance_id,
-            zk_session_timeout: raw.zookeeper.session_timeout(),
+            zk_session_timeout: raw
+                .zookeeper
+                .session_timeout
+                .unwrap_or(cc::DEFAULT_SESSION_TIMEOUT),
             admin_listen,
             log: raw.log,
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
@@ -218,7 +270,35 @@ fn check_host(p: &mut Problems, key: String, host: &str) {
     }
 }
 
-fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems) -> ServiceConfig {
+fn validate_auth(at: &str, a: RawAuth, p: &mut Problems) -> Option<ZkAuth> {
+    if a.scheme.is_empty() {
+        p.push(format!("{at}.scheme"), "must not be empty (e.g. digest)");
+        return None;
+    }
+    if a.scheme == "digest" && !a.credentials.contains(':') {
+        p.push(
+            format!("{at}.credentials"),
+            "digest credentials are `user:password`",
+        );
+        return None;
+    }
+    Some(ZkAuth {
+        scheme: a.scheme,
+        credentials: a.credentials,
+    })
+}
+
+fn validate_service(
+    at: &str,
+    s: RawService,
+    default_id: &str,
+    default_auth: Option<&ZkAuth>,
+    p: &mut Problems,
+) -> ServiceConfig {
+    let zk_auth = match s.zk_auth {
+        Some(a) => validate_auth(&format!("{at}.zk_auth"), a, p),
+        None => default_auth.cloned(),
+    };
     cc::check_service_name(p, at, &s.name);
     let instance_id = match s.instance_id {
         Some(id) => {
@@ -298,6 +378,9 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
             .weight
             .map_or(DEFAULT_WEIGHT, |w| u8::try_from(w).unwrap_or(u8::MAX)),
         expose_unavailable: s.expose_unavailable,
+        node_type: s.node_type.unwrap_or(NodeType::EphemeralSequential),
+        use_path_encoding: s.use_path_encoding,
+        zk_auth,
         labels: s.labels,
         haproxy_server_options: s.haproxy_server_options,
         check_interval,

@@ -22,7 +22,7 @@ pub mod service;
 
 use std::sync::Arc;
 
-use common::registry::{Registration, Registry, RegistryOptions};
+use common::registry::{NodeOptions, Registration, Registry, RegistryOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,9 +62,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     for svc in &config.services {
         let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
         let m = metrics.service(&svc.name, &names);
-        let session = registry.session(&svc.zk_hosts);
+        let session = registry.session_with_auth(&svc.zk_hosts, svc.zk_auth.as_ref());
         let name = format!("{}_{}", svc.instance_id, svc.name);
-        let registration = Registration::new(session.clone(), &svc.zk_path, &name);
+        let registration = Registration::with_options(
+            session.clone(),
+            &svc.zk_path,
+            &name,
+            NodeOptions {
+                sequential: svc.node_type == config::NodeType::EphemeralSequential,
+                path_encoding: svc.use_path_encoding.then(|| svc.instance_id.clone()),
+                protected: svc.zk_auth.is_some(),
+            },
+        );
         let (desired_tx, desired_rx) = watch::channel(desired::Desired::default());
         let (operator_tx, operator_rx) = watch::channel(desired::Operator::default());
         let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());

@@ -391,6 +391,18 @@ impl Zk {
         });
     }
 
+    /// One delete attempt, its error returned (e.g. `NoAuth` on a protected node).
+    pub fn try_delete(&self, path: &str) -> Result<(), zkc::Error> {
+        self.rt.block_on(self.client.delete(path, None))
+    }
+
+    /// One set attempt, its error returned (e.g. `NoAuth` on a protected node).
+    pub fn try_set(&self, path: &str, data: &[u8]) -> Result<(), zkc::Error> {
+        self.rt
+            .block_on(self.client.set_data(path, data, None))
+            .map(|_| ())
+    }
+
     fn retry<F, Fut>(&self, what: &str, mut op: F)
     where
         F: FnMut() -> Fut,

@@ -1,0 +1,137 @@
+//! How nerve's nodes are created, read back with a plain ZooKeeper client: plain ephemeral
+//! nodes, airbnb path encoding, digest auth with ACLs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation fails loudly
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use zookeeper_client as zkc;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PATH: &str = "/services/web";
+
+/// nerve config with one service `web` (instance `host-1`) whose health is the existence of
+/// `flag`; `extra` goes into the service, `top` at the top level.
+fn config(cs: &str, port: u16, flag: &PathBuf, top: &str, extra: &str) -> String {
+    let admin = free_port();
+    format!(
+        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{top}services:\n\
+         - {{name: web, host: 127.0.0.1, port: {port}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
+         check_interval: 100ms, rise: 1, fall: 1, {extra}\
+         checks: [{{type: exec, name: flag, command: [test, -f, \"{}\"]}}]}}\n",
+        flag.display()
+    )
+}
+
+fn flag() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    (dir, flag)
+}
+
+fn only_child(zkc: &Zk) -> Option<String> {
+    let c = zkc.children(PATH).ok()?;
+    let [one] = c.as_slice() else { return None };
+    Some(one.clone())
+}
+
+/// `node_type: ephemeral`: the node is `<instance_id>_<service>`, no sequence. After a
+/// crash (SIGKILL) and restart, the name is held by the dead process's session until it
+/// expires: the new nerve retries and takes the name over then, and there is one node.
+#[test]
+fn plain_ephemeral_node_has_a_fixed_name_and_survives_a_crash_restart() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let (_dir, flag) = flag();
+    let conf = config(
+        &cs,
+        b.port,
+        &flag,
+        "zookeeper: {session_timeout: 4s}\n",
+        "node_type: ephemeral, ",
+    );
+    let nerve = Agent::start("nerve", &conf);
+    let zkc = Zk::connect(&cs);
+    let child = eventually("registered", WAIT, || only_child(&zkc));
+    assert_eq!(child, "host-1_web");
+    let (_, first_owner) = zkc.get(&format!("{PATH}/{child}")).unwrap();
+
+    drop(nerve); // SIGKILL: the node stays until the session expires
+    let _nerve = Agent::start("nerve", &conf);
+    eventually("the restarted nerve owns the node", WAIT, || {
+        let child = only_child(&zkc)?;
+        let (_, owner) = zkc.get(&format!("{PATH}/{child}")).ok()?;
+        (child == "host-1_web" && owner != first_owner && owner != 0).then_some(())
+    });
+}
+
+/// `use_path_encoding: true`: the node name carries the payload (airbnb nerve); a payload
+/// change creates the new node before the old one goes, and exactly one is left.
+#[test]
+fn path_encoded_node_is_renamed_when_the_payload_changes() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let (_dir, flag) = flag();
+    let conf = config(
+        &cs,
+        b.port,
+        &flag,
+        "",
+        "use_path_encoding: true, expose_unavailable: true, ",
+    );
+    let _nerve = Agent::start("nerve", &conf);
+    let zkc = Zk::connect(&cs);
+    let first = eventually("registered", WAIT, || only_child(&zkc));
+    assert!(first.starts_with("base64_"), "{first}");
+    let node = common::codec::decode(&first, b"").unwrap();
+    assert!(
+        node.available && node.port == b.port && node.weight == Some(255),
+        "{node:?}"
+    );
+    // The data holds the same payload, for readers that do not decode names.
+    let (data, _) = zkc.get(&format!("{PATH}/{first}")).unwrap();
+    assert_eq!(common::codec::decode("x", &data).unwrap(), node);
+
+    std::fs::remove_file(&flag).unwrap();
+    let second = eventually("renamed", WAIT, || only_child(&zkc).filter(|c| *c != first));
+    let node = common::codec::decode(&second, b"").unwrap();
+    assert!(!node.available, "{node:?}");
+    assert_eq!(node.unavailable_reason.as_deref(), Some("checks failing: flag"));
+}
+
+/// Digest auth: nodes (and the parents nerve creates) get creator-all + world-read, so a
+/// session without the credentials can read but neither delete nor rewrite them.
+#[test]
+fn digest_auth_protects_nodes_from_other_sessions() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let (_dir, flag) = flag();
+    let conf = config(
+        &cs,
+        b.port,
+        &flag,
+        "zookeeper: {auth: {scheme: digest, credentials: \"nerve:s3cret\"}}\n",
+        "",
+    );
+    let _nerve = Agent::start("nerve", &conf);
+    let zkc = Zk::connect(&cs);
+    let child = eventually("registered", WAIT, || only_child(&zkc));
+    let path = format!("{PATH}/{child}");
+    let (data, _) = zkc.get(&path).expect("world-readable");
+    assert!(!data.is_empty());
+    assert!(
+        matches!(zkc.try_delete(&path), Err(zkc::Error::NoAuth)),
+        "another session cannot delete the node"
+    );
+    assert!(
+        matches!(zkc.try_set(&path, b"{}"), Err(zkc::Error::NoAuth)),
+        "nor rewrite it"
+    );
+    assert_eq!(only_child(&zkc), Some(child));
+}
