@@ -37,19 +37,46 @@ fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
         .iter()
         .map(|s| {
             let check = s.check.borrow().clone();
-            let report = s.report.borrow().clone();
+            let reports: Vec<_> = s
+                .reports
+                .iter()
+                .map(|r| {
+                    let st = r.status.borrow().clone();
+                    json!({
+                        "type": r.kind,
+                        "target": r.target,
+                        "registered": st.node.is_some(),
+                        "node": st.node,
+                        "last_error": st.last_error,
+                    })
+                })
+                .collect();
+            let zk_node = s
+                .reports
+                .iter()
+                .filter(|r| r.kind == "zookeeper")
+                .find_map(|r| r.status.borrow().node.clone());
+            let zk_error = s
+                .reports
+                .iter()
+                .filter(|r| r.kind == "zookeeper")
+                .find_map(|r| r.status.borrow().last_error.clone());
+            let limit = s.limit.borrow().clone();
             all_up &= check.healthy;
             json!({
                 "name": s.config.name,
                 "host": s.config.host,
                 "port": s.config.port,
-                "zk_path": s.config.zk_path,
                 "healthy": check.healthy,
                 "last_check_error": check.failures(),
                 "checks": check.checks.iter().map(check_json).collect::<Vec<_>>(),
-                "registered": report.node.is_some(),
-                "zk_node": report.node,
-                "last_zk_error": report.last_error,
+                "registered": zk_node.is_some(),
+                "zk_node": zk_node,
+                "last_zk_error": zk_error,
+                "reporters": reports,
+                "write_deferred": limit.deferred_since.is_some(),
+                "write_deferred_for_seconds": limit.deferred_since.map(|t| t.elapsed().as_secs_f64()),
+                "writes_deferred_total": limit.deferred_total,
             })
         })
         .collect();

@@ -18,6 +18,7 @@ pub mod check;
 pub mod config;
 pub mod desired;
 pub mod metrics;
+pub mod report;
 pub mod service;
 
 use std::sync::Arc;
@@ -41,6 +42,99 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
+/// task per reporter), stopped by `cancel` (each reporter deregisters).
+pub fn start_service(
+    svc: &config::ServiceConfig,
+    registry: &Registry,
+    metrics: &metrics::Metrics,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> service::ServiceHandle {
+    let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
+    let m = metrics.service(&svc.name, &names);
+    let (raw_tx, raw_rx) = watch::channel(desired::Desired::default());
+    let (desired_tx, desired_rx) = watch::channel(desired::Desired::default());
+    let (operator_tx, operator_rx) = watch::channel(desired::Operator::default());
+    let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
+    let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
+    let span = tracing::info_span!("service", service = %svc.name);
+    tracker.spawn(
+        service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, raw_tx).instrument(span.clone()),
+    );
+    let bucket = report::TokenBucket::new(
+        svc.max_writes_per_second,
+        svc.write_burst,
+        std::time::Instant::now(),
+    );
+    tracker.spawn(report::limit_loop(raw_rx, desired_tx, bucket, limit_tx).instrument(span.clone()));
+    tracker.spawn(
+        service::check_loop(svc.clone(), check_tx, m.clone(), cancel.clone()).instrument(span.clone()),
+    );
+    let mut reports = Vec::new();
+    for reporter in &svc.reporters {
+        let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
+        let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
+        match reporter {
+            config::Reporter::Zookeeper(z) => {
+                let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
+                let name = format!("{}_{}", svc.instance_id, svc.name);
+                let registration = Registration::with_options(
+                    session.clone(),
+                    &z.zk_path,
+                    &name,
+                    NodeOptions {
+                        sequential: z.node_type == config::NodeType::EphemeralSequential,
+                        path_encoding: z.use_path_encoding.then(|| svc.instance_id.clone()),
+                        protected: z.zk_auth.is_some(),
+                    },
+                );
+                tracker.spawn(
+                    service::report_loop(
+                        registration,
+                        session,
+                        desired_rx.clone(),
+                        report_tx,
+                        m.clone(),
+                        cancel.clone(),
+                    )
+                    .instrument(rspan),
+                );
+            }
+            config::Reporter::File { path } => {
+                tracker.spawn(
+                    report::file_loop(
+                        svc.name.clone(),
+                        path.clone(),
+                        desired_rx.clone(),
+                        report_tx,
+                        cancel.clone(),
+                    )
+                    .instrument(rspan),
+                );
+            }
+            config::Reporter::Console => {
+                tracker.spawn(
+                    report::console_loop(desired_rx.clone(), report_tx, cancel.clone()).instrument(rspan),
+                );
+            }
+        }
+        reports.push(service::ReporterHandle {
+            kind: reporter.kind(),
+            target: reporter.target(),
+            status: report_rx,
+        });
+    }
+    service::ServiceHandle {
+        config: svc.clone(),
+        check: check_rx,
+        reports,
+        limit: limit_rx,
+        operator: operator_tx,
+        cancel,
+    }
+}
+
 /// Runs nerve until `shutdown` fires, then deregisters every service, waits the drain time
 /// and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -60,42 +154,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let tracker = TaskTracker::new();
     let mut handles = Vec::new();
     for svc in &config.services {
-        let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
-        let m = metrics.service(&svc.name, &names);
-        let session = registry.session_with_auth(&svc.zk_hosts, svc.zk_auth.as_ref());
-        let name = format!("{}_{}", svc.instance_id, svc.name);
-        let registration = Registration::with_options(
-            session.clone(),
-            &svc.zk_path,
-            &name,
-            NodeOptions {
-                sequential: svc.node_type == config::NodeType::EphemeralSequential,
-                path_encoding: svc.use_path_encoding.then(|| svc.instance_id.clone()),
-                protected: svc.zk_auth.is_some(),
-            },
-        );
-        let (desired_tx, desired_rx) = watch::channel(desired::Desired::default());
-        let (operator_tx, operator_rx) = watch::channel(desired::Operator::default());
-        let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
-        let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
-        let span = tracing::info_span!("service", service = %svc.name, zk.path = %svc.zk_path);
-        tracker.spawn(
-            service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, desired_tx)
-                .instrument(span.clone()),
-        );
-        tracker.spawn(
-            service::check_loop(svc.clone(), check_tx, m.clone(), shutdown.clone()).instrument(span.clone()),
-        );
-        tracker.spawn(
-            service::report_loop(registration, session, desired_rx, report_tx, m, shutdown.clone())
-                .instrument(span),
-        );
-        handles.push(service::ServiceHandle {
-            config: svc.clone(),
-            check: check_rx,
-            report: report_rx,
-            operator: operator_tx,
-        });
+        handles.push(start_service(
+            svc,
+            &registry,
+            &metrics,
+            &tracker,
+            shutdown.child_token(),
+        ));
     }
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
 

@@ -98,10 +98,25 @@ pub struct ServiceHandle {
     pub config: ServiceConfig,
     /// Check state.
     pub check: watch::Receiver<CheckStatus>,
-    /// ZooKeeper state.
-    pub report: watch::Receiver<ReportStatus>,
+    /// Per reporter, in config order.
+    pub reports: Vec<ReporterHandle>,
+    /// The write limiter's state.
+    pub limit: watch::Receiver<crate::report::LimitStatus>,
     /// The operator's state (maintenance API).
     pub operator: watch::Sender<Operator>,
+    /// Stops the service (its reporters deregister).
+    pub cancel: CancellationToken,
+}
+
+/// One reporter of a service, for the admin API.
+#[derive(Debug, Clone)]
+pub struct ReporterHandle {
+    /// `zookeeper`, `file` or `console`.
+    pub kind: &'static str,
+    /// Where it writes.
+    pub target: String,
+    /// Its state.
+    pub status: watch::Receiver<ReportStatus>,
 }
 
 /// Spread of a check's interval: each wait is the interval ±10 %, so that checks started

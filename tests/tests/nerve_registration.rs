@@ -135,3 +135,124 @@ fn digest_auth_protects_nodes_from_other_sessions() {
     );
     assert_eq!(only_child(&zkc), Some(child));
 }
+
+fn zk_writes(admin: u16) -> f64 {
+    ["create", "set", "delete"]
+        .iter()
+        .map(|op| {
+            integration_tests::agents::metric(
+                admin,
+                &format!("nerve_zk_writes_total{{op=\"{op}\",service=\"web\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// Several reporters: two ZooKeeper ensembles (a migration) both get the node, a file
+/// reporter holds the payload (replaced atomically), a console reporter logs.
+#[test]
+fn every_reporter_gets_the_state() {
+    let (zk1, zk2) = (ZkCluster::standalone(), ZkCluster::standalone());
+    let (cs1, cs2) = (zk1.connect_string(), zk2.connect_string());
+    let b = Backend::start("a");
+    let (dir, flag) = flag();
+    let file = dir.path().join("web.json");
+    let conf = config(
+        &cs1,
+        b.port,
+        &flag,
+        "",
+        &format!(
+            "reporters: [{{type: zookeeper, zk_hosts: \"{cs2}\", zk_path: {PATH}}}, \
+             {{type: file, path: \"{}\"}}, {{type: console}}], ",
+            file.display()
+        ),
+    );
+    let nerve = Agent::start("nerve", &conf);
+    let (z1, z2) = (Zk::connect(&cs1), Zk::connect(&cs2));
+    let c1 = eventually("registered in the first ensemble", WAIT, || only_child(&z1));
+    let c2 = eventually("registered in the second ensemble", WAIT, || only_child(&z2));
+    let (d1, _) = z1.get(&format!("{PATH}/{c1}")).unwrap();
+    let (d2, _) = z2.get(&format!("{PATH}/{c2}")).unwrap();
+    assert_eq!(d1, d2);
+    let v = eventually("file written", WAIT, || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
+        (v["state"] == "available").then_some(v)
+    });
+    assert_eq!(v["service"], "web");
+    assert_eq!(
+        v["node"],
+        serde_json::from_slice::<serde_json::Value>(&d1).unwrap()
+    );
+
+    std::fs::remove_file(&flag).unwrap();
+    eventually("gone from both ensembles and the file", WAIT, || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
+        (z1.children(PATH).ok()?.is_empty()
+            && z2.children(PATH).ok()?.is_empty()
+            && v["state"] == "absent"
+            && v["node"].is_null())
+        .then_some(())
+    });
+    assert!(
+        nerve.log().contains("reporter=\"console\"") || nerve.log().contains("reporter=console"),
+        "{}",
+        nerve.log()
+    );
+}
+
+/// A check flapping far faster than `max_writes_per_second` costs at most the burst plus
+/// the rate in ZooKeeper writes, the status says writes were deferred, and the final state
+/// is the one written.
+#[test]
+fn flapping_check_is_rate_limited_and_the_last_state_wins() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let (_dir, flag) = flag();
+    let admin = free_port();
+    let conf = format!(
+        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n\
+         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
+         max_writes_per_second: 2, write_burst: 2, \
+         checks: [{{type: exec, name: flag, interval: 20ms, rise: 1, fall: 1, command: [test, -f, \"{}\"]}}]}}\n",
+        b.port,
+        flag.display()
+    );
+    let _nerve = Agent::start("nerve", &conf);
+    let zkc = Zk::connect(&cs);
+    eventually("registered", WAIT, || only_child(&zkc));
+    let before = zk_writes(admin);
+    let started = std::time::Instant::now();
+    let mut flips = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        if flips % 2 == 0 {
+            std::fs::remove_file(&flag).unwrap();
+        } else {
+            std::fs::write(&flag, "").unwrap();
+        }
+        flips += 1;
+        // Pacing the flapping itself (the input of the test), not waiting for a result.
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // End healthy.
+    std::fs::write(&flag, "").unwrap();
+    let writes = zk_writes(admin) - before;
+    let allowed = 2.0 + 2.0 * elapsed + 1.0;
+    println!("{flips} flips in {elapsed:.1}s -> {writes} ZooKeeper writes (allowed {allowed:.1})");
+    assert!(writes <= allowed, "{writes} writes > {allowed}");
+    let (_, body) = integration_tests::agents::http_get(admin, "/status").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["services"][0]["writes_deferred_total"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    eventually("the final state (healthy) is in ZooKeeper", WAIT, || {
+        only_child(&zkc)?;
+        let (_, body) = integration_tests::agents::http_get(admin, "/status").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["services"][0]["write_deferred"] == false && v["services"][0]["registered"] == true).then_some(())
+    });
+}
