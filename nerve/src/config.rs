@@ -33,6 +33,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Pause after deregistering on SIGTERM, before exiting, so routers notice. Default 0 s.
     pub drain_time: Duration,
+    /// Where the operator's state (maintenance API: disable, force, weight) is kept across
+    /// restarts, replaced atomically at each change. Default none (kept in memory only).
+    pub state_file: Option<PathBuf>,
     /// The services to check and register.
     pub services: Vec<ServiceConfig>,
 }
@@ -90,6 +93,7 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_time: Option<Duration>,
+    state_file: Option<PathBuf>,
     services: Vec<serde_json::Value>,
 }
 
@@ -304,6 +308,7 @@ impl Config {
             admin_listen,
             log: raw.log,
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
+            state_file: raw.state_file,
             services: services.into_iter().map(|(_, s)| s).collect(),
         })
     }

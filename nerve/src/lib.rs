@@ -16,7 +16,9 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod ctl;
 pub mod desired;
+pub mod maintenance;
 pub mod metrics;
 pub mod report;
 pub mod service;
@@ -49,13 +51,14 @@ pub fn start_service(
     registry: &Registry,
     metrics: &metrics::Metrics,
     tracker: &TaskTracker,
+    operator: desired::Operator,
     cancel: CancellationToken,
 ) -> service::ServiceHandle {
     let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
     let m = metrics.service(&svc.name, &names);
     let (raw_tx, raw_rx) = watch::channel(desired::Desired::default());
     let (desired_tx, desired_rx) = watch::channel(desired::Desired::default());
-    let (operator_tx, operator_rx) = watch::channel(desired::Operator::default());
+    let (operator_tx, operator_rx) = watch::channel(operator);
     let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
     let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
     let span = tracing::info_span!("service", service = %svc.name);
@@ -129,6 +132,7 @@ pub fn start_service(
         config: svc.clone(),
         check: check_rx,
         reports,
+        desired: desired_rx,
         limit: limit_rx,
         operator: operator_tx,
         cancel,
@@ -153,20 +157,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
     let tracker = TaskTracker::new();
     let mut handles = Vec::new();
+    let services: maintenance::Services = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let maintenance = Arc::new(maintenance::Maintenance::new(
+        services.clone(),
+        config.state_file.clone(),
+    ));
+    // Each service starts with the operator state restored: a service disabled before a
+    // restart never shows up, not even briefly.
     for svc in &config.services {
         handles.push(start_service(
             svc,
             &registry,
             &metrics,
             &tracker,
+            maintenance.effective(&svc.name),
             shutdown.child_token(),
         ));
     }
+    *services.write().unwrap_or_else(|p| p.into_inner()) = handles;
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
 
     let admin_cancel = CancellationToken::new();
-    let handler = admin::handler(config.instance_id.clone(), Arc::new(handles), prometheus);
-    let admin_task = tokio::spawn(common::admin::serve(
+    let handler = admin::handler(config.instance_id.clone(), maintenance.clone(), prometheus);
+    let admin_task = tokio::spawn(common::admin::serve_async(
         admin_listener,
         handler,
         admin_cancel.clone(),

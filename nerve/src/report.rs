@@ -117,6 +117,7 @@ pub async fn file_loop(
                 status.send_modify(|s| {
                     s.node = want.payload.is_some().then(|| path.display().to_string());
                     s.last_error = None;
+                    s.applied = Some(want.state.clone());
                 });
                 None
             }
@@ -144,7 +145,10 @@ pub async fn file_loop(
     if let Err(e) = write_state(&path, &service, &Desired::default()) {
         warn!(file = %path.display(), error = %e, "cannot write the state file on shutdown");
     }
-    status.send_modify(|s| s.node = None);
+    status.send_modify(|s| {
+        s.node = None;
+        s.applied = Some(State::Absent);
+    });
 }
 
 /// `{"service", "state": "available"|"unavailable"|"absent", "node": payload or null}`.
@@ -202,7 +206,10 @@ pub async fn console_loop(
             .as_ref()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         info!(reporter = "console", state = ?want.state, payload = payload.as_deref().unwrap_or(""), "desired state");
-        status.send_modify(|s| s.node = want.payload.is_some().then(|| "console".to_string()));
+        status.send_modify(|s| {
+            s.node = want.payload.is_some().then(|| "console".to_string());
+            s.applied = Some(want.state.clone());
+        });
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -210,6 +217,10 @@ pub async fn console_loop(
         }
     }
     info!(reporter = "console", "deregistered");
+    status.send_modify(|s| {
+        s.node = None;
+        s.applied = Some(State::Absent);
+    });
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct ReportStatus {
     pub node: Option<String>,
     /// The last reconcile error, cleared on success.
     pub last_error: Option<String>,
+    /// The desired state last written successfully.
+    pub applied: Option<State>,
 }
 
 /// Live view of one service.
@@ -100,6 +102,8 @@ pub struct ServiceHandle {
     pub check: watch::Receiver<CheckStatus>,
     /// Per reporter, in config order.
     pub reports: Vec<ReporterHandle>,
+    /// The desired state, as the reporters see it.
+    pub desired: watch::Receiver<Desired>,
     /// The write limiter's state.
     pub limit: watch::Receiver<crate::report::LimitStatus>,
     /// The operator's state (maintenance API).
@@ -329,7 +333,8 @@ pub async fn report_loop(
     let mut sessions = session.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let want = desired.borrow_and_update().payload.clone();
+        let target = desired.borrow_and_update().clone();
+        let want = target.payload.clone();
         // A reconcile waiting on an unresponsive ZooKeeper must not hold up shutdown: the
         // deregistration below has its own budget.
         let result = tokio::select! {
@@ -343,6 +348,7 @@ pub async fn report_loop(
                 status.send_modify(|s| {
                     s.node = registration.path().map(str::to_string);
                     s.last_error = None;
+                    s.applied = Some(target.state.clone());
                 });
                 REFRESH
             }
@@ -365,7 +371,10 @@ pub async fn report_loop(
         }
     }
     deregister(&mut registration, &metrics).await;
-    status.send_modify(|s| s.node = None);
+    status.send_modify(|s| {
+        s.node = None;
+        s.applied = Some(State::Absent);
+    });
 }
 
 /// One "make ZooKeeper match `want`" step.
