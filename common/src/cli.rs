@@ -31,6 +31,30 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
+    main_reloadable(name, file, check_only, |config, signals: Signals| {
+        run(config, signals.shutdown)
+    })
+}
+
+/// What a reloadable agent gets besides its config.
+#[derive(Debug)]
+pub struct Signals {
+    /// Cancelled on SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    /// Bumped on each SIGHUP.
+    pub reload: tokio::sync::watch::Receiver<u64>,
+    /// The config file, to read again on reload.
+    pub file: std::path::PathBuf,
+}
+
+/// [`main`] for an agent that reloads its config on SIGHUP.
+pub fn main_reloadable<C, F, Fut, E>(name: &str, file: &Path, check_only: bool, run: F) -> ExitCode
+where
+    C: AgentConfig,
+    F: FnOnce(C, Signals) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
     let config = match C::load(file) {
         Ok(c) => c,
         Err(err) => {
@@ -63,8 +87,13 @@ where
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        crate::shutdown::cancel_on_signals(shutdown.clone()).map_err(|e| e.to_string())?;
-        run(config, shutdown).await.map_err(|e| e.to_string())
+        let reload = crate::shutdown::signals(shutdown.clone()).map_err(|e| e.to_string())?;
+        let signals = Signals {
+            shutdown,
+            reload,
+            file: file.to_path_buf(),
+        };
+        run(config, signals).await.map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

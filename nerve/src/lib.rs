@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod desired;
 pub mod maintenance;
 pub mod metrics;
+pub mod reload;
 pub mod report;
 pub mod service;
 
@@ -52,8 +53,10 @@ pub fn start_service(
     metrics: &metrics::Metrics,
     tracker: &TaskTracker,
     operator: desired::Operator,
+    takeover: Option<&service::ServiceHandle>,
     cancel: CancellationToken,
 ) -> service::ServiceHandle {
+    let initially_up = takeover.is_some_and(|old| old.check.borrow().healthy);
     let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
     let m = metrics.service(&svc.name, &names);
     let (raw_tx, raw_rx) = watch::channel(desired::Desired::default());
@@ -72,17 +75,26 @@ pub fn start_service(
     );
     tracker.spawn(report::limit_loop(raw_rx, desired_tx, bucket, limit_tx).instrument(span.clone()));
     tracker.spawn(
-        service::check_loop(svc.clone(), check_tx, m.clone(), cancel.clone()).instrument(span.clone()),
+        service::check_loop(svc.clone(), initially_up, check_tx, m.clone(), cancel.clone())
+            .instrument(span.clone()),
     );
     let mut reports = Vec::new();
     for reporter in &svc.reporters {
         let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
+        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rcancel = cancel.child_token();
+        // The node of the service this one replaces, left in place for us.
+        let inherited = takeover.is_some_and(|old| {
+            old.reports
+                .iter()
+                .any(|r| r.config == *reporter && r.keep.load(std::sync::atomic::Ordering::Acquire))
+        });
         let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
         match reporter {
             config::Reporter::Zookeeper(z) => {
                 let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
                 let name = format!("{}_{}", svc.instance_id, svc.name);
-                let registration = Registration::with_options(
+                let mut registration = Registration::with_options(
                     session.clone(),
                     &z.zk_path,
                     &name,
@@ -92,14 +104,18 @@ pub fn start_service(
                         protected: z.zk_auth.is_some(),
                     },
                 );
+                if inherited {
+                    registration.take_over();
+                }
                 tracker.spawn(
                     service::report_loop(
                         registration,
+                        keep.clone(),
                         session,
                         desired_rx.clone(),
                         report_tx,
                         m.clone(),
-                        cancel.clone(),
+                        rcancel.clone(),
                     )
                     .instrument(rspan),
                 );
@@ -111,18 +127,21 @@ pub fn start_service(
                         path.clone(),
                         desired_rx.clone(),
                         report_tx,
-                        cancel.clone(),
+                        rcancel.clone(),
                     )
                     .instrument(rspan),
                 );
             }
             config::Reporter::Console => {
                 tracker.spawn(
-                    report::console_loop(desired_rx.clone(), report_tx, cancel.clone()).instrument(rspan),
+                    report::console_loop(desired_rx.clone(), report_tx, rcancel.clone()).instrument(rspan),
                 );
             }
         }
         reports.push(service::ReporterHandle {
+            config: reporter.clone(),
+            keep,
+            cancel: rcancel,
             kind: reporter.kind(),
             target: reporter.target(),
             status: report_rx,
@@ -142,6 +161,19 @@ pub fn start_service(
 /// Runs nerve until `shutdown` fires, then deregisters every service, waits the drain time
 /// and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// [`run`], reloading `file` each time `reload` changes (SIGHUP).
+pub async fn run_reloadable(config: Config, signals: common::cli::Signals) -> Result<(), RunError> {
+    run_with_reload(config, signals.shutdown, Some((signals.file, signals.reload))).await
+}
+
+async fn run_with_reload(
+    config: Config,
+    shutdown: CancellationToken,
+    reload: Option<(std::path::PathBuf, watch::Receiver<u64>)>,
+) -> Result<(), RunError> {
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
     let admin_listener = common::admin::bind(config.admin_listen).await?;
@@ -171,6 +203,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             &metrics,
             &tracker,
             maintenance.effective(&svc.name),
+            None,
             shutdown.child_token(),
         ));
     }
@@ -185,6 +218,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         admin_cancel.clone(),
     ));
 
+    if let Some((file, signal)) = reload {
+        let running = reload::Running {
+            config: config.clone(),
+            registry,
+            metrics,
+            tracker: tracker.clone(),
+            maintenance: maintenance.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tracker.spawn(reload::reload_loop(file, signal, running));
+    }
     tracker.close();
     tracker.wait().await;
     if !config.drain_time.is_zero() {

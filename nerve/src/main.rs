@@ -31,7 +31,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::Ctl(ctl)), _) => nerve::ctl::run(&ctl),
-        (None, Some(config)) => common::cli::main("nerve", &config, cli.check_config, nerve::run),
+        (None, Some(config)) => {
+            common::cli::main_reloadable("nerve", &config, cli.check_config, nerve::run_reloadable)
+        }
         (None, None) => ExitCode::from(common::cli::EXIT_CONFIG),
     }
 }

@@ -121,6 +121,12 @@ pub struct ReporterHandle {
     pub target: String,
     /// Its state.
     pub status: watch::Receiver<ReportStatus>,
+    /// Its config.
+    pub config: crate::config::Reporter,
+    /// Set before stopping it: leave the node for the reporter that replaces it.
+    pub keep: Arc<std::sync::atomic::AtomicBool>,
+    /// Stops it alone (a child of the service's token).
+    pub cancel: CancellationToken,
 }
 
 /// Spread of a check's interval: each wait is the interval ±10 %, so that checks started
@@ -143,12 +149,23 @@ struct Run {
 /// (a check against a wedged server, a command and its process group) with no task left.
 pub async fn check_loop(
     config: ServiceConfig,
+    initially_up: bool,
     status: watch::Sender<CheckStatus>,
     metrics: ServiceMetrics,
     cancel: CancellationToken,
 ) {
     let checks: Vec<Check> = config.checks.iter().cloned().map(Check::new).collect();
-    status.send_modify(|s| s.checks = checks.iter().map(CheckState::new).collect());
+    status.send_modify(|s| {
+        s.checks = checks
+            .iter()
+            .map(|c| CheckState {
+                up: initially_up,
+                ..CheckState::new(c)
+            })
+            .collect();
+        s.healthy = initially_up;
+    });
+    metrics.up.set(i64::from(initially_up));
     let (tx, mut rx) = mpsc::channel::<Run>(checks.len().max(1));
     let schedulers = futures::future::join_all(
         checks
@@ -160,9 +177,9 @@ pub async fn check_loop(
     let aggregate = async {
         let mut hysteresis: Vec<Hysteresis> = checks
             .iter()
-            .map(|c| Hysteresis::new(c.config().rise.get(), c.config().fall.get()))
+            .map(|c| Hysteresis::starting(c.config().rise.get(), c.config().fall.get(), initially_up))
             .collect();
-        let mut service_up = false;
+        let mut service_up = initially_up;
         while let Some(Run { index, report, took }) = rx.recv().await {
             let (Some(check), Some(h), Some(m)) = (
                 checks.get(index),
@@ -324,6 +341,7 @@ pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// session event, with backoff on errors, until `cancel` fires; then deregisters.
 pub async fn report_loop(
     mut registration: Registration,
+    keep: Arc<std::sync::atomic::AtomicBool>,
     session: Arc<Session>,
     mut desired: watch::Receiver<Desired>,
     status: watch::Sender<ReportStatus>,
@@ -369,6 +387,14 @@ pub async fn report_loop(
             r = sessions.changed() => if r.is_err() { cancel.cancelled().await; break },
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+    if keep.load(std::sync::atomic::Ordering::Acquire) {
+        // Handed over to the service that replaces this one on reload: it adopts the node.
+        info!(
+            zk.node = registration.path().unwrap_or(""),
+            "node handed over to the reloaded service"
+        );
+        return;
     }
     deregister(&mut registration, &metrics).await;
     status.send_modify(|s| {

@@ -77,6 +77,12 @@ impl Agent {
         self.child.id()
     }
 
+    /// Replaces the agent's config file (e.g. before a SIGHUP).
+    pub fn rewrite_config(&self, config: &str) {
+        let cfg = self.dir.path().join(format!("{}.yaml", self.name));
+        std::fs::write(&cfg, config).expect("rewrite config");
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()

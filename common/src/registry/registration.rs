@@ -184,6 +184,12 @@ impl Naming {
 }
 
 impl Registration {
+    /// Takes over a node of ours that another `Registration` (of this process, same session)
+    /// left in place: the first `ensure` adopts it, or the first `remove` deletes it.
+    pub fn take_over(&mut self) {
+        self.unsure = true;
+    }
+
     /// The full path of the node currently held, if any.
     pub fn path(&self) -> Option<&str> {
         self.owned.as_ref().map(|o| o.path.as_str())
