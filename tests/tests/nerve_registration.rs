@@ -14,7 +14,7 @@ const PATH: &str = "/services/web";
 
 /// nerve config with one service `web` (instance `host-1`) whose health is the existence of
 /// `flag`; `extra` goes into the service, `top` at the top level.
-fn config(cs: &str, port: u16, flag: &PathBuf, top: &str, extra: &str) -> String {
+fn config(cs: &str, port: u16, flag: &std::path::Path, top: &str, extra: &str) -> String {
     let admin = free_port();
     format!(
         "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{top}services:\n\

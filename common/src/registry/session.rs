@@ -127,12 +127,15 @@ impl fmt::Debug for ZkAuth {
     }
 }
 
+/// What identifies a session: connect string and credentials.
+type SessionKey = (String, Option<ZkAuth>);
+
 /// One ZooKeeper session per ensemble (and auth) per process.
 #[derive(Debug)]
 pub struct Registry {
     options: RegistryOptions,
     cancel: CancellationToken,
-    sessions: Mutex<HashMap<(String, Option<ZkAuth>), Arc<Session>>>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
 }
 
 impl Registry {

@@ -63,7 +63,7 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     let (_operator_tx, operator) = watch::channel(Operator::default());
     let cancel = CancellationToken::new();
     tokio::spawn(desire_loop(config.clone(), status.clone(), operator, desired_tx));
-    let task = tokio::spawn(check_loop(config, status_tx, m.clone(), cancel.clone()));
+    let task = tokio::spawn(check_loop(config, false, status_tx, m.clone(), cancel.clone()));
     tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
         .await
         .unwrap()
