@@ -66,7 +66,8 @@ pub fn start_service(
     let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
     let span = tracing::info_span!("service", service = %svc.name);
     tracker.spawn(
-        service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, raw_tx).instrument(span.clone()),
+        service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, raw_tx, m.clone())
+            .instrument(span.clone()),
     );
     let bucket = report::TokenBucket::new(
         svc.max_writes_per_second,

@@ -291,11 +291,14 @@ pub async fn desire_loop(
     mut check: watch::Receiver<CheckStatus>,
     mut operator: watch::Receiver<Operator>,
     desired: watch::Sender<Desired>,
+    metrics: ServiceMetrics,
 ) {
     loop {
         let state = {
             let c = check.borrow_and_update();
             let o = operator.borrow_and_update();
+            metrics.disabled.set(i64::from(o.disabled));
+            metrics.forced.set(i64::from(o.force));
             let down: Vec<String> = c
                 .checks
                 .iter()
@@ -311,6 +314,10 @@ pub async fn desire_loop(
                 warmup: None,
             })
         };
+        metrics.weight.set(match &state {
+            State::Available { weight } => i64::from(*weight),
+            _ => 0,
+        });
         desired.send_if_modified(|d| {
             if d.state == state {
                 return false;
@@ -349,6 +356,7 @@ pub async fn report_loop(
     cancel: CancellationToken,
 ) {
     let mut sessions = session.subscribe();
+    let mut epoch = sessions.borrow().session_epoch;
     let mut backoff = Duration::from_millis(100);
     loop {
         let target = desired.borrow_and_update().clone();
@@ -360,8 +368,21 @@ pub async fn report_loop(
             _ = cancel.cancelled() => break,
             r = reconcile(&mut registration, want.as_deref(), &metrics) => r,
         };
+        if let Ok(true) = result {
+            metrics
+                .write_latency
+                .observe(target.since.elapsed().as_secs_f64());
+        }
+        let now_epoch = sessions.borrow().session_epoch;
+        if now_epoch != epoch {
+            // The first session is not a replacement.
+            if epoch != 0 {
+                metrics.session_expiries.inc_by(now_epoch.saturating_sub(epoch));
+            }
+            epoch = now_epoch;
+        }
         let wait = match result {
-            Ok(()) => {
+            Ok(_) => {
                 backoff = Duration::from_millis(100);
                 status.send_modify(|s| {
                     s.node = registration.path().map(str::to_string);
@@ -372,6 +393,16 @@ pub async fn report_loop(
             }
             Err(err) => {
                 metrics.zk_errors.inc();
+                let op = match &err {
+                    RegistryError::Zk { op, .. } => *op,
+                    RegistryError::NotConnected { .. } => "connect",
+                    RegistryError::Taken { .. } => "create",
+                    _ => "other",
+                };
+                metrics
+                    .zk_failures
+                    .with_label_values(&[metrics.service.as_str(), op])
+                    .inc();
                 warn!(error = %err, retry_in = ?backoff, "cannot reconcile ZooKeeper");
                 status.send_modify(|s| s.last_error = Some(err.to_string()));
                 let wait = backoff;
@@ -408,12 +439,13 @@ async fn reconcile(
     registration: &mut Registration,
     want: Option<&Vec<u8>>,
     metrics: &ServiceMetrics,
-) -> Result<(), RegistryError> {
-    match want {
+) -> Result<bool, RegistryError> {
+    let wrote = match want {
         Some(data) => match registration.ensure(data).await? {
             EnsureOutcome::Created => {
                 metrics.zk_created.inc();
                 info!(zk.node = registration.path().unwrap_or(""), "registered");
+                true
             }
             EnsureOutcome::Updated => {
                 metrics.zk_updated.inc();
@@ -421,17 +453,20 @@ async fn reconcile(
                     zk.node = registration.path().unwrap_or(""),
                     "registration updated"
                 );
+                true
             }
-            EnsureOutcome::Unchanged => {}
+            EnsureOutcome::Unchanged => false,
         },
         None => {
-            if registration.remove().await? {
+            let deleted = registration.remove().await?;
+            if deleted {
                 metrics.zk_deleted.inc();
                 info!("deregistered");
             }
+            deleted
         }
-    }
-    Ok(())
+    };
+    Ok(wrote)
 }
 
 async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {

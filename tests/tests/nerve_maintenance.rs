@@ -101,6 +101,13 @@ fn disable_enable_force_weight_and_restart() {
     assert!(payloads(&zkc).is_empty(), "gone when the answer comes");
     let (_, status) = request(admin, "GET", "/status");
     assert_eq!(status["services"][0]["maintenance"]["disabled"], true, "{status}");
+    let m = |name: &str| integration_tests::agents::metric(admin, name);
+    assert_eq!(
+        m("nerve_service_maintenance{service=\"web\",state=\"disabled\"}"),
+        Some(1.0)
+    );
+    assert_eq!(m("nerve_service_weight{service=\"web\"}"), Some(0.0));
+    assert!(m("nerve_desired_to_write_seconds_count{service=\"web\"}").unwrap() >= 2.0);
 
     // weight/N while disabled: kept for later.
     let (ok, _) = ctl(admin, &["weight", "web", "7"]);
@@ -123,6 +130,10 @@ fn disable_enable_force_weight_and_restart() {
         payloads(&zkc).into_iter().next()
     });
     assert_eq!(p["weight"], 7, "{p}");
+    assert_eq!(
+        integration_tests::agents::metric(admin, "nerve_service_weight{service=\"web\"}"),
+        Some(7.0)
+    );
 
     // enable --force registers even when the checks fail.
     std::fs::remove_file(&flag).unwrap();

@@ -62,7 +62,13 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     let (status_tx, mut status) = watch::channel(CheckStatus::default());
     let (_operator_tx, operator) = watch::channel(Operator::default());
     let cancel = CancellationToken::new();
-    tokio::spawn(desire_loop(config.clone(), status.clone(), operator, desired_tx));
+    tokio::spawn(desire_loop(
+        config.clone(),
+        status.clone(),
+        operator,
+        desired_tx,
+        m.clone(),
+    ));
     let task = tokio::spawn(check_loop(config, false, status_tx, m.clone(), cancel.clone()));
     tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
         .await
