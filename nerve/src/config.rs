@@ -67,6 +67,8 @@ pub struct ServiceConfig {
     /// `unavailable_reason` instead of deleting it (go-nerve), so readers can tell "down"
     /// from "gone". Default false.
     pub expose_unavailable: bool,
+    /// Weight ramp after the service turns healthy. Default none (full weight at once).
+    pub warmup: Option<Warmup>,
     /// Labels written in the payload.
     pub labels: BTreeMap<String, String>,
     /// `haproxy_server_options` written in the payload, for airbnb synapse readers.
@@ -111,6 +113,24 @@ struct RawZookeeper {
 struct RawAuth {
     scheme: String,
     credentials: String,
+}
+
+/// After a service turns healthy, its weight goes from 1 to the configured weight in `steps`
+/// equal steps over `duration` (`steps + 1` writes at most).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warmup {
+    /// Time from healthy to full weight.
+    pub duration: Duration,
+    /// Number of increases, 1..=100. Default 5.
+    pub steps: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    duration: Option<Duration>,
+    steps: Option<u32>,
 }
 
 /// One place a service's desired state is written to.
@@ -202,6 +222,7 @@ struct RawService {
     reporters: Vec<serde_json::Value>,
     max_writes_per_second: Option<f64>,
     write_burst: Option<u32>,
+    warmup: Option<RawWarmup>,
     weight: Option<u32>,
     #[serde(default)]
     expose_unavailable: bool,
@@ -513,6 +534,20 @@ fn validate_service(
     if !(max_writes_per_second.is_finite() && max_writes_per_second >= 0.01) {
         p.push(format!("{at}.max_writes_per_second"), "must be at least 0.01");
     }
+    let warmup = s.warmup.map(|w| {
+        let steps = w.steps.unwrap_or(5);
+        if !(1..=100).contains(&steps) {
+            p.push(format!("{at}.warmup.steps"), "must be in 1..=100");
+        }
+        let duration = w.duration.unwrap_or_else(|| {
+            p.push(format!("{at}.warmup.duration"), "required (e.g. 60s)");
+            Duration::ZERO
+        });
+        Warmup {
+            duration,
+            steps: steps.clamp(1, 100),
+        }
+    });
     let write_burst = s.write_burst.unwrap_or(5);
     if write_burst == 0 {
         p.push(format!("{at}.write_burst"), "must be at least 1");
@@ -567,6 +602,7 @@ fn validate_service(
             .weight
             .map_or(DEFAULT_WEIGHT, |w| u8::try_from(w).unwrap_or(u8::MAX)),
         expose_unavailable: s.expose_unavailable,
+        warmup,
         labels: s.labels,
         haproxy_server_options: s.haproxy_server_options,
         check_interval,

@@ -293,12 +293,37 @@ pub async fn desire_loop(
     desired: watch::Sender<Desired>,
     metrics: ServiceMetrics,
 ) {
+    // The healthy state of the previous round, and when the current warm-up began.
+    let mut was_healthy = check.borrow().healthy;
+    let mut ramp_started: Option<Instant> = None;
     loop {
+        let mut next_step: Option<Instant> = None;
         let state = {
             let c = check.borrow_and_update();
             let o = operator.borrow_and_update();
             metrics.disabled.set(i64::from(o.disabled));
             metrics.forced.set(i64::from(o.force));
+            if c.healthy && !was_healthy {
+                ramp_started = config.warmup.map(|_| Instant::now());
+                if ramp_started.is_some() {
+                    info!("service turned healthy; warming up");
+                }
+            } else if !c.healthy {
+                ramp_started = None;
+            }
+            was_healthy = c.healthy;
+            let target = o.weight.unwrap_or(config.weight);
+            let warmup = match (config.warmup, ramp_started) {
+                (Some(w), Some(started)) => {
+                    let (ceiling, next) = ramp(w, target, started.elapsed());
+                    next_step = next.map(|d| started + d);
+                    if next.is_none() {
+                        ramp_started = None;
+                    }
+                    Some(ceiling)
+                }
+                _ => None,
+            };
             let down: Vec<String> = c
                 .checks
                 .iter()
@@ -311,7 +336,7 @@ pub async fn desire_loop(
                 operator: &o,
                 weight: config.weight,
                 expose_unavailable: config.expose_unavailable,
-                warmup: None,
+                warmup,
             })
         };
         metrics.weight.set(match &state {
@@ -330,10 +355,39 @@ pub async fn desire_loop(
             *d = Desired::new(state, &config);
             true
         });
+        let step = async {
+            match next_step {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = check.changed() => if r.is_err() { return },
             r = operator.changed() => if r.is_err() { return },
+            _ = step => {}
         }
+    }
+}
+
+/// The warm-up ceiling `elapsed` into a ramp towards `target`, and when (from the start of
+/// the ramp) the next step is due (`None` once at full weight). Step `i` of `steps` (from
+/// `0` at the start) is `target * i / steps` (at least 1), reached at `duration * i / steps`.
+pub fn ramp(w: crate::config::Warmup, target: u8, elapsed: Duration) -> (u8, Option<Duration>) {
+    let steps = w.steps.max(1);
+    if w.duration.is_zero() {
+        return (target, None);
+    }
+    let step = ((elapsed.as_secs_f64() / w.duration.as_secs_f64()) * f64::from(steps)).floor();
+    let i = (step.max(0.0) as u32).min(steps);
+    let ceiling = (u32::from(target) * i / steps).max(1);
+    let ceiling = u8::try_from(ceiling).unwrap_or(target);
+    if i >= steps {
+        (target, None)
+    } else {
+        (
+            ceiling,
+            Some(w.duration.mul_f64(f64::from(i + 1) / f64::from(steps))),
+        )
     }
 }
 

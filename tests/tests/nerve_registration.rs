@@ -256,3 +256,41 @@ fn flapping_check_is_rate_limited_and_the_last_state_wins() {
         (v["services"][0]["write_deferred"] == false && v["services"][0]["registered"] == true).then_some(())
     });
 }
+
+/// Warm-up: once healthy, the weight a ZooKeeper reader sees goes up in steps from 1 to the
+/// configured weight, never down, with at most `steps + 1` distinct values.
+#[test]
+fn warmup_ramps_the_weight_in_steps() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let (_dir, flag) = flag();
+    let conf = config(
+        &cs,
+        b.port,
+        &flag,
+        "",
+        "weight: 200, warmup: {duration: 2s, steps: 4}, ",
+    );
+    let _nerve = Agent::start("nerve", &conf);
+    let zkc = Zk::connect(&cs);
+    let mut seen: Vec<u64> = Vec::new();
+    eventually("full weight reached", WAIT, || {
+        let child = only_child(&zkc)?;
+        let (data, _) = zkc.get(&format!("{PATH}/{child}")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+        let w = v["weight"].as_u64()?;
+        if seen.last() != Some(&w) {
+            seen.push(w);
+        }
+        (w == 200).then_some(())
+    });
+    println!("weights seen: {seen:?}");
+    assert_eq!(seen.first(), Some(&1), "{seen:?}");
+    assert!(seen.windows(2).all(|p| p[0] < p[1]), "only up: {seen:?}");
+    assert!(seen.len() >= 3 && seen.len() <= 5, "{seen:?}");
+    assert!(
+        seen.iter().all(|w| [1, 50, 100, 150, 200].contains(w)),
+        "{seen:?}"
+    );
+}

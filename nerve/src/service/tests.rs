@@ -146,3 +146,21 @@ fn jitter_stays_within_ten_percent_and_varies() {
     let (min, max) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
     assert!(*max - *min > Duration::from_millis(100), "{min:?}..{max:?}");
 }
+
+#[test]
+fn warmup_ramp_steps() {
+    let w = crate::config::Warmup {
+        duration: Duration::from_secs(10),
+        steps: 5,
+    };
+    let at = |s: f64| ramp(w, 200, Duration::from_secs_f64(s));
+    assert_eq!(at(0.0), (1, Some(Duration::from_secs(2))));
+    assert_eq!(at(1.9), (1, Some(Duration::from_secs(2))));
+    assert_eq!(at(2.0), (40, Some(Duration::from_secs(4))));
+    assert_eq!(at(9.9), (160, Some(Duration::from_secs(10))));
+    assert_eq!(at(10.0), (200, None));
+    assert_eq!(at(99.0), (200, None));
+    // At most `steps + 1` distinct weights.
+    let seen: std::collections::BTreeSet<u8> = (0..1000).map(|ms| at(f64::from(ms) / 50.0).0).collect();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
