@@ -86,7 +86,10 @@ fn path_encoded_node_is_renamed_when_the_payload_changes() {
     );
     let _nerve = Agent::start("nerve", &conf);
     let zkc = Zk::connect(&cs);
-    let first = eventually("registered", WAIT, || only_child(&zkc));
+    // With expose_unavailable the node exists (unavailable) before the checks pass.
+    let first = eventually("registered available", WAIT, || {
+        only_child(&zkc).filter(|c| common::codec::decode(c, b"").is_ok_and(|n| n.available))
+    });
     assert!(first.starts_with("base64_"), "{first}");
     let node = common::codec::decode(&first, b"").unwrap();
     assert!(
