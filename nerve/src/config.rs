@@ -117,12 +117,17 @@ struct RawAuth {
 
 /// After a service turns healthy, its weight goes from 1 to the configured weight in `steps`
 /// equal steps over `duration` (`steps + 1` writes at most).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Warmup {
     /// Time from healthy to full weight.
     pub duration: Duration,
     /// Number of increases, 1..=100. Default 5.
     pub steps: u32,
+    /// Run (argv, no shell) before each increase; a failure (non-zero exit, or longer than
+    /// `stability_timeout`) restarts the ramp from weight 1. Default none.
+    pub stability_command: Option<ExecCheck>,
+    /// Time allowed to the stability command. Default 5 s.
+    pub stability_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +136,9 @@ struct RawWarmup {
     #[serde(default, deserialize_with = "cc::opt_duration")]
     duration: Option<Duration>,
     steps: Option<u32>,
+    stability_command: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    stability_timeout: Option<Duration>,
 }
 
 /// One place a service's desired state is written to.
@@ -543,9 +551,22 @@ fn validate_service(
             p.push(format!("{at}.warmup.duration"), "required (e.g. 60s)");
             Duration::ZERO
         });
+        let stability_command = w.stability_command.and_then(|argv| {
+            if argv.first().is_none_or(String::is_empty) {
+                p.push(format!("{at}.warmup.stability_command"), "needs a program");
+                return None;
+            }
+            let mut env = BTreeMap::new();
+            env.insert("NERVE_SERVICE".to_string(), s.name.clone());
+            env.insert("NERVE_HOST".to_string(), s.host.clone());
+            env.insert("NERVE_PORT".to_string(), s.port.to_string());
+            Some(ExecCheck { argv, env })
+        });
         Warmup {
             duration,
             steps: steps.clamp(1, 100),
+            stability_command,
+            stability_timeout: w.stability_timeout.unwrap_or(Duration::from_secs(5)),
         }
     });
     let write_burst = s.write_burst.unwrap_or(5);

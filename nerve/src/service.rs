@@ -304,7 +304,7 @@ pub async fn desire_loop(
             metrics.disabled.set(i64::from(o.disabled));
             metrics.forced.set(i64::from(o.force));
             if c.healthy && !was_healthy {
-                ramp_started = config.warmup.map(|_| Instant::now());
+                ramp_started = config.warmup.as_ref().map(|_| Instant::now());
                 if ramp_started.is_some() {
                     info!("service turned healthy; warming up");
                 }
@@ -313,7 +313,7 @@ pub async fn desire_loop(
             }
             was_healthy = c.healthy;
             let target = o.weight.unwrap_or(config.weight);
-            let warmup = match (config.warmup, ramp_started) {
+            let warmup = match (&config.warmup, ramp_started) {
                 (Some(w), Some(started)) => {
                     let (ceiling, next) = ramp(w, target, started.elapsed());
                     next_step = next.map(|d| started + d);
@@ -364,7 +364,17 @@ pub async fn desire_loop(
         tokio::select! {
             r = check.changed() => if r.is_err() { return },
             r = operator.changed() => if r.is_err() { return },
-            _ = step => {}
+            _ = step => {
+                if let Some(w) = &config.warmup {
+                    if let Some(cmd) = &w.stability_command {
+                        let report = crate::check::exec::run(cmd, w.stability_timeout).await;
+                        if let Err(e) = report.result {
+                            warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
+                            ramp_started = ramp_started.map(|_| Instant::now());
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -372,7 +382,7 @@ pub async fn desire_loop(
 /// The warm-up ceiling `elapsed` into a ramp towards `target`, and when (from the start of
 /// the ramp) the next step is due (`None` once at full weight). Step `i` of `steps` (from
 /// `0` at the start) is `target * i / steps` (at least 1), reached at `duration * i / steps`.
-pub fn ramp(w: crate::config::Warmup, target: u8, elapsed: Duration) -> (u8, Option<Duration>) {
+pub fn ramp(w: &crate::config::Warmup, target: u8, elapsed: Duration) -> (u8, Option<Duration>) {
     let steps = w.steps.max(1);
     if w.duration.is_zero() {
         return (target, None);

@@ -297,3 +297,44 @@ fn warmup_ramps_the_weight_in_steps() {
         "{seen:?}"
     );
 }
+
+/// A failing stability command keeps restarting the warm-up: the weight stays at 1 well past
+/// the ramp's duration; once it passes, the ramp completes.
+#[test]
+fn failing_stability_command_restarts_the_warmup() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let (dir, flag) = flag();
+    let stable = dir.path().join("stable");
+    let conf = config(
+        &cs,
+        b.port,
+        &flag,
+        "",
+        &format!(
+            "weight: 100, warmup: {{duration: 1s, steps: 2, stability_command: [test, -f, \"{}\"]}}, ",
+            stable.display()
+        ),
+    );
+    let _nerve = Agent::start("nerve", &conf);
+    let zkc = Zk::connect(&cs);
+    let weight = |zkc: &Zk| -> Option<u64> {
+        let child = only_child(zkc)?;
+        let (data, _) = zkc.get(&format!("{PATH}/{child}")).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&data).ok()?["weight"].as_u64()
+    };
+    eventually("registered at weight 1", WAIT, || {
+        (weight(&zkc)? == 1).then_some(())
+    });
+    // The timing is the product here: three times the ramp's duration, still at 1.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(weight(&zkc), Some(1), "the ramp must restart while unstable");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&stable, "").unwrap();
+    eventually("full weight once stable", WAIT, || {
+        (weight(&zkc)? == 100).then_some(())
+    });
+}

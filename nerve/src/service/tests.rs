@@ -152,8 +152,10 @@ fn warmup_ramp_steps() {
     let w = crate::config::Warmup {
         duration: Duration::from_secs(10),
         steps: 5,
+        stability_command: None,
+        stability_timeout: Duration::from_secs(5),
     };
-    let at = |s: f64| ramp(w, 200, Duration::from_secs_f64(s));
+    let at = |s: f64| ramp(&w, 200, Duration::from_secs_f64(s));
     assert_eq!(at(0.0), (1, Some(Duration::from_secs(2))));
     assert_eq!(at(1.9), (1, Some(Duration::from_secs(2))));
     assert_eq!(at(2.0), (40, Some(Duration::from_secs(4))));
