@@ -59,10 +59,26 @@ pub fn start_service(
     let initially_up = takeover.is_some_and(|old| old.check.borrow().healthy);
     let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
     let m = metrics.service(&svc.name, &names);
-    let (raw_tx, raw_rx) = watch::channel(desired::Desired::default());
-    let (desired_tx, desired_rx) = watch::channel(desired::Desired::default());
+    // Every channel starts with the state the service starts in, so that no task ever acts
+    // on a placeholder: a reloaded healthy service must not be "absent" for an instant.
+    let initial = desired::Desired::new(
+        desired::desired(&desired::Inputs {
+            healthy: initially_up,
+            down_checks: &[],
+            operator: &operator,
+            weight: svc.weight,
+            expose_unavailable: svc.expose_unavailable,
+            warmup: None,
+        }),
+        svc,
+    );
+    let (raw_tx, raw_rx) = watch::channel(initial.clone());
+    let (desired_tx, desired_rx) = watch::channel(initial);
     let (operator_tx, operator_rx) = watch::channel(operator);
-    let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
+    let (check_tx, check_rx) = watch::channel(service::CheckStatus {
+        healthy: initially_up,
+        checks: Vec::new(),
+    });
     let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
     let span = tracing::info_span!("service", service = %svc.name);
     tracker.spawn(
