@@ -72,6 +72,11 @@ impl Reply {
 /// Routes a request (method, path) to a reply.
 pub type Handler = Arc<dyn Fn(&Method, &str) -> Reply + Send + Sync>;
 
+/// Routes a request (method, path, query string) to a reply that may wait (e.g. nerve's
+/// `disable?wait=`); served by [`serve_async`].
+pub type AsyncHandler =
+    Arc<dyn Fn(Method, String, Option<String>) -> futures::future::BoxFuture<'static, Reply> + Send + Sync>;
+
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot bind admin server on {addr}: {source}")]
@@ -123,10 +128,29 @@ pub async fn serve(listener: TcpListener, handler: Handler, cancel: Cancellation
     serve_with(listener, handler, AdminLimits::default(), cancel).await
 }
 
+/// Serves admin requests with a handler that may wait, with the default [`AdminLimits`],
+/// until `cancel` fires.
+pub async fn serve_async(listener: TcpListener, handler: AsyncHandler, cancel: CancellationToken) {
+    serve_inner(listener, handler, AdminLimits::default(), cancel).await
+}
+
 /// Serves admin requests until `cancel` fires, within `limits`.
 pub async fn serve_with(
     listener: TcpListener,
     handler: Handler,
+    limits: AdminLimits,
+    cancel: CancellationToken,
+) {
+    let handler: AsyncHandler = Arc::new(move |method, path, _query| {
+        let reply = handler(&method, &path);
+        Box::pin(async move { reply })
+    });
+    serve_inner(listener, handler, limits, cancel).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    handler: AsyncHandler,
     limits: AdminLimits,
     cancel: CancellationToken,
 ) {
@@ -178,15 +202,19 @@ pub async fn serve_with(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    handler: Handler,
+    handler: AsyncHandler,
     limits: AdminLimits,
     cancel: CancellationToken,
 ) {
     let activity = Activity::default();
     let io = TokioIo::new(Tracked::new(stream, &activity));
     let service = service_fn(move |req: Request<Incoming>| {
-        let reply = handler(req.method(), req.uri().path());
-        async move { Ok::<_, Infallible>(to_response(reply)) }
+        let reply = handler(
+            req.method().clone(),
+            req.uri().path().to_string(),
+            req.uri().query().map(str::to_string),
+        );
+        async move { Ok::<_, Infallible>(to_response(reply.await)) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());

@@ -178,7 +178,12 @@ pub fn encode(node: &Node) -> Vec<u8> {
 /// ZooKeeper appends the sequence number when the znode is created with the sequential flag; the result
 /// (`base64_…_0000000001`) is understood by [`decode`]. The prefix has no leading `/`.
 pub fn encode_path_name(node: &Node) -> String {
-    let encoded = URL_SAFE.encode(encode(node));
+    encode_path_name_bytes(&encode(node))
+}
+
+/// [`encode_path_name`] of an already encoded payload.
+pub fn encode_path_name_bytes(payload: &[u8]) -> String {
+    let encoded = URL_SAFE.encode(payload);
     format!("{PATH_PREFIX}{}_{encoded}_", encoded.len())
 }
 

@@ -601,7 +601,9 @@ impl RawZookeeperConfig {
     }
 }
 
-fn session_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+/// Deserializes an optional session timeout, refusing one outside
+/// [`MIN_SESSION_TIMEOUT`]..=[`MAX_SESSION_TIMEOUT`].
+pub fn session_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let t = opt_duration(d)?;
     match t {
         Some(t) if !(MIN_SESSION_TIMEOUT..=MAX_SESSION_TIMEOUT).contains(&t) => Err(

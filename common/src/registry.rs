@@ -24,8 +24,8 @@ mod registration;
 mod session;
 mod watch;
 
-pub use registration::{EnsureOutcome, Registration};
-pub use session::{Registry, RegistryOptions, Session, SessionStatus};
+pub use registration::{EnsureOutcome, NodeOptions, Registration};
+pub use session::{Registry, RegistryOptions, Session, SessionStatus, ZkAuth};
 pub use watch::{watch, Member, WatchUpdate};
 
 /// Why a registry operation failed. Every variant is retryable: the caller backs off and
@@ -47,6 +47,13 @@ pub enum RegistryError {
         path: String,
         /// The client's error.
         source: zk::Error,
+    },
+    /// The node name is held by a node that is not ours (another process, or a previous run
+    /// of nerve whose session the ensemble still holds until it expires).
+    #[error("ZooKeeper node {path} exists and is not ours (it goes when its session expires)")]
+    Taken {
+        /// The znode path.
+        path: String,
     },
     /// A znode kept changing between our reads (deleted and created again faster than we
     /// could read it); the caller re-lists.

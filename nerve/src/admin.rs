@@ -1,55 +1,203 @@
-//! nerve's admin routes: `GET /status` (JSON per service; 503 when any is down) and
-//! `GET /metrics`.
+//! nerve's admin routes: `GET /status` (JSON per service; 503 when any is down),
+//! `GET /metrics`, and the maintenance API (`PUT`/`POST` only):
+//! `/services/<name>/disable[?wait=<duration>]`, `/services/<name>/enable[?force=true]`,
+//! `/services/<name>/weight/<0..=255>`, `/services/<name>/weight/reset`, and the global
+//! `/disable[?wait=]`, `/enable`.
 
 use std::sync::Arc;
 
-use common::admin::{is_get, Handler, Reply};
-use hyper::StatusCode;
+use common::admin::{is_get, AsyncHandler, Reply};
+use hyper::{Method, StatusCode};
 use serde_json::json;
 
+use crate::maintenance::{parse_wait, query_param, Maintenance, MaintenanceError};
 use crate::service::{CheckState, ServiceHandle};
 
 /// Builds the admin handler.
 pub fn handler(
     instance_id: String,
-    services: Arc<Vec<ServiceHandle>>,
+    maintenance: Arc<Maintenance>,
     registry: prometheus::Registry,
-) -> Handler {
-    Arc::new(move |method, path| {
-        if !is_get(method) {
-            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
-        }
-        match path {
-            "/status" => status(&instance_id, &services),
-            "/metrics" => Reply {
-                status: StatusCode::OK,
-                content_type: common::metrics::CONTENT_TYPE,
-                body: common::metrics::render(&registry),
-            },
-            _ => Reply::not_found(),
-        }
+) -> AsyncHandler {
+    Arc::new(move |method, path, query| {
+        let (instance_id, maintenance, registry) =
+            (instance_id.clone(), maintenance.clone(), registry.clone());
+        Box::pin(async move {
+            route(
+                &instance_id,
+                &maintenance,
+                &registry,
+                &method,
+                &path,
+                query.as_deref(),
+            )
+            .await
+        })
     })
 }
 
-fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
+async fn route(
+    instance_id: &str,
+    m: &Maintenance,
+    registry: &prometheus::Registry,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Reply {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mutation = matches!(
+        segments.as_slice(),
+        ["disable"] | ["enable"] | ["services", _, "disable" | "enable"] | ["services", _, "weight", _]
+    );
+    if mutation {
+        if method != Method::PUT && method != Method::POST {
+            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "use PUT or POST\n");
+        }
+        return mutate(m, &segments, query).await;
+    }
+    if !is_get(method) {
+        return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match path {
+        "/status" => {
+            let services = m.services().read().unwrap_or_else(|p| p.into_inner()).clone();
+            status(instance_id, &services, m)
+        }
+        "/metrics" => Reply {
+            status: StatusCode::OK,
+            content_type: common::metrics::CONTENT_TYPE,
+            body: common::metrics::render(registry),
+        },
+        _ => Reply::not_found(),
+    }
+}
+
+async fn mutate(m: &Maintenance, segments: &[&str], query: Option<&str>) -> Reply {
+    let bad = |msg: String| Reply::json(StatusCode::BAD_REQUEST, &json!({ "error": msg }));
+    let wait = match parse_wait(query) {
+        Ok(w) => w,
+        Err(e) => return bad(e),
+    };
+    let force = match query_param(query, "force").as_deref() {
+        None | Some("false") => false,
+        Some("" | "true") => true,
+        Some(other) => return bad(format!("force: {other:?} is not true or false")),
+    };
+    let (service, result) = match segments {
+        ["disable"] => (None, m.update(None, |s| s.disabled = true)),
+        ["enable"] => (None, m.update(None, |s| s.disabled = false)),
+        ["services", name, "disable"] => (
+            Some(*name),
+            m.update(Some(name), |s| {
+                let o = s.services.entry(name.to_string()).or_default();
+                o.disabled = true;
+                o.force = false;
+            }),
+        ),
+        ["services", name, "enable"] => (
+            Some(*name),
+            m.update(Some(name), |s| {
+                let o = s.services.entry(name.to_string()).or_default();
+                o.disabled = false;
+                o.force = force;
+            }),
+        ),
+        ["services", name, "weight", w] => {
+            let weight = match *w {
+                "reset" => None,
+                w => match w.parse::<u8>() {
+                    Ok(w) => Some(w),
+                    Err(_) => return bad(format!("weight {w:?} is not in 0..=255 (or `reset`)")),
+                },
+            };
+            (
+                Some(*name),
+                m.update(Some(name), |s| {
+                    s.services.entry(name.to_string()).or_default().weight = weight
+                }),
+            )
+        }
+        _ => return Reply::not_found(),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e @ MaintenanceError::UnknownService(_)) => {
+            return Reply::json(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() }))
+        }
+        Err(e) => {
+            return Reply::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": e.to_string() }),
+            )
+        }
+    }
+    let disabling = segments.last() == Some(&"disable");
+    let reached = match wait {
+        Some(w) if disabling => Some(m.wait_down(service, w).await),
+        _ => None,
+    };
+    let state = m.snapshot();
+    let body = json!({
+        "ok": reached != Some(false),
+        "reconciled": reached,
+        "maintenance": state,
+    });
+    let code = if reached == Some(false) {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::OK
+    };
+    Reply::json(code, &body)
+}
+
+fn status(instance_id: &str, services: &[ServiceHandle], m: &Maintenance) -> Reply {
     let mut all_up = true;
     let list: Vec<_> = services
         .iter()
         .map(|s| {
             let check = s.check.borrow().clone();
-            let report = s.report.borrow().clone();
+            let reports: Vec<_> = s
+                .reports
+                .iter()
+                .map(|r| {
+                    let st = r.status.borrow().clone();
+                    json!({
+                        "type": r.kind,
+                        "target": r.target,
+                        "registered": st.node.is_some(),
+                        "node": st.node,
+                        "last_error": st.last_error,
+                    })
+                })
+                .collect();
+            let zk_node = s
+                .reports
+                .iter()
+                .filter(|r| r.kind == "zookeeper")
+                .find_map(|r| r.status.borrow().node.clone());
+            let zk_error = s
+                .reports
+                .iter()
+                .filter(|r| r.kind == "zookeeper")
+                .find_map(|r| r.status.borrow().last_error.clone());
+            let limit = s.limit.borrow().clone();
             all_up &= check.healthy;
             json!({
                 "name": s.config.name,
                 "host": s.config.host,
                 "port": s.config.port,
-                "zk_path": s.config.zk_path,
                 "healthy": check.healthy,
                 "last_check_error": check.failures(),
                 "checks": check.checks.iter().map(check_json).collect::<Vec<_>>(),
-                "registered": report.node.is_some(),
-                "zk_node": report.node,
-                "last_zk_error": report.last_error,
+                "registered": zk_node.is_some(),
+                "zk_node": zk_node,
+                "last_zk_error": zk_error,
+                "reporters": reports,
+                "maintenance": m.effective(&s.config.name),
+                "desired": format!("{:?}", s.desired.borrow().state),
+                "write_deferred": limit.deferred_since.is_some(),
+                "write_deferred_for_seconds": limit.deferred_since.map(|t| t.elapsed().as_secs_f64()),
+                "writes_deferred_total": limit.deferred_total,
             })
         })
         .collect();
@@ -58,7 +206,14 @@ fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Reply::json(code, &json!({ "instance_id": instance_id, "services": list }))
+    Reply::json(
+        code,
+        &json!({
+            "instance_id": instance_id,
+            "disabled": m.snapshot().disabled,
+            "services": list,
+        }),
+    )
 }
 
 fn check_json(c: &CheckState) -> serde_json::Value {

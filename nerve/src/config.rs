@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
+pub use common::registry::ZkAuth;
 use serde::Deserialize;
 
 mod checks;
@@ -32,6 +33,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Pause after deregistering on SIGTERM, before exiting, so routers notice. Default 0 s.
     pub drain_time: Duration,
+    /// Where the operator's state (maintenance API: disable, force, weight) is kept across
+    /// restarts, replaced atomically at each change. Default none (kept in memory only).
+    pub state_file: Option<PathBuf>,
     /// The services to check and register.
     pub services: Vec<ServiceConfig>,
 }
@@ -49,13 +53,22 @@ pub struct ServiceConfig {
     pub host: String,
     /// Port registered (and checked, unless a check overrides it).
     pub port: u16,
-    /// ZooKeeper connect string, `host:port,...[/chroot]`.
-    pub zk_hosts: String,
-    /// Parent path of the nodes, e.g. `/services/web`.
-    pub zk_path: String,
+    /// Where the desired state is written: the service-level `zk_hosts`/`zk_path` (a
+    /// ZooKeeper reporter, first) and every entry of `reporters`. At least one.
+    pub reporters: Vec<Reporter>,
+    /// Writes per second allowed to each reporter, on average (token bucket). Default 1.
+    pub max_writes_per_second: f64,
+    /// Writes allowed at once after a quiet period (the bucket's size). Default 5.
+    pub write_burst: u32,
     /// Relative weight written in the payload, `0..=255` (go-synapse reads it as a `u8` and
-    /// drops a node with a larger one). Default: none.
-    pub weight: Option<u32>,
+    /// drops a node with a larger one). Default 255 (go-nerve's full weight), always written.
+    pub weight: u8,
+    /// On check failure or disable, keep the node with `"available": false` and an
+    /// `unavailable_reason` instead of deleting it (go-nerve), so readers can tell "down"
+    /// from "gone". Default false.
+    pub expose_unavailable: bool,
+    /// Weight ramp after the service turns healthy. Default none (full weight at once).
+    pub warmup: Option<Warmup>,
     /// Labels written in the payload.
     pub labels: BTreeMap<String, String>,
     /// `haproxy_server_options` written in the payload, for airbnb synapse readers.
@@ -76,13 +89,132 @@ pub struct ServiceConfig {
 struct RawConfig {
     instance_id: Option<String>,
     #[serde(default)]
-    zookeeper: cc::RawZookeeperConfig,
+    zookeeper: RawZookeeper,
     admin: Option<RawAdminConfig>,
     #[serde(default)]
     log: LogConfig,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_time: Option<Duration>,
+    state_file: Option<PathBuf>,
     services: Vec<serde_json::Value>,
+}
+
+/// nerve's `zookeeper:` section: synapse's plus the credentials nerve registers with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZookeeper {
+    #[serde(default, deserialize_with = "cc::session_timeout")]
+    session_timeout: Option<Duration>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    scheme: String,
+    credentials: String,
+}
+
+/// After a service turns healthy, its weight goes from 1 to the configured weight in `steps`
+/// equal steps over `duration` (`steps + 1` writes at most).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warmup {
+    /// Time from healthy to full weight.
+    pub duration: Duration,
+    /// Number of increases, 1..=100. Default 5.
+    pub steps: u32,
+    /// Run (argv, no shell) before each increase; a failure (non-zero exit, or longer than
+    /// `stability_timeout`) restarts the ramp from weight 1. Default none.
+    pub stability_command: Option<ExecCheck>,
+    /// Time allowed to the stability command. Default 5 s.
+    pub stability_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    duration: Option<Duration>,
+    steps: Option<u32>,
+    stability_command: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    stability_timeout: Option<Duration>,
+}
+
+/// One place a service's desired state is written to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reporter {
+    /// A ZooKeeper node.
+    Zookeeper(ZkReporter),
+    /// A JSON file, replaced atomically (temporary file + rename) at each change.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A log line at each change.
+    Console,
+}
+
+impl Reporter {
+    /// `zookeeper`, `file` or `console`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reporter::Zookeeper(_) => "zookeeper",
+            Reporter::File { .. } => "file",
+            Reporter::Console => "console",
+        }
+    }
+
+    /// Where it writes, for logs and the status.
+    pub fn target(&self) -> String {
+        match self {
+            Reporter::Zookeeper(z) => format!("{}{}", z.zk_hosts, z.zk_path),
+            Reporter::File { path } => path.display().to_string(),
+            Reporter::Console => "log".to_string(),
+        }
+    }
+}
+
+/// A ZooKeeper reporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZkReporter {
+    /// ZooKeeper connect string, `host:port,...[/chroot]`.
+    pub zk_hosts: String,
+    /// Parent path of the nodes, e.g. `/services/web`.
+    pub zk_path: String,
+    /// Sequential (default) or plain ephemeral node.
+    pub node_type: NodeType,
+    /// airbnb path encoding: the payload is also base64-encoded into the node name (which
+    /// then changes with the payload: the new node is created before the old one goes).
+    /// Default false.
+    pub use_path_encoding: bool,
+    /// Credentials of the session that registers (`zk_auth`, else the service's, else
+    /// `zookeeper.auth`); when set, nodes and created parents get ACLs creator-all +
+    /// world-read. Default none (world-all).
+    pub zk_auth: Option<ZkAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReporter {
+    #[serde(rename = "type")]
+    kind: String,
+    zk_hosts: Option<cc::ZkHosts>,
+    zk_path: Option<String>,
+    node_type: Option<NodeType>,
+    use_path_encoding: Option<bool>,
+    zk_auth: Option<RawAuth>,
+    path: Option<PathBuf>,
+}
+
+/// How a service's node is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeType {
+    /// `<instance_id>_<service>_<seq>` (airbnb nerve, go-nerve). The default.
+    EphemeralSequential,
+    /// `<instance_id>_<service>`, one fixed name.
+    Ephemeral,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,9 +224,20 @@ struct RawService {
     instance_id: Option<String>,
     host: String,
     port: u16,
-    zk_hosts: cc::ZkHosts,
-    zk_path: String,
+    zk_hosts: Option<cc::ZkHosts>,
+    zk_path: Option<String>,
+    #[serde(default)]
+    reporters: Vec<serde_json::Value>,
+    max_writes_per_second: Option<f64>,
+    write_burst: Option<u32>,
+    warmup: Option<RawWarmup>,
     weight: Option<u32>,
+    #[serde(default)]
+    expose_unavailable: bool,
+    node_type: Option<NodeType>,
+    #[serde(default)]
+    use_path_encoding: bool,
+    zk_auth: Option<RawAuth>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     haproxy_server_options: Option<String>,
@@ -132,6 +275,11 @@ impl Config {
                 id
             }
         };
+        let default_auth = raw
+            .zookeeper
+            .auth
+            .clone()
+            .and_then(|a| validate_auth("zookeeper.auth", a, p));
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
         }
@@ -141,7 +289,10 @@ impl Config {
         for (i, value) in raw.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
             if let Some(s) = p.take::<RawService>(&at, value) {
-                services.push((i, validate_service(&at, s, &instance_id, p)));
+                services.push((
+                    i,
+                    validate_service(&at, s, &instance_id, default_auth.as_ref(), p),
+                ));
             }
         }
         for (n, (i, s)) in services.iter().enumerate() {
@@ -154,9 +305,18 @@ impl Config {
             }
             // go-synapse names HAProxy servers after the payload's `name`: two with one name
             // on one path make HAProxy refuse its whole config.
-            let here = cc::zk_location_key(&s.zk_hosts, &s.zk_path);
+            let locations = |s: &ServiceConfig| -> Vec<_> {
+                s.reporters
+                    .iter()
+                    .filter_map(|r| match r {
+                        Reporter::Zookeeper(z) => Some(cc::zk_location_key(&z.zk_hosts, &z.zk_path)),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let here = locations(s);
             if let Some((j, o)) = earlier.iter().find(|(_, o)| {
-                o.instance_id == s.instance_id && cc::zk_location_key(&o.zk_hosts, &o.zk_path) == here
+                o.instance_id == s.instance_id && locations(o).iter().any(|l| here.contains(l))
             }) {
                 p.push(
                     format!("services[{i}].instance_id"),
@@ -170,14 +330,22 @@ impl Config {
         }
         Some(Config {
             instance_id,
-            zk_session_timeout: raw.zookeeper.session_timeout(),
+            zk_session_timeout: raw
+                .zookeeper
+                .session_timeout
+                .unwrap_or(cc::DEFAULT_SESSION_TIMEOUT),
             admin_listen,
             log: raw.log,
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
+            state_file: raw.state_file,
             services: services.into_iter().map(|(_, s)| s).collect(),
         })
     }
 }
+
+/// Weight written when a service sets none: go-nerve's full weight, so a fleet mixing both
+/// behind go-synapse or HAProxy splits evenly.
+pub const DEFAULT_WEIGHT: u8 = 255;
 
 /// Longest payload `name`, in bytes.
 pub const MAX_INSTANCE_ID_BYTES: usize = cc::MAX_NAME_BYTES;
@@ -208,7 +376,91 @@ fn check_host(p: &mut Problems, key: String, host: &str) {
     }
 }
 
-fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems) -> ServiceConfig {
+fn validate_auth(at: &str, a: RawAuth, p: &mut Problems) -> Option<ZkAuth> {
+    if a.scheme.is_empty() {
+        p.push(format!("{at}.scheme"), "must not be empty (e.g. digest)");
+        return None;
+    }
+    if a.scheme == "digest" && !a.credentials.contains(':') {
+        p.push(
+            format!("{at}.credentials"),
+            "digest credentials are `user:password`",
+        );
+        return None;
+    }
+    Some(ZkAuth {
+        scheme: a.scheme,
+        credentials: a.credentials,
+    })
+}
+
+fn validate_reporter(
+    at: &str,
+    r: RawReporter,
+    zk_defaults: &ZkReporter,
+    p: &mut Problems,
+) -> Option<Reporter> {
+    let misplaced: &[(&str, bool, &str)] = &[
+        ("zk_hosts", r.zk_hosts.is_some(), "zookeeper"),
+        ("zk_path", r.zk_path.is_some(), "zookeeper"),
+        ("node_type", r.node_type.is_some(), "zookeeper"),
+        ("use_path_encoding", r.use_path_encoding.is_some(), "zookeeper"),
+        ("zk_auth", r.zk_auth.is_some(), "zookeeper"),
+        ("path", r.path.is_some(), "file"),
+    ];
+    for (key, set, kind) in misplaced {
+        if *set && r.kind != *kind {
+            p.push(format!("{at}.{key}"), format!("only for type {kind}"));
+        }
+    }
+    match r.kind.as_str() {
+        "zookeeper" => {
+            let (Some(hosts), Some(path)) = (r.zk_hosts, r.zk_path) else {
+                p.push(at.to_string(), "a zookeeper reporter needs zk_hosts and zk_path");
+                return None;
+            };
+            let zk_hosts = cc::zk_location(p, at, hosts, &path);
+            let zk_auth = match r.zk_auth {
+                Some(a) => validate_auth(&format!("{at}.zk_auth"), a, p),
+                None => zk_defaults.zk_auth.clone(),
+            };
+            Some(Reporter::Zookeeper(ZkReporter {
+                zk_hosts,
+                zk_path: path,
+                node_type: r.node_type.unwrap_or(zk_defaults.node_type),
+                use_path_encoding: r.use_path_encoding.unwrap_or(zk_defaults.use_path_encoding),
+                zk_auth,
+            }))
+        }
+        "file" => match r.path {
+            Some(path) if path.file_name().is_some() => Some(Reporter::File { path }),
+            _ => {
+                p.push(format!("{at}.path"), "a file reporter needs the path of a file");
+                None
+            }
+        },
+        "console" => Some(Reporter::Console),
+        other => {
+            p.push(
+                format!("{at}.type"),
+                format!("unknown reporter type {other:?}: zookeeper, file or console"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_service(
+    at: &str,
+    s: RawService,
+    default_id: &str,
+    default_auth: Option<&ZkAuth>,
+    p: &mut Problems,
+) -> ServiceConfig {
+    let zk_auth = match s.zk_auth {
+        Some(a) => validate_auth(&format!("{at}.zk_auth"), a, p),
+        None => default_auth.cloned(),
+    };
     cc::check_service_name(p, at, &s.name);
     let instance_id = match s.instance_id {
         Some(id) => {
@@ -238,7 +490,89 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
             format!("weight {w} is out of range 0..=255 (go-synapse drops nodes with a larger one)"),
         );
     }
-    let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
+    let zk_defaults = ZkReporter {
+        zk_hosts: String::new(),
+        zk_path: String::new(),
+        node_type: s.node_type.unwrap_or(NodeType::EphemeralSequential),
+        use_path_encoding: s.use_path_encoding,
+        zk_auth,
+    };
+    let mut reporters = Vec::new();
+    match (s.zk_hosts, s.zk_path) {
+        (Some(hosts), Some(path)) => {
+            let zk_hosts = cc::zk_location(p, at, hosts, &path);
+            reporters.push(Reporter::Zookeeper(ZkReporter {
+                zk_hosts,
+                zk_path: path,
+                ..zk_defaults.clone()
+            }));
+        }
+        (Some(_), None) => p.push(format!("{at}.zk_path"), "zk_hosts needs zk_path"),
+        (None, Some(_)) => p.push(format!("{at}.zk_hosts"), "zk_path needs zk_hosts"),
+        (None, None) => {}
+    }
+    for (j, value) in s.reporters.into_iter().enumerate() {
+        let rat = format!("{at}.reporters[{j}]");
+        if let Some(r) = p.take::<RawReporter>(&rat, value) {
+            if let Some(r) = validate_reporter(&rat, r, &zk_defaults, p) {
+                reporters.push(r);
+            }
+        }
+    }
+    if reporters.is_empty() {
+        p.push(
+            format!("{at}.reporters"),
+            "at least one reporter is required (zk_hosts + zk_path, or reporters: [...])",
+        );
+    }
+    let zk_keys: Vec<_> = reporters
+        .iter()
+        .filter_map(|r| match r {
+            Reporter::Zookeeper(z) => Some(cc::zk_location_key(&z.zk_hosts, &z.zk_path)),
+            _ => None,
+        })
+        .collect();
+    if zk_keys.iter().enumerate().any(|(n, k)| zk_keys[..n].contains(k)) {
+        p.push(
+            format!("{at}.reporters"),
+            "two ZooKeeper reporters write to the same ensemble and path",
+        );
+    }
+    let max_writes_per_second = s.max_writes_per_second.unwrap_or(1.0);
+    if !(max_writes_per_second.is_finite() && max_writes_per_second >= 0.01) {
+        p.push(format!("{at}.max_writes_per_second"), "must be at least 0.01");
+    }
+    let warmup = s.warmup.map(|w| {
+        let steps = w.steps.unwrap_or(5);
+        if !(1..=100).contains(&steps) {
+            p.push(format!("{at}.warmup.steps"), "must be in 1..=100");
+        }
+        let duration = w.duration.unwrap_or_else(|| {
+            p.push(format!("{at}.warmup.duration"), "required (e.g. 60s)");
+            Duration::ZERO
+        });
+        let stability_command = w.stability_command.and_then(|argv| {
+            if argv.first().is_none_or(String::is_empty) {
+                p.push(format!("{at}.warmup.stability_command"), "needs a program");
+                return None;
+            }
+            let mut env = BTreeMap::new();
+            env.insert("NERVE_SERVICE".to_string(), s.name.clone());
+            env.insert("NERVE_HOST".to_string(), s.host.clone());
+            env.insert("NERVE_PORT".to_string(), s.port.to_string());
+            Some(ExecCheck { argv, env })
+        });
+        Warmup {
+            duration,
+            steps: steps.clamp(1, 100),
+            stability_command,
+            stability_timeout: w.stability_timeout.unwrap_or(Duration::from_secs(5)),
+        }
+    });
+    let write_burst = s.write_burst.unwrap_or(5);
+    if write_burst == 0 {
+        p.push(format!("{at}.write_burst"), "must be at least 1");
+    }
     let check_interval = s.check_interval.unwrap_or(Duration::from_secs(1));
     if check_interval < MIN_INTERVAL {
         p.push(format!("{at}.check_interval"), "must be at least 10ms");
@@ -282,9 +616,14 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
         instance_id,
         host: s.host,
         port: s.port,
-        zk_hosts,
-        zk_path: s.zk_path,
-        weight: s.weight,
+        reporters,
+        max_writes_per_second,
+        write_burst: write_burst.max(1),
+        weight: s
+            .weight
+            .map_or(DEFAULT_WEIGHT, |w| u8::try_from(w).unwrap_or(u8::MAX)),
+        expose_unavailable: s.expose_unavailable,
+        warmup,
         labels: s.labels,
         haproxy_server_options: s.haproxy_server_options,
         check_interval,

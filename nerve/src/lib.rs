@@ -16,12 +16,17 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod ctl;
+pub mod desired;
+pub mod maintenance;
 pub mod metrics;
+pub mod reload;
+pub mod report;
 pub mod service;
 
 use std::sync::Arc;
 
-use common::registry::{Registration, Registry, RegistryOptions};
+use common::registry::{NodeOptions, Registration, Registry, RegistryOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,9 +45,152 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
+/// task per reporter), stopped by `cancel` (each reporter deregisters).
+pub fn start_service(
+    svc: &config::ServiceConfig,
+    registry: &Registry,
+    metrics: &metrics::Metrics,
+    tracker: &TaskTracker,
+    operator: desired::Operator,
+    takeover: Option<&service::ServiceHandle>,
+    cancel: CancellationToken,
+) -> service::ServiceHandle {
+    let initially_up = takeover.is_some_and(|old| old.check.borrow().healthy);
+    let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
+    let m = metrics.service(&svc.name, &names);
+    // Every channel starts with the state the service starts in, so that no task ever acts
+    // on a placeholder: a reloaded healthy service must not be "absent" for an instant.
+    let initial = desired::Desired::new(
+        desired::desired(&desired::Inputs {
+            healthy: initially_up,
+            down_checks: &[],
+            operator: &operator,
+            weight: svc.weight,
+            expose_unavailable: svc.expose_unavailable,
+            warmup: None,
+        }),
+        svc,
+    );
+    let (raw_tx, raw_rx) = watch::channel(initial.clone());
+    let (desired_tx, desired_rx) = watch::channel(initial);
+    let (operator_tx, operator_rx) = watch::channel(operator);
+    let (check_tx, check_rx) = watch::channel(service::CheckStatus {
+        healthy: initially_up,
+        checks: Vec::new(),
+    });
+    let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
+    let span = tracing::info_span!("service", service = %svc.name);
+    tracker.spawn(
+        service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, raw_tx, m.clone())
+            .instrument(span.clone()),
+    );
+    let bucket = report::TokenBucket::new(
+        svc.max_writes_per_second,
+        svc.write_burst,
+        std::time::Instant::now(),
+    );
+    tracker.spawn(report::limit_loop(raw_rx, desired_tx, bucket, limit_tx).instrument(span.clone()));
+    tracker.spawn(
+        service::check_loop(svc.clone(), initially_up, check_tx, m.clone(), cancel.clone())
+            .instrument(span.clone()),
+    );
+    let mut reports = Vec::new();
+    for reporter in &svc.reporters {
+        let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
+        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rcancel = cancel.child_token();
+        // The node of the service this one replaces, left in place for us.
+        let inherited = takeover.is_some_and(|old| {
+            old.reports
+                .iter()
+                .any(|r| r.config == *reporter && r.keep.load(std::sync::atomic::Ordering::Acquire))
+        });
+        let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
+        match reporter {
+            config::Reporter::Zookeeper(z) => {
+                let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
+                let name = format!("{}_{}", svc.instance_id, svc.name);
+                let mut registration = Registration::with_options(
+                    session.clone(),
+                    &z.zk_path,
+                    &name,
+                    NodeOptions {
+                        sequential: z.node_type == config::NodeType::EphemeralSequential,
+                        path_encoding: z.use_path_encoding.then(|| svc.instance_id.clone()),
+                        protected: z.zk_auth.is_some(),
+                    },
+                );
+                if inherited {
+                    registration.take_over();
+                }
+                tracker.spawn(
+                    service::report_loop(
+                        registration,
+                        keep.clone(),
+                        session,
+                        desired_rx.clone(),
+                        report_tx,
+                        m.clone(),
+                        rcancel.clone(),
+                    )
+                    .instrument(rspan),
+                );
+            }
+            config::Reporter::File { path } => {
+                tracker.spawn(
+                    report::file_loop(
+                        svc.name.clone(),
+                        path.clone(),
+                        desired_rx.clone(),
+                        report_tx,
+                        rcancel.clone(),
+                    )
+                    .instrument(rspan),
+                );
+            }
+            config::Reporter::Console => {
+                tracker.spawn(
+                    report::console_loop(desired_rx.clone(), report_tx, rcancel.clone()).instrument(rspan),
+                );
+            }
+        }
+        reports.push(service::ReporterHandle {
+            config: reporter.clone(),
+            keep,
+            cancel: rcancel,
+            kind: reporter.kind(),
+            target: reporter.target(),
+            status: report_rx,
+        });
+    }
+    service::ServiceHandle {
+        config: svc.clone(),
+        check: check_rx,
+        reports,
+        desired: desired_rx,
+        limit: limit_rx,
+        operator: operator_tx,
+        cancel,
+    }
+}
+
 /// Runs nerve until `shutdown` fires, then deregisters every service, waits the drain time
 /// and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// [`run`], reloading the config file on each reload request (SIGHUP).
+pub async fn run_reloadable(config: Config, ctx: common::cli::RunContext) -> Result<(), RunError> {
+    run_with_reload(config, ctx.shutdown, Some((ctx.config_file, ctx.reload))).await
+}
+
+async fn run_with_reload(
+    config: Config,
+    shutdown: CancellationToken,
+    reload: Option<(std::path::PathBuf, common::shutdown::ReloadRequests)>,
+) -> Result<(), RunError> {
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
     let admin_listener = common::admin::bind(config.admin_listen).await?;
@@ -58,48 +206,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
     let tracker = TaskTracker::new();
     let mut handles = Vec::new();
+    let services: maintenance::Services = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let maintenance = Arc::new(maintenance::Maintenance::new(
+        services.clone(),
+        config.state_file.clone(),
+    ));
+    // Each service starts with the operator state restored: a service disabled before a
+    // restart never shows up, not even briefly.
     for svc in &config.services {
-        let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
-        let m = metrics.service(&svc.name, &names);
-        let session = registry.session(&svc.zk_hosts);
-        let name = format!("{}_{}", svc.instance_id, svc.name);
-        let registration = Registration::new(session.clone(), &svc.zk_path, &name);
-        let payload = Arc::new(service::payload(&svc.instance_id, svc));
-        let (desired_tx, desired_rx) = watch::channel(None);
-        let (check_tx, check_rx) = watch::channel(service::CheckStatus::default());
-        let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
-        let span = tracing::info_span!("service", service = %svc.name, zk.path = %svc.zk_path);
-        tracker.spawn(
-            service::check_loop(
-                svc.clone(),
-                payload,
-                desired_tx,
-                check_tx,
-                m.clone(),
-                shutdown.clone(),
-            )
-            .instrument(span.clone()),
-        );
-        tracker.spawn(
-            service::report_loop(registration, session, desired_rx, report_tx, m, shutdown.clone())
-                .instrument(span),
-        );
-        handles.push(service::ServiceHandle {
-            config: svc.clone(),
-            check: check_rx,
-            report: report_rx,
-        });
+        handles.push(start_service(
+            svc,
+            &registry,
+            &metrics,
+            &tracker,
+            maintenance.effective(&svc.name),
+            None,
+            shutdown.child_token(),
+        ));
     }
+    *services.write().unwrap_or_else(|p| p.into_inner()) = handles;
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
 
     let admin_cancel = CancellationToken::new();
-    let handler = admin::handler(config.instance_id.clone(), Arc::new(handles), prometheus);
-    let admin_task = tokio::spawn(common::admin::serve(
+    let handler = admin::handler(config.instance_id.clone(), maintenance.clone(), prometheus);
+    let admin_task = tokio::spawn(common::admin::serve_async(
         admin_listener,
         handler,
         admin_cancel.clone(),
     ));
 
+    if let Some((file, signal)) = reload {
+        let running = reload::Running {
+            config: config.clone(),
+            registry,
+            metrics,
+            tracker: tracker.clone(),
+            maintenance: maintenance.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tracker.spawn(reload::reload_loop(file, signal, running));
+    }
     tracker.close();
     tracker.wait().await;
     if !config.drain_time.is_zero() {

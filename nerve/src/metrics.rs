@@ -16,6 +16,11 @@ pub struct Metrics {
     registered: IntGaugeVec,
     zk_writes: IntCounterVec,
     zk_errors: IntCounterVec,
+    zk_failures: IntCounterVec,
+    weight: IntGaugeVec,
+    maintenance: IntGaugeVec,
+    write_latency: HistogramVec,
+    session_expiries: IntCounterVec,
 }
 
 /// Handles for one service.
@@ -35,6 +40,20 @@ pub struct ServiceMetrics {
     pub zk_deleted: IntCounter,
     /// Failed reconcile attempts.
     pub zk_errors: IntCounter,
+    /// Failed ZooKeeper operations, by operation (`create`, `set`, `delete`, `list`, ...).
+    pub zk_failures: IntCounterVec,
+    /// The weight in the desired state (0 when absent or unavailable).
+    pub weight: IntGauge,
+    /// 1 when the operator disabled the service (or every service).
+    pub disabled: IntGauge,
+    /// 1 when the operator forces it in.
+    pub forced: IntGauge,
+    /// Seconds from a desired-state change to its ZooKeeper write.
+    pub write_latency: Histogram,
+    /// ZooKeeper sessions replaced (expired or given up) under the service's reporters.
+    pub session_expiries: IntCounter,
+    /// The service name, for the `zk_failures` label.
+    pub service: String,
 }
 
 /// Handles for one check.
@@ -91,6 +110,47 @@ impl Metrics {
             ),
             &["service"],
         )?;
+        let zk_failures = IntCounterVec::new(
+            Opts::new(
+                "nerve_zk_failures_total",
+                "Failed ZooKeeper operations by operation",
+            ),
+            &["service", "op"],
+        )?;
+        let weight = IntGaugeVec::new(
+            Opts::new(
+                "nerve_service_weight",
+                "Weight in the desired state (0 when absent or unavailable)",
+            ),
+            &["service"],
+        )?;
+        let maintenance = IntGaugeVec::new(
+            Opts::new(
+                "nerve_service_maintenance",
+                "1 when the operator state is in effect (state: disabled, forced)",
+            ),
+            &["service", "state"],
+        )?;
+        let write_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "nerve_desired_to_write_seconds",
+                "Time from a desired-state change to its ZooKeeper write",
+            )
+            .buckets(exponential_buckets(0.001, 4.0, 9)?),
+            &["service"],
+        )?;
+        let session_expiries = IntCounterVec::new(
+            Opts::new(
+                "nerve_zk_session_expiries_total",
+                "ZooKeeper sessions replaced (expired or given up), seen by the service's reporters",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(zk_failures.clone()))?;
+        registry.register(Box::new(weight.clone()))?;
+        registry.register(Box::new(maintenance.clone()))?;
+        registry.register(Box::new(write_latency.clone()))?;
+        registry.register(Box::new(session_expiries.clone()))?;
         registry.register(Box::new(checks.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
         registry.register(Box::new(check_up.clone()))?;
@@ -106,6 +166,11 @@ impl Metrics {
             registered,
             zk_writes,
             zk_errors,
+            zk_failures,
+            weight,
+            maintenance,
+            write_latency,
+            session_expiries,
         })
     }
 
@@ -129,6 +194,13 @@ impl Metrics {
             zk_updated: self.zk_writes.with_label_values(&[service, "set"]),
             zk_deleted: self.zk_writes.with_label_values(&[service, "delete"]),
             zk_errors: self.zk_errors.with_label_values(&[service]),
+            zk_failures: self.zk_failures.clone(),
+            weight: self.weight.with_label_values(&[service]),
+            disabled: self.maintenance.with_label_values(&[service, "disabled"]),
+            forced: self.maintenance.with_label_values(&[service, "forced"]),
+            write_latency: self.write_latency.with_label_values(&[service]),
+            session_expiries: self.session_expiries.with_label_values(&[service]),
+            service: service.to_string(),
         }
     }
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::codec::{self, Node};
 use common::registry::{EnsureOutcome, Registration, RegistryError, Session};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -14,8 +13,8 @@ use crate::check::{Check, Hysteresis, Report};
 use crate::config::ServiceConfig;
 use crate::metrics::ServiceMetrics;
 
-/// What ZooKeeper should hold for a service: `Some(payload)` = registered with this data.
-pub type Desired = Option<Arc<Vec<u8>>>;
+pub use crate::desired::Desired;
+use crate::desired::{Inputs, Operator, State};
 
 /// One check's state, for the admin API.
 #[derive(Debug, Clone)]
@@ -90,6 +89,8 @@ pub struct ReportStatus {
     pub node: Option<String>,
     /// The last reconcile error, cleared on success.
     pub last_error: Option<String>,
+    /// The desired state last written successfully.
+    pub applied: Option<State>,
 }
 
 /// Live view of one service.
@@ -99,23 +100,33 @@ pub struct ServiceHandle {
     pub config: ServiceConfig,
     /// Check state.
     pub check: watch::Receiver<CheckStatus>,
-    /// ZooKeeper state.
-    pub report: watch::Receiver<ReportStatus>,
+    /// Per reporter, in config order.
+    pub reports: Vec<ReporterHandle>,
+    /// The desired state, as the reporters see it.
+    pub desired: watch::Receiver<Desired>,
+    /// The write limiter's state.
+    pub limit: watch::Receiver<crate::report::LimitStatus>,
+    /// The operator's state (maintenance API).
+    pub operator: watch::Sender<Operator>,
+    /// Stops the service (its reporters deregister).
+    pub cancel: CancellationToken,
 }
 
-/// The payload this instance registers.
-pub fn payload(instance_id: &str, s: &ServiceConfig) -> Vec<u8> {
-    codec::encode(&Node {
-        host: s.host.clone(),
-        port: s.port,
-        name: Some(instance_id.to_string()),
-        weight: s.weight,
-        available: true,
-        unavailable_reason: None,
-        haproxy_server_options: s.haproxy_server_options.clone(),
-        labels: s.labels.clone(),
-        shard: None,
-    })
+/// One reporter of a service, for the admin API.
+#[derive(Debug, Clone)]
+pub struct ReporterHandle {
+    /// `zookeeper`, `file` or `console`.
+    pub kind: &'static str,
+    /// Where it writes.
+    pub target: String,
+    /// Its state.
+    pub status: watch::Receiver<ReportStatus>,
+    /// Its config.
+    pub config: crate::config::Reporter,
+    /// Set before stopping it: leave the node for the reporter that replaces it.
+    pub keep: Arc<std::sync::atomic::AtomicBool>,
+    /// Stops it alone (a child of the service's token).
+    pub cancel: CancellationToken,
 }
 
 /// Spread of a check's interval: each wait is the interval ±10 %, so that checks started
@@ -138,14 +149,23 @@ struct Run {
 /// (a check against a wedged server, a command and its process group) with no task left.
 pub async fn check_loop(
     config: ServiceConfig,
-    payload: Arc<Vec<u8>>,
-    desired: watch::Sender<Desired>,
+    initially_up: bool,
     status: watch::Sender<CheckStatus>,
     metrics: ServiceMetrics,
     cancel: CancellationToken,
 ) {
     let checks: Vec<Check> = config.checks.iter().cloned().map(Check::new).collect();
-    status.send_modify(|s| s.checks = checks.iter().map(CheckState::new).collect());
+    status.send_modify(|s| {
+        s.checks = checks
+            .iter()
+            .map(|c| CheckState {
+                up: initially_up,
+                ..CheckState::new(c)
+            })
+            .collect();
+        s.healthy = initially_up;
+    });
+    metrics.up.set(i64::from(initially_up));
     let (tx, mut rx) = mpsc::channel::<Run>(checks.len().max(1));
     let schedulers = futures::future::join_all(
         checks
@@ -157,9 +177,9 @@ pub async fn check_loop(
     let aggregate = async {
         let mut hysteresis: Vec<Hysteresis> = checks
             .iter()
-            .map(|c| Hysteresis::new(c.config().rise.get(), c.config().fall.get()))
+            .map(|c| Hysteresis::starting(c.config().rise.get(), c.config().fall.get(), initially_up))
             .collect();
-        let mut service_up = false;
+        let mut service_up = initially_up;
         while let Some(Run { index, report, took }) = rx.recv().await {
             let (Some(check), Some(h), Some(m)) = (
                 checks.get(index),
@@ -226,7 +246,6 @@ pub async fn check_loop(
                     warn!(checks = ?down, "service is down");
                 }
                 metrics.up.set(i64::from(all_up));
-                desired.send_replace(all_up.then(|| payload.clone()));
             }
         }
     };
@@ -265,6 +284,123 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(1.0 + JITTER * (2.0 * unit - 1.0))
 }
 
+/// Publishes the desired state of service `config` whenever its health or its operator
+/// state changes (and only when the desired state itself changes), until both inputs close.
+pub async fn desire_loop(
+    config: ServiceConfig,
+    mut check: watch::Receiver<CheckStatus>,
+    mut operator: watch::Receiver<Operator>,
+    desired: watch::Sender<Desired>,
+    metrics: ServiceMetrics,
+) {
+    // The healthy state of the previous round, and when the current warm-up began.
+    let mut was_healthy = check.borrow().healthy;
+    let mut ramp_started: Option<Instant> = None;
+    loop {
+        let mut next_step: Option<Instant> = None;
+        let state = {
+            let c = check.borrow_and_update();
+            let o = operator.borrow_and_update();
+            metrics.disabled.set(i64::from(o.disabled));
+            metrics.forced.set(i64::from(o.force));
+            if c.healthy && !was_healthy {
+                ramp_started = config.warmup.as_ref().map(|_| Instant::now());
+                if ramp_started.is_some() {
+                    info!("service turned healthy; warming up");
+                }
+            } else if !c.healthy {
+                ramp_started = None;
+            }
+            was_healthy = c.healthy;
+            let target = o.weight.unwrap_or(config.weight);
+            let warmup = match (&config.warmup, ramp_started) {
+                (Some(w), Some(started)) => {
+                    let (ceiling, next) = ramp(w, target, started.elapsed());
+                    next_step = next.map(|d| started + d);
+                    if next.is_none() {
+                        ramp_started = None;
+                    }
+                    Some(ceiling)
+                }
+                _ => None,
+            };
+            let down: Vec<String> = c
+                .checks
+                .iter()
+                .filter(|c| !c.up)
+                .map(|c| c.name.clone())
+                .collect();
+            crate::desired::desired(&Inputs {
+                healthy: c.healthy,
+                down_checks: &down,
+                operator: &o,
+                weight: config.weight,
+                expose_unavailable: config.expose_unavailable,
+                warmup,
+            })
+        };
+        metrics.weight.set(match &state {
+            State::Available { weight } => i64::from(*weight),
+            _ => 0,
+        });
+        desired.send_if_modified(|d| {
+            if d.state == state {
+                return false;
+            }
+            match &state {
+                State::Absent => info!("desired: absent"),
+                State::Available { weight } => info!(weight, "desired: available"),
+                State::Unavailable { reason } => info!(reason, "desired: unavailable"),
+            }
+            *d = Desired::new(state, &config);
+            true
+        });
+        let step = async {
+            match next_step {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = check.changed() => if r.is_err() { return },
+            r = operator.changed() => if r.is_err() { return },
+            _ = step => {
+                if let Some(w) = &config.warmup {
+                    if let Some(cmd) = &w.stability_command {
+                        let report = crate::check::exec::run(cmd, w.stability_timeout).await;
+                        if let Err(e) = report.result {
+                            warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
+                            ramp_started = ramp_started.map(|_| Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The warm-up ceiling `elapsed` into a ramp towards `target`, and when (from the start of
+/// the ramp) the next step is due (`None` once at full weight). Step `i` of `steps` (from
+/// `0` at the start) is `target * i / steps` (at least 1), reached at `duration * i / steps`.
+pub fn ramp(w: &crate::config::Warmup, target: u8, elapsed: Duration) -> (u8, Option<Duration>) {
+    let steps = w.steps.max(1);
+    if w.duration.is_zero() {
+        return (target, None);
+    }
+    let step = ((elapsed.as_secs_f64() / w.duration.as_secs_f64()) * f64::from(steps)).floor();
+    let i = (step.max(0.0) as u32).min(steps);
+    let ceiling = (u32::from(target) * i / steps).max(1);
+    let ceiling = u8::try_from(ceiling).unwrap_or(target);
+    if i >= steps {
+        (target, None)
+    } else {
+        (
+            ceiling,
+            Some(w.duration.mul_f64(f64::from(i + 1) / f64::from(steps))),
+        )
+    }
+}
+
 /// Time between two verifications that our node still exists, when nothing else happens.
 const REFRESH: Duration = Duration::from_secs(30);
 /// Longest pause between two failed reconcile attempts.
@@ -276,6 +412,7 @@ pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// session event, with backoff on errors, until `cancel` fires; then deregisters.
 pub async fn report_loop(
     mut registration: Registration,
+    keep: Arc<std::sync::atomic::AtomicBool>,
     session: Arc<Session>,
     mut desired: watch::Receiver<Desired>,
     status: watch::Sender<ReportStatus>,
@@ -283,9 +420,11 @@ pub async fn report_loop(
     cancel: CancellationToken,
 ) {
     let mut sessions = session.subscribe();
+    let mut epoch = sessions.borrow().session_epoch;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let want = desired.borrow_and_update().clone();
+        let target = desired.borrow_and_update().clone();
+        let want = target.payload.clone();
         // A reconcile waiting on an unresponsive ZooKeeper must not hold up shutdown: the
         // deregistration below has its own budget.
         let result = tokio::select! {
@@ -293,17 +432,41 @@ pub async fn report_loop(
             _ = cancel.cancelled() => break,
             r = reconcile(&mut registration, want.as_deref(), &metrics) => r,
         };
+        if let Ok(true) = result {
+            metrics
+                .write_latency
+                .observe(target.since.elapsed().as_secs_f64());
+        }
+        let now_epoch = sessions.borrow().session_epoch;
+        if now_epoch != epoch {
+            // The first session is not a replacement.
+            if epoch != 0 {
+                metrics.session_expiries.inc_by(now_epoch.saturating_sub(epoch));
+            }
+            epoch = now_epoch;
+        }
         let wait = match result {
-            Ok(()) => {
+            Ok(_) => {
                 backoff = Duration::from_millis(100);
                 status.send_modify(|s| {
                     s.node = registration.path().map(str::to_string);
                     s.last_error = None;
+                    s.applied = Some(target.state.clone());
                 });
                 REFRESH
             }
             Err(err) => {
                 metrics.zk_errors.inc();
+                let op = match &err {
+                    RegistryError::Zk { op, .. } => *op,
+                    RegistryError::NotConnected { .. } => "connect",
+                    RegistryError::Taken { .. } => "create",
+                    _ => "other",
+                };
+                metrics
+                    .zk_failures
+                    .with_label_values(&[metrics.service.as_str(), op])
+                    .inc();
                 warn!(error = %err, retry_in = ?backoff, "cannot reconcile ZooKeeper");
                 status.send_modify(|s| s.last_error = Some(err.to_string()));
                 let wait = backoff;
@@ -320,8 +483,19 @@ pub async fn report_loop(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    if keep.load(std::sync::atomic::Ordering::Acquire) {
+        // Handed over to the service that replaces this one on reload: it adopts the node.
+        info!(
+            zk.node = registration.path().unwrap_or(""),
+            "node handed over to the reloaded service"
+        );
+        return;
+    }
     deregister(&mut registration, &metrics).await;
-    status.send_modify(|s| s.node = None);
+    status.send_modify(|s| {
+        s.node = None;
+        s.applied = Some(State::Absent);
+    });
 }
 
 /// One "make ZooKeeper match `want`" step.
@@ -329,12 +503,13 @@ async fn reconcile(
     registration: &mut Registration,
     want: Option<&Vec<u8>>,
     metrics: &ServiceMetrics,
-) -> Result<(), RegistryError> {
-    match want {
+) -> Result<bool, RegistryError> {
+    let wrote = match want {
         Some(data) => match registration.ensure(data).await? {
             EnsureOutcome::Created => {
                 metrics.zk_created.inc();
                 info!(zk.node = registration.path().unwrap_or(""), "registered");
+                true
             }
             EnsureOutcome::Updated => {
                 metrics.zk_updated.inc();
@@ -342,17 +517,20 @@ async fn reconcile(
                     zk.node = registration.path().unwrap_or(""),
                     "registration updated"
                 );
+                true
             }
-            EnsureOutcome::Unchanged => {}
+            EnsureOutcome::Unchanged => false,
         },
         None => {
-            if registration.remove().await? {
+            let deleted = registration.remove().await?;
+            if deleted {
                 metrics.zk_deleted.inc();
                 info!("deregistered");
             }
+            deleted
         }
-    }
-    Ok(())
+    };
+    Ok(wrote)
 }
 
 async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {

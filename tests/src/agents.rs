@@ -84,6 +84,12 @@ impl Agent {
         self.child.id()
     }
 
+    /// Replaces the agent's config file (e.g. before a SIGHUP).
+    pub fn rewrite_config(&self, config: &str) {
+        let cfg = self.dir.path().join(format!("{}.yaml", self.name));
+        std::fs::write(&cfg, config).expect("rewrite config");
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
@@ -401,6 +407,18 @@ impl Zk {
                 Err(e) => Err(e),
             }
         });
+    }
+
+    /// One delete attempt, its error returned (e.g. `NoAuth` on a protected node).
+    pub fn try_delete(&self, path: &str) -> Result<(), zkc::Error> {
+        self.rt.block_on(self.client.delete(path, None))
+    }
+
+    /// One set attempt, its error returned (e.g. `NoAuth` on a protected node).
+    pub fn try_set(&self, path: &str, data: &[u8]) -> Result<(), zkc::Error> {
+        self.rt
+            .block_on(self.client.set_data(path, data, None))
+            .map(|_| ())
     }
 
     fn retry<F, Fut>(&self, what: &str, mut op: F)

@@ -50,3 +50,83 @@ fn per_service_instance_id_names_node_and_payload() {
     seen.sort();
     assert_eq!(seen, ["host-1", "host-1-admin"]);
 }
+
+/// `expose_unavailable: true`: a failing check keeps the node, with `"available": false` and
+/// the failing checks as the reason; synapse (the real binary) stops routing to it, and
+/// routes again when the check passes. Every node always carries a weight (default 255).
+#[test]
+fn expose_unavailable_keeps_the_node_and_synapse_stops_routing() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let backend = Backend::start("a");
+    // A second, always healthy instance: synapse keeps its previous backends when a path has
+    // none available, so "stops routing" is shown by routing to the other one only.
+    let other = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let admin = free_port();
+    let config = format!(
+        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n\
+         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
+         expose_unavailable: true, check_interval: 100ms, rise: 1, fall: 1, \
+         checks: [{{type: exec, name: flag, command: [test, -f, \"{}\"]}}]}}\n\
+         - {{name: web-b, instance_id: host-1-b, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", \
+         zk_path: {PATH}, check_interval: 100ms, rise: 1, checks: [{{type: tcp}}]}}\n",
+        backend.port,
+        flag.display(),
+        other.port
+    );
+    let _nerve = Agent::start("nerve", &config);
+    let (sadmin, listen) = (free_port(), free_port());
+    let _synapse = Agent::start(
+        "synapse",
+        &format!(
+            "admin: {{listen: \"127.0.0.1:{sadmin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{cs}\", \
+             zk_path: {PATH}, listen: {listen}, connect_timeout: 500ms}}\n"
+        ),
+    );
+    let backend_addr = format!("127.0.0.1:{}", backend.port);
+    let other_addr = format!("127.0.0.1:{}", other.port);
+    let mut both = vec![backend_addr.clone(), other_addr.clone()];
+    both.sort();
+    let zkc = Zk::connect(&cs);
+    let read = |zkc: &Zk| -> Option<(String, serde_json::Value)> {
+        let c: Vec<String> = zkc
+            .children(PATH)
+            .ok()?
+            .into_iter()
+            .filter(|c| c.starts_with("host-1_web_"))
+            .collect();
+        let [child] = c.as_slice() else { return None };
+        let (data, _) = zkc.get(&format!("{PATH}/{child}")).ok()?;
+        Some((child.clone(), serde_json::from_slice(&data).ok()?))
+    };
+    let (node, v) = eventually("registered available", WAIT, || {
+        read(&zkc).filter(|(_, v)| v["available"] == true)
+    });
+    assert_eq!(v["weight"], 255, "default weight always written: {v}");
+    eventually("synapse routes to it", WAIT, || {
+        (integration_tests::agents::routed(sadmin, "web")? == both).then_some(())
+    });
+
+    std::fs::remove_file(&flag).unwrap();
+    let (down_node, v) = eventually("marked unavailable", WAIT, || {
+        read(&zkc).filter(|(_, v)| v["available"] == false)
+    });
+    assert_eq!(down_node, node, "the same node is kept, not re-created");
+    assert_eq!(v["unavailable_reason"], "checks failing: flag", "{v}");
+    eventually("synapse stops routing to it", WAIT, || {
+        (integration_tests::agents::routed(sadmin, "web")? == [other_addr.clone()]).then_some(())
+    });
+    // Still there: readers can tell "down" from "gone".
+    assert!(zkc.children(PATH).unwrap().contains(&node));
+
+    std::fs::write(&flag, "").unwrap();
+    eventually("available again", WAIT, || {
+        read(&zkc).filter(|(n, v)| v["available"] == true && *n == node)
+    });
+    eventually("synapse routes to it again", WAIT, || {
+        (integration_tests::agents::routed(sadmin, "web")? == both).then_some(())
+    });
+}

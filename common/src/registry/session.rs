@@ -119,12 +119,34 @@ impl Backoff {
     }
 }
 
-/// One ZooKeeper session per ensemble per process.
+/// Credentials a session authenticates with (ZooKeeper `addauth`), e.g. scheme `digest`,
+/// credentials `user:password`. Part of the session's identity: one session per (connect
+/// string, auth).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ZkAuth {
+    /// The scheme, e.g. `digest`.
+    pub scheme: String,
+    /// The scheme's credentials, e.g. `user:password` for `digest`.
+    pub credentials: String,
+}
+
+impl fmt::Debug for ZkAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the credentials (logs, `{:?}` of configs).
+        let user = self.credentials.split(':').next().unwrap_or_default();
+        write!(f, "ZkAuth({}:{user}:***)", self.scheme)
+    }
+}
+
+/// What identifies a session: connect string and credentials.
+type SessionKey = (String, Option<ZkAuth>);
+
+/// One ZooKeeper session per ensemble (and auth) per process.
 #[derive(Debug)]
 pub struct Registry {
     options: RegistryOptions,
     cancel: CancellationToken,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
 }
 
 impl Registry {
@@ -139,10 +161,23 @@ impl Registry {
 
     /// The session for a connect string (`host:port,...[/chroot]`), started on first use.
     pub fn session(&self, connect: &str) -> Arc<Session> {
+        self.session_with_auth(connect, None)
+    }
+
+    /// The session for a connect string that authenticates with `auth`, started on first
+    /// use. Sessions with different credentials are different sessions.
+    pub fn session_with_auth(&self, connect: &str, auth: Option<&ZkAuth>) -> Arc<Session> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions
-            .entry(connect.to_string())
-            .or_insert_with(|| Session::start(connect.to_string(), self.options.clone(), self.cancel.clone()))
+            .entry((connect.to_string(), auth.cloned()))
+            .or_insert_with(|| {
+                Session::start(
+                    connect.to_string(),
+                    auth.cloned(),
+                    self.options.clone(),
+                    self.cancel.clone(),
+                )
+            })
             .clone()
     }
 }
@@ -191,10 +226,15 @@ pub struct Session {
 }
 
 impl Session {
-    fn start(connect: String, options: RegistryOptions, cancel: CancellationToken) -> Arc<Session> {
+    fn start(
+        connect: String,
+        auth: Option<ZkAuth>,
+        options: RegistryOptions,
+        cancel: CancellationToken,
+    ) -> Arc<Session> {
         let (tx, rx) = tokio_watch::channel(SessionStatus::default());
-        let span = tracing::info_span!("zk_session", zk.connect = %connect);
-        tokio::spawn(run_session(connect.clone(), options, tx, cancel).instrument(span));
+        let span = tracing::info_span!("zk_session", zk.connect = %connect, zk.auth = ?auth);
+        tokio::spawn(run_session(connect.clone(), auth, options, tx, cancel).instrument(span));
         Arc::new(Session { connect, status: rx })
     }
 
@@ -222,11 +262,13 @@ impl Session {
 
 async fn run_session(
     connect: String,
+    auth: Option<ZkAuth>,
     options: RegistryOptions,
     tx: tokio_watch::Sender<SessionStatus>,
     cancel: CancellationToken,
 ) {
-    let link = Link::new(connect, &options);
+    let mut link = Link::new(connect, &options);
+    link.auth = auth;
     let mut replacement = None;
     loop {
         let (client, waited) = match replacement.take() {
@@ -255,6 +297,8 @@ struct Link {
     /// for a new session ourselves; `None`: never (see
     /// [`RegistryOptions::replace_lagging_session`]).
     grace: Option<Duration>,
+    /// Credentials sent with every new session.
+    auth: Option<ZkAuth>,
 }
 
 /// How [`Link::serve`] ended.
@@ -277,12 +321,17 @@ impl Link {
             grace: options
                 .replace_lagging_session
                 .then(|| (connection_timeout * 2).max(Duration::from_secs(1))),
+            auth: None,
         }
     }
 
     /// One attempt at a new session: every server once, each with the connection timeout.
     async fn attempt(&self) -> Result<zk::Client, zk::Error> {
-        zk::Client::connector()
+        let mut connector = zk::Client::connector();
+        if let Some(a) = &self.auth {
+            connector = connector.with_auth(&a.scheme, a.credentials.as_bytes());
+        }
+        connector
             .with_session_timeout(self.session_timeout)
             .with_connection_timeout(self.connection_timeout)
             .with_fail_eagerly()

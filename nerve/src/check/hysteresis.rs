@@ -21,6 +21,14 @@ impl Hysteresis {
         }
     }
 
+    /// Starts in state `up` (a reloaded service keeps the health of the one it replaces).
+    pub fn starting(rise: u32, fall: u32, up: bool) -> Self {
+        Hysteresis {
+            up,
+            ..Self::new(rise, fall)
+        }
+    }
+
     /// Current state.
     pub fn is_up(&self) -> bool {
         self.up

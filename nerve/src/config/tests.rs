@@ -34,7 +34,13 @@ fn good_config_with_defaults() {
     assert_eq!(c.instance_id, "host-1");
     assert_eq!(c.admin_listen, common::admin::NERVE_DEFAULT);
     let s = &c.services[0];
-    assert_eq!(s.zk_hosts, "127.0.0.1:2181,127.0.0.1:2182");
+    let [Reporter::Zookeeper(z)] = s.reporters.as_slice() else {
+        panic!("{:?}", s.reporters)
+    };
+    assert_eq!(z.zk_hosts, "127.0.0.1:2181,127.0.0.1:2182");
+    assert_eq!(z.node_type, NodeType::EphemeralSequential);
+    assert!(!z.use_path_encoding && z.zk_auth.is_none());
+    assert_eq!((s.max_writes_per_second, s.write_burst), (1.0, 5));
     assert_eq!(s.check_interval, Duration::from_millis(250));
     assert_eq!((s.rise.get(), s.fall.get()), (3, 2));
     assert_eq!(
@@ -193,7 +199,10 @@ fn instance_ids_are_checked() {
 #[test]
 fn weight_is_an_8_bit_value() {
     let c = load(&format!("services:\n{}", svc("web", "weight: 255, "))).unwrap();
-    assert_eq!(c.services[0].weight, Some(255));
+    assert_eq!(c.services[0].weight, 255);
+    let c = load(&format!("services:\n{}", svc("web", ""))).unwrap();
+    assert_eq!(c.services[0].weight, 255, "default");
+    assert!(!c.services[0].expose_unavailable);
     assert!(load(&format!("services:\n{}", svc("web", "weight: 0, "))).is_ok());
     let err = load(&format!("services:\n{}", svc("web", "weight: 256, "))).unwrap_err();
     assert_eq!(paths(&err), ["services[0].weight"], "{err}");
@@ -549,4 +558,63 @@ fn redis_and_grpc_options() {
     assert_eq!(tls.server_name, "127.0.0.1");
     let err = load(&with_checks("[{type: redis, username: u}]")).unwrap_err();
     assert_eq!(paths(&err), ["services[0].checks[0].username"], "{err}");
+}
+
+#[test]
+fn reporters_list_and_the_service_level_shorthand() {
+    let text = "zookeeper: {auth: {scheme: digest, credentials: 'u:p'}}\nservices:\n  - {name: web, host: 127.0.0.1, port: 80, \
+        zk_hosts: 'a:1', zk_path: /s/web, node_type: ephemeral, max_writes_per_second: 2.5, write_burst: 1, \
+        reporters: [{type: zookeeper, zk_hosts: 'b:1', zk_path: /s/web, use_path_encoding: true, zk_auth: {scheme: digest, credentials: 'v:q'}}, \
+        {type: file, path: /tmp/web.json}, {type: console}], checks: [{type: tcp}]}\n";
+    let c = load(text).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.reporters.len(), 4);
+    let Reporter::Zookeeper(a) = &s.reporters[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (a.zk_hosts.as_str(), a.node_type, a.use_path_encoding),
+        ("a:1", NodeType::Ephemeral, false)
+    );
+    assert_eq!(a.zk_auth.as_ref().unwrap().credentials, "u:p");
+    let Reporter::Zookeeper(b) = &s.reporters[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (b.zk_hosts.as_str(), b.node_type, b.use_path_encoding),
+        ("b:1", NodeType::Ephemeral, true)
+    );
+    assert_eq!(b.zk_auth.as_ref().unwrap().credentials, "v:q");
+    assert_eq!(
+        s.reporters[2],
+        Reporter::File {
+            path: "/tmp/web.json".into()
+        }
+    );
+    assert_eq!(s.reporters[3], Reporter::Console);
+    assert_eq!((s.max_writes_per_second, s.write_burst), (2.5, 1));
+    assert!(
+        !format!("{:?}", a.zk_auth).contains(":p"),
+        "credentials never in Debug"
+    );
+
+    // Only reporters: no shorthand needed.
+    assert!(load("services:\n  - {name: web, host: 127.0.0.1, port: 80, reporters: [{type: console}], checks: [{type: tcp}]}\n").is_ok());
+    let err = load("services:\n  - {name: web, host: 127.0.0.1, port: 80, write_burst: 0, \
+        reporters: [{type: file}, {type: carrier-pigeon}, {type: console, path: /x}, {type: zookeeper, zk_hosts: 'a:1'}, \
+        {type: zookeeper, zk_hosts: 'a:1', zk_path: /s, digest: 1}], checks: [{type: tcp}]}\n").unwrap_err();
+    let mut got = paths(&err);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "services[0].reporters[0].path",
+            "services[0].reporters[1].type",
+            "services[0].reporters[2].path",
+            "services[0].reporters[3]",
+            "services[0].reporters[4].digest",
+            "services[0].write_burst",
+        ],
+        "{err}"
+    );
 }

@@ -58,18 +58,19 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     ));
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
     let m = metrics.service("web", &["fast", "slow"]);
-    let (desired_tx, mut desired) = watch::channel(None);
+    let (desired_tx, mut desired) = watch::channel(Desired::default());
     let (status_tx, mut status) = watch::channel(CheckStatus::default());
+    let (_operator_tx, operator) = watch::channel(Operator::default());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(check_loop(
-        config,
-        Arc::new(b"payload".to_vec()),
+    tokio::spawn(desire_loop(
+        config.clone(),
+        status.clone(),
+        operator,
         desired_tx,
-        status_tx,
         m.clone(),
-        cancel.clone(),
     ));
-    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(Option::is_some))
+    let task = tokio::spawn(check_loop(config, false, status_tx, m.clone(), cancel.clone()));
+    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
         .await
         .unwrap()
         .unwrap();
@@ -91,7 +92,10 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     .await;
     assert!(down.checks[1].consecutive_failures >= 5, "{down:?}");
     assert!(!down.checks[1].up);
-    assert!(desired.borrow().is_none(), "deregistered");
+    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_none()))
+        .await
+        .expect("deregistered")
+        .unwrap();
     assert_eq!(m.up.get(), 0);
     assert_eq!((m.checks[0].up.get(), m.checks[1].up.get()), (1, 0));
     let failures = down.failures().unwrap();
@@ -120,7 +124,7 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
     let up = wait_status(&mut status, |_| {}, |s| s.healthy).await;
     assert!(up.checks.iter().all(|c| c.up && c.last_error.is_none()), "{up:?}");
     assert!(up.checks[1].consecutive_successes >= 2, "{up:?}");
-    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(Option::is_some))
+    tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
         .await
         .unwrap()
         .unwrap();
@@ -141,4 +145,24 @@ fn jitter_stays_within_ten_percent_and_varies() {
         .all(|d| *d >= Duration::from_millis(900) && *d <= Duration::from_millis(1100)));
     let (min, max) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
     assert!(*max - *min > Duration::from_millis(100), "{min:?}..{max:?}");
+}
+
+#[test]
+fn warmup_ramp_steps() {
+    let w = crate::config::Warmup {
+        duration: Duration::from_secs(10),
+        steps: 5,
+        stability_command: None,
+        stability_timeout: Duration::from_secs(5),
+    };
+    let at = |s: f64| ramp(&w, 200, Duration::from_secs_f64(s));
+    assert_eq!(at(0.0), (1, Some(Duration::from_secs(2))));
+    assert_eq!(at(1.9), (1, Some(Duration::from_secs(2))));
+    assert_eq!(at(2.0), (40, Some(Duration::from_secs(4))));
+    assert_eq!(at(9.9), (160, Some(Duration::from_secs(10))));
+    assert_eq!(at(10.0), (200, None));
+    assert_eq!(at(99.0), (200, None));
+    // At most `steps + 1` distinct weights.
+    let seen: std::collections::BTreeSet<u8> = (0..1000).map(|ms| at(f64::from(ms) / 50.0).0).collect();
+    assert_eq!(seen.len(), 6, "{seen:?}");
 }
