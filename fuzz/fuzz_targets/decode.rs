@@ -32,5 +32,9 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(again.as_ref(), Ok(&kept), "encode → decode changed the node");
     let path_name = format!("{}0000000001", encode_path_name(&node));
     let again = decode(&path_name, b"");
-    assert_eq!(again.as_ref(), Ok(&kept), "encode_path_name → decode changed the node");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&kept),
+        "encode_path_name → decode changed the node"
+    );
 });
