@@ -5,6 +5,8 @@
 //! - [`config`]: the config file, raw → validated.
 //! - [`service`]: per service, the watcher task that builds route tables (single writer).
 //! - [`table`]: immutable route tables and per-backend live state (hot path).
+//! - [`balance`]: balancing policies (round-robin, least-conn, random, p2c-EWMA, Maglev
+//!   hash), weights, backups, per-backend live state (hot path, pure).
 //! - [`proxy`]: accept loop and per-connection TCP proxying (hot path).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /ready`, `GET /services`, `GET /metrics`.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod metrics;
 pub mod proxy;

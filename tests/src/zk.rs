@@ -302,6 +302,25 @@ impl ZkServer {
         }
     }
 
+    /// Sends `SIGSTOP` (`freeze`) or `SIGCONT` (`thaw`) to the JVM: a frozen server keeps its
+    /// sockets open (the kernel still accepts connections) but answers nothing, like a server
+    /// stuck in a long GC pause or on a dead host. Panics if it is not running.
+    fn signal(&self, sig: &str) {
+        let pid = match self.child().as_ref() {
+            Some(child) => child.id(),
+            None => panic!("{} is not running", self.describe()),
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(ExitStatus::success),
+            "kill -{sig} {pid} ({}): {status:?}",
+            self.describe()
+        );
+    }
+
     /// Exit status if the JVM was started and has exited on its own (it stays reaped).
     fn exit_status(&self) -> Option<ExitStatus> {
         self.child()
@@ -660,6 +679,53 @@ impl ZkCluster {
         if let Err(why) = ready {
             self.fail(&format!("restart of server {i}"), why);
         }
+    }
+
+    /// SIGKILLs every server (the whole ensemble is down) and waits for them to exit.
+    pub fn kill_all(&mut self) {
+        for server in &self.servers {
+            server.kill();
+        }
+    }
+
+    /// Starts every server that is not running, without waiting for readiness: poll
+    /// [`serving`](Self::serving) (or [`mode`](Self::mode)) to see the ensemble serve again.
+    pub fn spawn_all(&mut self) {
+        for (i, server) in self.servers.iter().enumerate() {
+            if let Err(err) = server.spawn() {
+                panic!("respawning {} (server {i}): {err}", server.describe());
+            }
+        }
+    }
+
+    /// Whether the ensemble serves clients: some server answers `srvr` with its ready mode
+    /// (`standalone`, or `leader`: followers serve once a leader exists). A frozen server costs
+    /// the four-letter-word timeout (2 s) here.
+    pub fn serving(&self) -> bool {
+        self.indices()
+            .any(|i| self.is_running(i) && self.mode(i).is_some_and(|m| m == "standalone" || m == "leader"))
+    }
+
+    /// Starts every server again (after [`kill_all`](Self::kill_all)) and waits until all are
+    /// ready, as at start.
+    #[track_caller]
+    pub fn restart_all(&mut self) {
+        self.spawn_all();
+        let timeout = self.servers[0].ready_timeout();
+        if let Err(why) = self.wait_until(timeout, |c| c.all_ready()) {
+            self.fail("restart of every server", why);
+        }
+    }
+
+    /// Freezes server `i` (`SIGSTOP`): its sockets stay open but it answers nothing, neither
+    /// clients nor peers. [`thaw`](Self::thaw) resumes it; dropping the cluster kills it anyway.
+    pub fn freeze(&mut self, i: usize) {
+        self.server(i).signal("STOP");
+    }
+
+    /// Resumes a server frozen by [`freeze`](Self::freeze) (`SIGCONT`).
+    pub fn thaw(&mut self, i: usize) {
+        self.server(i).signal("CONT");
     }
 
     /// Whether server `i`'s JVM is running (it may not be serving yet).

@@ -1,0 +1,441 @@
+//! One ZooKeeper session per ensemble per process: connect, reconnect, expiry, epochs.
+//!
+//! Connecting: each attempt tries every server of the connect string once
+//! (`with_fail_eagerly`), each with a short connection timeout ([`connection_timeout`]), so an
+//! attempt ends as soon as every server has refused or stayed silent for that long; between
+//! attempts we sleep a jittered backoff that doubles from 100 ms up to
+//! [`RegistryOptions::max_backoff`] (500 ms by default). A long outage therefore costs two
+//! cheap attempts per second (a refused TCP connect per server), and a new session is
+//! established within about half a second of a server answering again.
+//!
+//! Reconnecting an existing session (after a disconnection, before it expires) is first left
+//! to the client library, which retries the servers at once and then with delays doubling up
+//! to a good part of the session timeout (bounded by 7/5 of it, after which it declares the
+//! session expired). Since that can leave a session down for seconds after the servers answer
+//! again, a connection still lost after a grace period (twice the connection timeout, at least
+//! 1 s) also makes us attempt a new session with the backoff above; the first of the two to
+//! succeed wins, and a given-up session joins [`SessionStatus::earlier_session_ids`].
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch as tokio_watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::{zk, RegistryError};
+
+/// Registry-wide settings.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Requested ZooKeeper session timeout (the server may bound it; the granted one is logged).
+    /// Default 10 s.
+    pub session_timeout: Duration,
+    /// Longest pause between two attempts to establish a session. Default 500 ms: the
+    /// recovery target is "serving again within a second of ZooKeeper answering".
+    pub max_backoff: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            session_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// First pause after a failed attempt to establish a session.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How many ids of ended sessions a [`Session`] remembers (for [`SessionStatus::earlier_session_ids`]).
+const SESSION_HISTORY: usize = 16;
+/// While no session can be established, a warning is logged at most this often.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long one connection may stay silent: per server during an attempt (TCP connect plus
+/// session handshake), and on an established connection before the client drops it and tries
+/// another server. A quarter of the session timeout, within 500 ms..2 s, and never more than
+/// the library's own default of 2/5 of the session timeout. With it, the client pings every
+/// 3/8 of it.
+pub(crate) fn connection_timeout(session_timeout: Duration) -> Duration {
+    (session_timeout / 4)
+        .clamp(Duration::from_millis(500), Duration::from_secs(2))
+        .min(session_timeout * 2 / 5)
+}
+
+/// Doubling backoff with jitter: each pause is drawn from `[d/2, d]`, `d` doubling from
+/// `first` up to `max`.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+    random: RandomState,
+    draws: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration) -> Backoff {
+        let first = first.min(max);
+        Backoff {
+            first,
+            max,
+            next: first,
+            random: RandomState::new(),
+            draws: 0,
+        }
+    }
+
+    /// The pause to take now; the one after is longer, up to the maximum.
+    pub(crate) fn pause(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        self.draws += 1;
+        let mut h = self.random.build_hasher();
+        h.write_u64(self.draws);
+        // 53 random bits as a fraction in [0, 1).
+        let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        d / 2 + (d / 2).mul_f64(fraction)
+    }
+
+    /// Back to the first pause (after a success).
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// One ZooKeeper session per ensemble per process.
+#[derive(Debug)]
+pub struct Registry {
+    options: RegistryOptions,
+    cancel: CancellationToken,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Registry {
+    /// A registry whose sessions stop when `cancel` fires.
+    pub fn new(options: RegistryOptions, cancel: CancellationToken) -> Self {
+        Registry {
+            options,
+            cancel,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The session for a connect string (`host:port,...[/chroot]`), started on first use.
+    pub fn session(&self, connect: &str) -> Arc<Session> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .entry(connect.to_string())
+            .or_insert_with(|| Session::start(connect.to_string(), self.options.clone(), self.cancel.clone()))
+            .clone()
+    }
+}
+
+/// The state of a session as seen by its users.
+#[derive(Clone, Default)]
+pub struct SessionStatus {
+    pub(crate) client: Option<zk::Client>,
+    /// Counts sessions: bumped each time a new session is established (at start and after
+    /// each expiry). Nodes created under an older epoch belong to an earlier session.
+    pub session_epoch: u64,
+    /// Counts connections: bumped at each (re)connection, including to another server.
+    pub connection_epoch: u64,
+    /// True while connected.
+    pub connected: bool,
+    /// ZooKeeper session id, when there is a session.
+    pub session_id: Option<i64>,
+    /// The session timeout the server granted (it bounds the requested one by its
+    /// `minSessionTimeout`/`maxSessionTimeout`), when there is a session.
+    pub session_timeout: Option<Duration>,
+    /// Ids of this process's earlier sessions on this ensemble, oldest first, at most 16. The
+    /// client gave them up, but the ensemble may still hold one for up to a session timeout
+    /// (e.g. when the client declared it expired while no server answered): nodes they own
+    /// are ours to delete.
+    pub earlier_session_ids: Vec<i64>,
+}
+
+impl fmt::Debug for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionStatus")
+            .field("session_epoch", &self.session_epoch)
+            .field("connection_epoch", &self.connection_epoch)
+            .field("connected", &self.connected)
+            .field("session_id", &self.session_id.map(|id| format!("{id:#x}")))
+            .field("session_timeout", &self.session_timeout)
+            .field("earlier_session_ids", &self.earlier_session_ids.len())
+            .finish()
+    }
+}
+
+/// A ZooKeeper session kept alive in the background.
+#[derive(Debug)]
+pub struct Session {
+    connect: String,
+    status: tokio_watch::Receiver<SessionStatus>,
+}
+
+impl Session {
+    fn start(connect: String, options: RegistryOptions, cancel: CancellationToken) -> Arc<Session> {
+        let (tx, rx) = tokio_watch::channel(SessionStatus::default());
+        let span = tracing::info_span!("zk_session", zk.connect = %connect);
+        tokio::spawn(run_session(connect.clone(), options, tx, cancel).instrument(span));
+        Arc::new(Session { connect, status: rx })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SessionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> tokio_watch::Receiver<SessionStatus> {
+        self.status.clone()
+    }
+
+    /// A connected client, the status it belongs to and its session id.
+    pub(crate) fn client(&self) -> Result<(zk::Client, SessionStatus, i64), RegistryError> {
+        let status = self.status();
+        match (&status.client, status.connected, status.session_id) {
+            (Some(c), true, Some(id)) => Ok((c.clone(), status, id)),
+            _ => Err(RegistryError::NotConnected {
+                connect: self.connect.clone(),
+            }),
+        }
+    }
+}
+
+async fn run_session(
+    connect: String,
+    options: RegistryOptions,
+    tx: tokio_watch::Sender<SessionStatus>,
+    cancel: CancellationToken,
+) {
+    let link = Link::new(connect, &options);
+    let mut replacement = None;
+    loop {
+        let (client, waited) = match replacement.take() {
+            Some(client) => (client, None),
+            None => match link.establish(&cancel).await {
+                Some(established) => established,
+                None => return,
+            },
+        };
+        install(&tx, &client, &options, waited);
+        match link.serve(client, &tx, &cancel).await {
+            Served::Cancelled => return,
+            Served::Ended => {}
+            Served::Replaced(client) => replacement = Some(client),
+        }
+    }
+}
+
+/// How a session's client is obtained and kept.
+struct Link {
+    connect: String,
+    session_timeout: Duration,
+    connection_timeout: Duration,
+    max_backoff: Duration,
+    /// How long a lost connection is left to the client library to restore before we look
+    /// for a new session ourselves.
+    grace: Duration,
+}
+
+/// How [`Link::serve`] ended.
+enum Served {
+    Cancelled,
+    /// The session expired or was closed: establish a new one.
+    Ended,
+    /// The connection was lost and a new session is established: use it.
+    Replaced(zk::Client),
+}
+
+impl Link {
+    fn new(connect: String, options: &RegistryOptions) -> Link {
+        let connection_timeout = connection_timeout(options.session_timeout);
+        Link {
+            connect,
+            session_timeout: options.session_timeout,
+            connection_timeout,
+            max_backoff: options.max_backoff,
+            grace: (connection_timeout * 2).max(Duration::from_secs(1)),
+        }
+    }
+
+    /// One attempt at a new session: every server once, each with the connection timeout.
+    async fn attempt(&self) -> Result<zk::Client, zk::Error> {
+        zk::Client::connector()
+            .with_session_timeout(self.session_timeout)
+            .with_connection_timeout(self.connection_timeout)
+            .with_fail_eagerly()
+            .connect(&self.connect)
+            .await
+    }
+
+    /// Attempts a new session until one is established (with how long that took) or `cancel`
+    /// fires (`None`).
+    async fn establish(&self, cancel: &CancellationToken) -> Option<(zk::Client, Option<Duration>)> {
+        let mut backoff = Backoff::new(MIN_BACKOFF, self.max_backoff);
+        let started = Instant::now();
+        let mut last_warning: Option<Instant> = None;
+        for attempts in 1u64.. {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                r = self.attempt() => r,
+            };
+            let err = match result {
+                Ok(client) => return Some((client, (attempts > 1).then(|| started.elapsed()))),
+                Err(err) => err,
+            };
+            let pause = backoff.pause();
+            // One warning when the trouble starts, then a reminder now and then, not one per
+            // attempt (there is one a second).
+            if last_warning.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
+                warn!(error = %err, attempts, failing_for = ?started.elapsed(), retry_in = ?pause, "cannot establish ZooKeeper session");
+                last_warning = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        None
+    }
+
+    /// Follows the session of `client` (installed in `tx`) until it ends, is replaced or
+    /// `cancel` fires.
+    ///
+    /// After a disconnection the client library reconnects the session on its own, but with
+    /// delays that double up to a good part of the session timeout: once the servers answer
+    /// again it may wait seconds more. So when the connection is still lost after
+    /// [`grace`](Link::grace), we also attempt a new session (with the usual short backoff);
+    /// if one is established before the old one reconnects, it replaces it. The old session
+    /// is given up: it goes into the earlier-session ids, whose nodes nerve deletes, and the
+    /// old client closes it if it ever reconnects.
+    async fn serve(
+        &self,
+        client: zk::Client,
+        tx: &tokio_watch::Sender<SessionStatus>,
+        cancel: &CancellationToken,
+    ) -> Served {
+        let session_id = client.session_id().0;
+        let mut states = client.state_watcher();
+        drop(client);
+        let mut rescue = Backoff::new(MIN_BACKOFF, self.max_backoff);
+        let mut disconnected: Option<Instant> = None;
+        let mut next_attempt: Option<tokio::time::Instant> = None;
+        loop {
+            let attempt_due = async {
+                match next_attempt {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    // Dropping the last client closes the session, which removes our
+                    // ephemeral nodes if anything is left.
+                    tx.send_modify(|s| { s.client = None; s.connected = false; });
+                    return Served::Cancelled;
+                }
+                state = states.changed() => match state {
+                    zk::SessionState::Disconnected => {
+                        warn!("disconnected from ZooKeeper; keeping the session, reconnecting");
+                        tx.send_modify(|s| s.connected = false);
+                        disconnected = Some(Instant::now());
+                        next_attempt = Some(tokio::time::Instant::now() + self.grace);
+                        rescue.reset();
+                    }
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        info!(after = ?disconnected.take().map(|t| t.elapsed()), "reconnected to ZooKeeper");
+                        next_attempt = None;
+                        tx.send_modify(|s| {
+                            s.connected = true;
+                            s.connection_epoch += 1;
+                        });
+                    }
+                    zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                        warn!(?state, session_id = format!("{session_id:#x}"), "ZooKeeper session ended; establishing a new one");
+                        end_session(tx, session_id);
+                        return Served::Ended;
+                    }
+                },
+                _ = attempt_due => {
+                    let result = tokio::select! {
+                        _ = cancel.cancelled() => continue,
+                        r = self.attempt() => r,
+                    };
+                    let state = states.peek_state();
+                    match result {
+                        Ok(_) if matches!(state, zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly) => {
+                            // The old session came back meanwhile: keep it, drop the new one.
+                            next_attempt = None;
+                        }
+                        Ok(replacement) => {
+                            warn!(
+                                session_id = format!("{session_id:#x}"),
+                                disconnected_for = ?disconnected.map(|t| t.elapsed()),
+                                "ZooKeeper answers again but our session has not reconnected yet; giving it up for a new session"
+                            );
+                            end_session(tx, session_id);
+                            return Served::Replaced(replacement);
+                        }
+                        Err(_) => {
+                            next_attempt = Some(tokio::time::Instant::now() + rescue.pause());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Publishes a newly established session.
+fn install(
+    tx: &tokio_watch::Sender<SessionStatus>,
+    client: &zk::Client,
+    options: &RegistryOptions,
+    waited: Option<Duration>,
+) {
+    let session_id = client.session_id().0;
+    let granted = client.session_timeout();
+    if granted == options.session_timeout {
+        info!(session_id = format!("{session_id:#x}"), timeout = ?granted, ?waited, "ZooKeeper session established");
+    } else {
+        warn!(
+            session_id = format!("{session_id:#x}"),
+            requested = ?options.session_timeout,
+            granted = ?granted,
+            ?waited,
+            "ZooKeeper session established with another timeout than requested (the server bounds it by its minSessionTimeout/maxSessionTimeout)"
+        );
+    }
+    tx.send_modify(|s| {
+        s.client = Some(client.clone());
+        s.session_epoch += 1;
+        s.connection_epoch += 1;
+        s.connected = true;
+        s.session_id = Some(session_id);
+        s.session_timeout = Some(granted);
+    });
+}
+
+/// Withdraws a session that ended or was given up, remembering its id.
+fn end_session(tx: &tokio_watch::Sender<SessionStatus>, session_id: i64) {
+    tx.send_modify(|s| {
+        s.client = None;
+        s.connected = false;
+        s.session_id = None;
+        s.session_timeout = None;
+        s.earlier_session_ids.push(session_id);
+        let excess = s.earlier_session_ids.len().saturating_sub(SESSION_HISTORY);
+        s.earlier_session_ids.drain(..excess);
+    });
+}
+
+#[cfg(test)]
+mod tests;
