@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation fails loudly
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -135,7 +135,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-fn load_both(file: &PathBuf) -> Result<(), TestCaseError> {
+fn load_both(file: &Path) -> Result<(), TestCaseError> {
     if let Err(e) = nerve::Config::load(file) {
         prop_assert!(!e.problems.is_empty(), "nerve: an error without a problem");
         prop_assert!(e.problems.iter().all(|p| !p.reason.is_empty()), "nerve: {}", e);
