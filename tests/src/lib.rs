@@ -18,3 +18,7 @@ pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async}
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
 pub use agents::{Agent, Backend, EchoBackend, Zk};
+pub mod load;
+pub use load::{Failure, LineBackend, Load, Tally};
+pub mod observe;
+pub use observe::NodeCounter;
