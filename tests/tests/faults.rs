@@ -81,7 +81,9 @@ fn one_node(zkc: &Zk, name: &str) -> Option<i64> {
 }
 
 /// Everything a scenario needs: two hosts (backend + nerve), synapse, load through it.
+/// (Fields drop in order: the load stops first.)
 struct Rig {
+    load: Load,
     a: LineBackend,
     b: LineBackend,
     nerve_a: Agent,
@@ -90,7 +92,6 @@ struct Rig {
     admin: u16,
     listen: u16,
     keep_previous: bool,
-    load: Load,
 }
 
 impl Rig {
