@@ -21,3 +21,7 @@ pub mod agents;
 pub use agents::{Agent, Backend, EchoBackend, Zk};
 pub mod targets;
 pub use targets::{GrpcHealth, HttpTarget, Redis, TestCert};
+pub mod load;
+pub use load::{Failure, LineBackend, Load, Tally};
+pub mod observe;
+pub use observe::NodeCounter;

@@ -898,3 +898,232 @@ fn errors_display_human_readable() {
         assert_eq!(err.to_string(), want);
     }
 }
+
+// ---- properties (proptest; bounded: a few hundred cases each, well under a second) ----
+
+mod props {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bounded(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            // Failures print the shrunk input; nothing is written into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Hosts `check_host` accepts: IPv4, IPv6, and names whose last label is not all digits.
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<Ipv4Addr>().prop_map(|a| a.to_string()),
+            any::<Ipv6Addr>().prop_map(|a| a.to_string()),
+            "([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,14}[a-zA-Z0-9_])?\\.){0,3}[a-zA-Z_]([a-zA-Z0-9_-]{0,14}[a-zA-Z0-9_])?\\.?",
+        ]
+    }
+
+    /// Any node `encode` can write (`shard` is a serverset concept and is never written).
+    fn valid_node() -> impl Strategy<Value = Node> {
+        (
+            host(),
+            1..=u16::MAX,
+            proptest::option::of(any::<String>()),
+            proptest::option::of(any::<u32>()),
+            any::<bool>(),
+            proptest::option::of(any::<String>()),
+            proptest::option::of(any::<String>()),
+            btree_map(any::<String>(), any::<String>(), 0..4),
+        )
+            .prop_map(
+                |(host, port, name, weight, available, reason, options, labels)| Node {
+                    host,
+                    port,
+                    name,
+                    weight,
+                    available,
+                    // encode writes a reason only for unavailable nodes.
+                    unavailable_reason: if available { None } else { reason },
+                    haproxy_server_options: options,
+                    labels,
+                    shard: None,
+                },
+            )
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (0u32..70_000).prop_map(Value::from),
+            "[0-9]{0,6}".prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            host().prop_map(Value::from),
+            Just(Value::from("ALIVE")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map(any::<String>(), inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A value for `key`: mostly of the right type (so that many objects decode), sometimes
+    /// anything at all.
+    fn value_for(key: &'static str) -> BoxedStrategy<Value> {
+        let right: BoxedStrategy<Value> = match key {
+            "host" => host().prop_map(Value::from).boxed(),
+            "port" => prop_oneof![
+                (0u32..70_000).prop_map(Value::from),
+                "[0-9]{1,6}".prop_map(Value::from)
+            ]
+            .boxed(),
+            "weight" | "shard" => prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                (0u64..1000).prop_map(Value::from),
+                "[0-9]{1,11}".prop_map(Value::from)
+            ]
+            .boxed(),
+            "available" => any::<bool>().prop_map(Value::Bool).boxed(),
+            "labels" => btree_map(any::<String>(), json(), 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+                .boxed(),
+            "status" => prop_oneof![Just("ALIVE".to_owned()), any::<String>()]
+                .prop_map(Value::from)
+                .boxed(),
+            _ => any::<String>().prop_map(Value::from).boxed(),
+        };
+        prop_oneof![4 => right, 1 => json()].boxed()
+    }
+
+    /// Objects with the keys every dialect reads, each absent, of its type, or of any type;
+    /// serverset-shaped (a `serviceEndpoint` with host and port) about a third of the time.
+    fn payload_object() -> impl Strategy<Value = Value> {
+        const KEYS: &[&str] = &[
+            "host",
+            "port",
+            "name",
+            "weight",
+            "available",
+            "unavailable_reason",
+            "haproxy_server_options",
+            "labels",
+            "status",
+            "shard",
+        ];
+        let fields: Vec<_> = KEYS
+            .iter()
+            .map(|&k| proptest::option::weighted(0.7, value_for(k)).prop_map(move |v| (k, v)))
+            .collect();
+        let endpoint = prop_oneof![
+            2 => Just(None),
+            1 => (value_for("host"), value_for("port"))
+                .prop_map(|(h, p)| Some(serde_json::json!({"host": h, "port": p}))),
+            1 => json().prop_map(Some),
+        ];
+        (fields, endpoint).prop_map(|(fields, endpoint)| {
+            let mut m = Map::new();
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    m.insert(k.to_owned(), v);
+                }
+            }
+            if let Some(e) = endpoint {
+                m.insert("serviceEndpoint".into(), e);
+            }
+            Value::Object(m)
+        })
+    }
+
+    /// What a decoded node looks like after `encode` and `decode` again.
+    fn as_encoded(node: &Node) -> Node {
+        Node {
+            shard: None,
+            unavailable_reason: if node.available {
+                None
+            } else {
+                node.unavailable_reason.clone()
+            },
+            ..node.clone()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(bounded(256))]
+
+        #[test]
+        fn decode_never_panics_on_arbitrary_names_and_bytes(
+            name in any::<String>(),
+            data in vec(any::<u8>(), 0..256),
+        ) {
+            let _ = decode(&name, &data);
+            let _ = decode(&format!("base64_{name}"), &data);
+        }
+
+        #[test]
+        fn decode_never_panics_on_path_encoded_lookalikes(
+            len in 0usize..200,
+            segment in "[A-Za-z0-9_=-]{0,120}",
+            seq in "(_[0-9]{0,10})?[0-9a-z_]{0,3}",
+        ) {
+            let _ = decode(&format!("base64_{len}_{segment}{seq}"), b"");
+        }
+
+        #[test]
+        fn valid_nodes_round_trip_through_data_and_path_names(node in valid_node()) {
+            prop_assert_eq!(check_host(&node.host), Ok(()));
+            prop_assert_eq!(decode("member_0000000001", &encode(&node)), Ok(node.clone()));
+            let name = format!("{}0000000042", encode_path_name(&node));
+            prop_assert_eq!(decode(&name, b"ignored"), Ok(node.clone()));
+            prop_assert_eq!(decode(&format!("/services/web/{name}"), b""), Ok(node));
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in json()) {
+            let data = serde_json::to_vec(&value).unwrap();
+            if let Ok(node) = decode("member_0000000001", &data) {
+                prop_assert_eq!(decode("x", &encode(&node)), Ok(as_encoded(&node)));
+            }
+        }
+
+        #[test]
+        fn check_host_never_panics_and_accepts_generated_hosts(text in any::<String>(), good in host()) {
+            let _ = check_host(&text);
+            prop_assert_eq!(check_host(&good), Ok(()));
+        }
+    }
+
+    #[test]
+    fn payload_shaped_json_never_panics_and_what_decodes_round_trips() {
+        let decoded = std::cell::Cell::new(0u32);
+        let mut runner = proptest::test_runner::TestRunner::new(bounded(256));
+        let result = runner.run(&payload_object(), |obj| {
+            let data = serde_json::to_vec(&obj).unwrap();
+            if let Ok(node) = decode("member_0000000001", &data) {
+                decoded.set(decoded.get() + 1);
+                prop_assert_eq!(check_host(&node.host), Ok(()));
+                prop_assert!(node.port >= 1);
+                prop_assert_eq!(decode("x", &encode(&node)), Ok(as_encoded(&node)));
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        // Not vacuous: a good share of the generated objects are accepted.
+        assert!(
+            decoded.get() >= 10,
+            "only {} of 256 objects decoded",
+            decoded.get()
+        );
+    }
+}

@@ -393,3 +393,125 @@ fn names() {
     assert!(check_name("a b").is_err());
     assert!(check_name("a/b").is_err());
 }
+
+// ---- properties (proptest; bounded: a few hundred cases each, about a second in all) ----
+
+mod props {
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bounded(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            // Failures print the shrunk input; nothing is written into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Any JSON value, a few levels deep, biased towards what the `Outer` struct reads.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (0u32..70_000).prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[0-9.]{1,5}(ms|s|m|h|x)?".prop_map(Value::from),
+            prop_oneof![Just("info"), Just("debug,x=trace"), Just("loud"), Just("json")]
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let keys = prop_oneof![
+                Just("name".to_owned()),
+                Just("inner".to_owned()),
+                Just("port".to_owned()),
+                Just("timeout".to_owned()),
+                Just("log".to_owned()),
+                Just("level".to_owned()),
+                Just("format".to_owned()),
+                Just("zookeeper".to_owned()),
+                Just("session_timeout".to_owned()),
+                Just("admin".to_owned()),
+                Just("listen".to_owned()),
+                Just("list".to_owned()),
+                Just("labels".to_owned()),
+                any::<String>(),
+            ];
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map(keys, inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(bounded(256))]
+
+        #[test]
+        fn text_checks_never_panic(text in any::<String>()) {
+            let _ = parse_duration(&text);
+            let _ = parse_listen(&text);
+            let _ = check_zk_hosts(&text);
+            let _ = check_zk_path(&text);
+            let _ = check_name(&text);
+            let _ = check_log_level(&text);
+            let _ = zk_location_key(&text, &text);
+        }
+
+        #[test]
+        fn durations_within_24h_round_trip(ms in 0u64..=24 * 3600 * 1000) {
+            prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+            prop_assert_eq!(parse_duration(&format!(" {}s ", ms / 1000)), Ok(Duration::from_secs(ms / 1000)));
+        }
+
+        #[test]
+        fn durations_past_24h_are_refused(extra_ms in 1u64..u64::MAX / 2) {
+            let ms = (24 * 3600 * 1000u64).saturating_add(extra_ms);
+            let text = format!("{ms}ms");
+            prop_assert!(parse_duration(&text).is_err(), "{} accepted", text);
+        }
+
+        #[test]
+        fn listen_ports_round_trip(port in 1u16..=u16::MAX) {
+            let want: SocketAddr = ([127, 0, 0, 1], port).into();
+            prop_assert_eq!(parse_listen(&port.to_string()), Ok(want));
+            prop_assert_eq!(parse_listen(&format!("127.0.0.1:{port}")), Ok(want));
+        }
+
+        /// `take` agrees with plain serde: it records nothing exactly when the value
+        /// deserializes as is (then gives the same value), and it always terminates.
+        #[test]
+        fn take_agrees_with_serde_and_never_panics(value in json()) {
+            let direct = serde_json::from_value::<Outer>(value.clone());
+            let mut p = Problems::default();
+            let taken: Option<Outer> = p.take("svc", value);
+            let got = problems(p);
+            match direct {
+                Ok(want) => {
+                    prop_assert!(got.is_empty(), "serde accepts it, take reports {:?}", got);
+                    prop_assert_eq!(format!("{:?}", taken), format!("{:?}", Some(want)));
+                }
+                Err(e) => {
+                    prop_assert!(!got.is_empty(), "serde refuses it ({}), take reports nothing", e);
+                    for (path, _) in &got {
+                        prop_assert!(path.starts_with("svc"), "problem outside the value: {}", path);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn read_document_never_panics(content in vec(any::<u8>(), 0..512), json in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join(if json { "c.json" } else { "c.yaml" });
+            std::fs::write(&file, &content).unwrap();
+            if let Err(e) = read_document(&file) {
+                prop_assert!(!e.problems.is_empty());
+            }
+        }
+    }
+}

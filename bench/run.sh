@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The benchmark command: synapse beside HAProxy (and beside no proxy), on this machine.
+#
+#   bench/run.sh                                  # every phase (about 8 minutes)
+#   bench/run.sh --only keepalive,close,redis     # some phases
+#   bench/run.sh --help                           # phases and knobs (rounds, durations, CPUs)
+#
+# Installs what is missing (Debian packages: nginx, haproxy, wrk, redis, ZooKeeper), builds
+# the release binaries, then runs the driver (bench/src/main.rs): the load generators on one
+# CPU, proxies and backends on another (BENCH_CLIENT_CPUS / BENCH_SERVER_CPUS, taskset lists;
+# default 0 and 1). Prints one table and writes bench/results.json (--out to change).
+# Not part of the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for pair in nginx:nginx-light haproxy:haproxy wrk:wrk redis-server:redis-server redis-benchmark:redis-tools taskset:util-linux; do
+  bin=${pair%%:*} pkg=${pair#*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The packages start their services; the benchmark runs its own.
+  for svc in nginx haproxy redis-server; do
+    command -v systemctl >/dev/null 2>&1 && $sudo systemctl stop "$svc" 2>/dev/null || true
+  done
+fi
+deploy/zk-local.sh --install-only
+
+cargo build --release --locked -p nerve -p synapse -p bench
+client=${BENCH_CLIENT_CPUS:-0}
+server=${BENCH_SERVER_CPUS:-1}
+# The driver (and the ZooKeeper it starts) stays on the client CPUs; it pins the rest itself.
+exec taskset -c "$client" target/release/bench --client-cpus "$client" --server-cpus "$server" "$@"
