@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use common::net::{self, AcceptBackoff, AcceptRetry, Activity, Tracked};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
@@ -46,13 +47,17 @@ const KEEPALIVE_RETRIES: u32 = 6;
 /// With `max_connections`, a permit is taken *before* `accept`: past the limit, clients wait
 /// in the listen backlog (not accepted, not reset) until a connection ends.
 ///
-/// The listener is shared so that a config reload can stop this loop (by dropping its
-/// future: `accept` is cancel-safe) and serve the same socket with a new loop.
+/// The listener is shared so that a config reload can stop this loop (`stop`) and serve the
+/// same socket with a new loop. When `stop` or `cancel` fires, the connections already
+/// completed in the listen backlog are taken and served before the loop returns
+/// ([`drain_backlog`]): on shutdown or when a service is removed, they would otherwise be
+/// reset with the socket.
 pub async fn serve(
     listener: Arc<TcpListener>,
     service: Arc<Service>,
     connections: TaskTracker,
     cancel: CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut backoff = AcceptBackoff::new("proxy");
     let mut permit = None;
@@ -64,6 +69,7 @@ pub async fn serve(
                     service.metrics.limited.inc();
                     tokio::select! {
                         _ = cancel.cancelled() => return,
+                        _ = stop.cancelled() => return,
                         p = limit.clone().acquire_owned() => match p {
                             Ok(p) => Some(p),
                             // Never closed: the semaphore lives as long as the service.
@@ -74,7 +80,14 @@ pub async fn serve(
             };
         }
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                drain_backlog(&listener, &service, &connections, &cancel);
+                return;
+            }
+            _ = stop.cancelled() => {
+                drain_backlog(&listener, &service, &connections, &cancel);
+                return;
+            }
             r = listener.accept() => r,
         };
         let (client, peer) = match accepted {
@@ -86,25 +99,78 @@ pub async fn serve(
                 if let AcceptRetry::After(pause) = backoff.on_error(&err) {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
+                        _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
                 continue;
             }
         };
-        service.metrics.connections.inc();
-        let svc = service.clone();
-        let cancel = cancel.clone();
-        let span = tracing::debug_span!("conn", client.addr = %peer);
-        let permit = permit.take();
-        connections.spawn(
-            async move {
-                // Held until the connection ends: it frees a `max_connections` slot.
-                let _permit = permit;
-                proxy(client, peer, &svc, &cancel).await
+        spawn_connection(client, peer, &service, &connections, &cancel, permit.take());
+    }
+}
+
+fn spawn_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    service: &Arc<Service>,
+    connections: &TaskTracker,
+    cancel: &CancellationToken,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    service.metrics.connections.inc();
+    let svc = service.clone();
+    let cancel = cancel.clone();
+    let span = tracing::debug_span!("conn", client.addr = %peer);
+    connections.spawn(
+        async move {
+            // Held until the connection ends: it frees a `max_connections` slot.
+            let _permit = permit;
+            proxy(client, peer, &svc, &cancel).await
+        }
+        .instrument(span),
+    );
+}
+
+/// Most connections taken from the backlog when an accept loop stops.
+const BACKLOG_DRAIN_MAX: usize = 4096;
+
+/// Takes, without waiting, the connections the kernel already completed in the listen
+/// backlog and serves them, so stopping an accept loop (shutdown, or a reload that retires
+/// the service) does not reset connections their clients already see as established.
+/// A non-blocking `accept(2)` on the socket itself: tokio's `accept` would only try once
+/// the reactor has reported the socket readable, and could miss connections queued since.
+fn drain_backlog(
+    listener: &TcpListener,
+    service: &Arc<Service>,
+    connections: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let socket = SockRef::from(listener);
+    let mut drained = 0;
+    while drained < BACKLOG_DRAIN_MAX {
+        let accepted = socket.accept().and_then(|(conn, addr)| {
+            let peer = addr
+                .as_socket()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an IP peer"))?;
+            let std_stream = std::net::TcpStream::from(conn);
+            std_stream.set_nonblocking(true)?;
+            Ok((TcpStream::from_std(std_stream)?, peer))
+        });
+        match accepted {
+            Ok((client, peer)) => {
+                drained += 1;
+                spawn_connection(client, peer, service, connections, cancel, None);
             }
-            .instrument(span),
-        );
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => {
+                debug!(error = %err, "accepting from the backlog failed");
+                break;
+            }
+        }
+    }
+    if drained > 0 {
+        debug!(drained, "served the connections left in the listen backlog");
     }
 }
 

@@ -197,17 +197,10 @@ impl Supervisor {
             r.service.clone(),
             r.connections.clone(),
             r.conn_cancel.clone(),
+            stop,
         );
         let span = tracing::info_span!("service", service = %r.service.config.name, zk.path = %r.service.config.zk_path);
-        self.tasks.spawn(
-            async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = serve => {}
-                }
-            }
-            .instrument(span),
-        );
+        self.tasks.spawn(serve.instrument(span));
     }
 
     /// Publishes the list of services (config order) to the admin API and file writers.

@@ -355,14 +355,13 @@ fn nerve_faults_under_load() {
 /// clients retry a refused connect while the port is not bound, but no connection that was
 /// accepted is reset or closed without its answer.
 ///
-/// Fails today, now and then (about one restart in ten here): a connection the kernel has
-/// already accepted into the old synapse's listen backlog, but synapse has not `accept`ed
-/// yet, is reset when synapse drops its listeners on SIGTERM (`synapse::proxy::serve` returns
-/// on cancel and the listener is closed with its backlog). The client's connect succeeded,
-/// then it reads a reset: a failed request, not a retryable refusal.
+/// Still fails: every restart, two or three client connections are reset about 100 ms after
+/// the SIGTERM. Taking the connections left in the listen backlog before closing the
+/// listener (`proxy::drain_backlog`) did not change that count, so the resets come from
+/// somewhere else (not yet found: the old process's exit, or the new one's first
+/// milliseconds). Open defect.
 #[test]
-#[ignore = "product defect: on SIGTERM synapse closes its listeners with connections still \
-            in the accept backlog, which are reset (see the doc comment)"]
+#[ignore = "open product defect: 2-3 connections reset per synapse restart under load (see the doc comment)"]
 fn synapse_restart_under_load() {
     let _serial = serial();
     // The fault is synapse's own: a standalone ZooKeeper is enough.
@@ -402,16 +401,11 @@ fn synapse_restart_under_load() {
 /// should keep their sessions, so nerve's nodes stay as they are, and synapse never goes
 /// without a route even when it keeps no previous backends.
 ///
-/// Fails today: each agent gives its still-valid session up about 1.1 s into the election
-/// ("ZooKeeper answers again but our session has not reconnected yet; giving it up for a new
-/// session", `common::registry::session`), although the old session reconnects a few hundred
-/// ms later. nerve then deletes its earlier session's node and creates a new one, so each
-/// instance is absent from ZooKeeper for about 100 ms, every host at the same moment: the
-/// path is empty for tens of ms and, with `use_previous_backends: false`, synapse has no
-/// route (requests fail); with the default (true) it only hides the flap.
+/// Guards against the defect this test found: nerve gave its still-valid session up about
+/// 1.1 s into the election for a new one, deleting and re-creating every instance's node at
+/// once (the path empty for tens of ms; with `use_previous_backends: false`, failed requests).
+/// nerve now keeps a live session; only synapse, which holds no node, replaces a lagging one.
 #[test]
-#[ignore = "product defect: agents give a still-valid ZooKeeper session up during a leader \
-            election, and nerve re-registers every instance at once (see the doc comment)"]
 fn leader_failover_keeps_sessions_and_routes_under_load() {
     let _serial = serial();
     let mut zk = ZkCluster::ensemble(3);
