@@ -1,7 +1,12 @@
 //! The small admin HTTP server (HTTP/1.1, hyper 1), bound to localhost by default.
 //!
 //! Each agent supplies a synchronous [`Handler`]: routes read in-memory state only, so no
-//! request ever waits on ZooKeeper.
+//! request ever waits on ZooKeeper. A request body (for `PUT`/`POST`) is read first, up to
+//! [`MAX_BODY`], and handed to the handler whole.
+//!
+//! Served here for both agents, before the agent's handler: `/log-level` (`GET` the filter
+//! in force, `PUT` new `EnvFilter` directives as the body, `DELETE` back to the configured
+//! ones; changes from loopback clients only).
 //!
 //! A local admin port is also a way to exhaust the process's file descriptors, so slow and
 //! idle clients are bounded ([`AdminLimits`]): header read timeout, idle timeout and a cap
@@ -13,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -69,8 +74,12 @@ impl Reply {
     }
 }
 
-/// Routes a request (method, path) to a reply.
-pub type Handler = Arc<dyn Fn(&Method, &str) -> Reply + Send + Sync>;
+/// Routes a request (method, path, body) to a reply. The body is empty for `GET`, `HEAD`
+/// and `DELETE`, and at most [`MAX_BODY`] bytes otherwise.
+pub type Handler = Arc<dyn Fn(&Method, &str, &[u8]) -> Reply + Send + Sync>;
+
+/// Largest request body read (bytes); a larger one is answered 413 unread.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -185,8 +194,8 @@ async fn serve_connection(
     let activity = Activity::default();
     let io = TokioIo::new(Tracked::new(stream, &activity));
     let service = service_fn(move |req: Request<Incoming>| {
-        let reply = handler(req.method(), req.uri().path());
-        async move { Ok::<_, Infallible>(to_response(reply)) }
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(to_response(route(req, peer, &handler).await)) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
@@ -206,6 +215,80 @@ async fn serve_connection(
                 _ = conn.as_mut() => {}
                 _ = &mut idle => {}
             }
+        }
+    }
+}
+
+/// Reads the body (bounded; a stalled one is cut by the connection's idle timeout) and
+/// dispatches: built-in routes first, then the agent's handler.
+async fn route(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) -> Reply {
+    let (parts, body) = req.into_parts();
+    let body = if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) {
+        Bytes::new()
+    } else {
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return Reply::text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {MAX_BODY} bytes\n"),
+                );
+            }
+            Err(err) => {
+                debug!(%peer, error = %err, "cannot read admin request body");
+                return Reply::text(StatusCode::BAD_REQUEST, "cannot read the request body\n");
+            }
+        }
+    };
+    let path = parts.uri.path();
+    if path == "/log-level" {
+        return log_level(&parts.method, &body, peer);
+    }
+    handler(&parts.method, path, &body)
+}
+
+/// `GET` / `PUT` / `DELETE /log-level`: the runtime log filter.
+fn log_level(method: &Method, body: &[u8], peer: SocketAddr) -> Reply {
+    use crate::telemetry;
+    let changed = |previous: String| {
+        let now = telemetry::log_filter().unwrap_or_default();
+        info!(%peer, from = %previous, to = %now, "log filter changed through the admin API");
+        Reply::text(StatusCode::OK, format!("{now}\n"))
+    };
+    let refused = |err: telemetry::TelemetryError| {
+        let status = match err {
+            telemetry::TelemetryError::BadLevel { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Reply::text(status, format!("{err}\n"))
+    };
+    // The admin port may listen beyond loopback (in a container, say): reading is harmless,
+    // turning on `trace` for every module is not.
+    let local = is_loopback(peer.ip());
+    match *method {
+        Method::GET | Method::HEAD => match telemetry::log_filter() {
+            Some(f) => Reply::text(StatusCode::OK, format!("{f}\n")),
+            None => refused(telemetry::TelemetryError::NotReloadable),
+        },
+        Method::PUT | Method::DELETE if !local => Reply::text(
+            StatusCode::FORBIDDEN,
+            "the log level can only be changed from a loopback address\n",
+        ),
+        Method::PUT => match std::str::from_utf8(body) {
+            Ok(directives) => telemetry::set_log_filter(directives).map_or_else(refused, changed),
+            Err(_) => Reply::text(StatusCode::BAD_REQUEST, "the body must be UTF-8 text\n"),
+        },
+        Method::DELETE => telemetry::reset_log_filter().map_or_else(refused, changed),
+        _ => Reply::text(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE\n"),
+    }
+}
+
+/// Loopback, also as an IPv4-mapped IPv6 address (a dual-stack listener).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
 }

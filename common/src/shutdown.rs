@@ -24,7 +24,11 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<(), SignalError> {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
+                    // systemd (ExecReload=kill -HUP, or Type=notify-reload) waits for
+                    // RELOADING=1 ... READY=1; a reload implementation goes between the two.
+                    crate::notify::reloading("reloading");
                     warn!(signal = "SIGHUP", "config reload is not supported yet; signal ignored");
+                    crate::notify::reloaded("running (reload not supported yet: config unchanged)");
                     continue;
                 }
             };

@@ -15,7 +15,7 @@ pub fn handler(
     services: Arc<Vec<ServiceHandle>>,
     registry: prometheus::Registry,
 ) -> Handler {
-    Arc::new(move |method, path| {
+    Arc::new(move |method, path, _body| {
         if !is_get(method) {
             return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }

@@ -91,6 +91,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         });
     }
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
+    // systemd (Type=notify): READY=1 after the first reconcile of every service.
+    let first_reconciles = handles.iter().map(|h| {
+        let mut report = h.report.clone();
+        (h.config.name.clone(), async move {
+            let _ = report.wait_for(|r| r.reconciled).await;
+        })
+    });
+    tokio::spawn(common::notify::ready_after(
+        "first reconcile",
+        first_reconciles.collect(),
+    ));
 
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(config.instance_id.clone(), Arc::new(handles), prometheus);

@@ -36,6 +36,8 @@ pub struct ReportStatus {
     pub node: Option<String>,
     /// The last reconcile error, cleared on success.
     pub last_error: Option<String>,
+    /// True once ZooKeeper matched the desired state (systemd readiness waits for it).
+    pub reconciled: bool,
 }
 
 /// Live view of one service.
@@ -167,6 +169,7 @@ pub async fn report_loop(
                 status.send_modify(|s| {
                     s.node = registration.path().map(str::to_string);
                     s.last_error = None;
+                    s.reconciled = true;
                 });
                 REFRESH
             }

@@ -1,5 +1,6 @@
 //! synapse's admin routes: `GET /ready` (200 once every service had its first full sync),
-//! `GET /services` (backends per service, JSON) and `GET /metrics`.
+//! `GET /services` (backends per service, JSON), `GET /stats` (the same as an HTML page)
+//! and `GET /metrics`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use crate::service::Service;
 
 /// Builds the admin handler.
 pub fn handler(services: Arc<Vec<Arc<Service>>>, registry: prometheus::Registry) -> Handler {
-    Arc::new(move |method, path| {
+    Arc::new(move |method, path, _body| {
         if !is_get(method) {
             return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
         match path {
             "/ready" => ready(&services),
             "/services" => list(&services),
+            "/stats" => crate::stats::page(&services),
             "/metrics" => Reply {
                 status: StatusCode::OK,
                 content_type: common::metrics::CONTENT_TYPE,

@@ -9,7 +9,8 @@
 //!   hash), weights, backups, per-backend live state (hot path, pure).
 //! - [`proxy`]: accept loop and per-connection TCP proxying (hot path).
 //! - [`metrics`]: Prometheus metrics.
-//! - [`admin`]: `GET /ready`, `GET /services`, `GET /metrics`.
+//! - [`admin`]: `GET /ready`, `GET /services`, `GET /stats`, `GET /metrics`.
+//! - [`stats`]: the HTML stats page.
 //!
 //! Data flow: ZooKeeper event → `common::registry::watch` → member map → filters
 //! (availability) and fallback (previous backends) → `RouteTable::build` → `ArcSwap::store`
@@ -22,6 +23,7 @@ pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod service;
+pub mod stats;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -97,6 +99,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         );
         services.push(service);
     }
+    // systemd (Type=notify): READY=1 after the first sync of every service.
+    let first_syncs = services.iter().map(|s| {
+        let mut synced = s.first_sync.subscribe();
+        (s.config.name.clone(), async move {
+            let _ = synced.wait_for(|v| *v).await;
+        })
+    });
+    tokio::spawn(common::notify::ready_after("first sync", first_syncs.collect()));
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(Arc::new(services), prometheus);
     let admin_task = tokio::spawn(common::admin::serve(

@@ -5,7 +5,7 @@
 //! the diff of backends is logged, not the whole set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -33,6 +33,8 @@ pub struct Service {
     pub first_sync: watch::Sender<bool>,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+    /// Last change of the backend set, in ms since the Unix epoch; 0 before the first.
+    pub last_change_ms: AtomicU64,
 }
 
 impl Service {
@@ -44,6 +46,7 @@ impl Service {
             synced: AtomicBool::new(false),
             first_sync: watch::Sender::new(false),
             metrics,
+            last_change_ms: AtomicU64::new(0),
         }
     }
 }
@@ -164,6 +167,9 @@ impl Watcher {
                 backends = table.backends().len(),
                 "route table updated"
             );
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            let now_ms = now.map_or(0, |d| d.as_millis() as u64);
+            self.service.last_change_ms.store(now_ms, Ordering::Relaxed);
         }
         let gone: Vec<String> = self
             .states
