@@ -26,9 +26,6 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-/// How long one send may block (a full receive queue at systemd's end).
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Why the notification socket cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -85,9 +82,9 @@ impl Notifier {
             return Err(bad("expected an absolute path or an @abstract name"));
         };
         let socket = UnixDatagram::unbound().map_err(NotifyError::Socket)?;
-        socket
-            .set_write_timeout(Some(SEND_TIMEOUT))
-            .map_err(NotifyError::Socket)?;
+        // Sends come from runtime tasks and must never block one: a full queue at the
+        // manager's end (a manager that stopped reading) is a failed send, logged.
+        socket.set_nonblocking(true).map_err(NotifyError::Socket)?;
         Ok(Notifier {
             socket,
             addr: sockaddr,

@@ -36,7 +36,8 @@ pub struct ReportStatus {
     pub node: Option<String>,
     /// The last reconcile error, cleared on success.
     pub last_error: Option<String>,
-    /// True once ZooKeeper matched the desired state (systemd readiness waits for it).
+    /// True once ZooKeeper was connected and matched the desired state (systemd readiness
+    /// waits for it).
     pub reconciled: bool,
 }
 
@@ -166,10 +167,12 @@ pub async fn report_loop(
         let wait = match result {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
+                // Removing a node never created needs no ZooKeeper: that is not "reconciled".
+                let connected = sessions.borrow().connected;
                 status.send_modify(|s| {
                     s.node = registration.path().map(str::to_string);
                     s.last_error = None;
-                    s.reconciled = true;
+                    s.reconciled |= connected;
                 });
                 REFRESH
             }

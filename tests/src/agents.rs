@@ -36,15 +36,21 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
-        Self::spawn(name, config, None)
+        Self::spawn(name, config, None, &[])
     }
 
     /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
     pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
-        Self::spawn(name, config, Some(nofile))
+        Self::spawn(name, config, Some(nofile), &[])
     }
 
-    fn spawn(name: &'static str, config: &str, nofile: Option<u32>) -> Agent {
+    /// Like [`start`](Self::start), with extra environment variables (they win over the
+    /// harness's own, e.g. `RUST_LOG`).
+    pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
+        Self::spawn(name, config, None, env)
+    }
+
+    fn spawn(name: &'static str, config: &str, nofile: Option<u32>, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&cfg, config).expect("write config");
@@ -65,6 +71,7 @@ impl Agent {
             .arg(&cfg)
             .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -267,6 +274,25 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `<method> path` on 127.0.0.1:`port` with `body`: (status, body).
+pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
