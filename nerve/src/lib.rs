@@ -90,6 +90,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             report: report_rx,
         });
     }
+    let zk = config
+        .services
+        .iter()
+        .map(|s| (s.zk_hosts.clone(), registry.session(&s.zk_hosts)));
+    common::metrics::zk_sessions("nerve", &prometheus, zk)?;
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
     // systemd (Type=notify): READY=1 after the first reconcile of every service.
     let first_reconciles = handles.iter().map(|h| {

@@ -99,6 +99,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         );
         services.push(service);
     }
+    let zk = config
+        .services
+        .iter()
+        .map(|s| (s.zk_hosts.clone(), registry.session(&s.zk_hosts)));
+    common::metrics::zk_sessions("synapse", &prometheus, zk)?;
     // systemd (Type=notify): READY=1 after the first sync of every service.
     let first_syncs = services.iter().map(|s| {
         let mut synced = s.first_sync.subscribe();

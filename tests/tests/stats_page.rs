@@ -69,7 +69,8 @@ fn stats_page_shows_the_real_backends_in_a_browser() {
     let zk = ZkCluster::standalone();
     let (a, b) = (Backend::start("alpha"), Backend::start("beta"));
     let nerve_admin = free_port();
-    let mut nerve_config = format!("instance_id: stats-host\nadmin: {{listen: \"127.0.0.1:{nerve_admin}\"}}\nservices:\n");
+    let mut nerve_config =
+        format!("instance_id: stats-host\nadmin: {{listen: \"127.0.0.1:{nerve_admin}\"}}\nservices:\n");
     for (backend, zone) in [(&a, "east"), (&b, "west")] {
         nerve_config += &format!(
             "  - {{name: {0}, instance_id: stats-host-{0}, host: 127.0.0.1, port: {1}, weight: 10, labels: {{zone: {zone}}}, \
@@ -111,17 +112,27 @@ fn stats_page_shows_the_real_backends_in_a_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
     for addr in &addrs {
-        assert!(dom.contains(&format!("<td>{addr}</td>")), "{addr} not on the page:\n{dom}");
+        assert!(
+            dom.contains(&format!("<td>{addr}</td>")),
+            "{addr} not on the page:\n{dom}"
+        );
     }
     assert!(dom.contains("<title>synapse stats"), "{dom}");
     assert!(dom.contains(r#"<span class="badge up">UP</span>"#), "{dom}");
     assert!(dom.contains("zone=east") && dom.contains("zone=west"), "{dom}");
-    assert!(dom.contains("stats-host-alpha") && dom.contains("stats-host-beta"), "{dom}");
+    assert!(
+        dom.contains("stats-host-alpha") && dom.contains("stats-host-beta"),
+        "{dom}"
+    );
 
     if let Ok(png) = std::env::var("STATS_SCREENSHOT") {
         let out = browse(
             &url,
-            &[&format!("--screenshot={png}"), "--window-size=1280,560", "--hide-scrollbars"],
+            &[
+                &format!("--screenshot={png}"),
+                "--window-size=1280,560",
+                "--hide-scrollbars",
+            ],
         );
         assert!(out.status.success() && Path::new(&png).exists(), "{out:?}");
     }
