@@ -8,6 +8,8 @@
 #   deploy/compose-check.sh --ensemble   a 3-node ensemble; also kills one ZooKeeper server
 #                                        and checks that membership changes still arrive
 #   deploy/compose-check.sh --keep       leave the rig running at the end (ports printed)
+#   deploy/compose-check.sh --images-only   only get the base, ZooKeeper and backend images
+#                                        (CI starts it early, beside the compilation)
 #
 # Engine: Docker when a Docker engine answers, else podman (+ podman-compose); ENGINE=podman
 # or ENGINE=docker forces one. Images:
@@ -25,11 +27,13 @@ cd "$repo"
 
 ENSEMBLE=0
 KEEP=0
+IMAGES_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --ensemble) ENSEMBLE=1 ;;
     --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    --images-only) IMAGES_ONLY=1 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "compose-check: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -132,6 +136,12 @@ if [ "$IMAGES" = local ]; then
       -t "$tag" deploy/local-images >"$LOGS/build-$file.log" 2>&1 ||
       { tail -30 "$LOGS/build-$file.log" >&2; fail "building $tag failed"; }
   done
+fi
+
+if [ "$IMAGES_ONLY" = 1 ]; then
+  [ "$IMAGES" = registry ] && "$ENGINE" pull -q "$BASE_IMAGE" >/dev/null && "$ENGINE" pull -q "$ZK_IMAGE" >/dev/null
+  say "images ready"
+  exit 0
 fi
 
 say "building the release binaries and $AGENTS_IMAGE"
