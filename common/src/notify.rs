@@ -26,6 +26,10 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+/// Longest wait for room in the manager's queue for a state change (never for a ping). The
+/// manager reads continuously, so in practice a send never waits.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why the notification socket cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -55,11 +59,20 @@ pub enum NotifyError {
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
 pub struct Notifier {
+    /// For state changes: blocking, up to [`SEND_TIMEOUT`], so `READY=1` is not lost to a
+    /// momentarily full queue at the manager's end.
     socket: UnixDatagram,
+    /// For watchdog pings: non-blocking (a ping that does not fit is dropped; the next one
+    /// comes half a period later), so a manager that stops reading cannot stall the runtime
+    /// every few seconds.
+    pings: UnixDatagram,
     addr: SocketAddr,
     shown: String,
     /// Set once `READY=1` went out (a reload only re-sends it when it had).
     ready: AtomicBool,
+    /// Set once `STOPPING=1` went out: no `READY=1` after it (a readiness wait that ends
+    /// because the agent is stopping is not readiness).
+    stopping: AtomicBool,
     /// A failed send is warned about once; later ones are debug lines.
     warned: AtomicBool,
 }
@@ -82,14 +95,18 @@ impl Notifier {
             return Err(bad("expected an absolute path or an @abstract name"));
         };
         let socket = UnixDatagram::unbound().map_err(NotifyError::Socket)?;
-        // Sends come from runtime tasks and must never block one: a full queue at the
-        // manager's end (a manager that stopped reading) is a failed send, logged.
-        socket.set_nonblocking(true).map_err(NotifyError::Socket)?;
+        socket
+            .set_write_timeout(Some(SEND_TIMEOUT))
+            .map_err(NotifyError::Socket)?;
+        let pings = UnixDatagram::unbound().map_err(NotifyError::Socket)?;
+        pings.set_nonblocking(true).map_err(NotifyError::Socket)?;
         Ok(Notifier {
             socket,
+            pings,
             addr: sockaddr,
             shown: addr.to_string(),
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             warned: AtomicBool::new(false),
         })
     }
@@ -107,9 +124,15 @@ impl Notifier {
         }
     }
 
-    /// Sends one message: newline-separated `KEY=VALUE` assignments.
+    /// Sends one message: newline-separated `KEY=VALUE` assignments. Waits up to 1 s when
+    /// the manager's queue is full, except for a bare `WATCHDOG=1`, which is then dropped.
     pub fn send(&self, message: &str) -> Result<(), NotifyError> {
-        self.socket
+        let socket = if message == "WATCHDOG=1" {
+            &self.pings
+        } else {
+            &self.socket
+        };
+        socket
             .send_to_addr(message.as_bytes(), &self.addr)
             .map(|_| ())
             .map_err(|source| NotifyError::Send {
@@ -162,6 +185,9 @@ pub fn status(status: &str) {
 /// `READY=1` with `STATUS=<status>`: startup is complete.
 pub fn ready(status: &str) {
     if let Some(n) = NOTIFIER.get() {
+        if n.stopping.load(Ordering::Relaxed) {
+            return;
+        }
         n.ready.store(true, Ordering::Relaxed);
         n.send_logged(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
@@ -184,6 +210,9 @@ pub fn reloading(status: &str) {
 /// (else only `STATUS=`: `READY=1` still waits for startup).
 pub fn reloaded(status: &str) {
     if let Some(n) = NOTIFIER.get() {
+        if n.stopping.load(Ordering::Relaxed) {
+            return;
+        }
         if n.ready.load(Ordering::Relaxed) {
             n.send_logged(&format!("READY=1\nSTATUS={}", one_line(status)));
         } else {
@@ -195,6 +224,7 @@ pub fn reloaded(status: &str) {
 /// `STOPPING=1` with `STATUS=<status>`: shutdown has begun.
 pub fn stopping(status: &str) {
     if let Some(n) = NOTIFIER.get() {
+        n.stopping.store(true, Ordering::Relaxed);
         n.send_logged(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 }

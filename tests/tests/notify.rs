@@ -9,6 +9,7 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::http_get;
@@ -18,28 +19,43 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Asked of the agents: a ping every 150 ms.
 const WATCHDOG_USEC: &str = "300000";
 
-/// The service manager's end of `NOTIFY_SOCKET`.
+/// The service manager's end of `NOTIFY_SOCKET`. Like systemd, it reads all the time (a
+/// thread), whatever the test is doing.
 struct Systemd {
-    socket: UnixDatagram,
+    messages: mpsc::Receiver<String>,
     /// The value for `NOTIFY_SOCKET`.
     address: String,
     _dir: Option<tempfile::TempDir>,
-    /// Every message received so far, in order.
+    /// Every message taken from `messages` so far, in order.
     seen: Vec<String>,
 }
 
 impl Systemd {
+    fn serve(socket: UnixDatagram, address: String, dir: Option<tempfile::TempDir>) -> Systemd {
+        let (tx, rx) = mpsc::channel();
+        // Ends when the test drops the receiver (the next message fails to send).
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        Systemd {
+            messages: rx,
+            address,
+            _dir: dir,
+            seen: Vec::new(),
+        }
+    }
+
     /// A socket in the file system, like `/run/systemd/notify`.
     fn path() -> Systemd {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let socket = UnixDatagram::bind(&path).unwrap();
-        Systemd {
-            socket,
-            address: path.to_str().unwrap().to_string(),
-            _dir: Some(dir),
-            seen: Vec::new(),
-        }
+        Systemd::serve(socket, path.to_str().unwrap().to_string(), Some(dir))
     }
 
     /// An abstract socket (`@name`), as systemd's own manager socket is.
@@ -47,12 +63,7 @@ impl Systemd {
         let name = format!("nerve-synapse-test-notify-{}-{}", std::process::id(), free_port());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let socket = UnixDatagram::bind_addr(&addr).unwrap();
-        Systemd {
-            socket,
-            address: format!("@{name}"),
-            _dir: None,
-            seen: Vec::new(),
-        }
+        Systemd::serve(socket, format!("@{name}"), None)
     }
 
     fn env(&self) -> [(&str, &str); 2] {
@@ -73,12 +84,9 @@ impl Systemd {
                 "no {line} within {WAIT:?}; received: {:#?}",
                 self.seen
             );
-            self.socket.set_read_timeout(Some(left)).unwrap();
-            let mut buf = [0u8; 4096];
-            let Ok(n) = self.socket.recv(&mut buf) else {
+            let Ok(msg) = self.messages.recv_timeout(left) else {
                 continue;
             };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             self.seen.push(msg.clone());
             if has(&msg, line) {
                 return msg;
@@ -220,4 +228,29 @@ fn no_watchdog_pings_for_another_process() {
     let _synapse = Agent::start_with_env("synapse", &config, &env);
     systemd.wait_for("READY=1");
     assert!(!systemd.any("WATCHDOG=1"), "{:#?}", systemd.seen);
+}
+
+#[test]
+fn stopping_before_ready_never_says_ready() {
+    // ZooKeeper never answers: nerve is stopped while it still waits for its first reconcile.
+    let mut zk = ZkCluster::standalone();
+    let connect = zk.connect_string();
+    zk.kill(0);
+    let mut systemd = Systemd::path();
+    let admin = free_port();
+    let config = format!(
+        "instance_id: h\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{connect}\", zk_path: /services/app, checks: [{{type: tcp}}]}}\n",
+        free_port()
+    );
+    let mut nerve = Agent::start_with_env("nerve", &config, &systemd.env());
+    systemd.pings(2);
+    nerve.signal("TERM");
+    systemd.wait_for("STOPPING=1");
+    assert!(nerve.wait_exit(WAIT).success());
+    // Everything it sent was sent by now (it has exited): none of it is READY=1. (A message
+    // still between the socket and the reader thread is in the channel within moments.)
+    while let Ok(msg) = systemd.messages.recv_timeout(Duration::from_millis(500)) {
+        systemd.seen.push(msg);
+    }
+    assert!(!systemd.any("READY=1"), "{:#?}", systemd.seen);
 }

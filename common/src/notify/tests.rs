@@ -84,3 +84,34 @@ fn watchdog_period_follows_systemd_rules() {
 fn status_is_one_line() {
     assert_eq!(one_line("a\nb\r\nc"), "a b  c");
 }
+
+#[test]
+fn a_full_queue_drops_pings_but_waits_for_room_for_state_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let server = UnixDatagram::bind(&path).unwrap();
+    let n = Notifier::new(path.to_str().unwrap()).unwrap();
+    // Nobody reads: pings fill the queue, then fail at once.
+    let mut queued = 0;
+    while n.send("WATCHDOG=1").is_ok() {
+        queued += 1;
+        assert!(queued < 100_000, "the queue never filled");
+    }
+    // A slow reader makes room a little later; READY=1 waits for it instead of being lost.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = Vec::new();
+        loop {
+            let msg = recv(&server);
+            let done = msg.starts_with("READY=1");
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
+    });
+    n.send("READY=1\nSTATUS=ready").unwrap();
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), queued + 1);
+    assert_eq!(got.last().unwrap(), "READY=1\nSTATUS=ready");
+}
