@@ -116,8 +116,9 @@ build_base() {
   debootstrap --variant=minbase bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
     >"$root.log" 2>&1 || { tail -20 "$root.log" >&2; fail "debootstrap failed (log: $root.log)"; }
   # What the -slim images leave out, and keep out of later installs.
-  rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
-    "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
+  rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  # Files only: packages' maintainer scripts may expect the directories (as on -slim images).
+  find "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/info ! -type d -delete
   find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
   printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
     'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/locale/*' \

@@ -8,7 +8,9 @@
 #     -t nerve-synapse-zookeeper:3.8 deploy/local-images
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-RUN apt-get update \
+# man1: the JRE's postinst links its man page there, and -slim images have no such directory.
+RUN mkdir -p /usr/share/man/man1 \
+ && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libzookeeper-java default-jre-headless \
  && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
