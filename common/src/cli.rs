@@ -4,12 +4,25 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, LogConfig};
+use crate::shutdown::ReloadRequests;
+
+/// What an agent's `run` gets besides its config.
+#[derive(Debug)]
+pub struct RunContext {
+    /// Cancelled on SIGTERM / SIGINT.
+    pub shutdown: CancellationToken,
+    /// SIGHUP, as reload requests. An agent that does not reload drops it (SIGHUP is then
+    /// logged and ignored).
+    pub reload: ReloadRequests,
+    /// The config file, to read again on a reload.
+    pub config_file: PathBuf,
+}
 
 /// Exit code for a config that cannot be used (systemd units do not restart on it).
 pub const EXIT_CONFIG: u8 = 2;
@@ -28,7 +41,7 @@ pub trait AgentConfig: Sized {
 pub fn main<C, F, Fut, E>(name: &str, file: &Path, check_only: bool, run: F) -> ExitCode
 where
     C: AgentConfig,
-    F: FnOnce(C, CancellationToken) -> Fut,
+    F: FnOnce(C, RunContext) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
@@ -68,7 +81,7 @@ where
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        crate::shutdown::cancel_on_signals(shutdown.clone()).map_err(|e| e.to_string())?;
+        let reload = crate::shutdown::cancel_on_signals(shutdown.clone()).map_err(|e| e.to_string())?;
         crate::notify::status("starting");
         if let Some(period) = crate::notify::watchdog_interval() {
             tokio::spawn(crate::notify::watchdog(period));
@@ -78,7 +91,12 @@ where
             stopping.cancelled().await;
             crate::notify::stopping("stopping: draining");
         });
-        run(config, shutdown).await.map_err(|e| e.to_string())
+        let ctx = RunContext {
+            shutdown,
+            reload,
+            config_file: file.to_path_buf(),
+        };
+        run(config, ctx).await.map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,6 +107,13 @@ impl Problems {
         });
     }
 
+    /// Records a problem at `path` and refuses the value there: later problems at or under
+    /// `path` are consequences of this one and are dropped.
+    pub fn refuse(&mut self, path: &str, reason: impl fmt::Display) {
+        self.push(path, reason);
+        self.refused.push(path.to_string());
+    }
+
     /// Deserializes `value` (found at key path `path`) into `T`, recording every problem
     /// inside it with its full key path.
     ///
@@ -371,8 +378,9 @@ pub fn load<T>(
     file: &Path,
     validate: impl FnOnce(serde_json::Value, &mut Problems) -> Option<T>,
 ) -> Result<T, ConfigError> {
-    let doc = read_document(file)?;
+    let mut doc = read_document(file)?;
     let mut p = Problems::default();
+    env::expand(&mut doc, &mut p, &|name| std::env::var(name).ok());
     let config = validate(doc, &mut p);
     match p.finish(file, config)? {
         Some(c) => Ok(c),
@@ -724,6 +732,8 @@ pub fn zk_location_key(zk_hosts: &str, zk_path: &str) -> (Vec<String>, String) {
     };
     (servers, path)
 }
+
+mod env;
 
 #[cfg(test)]
 mod tests;

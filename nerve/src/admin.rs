@@ -7,7 +7,7 @@ use common::admin::{is_get, Handler, Reply};
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::service::ServiceHandle;
+use crate::service::{CheckState, ServiceHandle};
 
 /// Builds the admin handler.
 pub fn handler(
@@ -45,8 +45,8 @@ fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
                 "port": s.config.port,
                 "zk_path": s.config.zk_path,
                 "healthy": check.healthy,
-                "check_rounds": check.rounds,
-                "last_check_error": check.last_error,
+                "last_check_error": check.failures(),
+                "checks": check.checks.iter().map(check_json).collect::<Vec<_>>(),
                 "registered": report.node.is_some(),
                 "zk_node": report.node,
                 "last_zk_error": report.last_error,
@@ -59,4 +59,20 @@ fn status(instance_id: &str, services: &[ServiceHandle]) -> Reply {
         StatusCode::SERVICE_UNAVAILABLE
     };
     Reply::json(code, &json!({ "instance_id": instance_id, "services": list }))
+}
+
+fn check_json(c: &CheckState) -> serde_json::Value {
+    json!({
+        "name": c.name,
+        "type": c.kind,
+        "target": c.target,
+        "up": c.up,
+        "runs": c.runs,
+        "last_result": c.last_ok.map(|ok| if ok { "ok" } else { "fail" }),
+        "last_error": c.last_error,
+        "last_output": c.last_output,
+        "last_duration_seconds": c.last_duration.map(|d| d.as_secs_f64()),
+        "consecutive_successes": c.consecutive_successes,
+        "consecutive_failures": c.consecutive_failures,
+    })
 }

@@ -10,6 +10,14 @@ use std::time::Duration;
 use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
 use serde::Deserialize;
 
+mod checks;
+
+pub use checks::{
+    authority, CheckConfig, CheckKind, ExecCheck, HttpCheck, HttpMethod, StatusSet, TlsConfig,
+    DEFAULT_TIMEOUT, MIN_INTERVAL,
+};
+use checks::{CheckDefaults, RawCheck};
+
 /// A validated nerve configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -52,53 +60,15 @@ pub struct ServiceConfig {
     pub labels: BTreeMap<String, String>,
     /// `haproxy_server_options` written in the payload, for airbnb synapse readers.
     pub haproxy_server_options: Option<String>,
-    /// Time between two check rounds. Default 1 s.
+    /// Default `interval` of its checks. Default 1 s.
     pub check_interval: Duration,
-    /// Consecutive successful rounds before the service is up (also at start). Default 2.
+    /// Default `rise` of its checks. Default 2.
     pub rise: NonZeroU32,
-    /// Consecutive failed rounds before the service is down. Default 2.
+    /// Default `fall` of its checks. Default 2.
     pub fall: NonZeroU32,
-    /// All must pass for a round to succeed. At least one.
+    /// Run independently; the service is up when every one is up (each after its own
+    /// rise/fall). At least one; names unique.
     pub checks: Vec<CheckConfig>,
-}
-
-/// One health check.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckConfig {
-    /// Host to check (default: the service's).
-    pub host: String,
-    /// Port to check (default: the service's).
-    pub port: u16,
-    /// Time allowed for the whole check. Default 1 s.
-    pub timeout: Duration,
-    /// What to check.
-    pub kind: CheckKind,
-}
-
-/// The kind of a check.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CheckKind {
-    /// TCP connect succeeds.
-    Tcp,
-    /// HTTP GET answers with a status in `expect_status`.
-    Http {
-        /// Request path. Default `/health`.
-        uri: String,
-        /// `Host` header. Default: the checked host.
-        host_header: Option<String>,
-        /// Accepted statuses, inclusive. Default 200–399.
-        expect_status: (u16, u16),
-    },
-}
-
-impl CheckKind {
-    /// Short name for logs and metrics labels.
-    pub fn label(&self) -> &'static str {
-        match self {
-            CheckKind::Tcp => "tcp",
-            CheckKind::Http { .. } => "http",
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,22 +103,6 @@ struct RawService {
     rise: Option<u32>,
     fall: Option<u32>,
     checks: Vec<serde_json::Value>,
-}
-
-/// A flat struct rather than a tagged enum, so that serde reports the key path of a bad
-/// field inside a check (tagged enums buffer their content and lose it).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCheck {
-    #[serde(rename = "type")]
-    kind: String,
-    host: Option<String>,
-    port: Option<u16>,
-    #[serde(default, deserialize_with = "cc::opt_duration")]
-    timeout: Option<Duration>,
-    uri: Option<String>,
-    host_header: Option<String>,
-    expect_status: Option<serde_json::Value>,
 }
 
 impl Config {
@@ -286,7 +240,7 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
     }
     let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let check_interval = s.check_interval.unwrap_or(Duration::from_secs(1));
-    if check_interval < Duration::from_millis(10) {
+    if check_interval < MIN_INTERVAL {
         p.push(format!("{at}.check_interval"), "must be at least 10ms");
     }
     let count = |key: &str, v: Option<u32>, p: &mut Problems| {
@@ -300,11 +254,27 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
     if s.checks.is_empty() {
         p.push(format!("{at}.checks"), "at least one check is required");
     }
-    let mut checks = Vec::new();
+    let defaults = CheckDefaults {
+        service: &s.name,
+        host: &s.host,
+        port: s.port,
+        interval: check_interval,
+        rise,
+        fall,
+    };
+    let mut checks: Vec<CheckConfig> = Vec::new();
     for (j, value) in s.checks.into_iter().enumerate() {
         let cat = format!("{at}.checks[{j}]");
         if let Some(c) = p.take::<RawCheck>(&cat, value) {
-            checks.push(validate_check(&cat, c, &s.host, s.port, p));
+            let check = checks::validate_check(&cat, j, c, defaults, p);
+            // The name is a metrics label and the key of the check in `/status`.
+            if checks.iter().any(|o| o.name == check.name) {
+                p.push(
+                    format!("{cat}.name"),
+                    format!("duplicate check name {:?} in this service", check.name),
+                );
+            }
+            checks.push(check);
         }
     }
     ServiceConfig {
@@ -321,96 +291,6 @@ fn validate_service(at: &str, s: RawService, default_id: &str, p: &mut Problems)
         rise,
         fall,
         checks,
-    }
-}
-
-fn validate_check(at: &str, c: RawCheck, host: &str, port: u16, p: &mut Problems) -> CheckConfig {
-    let kind = match c.kind.as_str() {
-        "tcp" => {
-            for (key, set) in [("uri", c.uri.is_some()), ("host_header", c.host_header.is_some())] {
-                if set {
-                    p.push(format!("{at}.{key}"), "only http checks take this key");
-                }
-            }
-            if c.expect_status.is_some() {
-                p.push(format!("{at}.expect_status"), "only http checks take this key");
-            }
-            CheckKind::Tcp
-        }
-        "http" => {
-            let uri = c.uri.unwrap_or_else(|| "/health".to_string());
-            // What the check builds its request from: refused here, not at every round.
-            if !uri.starts_with('/') || uri.parse::<hyper::Uri>().is_err() {
-                p.push(
-                    format!("{at}.uri"),
-                    format!("{uri:?} must be a request path starting with '/'"),
-                );
-            }
-            if let Some(h) = &c.host_header {
-                if h.is_empty() || hyper::header::HeaderValue::from_str(h).is_err() {
-                    p.push(
-                        format!("{at}.host_header"),
-                        format!("{h:?} is not a valid Host header value"),
-                    );
-                }
-            }
-            let expect_status = match &c.expect_status {
-                None => (200, 399),
-                Some(v) => parse_status_range(v).unwrap_or_else(|e| {
-                    p.push(format!("{at}.expect_status"), e);
-                    (200, 399)
-                }),
-            };
-            CheckKind::Http {
-                uri,
-                host_header: c.host_header,
-                expect_status,
-            }
-        }
-        other => {
-            p.push(
-                format!("{at}.type"),
-                format!("unknown check type {other:?}: expected tcp or http"),
-            );
-            CheckKind::Tcp
-        }
-    };
-    let timeout = c.timeout.unwrap_or(Duration::from_secs(1));
-    if timeout.is_zero() {
-        p.push(format!("{at}.timeout"), "must be more than 0");
-    }
-    if c.port == Some(0) {
-        p.push(format!("{at}.port"), "port must be in 1..=65535");
-    }
-    if let Some(h) = &c.host {
-        check_host(p, format!("{at}.host"), h);
-    }
-    CheckConfig {
-        host: c.host.unwrap_or_else(|| host.to_string()),
-        port: c.port.unwrap_or(port),
-        timeout,
-        kind,
-    }
-}
-
-/// `200`, `"200"` or `"200-299"`.
-fn parse_status_range(v: &serde_json::Value) -> Result<(u16, u16), String> {
-    let text = match v {
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => {
-            return Err(format!(
-                "expected a status or a range like \"200-299\", got {other}"
-            ))
-        }
-    };
-    let (lo, hi) = text.split_once('-').unwrap_or((&text, &text));
-    let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
-    match (parse(lo), parse(hi)) {
-        (Some(lo), Some(hi)) if lo <= hi => Ok((lo, hi)),
-        _ => Err(format!(
-            "invalid status range {text:?}: expected statuses in 100..=599 like \"200-299\""
-        )),
     }
 }
 

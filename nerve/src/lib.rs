@@ -3,9 +3,9 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
-//! - [`check`]: tcp and http checks, rise/fall hysteresis.
-//! - [`service`]: per service, a check loop publishing the desired state and a reporter
-//!   reconciling ZooKeeper with it.
+//! - [`check`]: tcp, http/https, exec, redis and grpc checks; rise/fall hysteresis.
+//! - [`service`]: per service, a check loop (each check on its own schedule and
+//!   hysteresis) publishing the desired state, and a reporter reconciling ZooKeeper with it.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /status`, `GET /metrics`.
 //!
@@ -59,8 +59,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let tracker = TaskTracker::new();
     let mut handles = Vec::new();
     for svc in &config.services {
-        let kinds: Vec<&str> = svc.checks.iter().map(|c| c.kind.label()).collect();
-        let m = metrics.service(&svc.name, &kinds);
+        let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
+        let m = metrics.service(&svc.name, &names);
         let session = registry.session(&svc.zk_hosts);
         let name = format!("{}_{}", svc.instance_id, svc.name);
         let registration = Registration::new(session.clone(), &svc.zk_path, &name);

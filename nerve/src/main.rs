@@ -20,5 +20,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    common::cli::main("nerve", &cli.config, cli.check_config, nerve::run)
+    // nerve does not reload its config yet: dropping the reload requests makes SIGHUP a
+    // logged no-op.
+    common::cli::main("nerve", &cli.config, cli.check_config, |config, ctx| {
+        nerve::run(config, ctx.shutdown)
+    })
 }

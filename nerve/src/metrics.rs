@@ -11,6 +11,7 @@ use prometheus::{
 pub struct Metrics {
     checks: IntCounterVec,
     check_seconds: HistogramVec,
+    check_up: IntGaugeVec,
     up: IntGaugeVec,
     registered: IntGaugeVec,
     zk_writes: IntCounterVec,
@@ -24,8 +25,8 @@ pub struct ServiceMetrics {
     pub up: IntGauge,
     /// 1 when its node exists in ZooKeeper.
     pub registered: IntGauge,
-    /// Per check (same order as the config): (ok, failed, duration).
-    pub checks: Vec<(IntCounter, IntCounter, Histogram)>,
+    /// Per check, in config order.
+    pub checks: Vec<CheckMetrics>,
     /// ZooKeeper writes: created, updated, deleted.
     pub zk_created: IntCounter,
     /// See `zk_created`.
@@ -34,6 +35,19 @@ pub struct ServiceMetrics {
     pub zk_deleted: IntCounter,
     /// Failed reconcile attempts.
     pub zk_errors: IntCounter,
+}
+
+/// Handles for one check.
+#[derive(Debug, Clone)]
+pub struct CheckMetrics {
+    /// Passing runs.
+    pub ok: IntCounter,
+    /// Failing runs.
+    pub fail: IntCounter,
+    /// Run durations, in seconds.
+    pub seconds: Histogram,
+    /// 1 when the check is up (after its hysteresis).
+    pub up: IntGauge,
 }
 
 impl Metrics {
@@ -46,6 +60,13 @@ impl Metrics {
         let check_seconds = HistogramVec::new(
             HistogramOpts::new("nerve_check_duration_seconds", "Health check duration")
                 .buckets(exponential_buckets(0.0005, 4.0, 8)?),
+            &["service", "check"],
+        )?;
+        let check_up = IntGaugeVec::new(
+            Opts::new(
+                "nerve_check_up",
+                "1 when the check is up (after its rise/fall hysteresis)",
+            ),
             &["service", "check"],
         )?;
         let up = IntGaugeVec::new(
@@ -72,6 +93,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(checks.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
+        registry.register(Box::new(check_up.clone()))?;
         registry.register(Box::new(up.clone()))?;
         registry.register(Box::new(registered.clone()))?;
         registry.register(Box::new(zk_writes.clone()))?;
@@ -79,6 +101,7 @@ impl Metrics {
         Ok(Metrics {
             checks,
             check_seconds,
+            check_up,
             up,
             registered,
             zk_writes,
@@ -86,18 +109,16 @@ impl Metrics {
         })
     }
 
-    /// Resolves the handles of one service; `checks` are the check type labels in order.
+    /// Resolves the handles of one service; `checks` are its check names (the `check`
+    /// label), in config order.
     pub fn service(&self, service: &str, checks: &[&str]) -> ServiceMetrics {
         let checks = checks
             .iter()
-            .enumerate()
-            .map(|(i, kind)| {
-                let label = format!("{i}_{kind}");
-                (
-                    self.checks.with_label_values(&[service, &label, "ok"]),
-                    self.checks.with_label_values(&[service, &label, "fail"]),
-                    self.check_seconds.with_label_values(&[service, &label]),
-                )
+            .map(|check| CheckMetrics {
+                ok: self.checks.with_label_values(&[service, check, "ok"]),
+                fail: self.checks.with_label_values(&[service, check, "fail"]),
+                seconds: self.check_seconds.with_label_values(&[service, check]),
+                up: self.check_up.with_label_values(&[service, check]),
             })
             .collect();
         ServiceMetrics {

@@ -6,27 +6,81 @@ use std::time::{Duration, Instant};
 
 use common::codec::{self, Node};
 use common::registry::{EnsureOutcome, Registration, RegistryError, Session};
-use tokio::sync::watch;
-use tokio::time::MissedTickBehavior;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::check::{self, Hysteresis};
+use crate::check::{Check, Hysteresis, Report};
 use crate::config::ServiceConfig;
 use crate::metrics::ServiceMetrics;
 
 /// What ZooKeeper should hold for a service: `Some(payload)` = registered with this data.
 pub type Desired = Option<Arc<Vec<u8>>>;
 
-/// Check-side state, for the admin API.
+/// One check's state, for the admin API.
+#[derive(Debug, Clone)]
+pub struct CheckState {
+    /// Its name (`name`, else `<index>_<type>`).
+    pub name: String,
+    /// Its type (`tcp`, `http`, `https`, `exec`, `redis`, `grpc`).
+    pub kind: &'static str,
+    /// What it checks (address, URL or command line).
+    pub target: String,
+    /// Up after its rise/fall hysteresis.
+    pub up: bool,
+    /// Runs so far.
+    pub runs: u64,
+    /// Whether the latest run passed (`None` before the first one ends).
+    pub last_ok: Option<bool>,
+    /// Why the latest run failed.
+    pub last_error: Option<String>,
+    /// What the latest run printed (`exec`).
+    pub last_output: Option<String>,
+    /// How long the latest run took.
+    pub last_duration: Option<Duration>,
+    /// Passing runs in a row (0 after a failure).
+    pub consecutive_successes: u64,
+    /// Failing runs in a row (0 after a success).
+    pub consecutive_failures: u64,
+}
+
+impl CheckState {
+    fn new(check: &Check) -> CheckState {
+        CheckState {
+            name: check.config().name.clone(),
+            kind: check.config().kind.label(),
+            target: check.target(),
+            up: false,
+            runs: 0,
+            last_ok: None,
+            last_error: None,
+            last_output: None,
+            last_duration: None,
+            consecutive_successes: 0,
+            consecutive_failures: 0,
+        }
+    }
+}
+
+/// Check-side state of a service, for the admin API.
 #[derive(Debug, Clone, Default)]
 pub struct CheckStatus {
-    /// Healthy after hysteresis.
+    /// Healthy: every check is up.
     pub healthy: bool,
-    /// Rounds run so far.
-    pub rounds: u64,
-    /// The last failure, if the last round failed.
-    pub last_error: Option<String>,
+    /// Per check, in config order.
+    pub checks: Vec<CheckState>,
+}
+
+impl CheckStatus {
+    /// `name: error` of every check whose latest run failed, joined with `; `.
+    pub fn failures(&self) -> Option<String> {
+        let list: Vec<String> = self
+            .checks
+            .iter()
+            .filter_map(|c| Some(format!("{}: {}", c.name, c.last_error.as_deref()?)))
+            .collect();
+        (!list.is_empty()).then(|| list.join("; "))
+    }
 }
 
 /// Reporter-side state, for the admin API.
@@ -67,7 +121,24 @@ pub fn payload(instance_id: &str, s: &ServiceConfig) -> Vec<u8> {
     })
 }
 
-/// Runs the check loop until `cancel` fires.
+/// Spread of a check's interval: each wait is the interval ±10 %, so that checks started
+/// together (every service of a host, every host after a fleet restart) drift apart.
+const JITTER: f64 = 0.1;
+
+/// One finished run, from a check's scheduler to the service's aggregator.
+#[derive(Debug)]
+struct Run {
+    index: usize,
+    report: Report,
+    took: Duration,
+}
+
+/// Runs the checks of a service until `cancel` fires: each on its own schedule (interval
+/// with jitter, timeout) through its own hysteresis; the service is up when every check is
+/// up. Publishes the desired state and the status.
+///
+/// Everything runs inside this one future, so that `cancel` abandons every check at once
+/// (a check against a wedged server, a command and its process group) with no task left.
 pub async fn check_loop(
     config: ServiceConfig,
     payload: Arc<Vec<u8>>,
@@ -76,64 +147,125 @@ pub async fn check_loop(
     metrics: ServiceMetrics,
     cancel: CancellationToken,
 ) {
-    let mut hysteresis = Hysteresis::new(config.rise.get(), config.fall.get());
-    let mut tick = tokio::time::interval(config.check_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        // `biased`: once shutdown is asked, an overdue tick must not start another round.
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // A round is abandoned at once on shutdown, whatever its checks are doing (a check
-        // against a server that accepts and never answers would otherwise hold the exit for
-        // its whole timeout).
-        let failure = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            f = check_round(&config, &metrics) => f,
-        };
-        if let Some(err) = &failure {
-            debug!(error = %err, "check round failed");
-        }
-        if let Some(up) = hysteresis.observe(failure.is_none()) {
-            if up {
-                info!("service is up");
+    let checks: Vec<Check> = config.checks.iter().cloned().map(Check::new).collect();
+    status.send_modify(|s| s.checks = checks.iter().map(CheckState::new).collect());
+    let (tx, mut rx) = mpsc::channel::<Run>(checks.len().max(1));
+    let schedulers = futures::future::join_all(
+        checks
+            .iter()
+            .enumerate()
+            .map(|(index, check)| schedule(index, check, tx.clone())),
+    );
+    drop(tx);
+    let aggregate = async {
+        let mut hysteresis: Vec<Hysteresis> = checks
+            .iter()
+            .map(|c| Hysteresis::new(c.config().rise.get(), c.config().fall.get()))
+            .collect();
+        let mut service_up = false;
+        while let Some(Run { index, report, took }) = rx.recv().await {
+            let (Some(check), Some(h), Some(m)) = (
+                checks.get(index),
+                hysteresis.get_mut(index),
+                metrics.checks.get(index),
+            ) else {
+                continue;
+            };
+            let name = check.config().name.as_str();
+            m.seconds.observe(took.as_secs_f64());
+            let ok = report.result.is_ok();
+            if ok {
+                m.ok.inc()
             } else {
-                warn!(error = failure.as_deref().unwrap_or(""), "service is down");
+                m.fail.inc()
             }
-            metrics.up.set(i64::from(up));
-            desired.send_replace(up.then(|| payload.clone()));
+            let error = report.result.as_ref().err().map(|e| e.to_string());
+            if let Some(e) = &error {
+                debug!(check = name, error = %e, "check failed");
+            }
+            if let Some(up) = h.observe(ok) {
+                m.up.set(i64::from(up));
+                if up {
+                    info!(check = name, "check is up");
+                } else {
+                    warn!(
+                        check = name,
+                        error = error.as_deref().unwrap_or(""),
+                        output = report.output.as_deref().unwrap_or(""),
+                        "check is down"
+                    );
+                }
+            }
+            let all_up = hysteresis.iter().all(Hysteresis::is_up);
+            status.send_modify(|s| {
+                s.healthy = all_up;
+                if let Some(c) = s.checks.get_mut(index) {
+                    c.up = hysteresis[index].is_up();
+                    c.runs += 1;
+                    c.last_ok = Some(ok);
+                    c.last_duration = Some(took);
+                    c.last_output = report.output;
+                    if ok {
+                        c.consecutive_successes += 1;
+                        c.consecutive_failures = 0;
+                    } else {
+                        c.consecutive_failures += 1;
+                        c.consecutive_successes = 0;
+                    }
+                    c.last_error = error;
+                }
+            });
+            if all_up != service_up {
+                service_up = all_up;
+                if all_up {
+                    info!("service is up");
+                } else {
+                    let down: Vec<&str> = checks
+                        .iter()
+                        .zip(&hysteresis)
+                        .filter(|(_, h)| !h.is_up())
+                        .map(|(c, _)| c.config().name.as_str())
+                        .collect();
+                    warn!(checks = ?down, "service is down");
+                }
+                metrics.up.set(i64::from(all_up));
+                desired.send_replace(all_up.then(|| payload.clone()));
+            }
         }
-        status.send_modify(|s| {
-            s.healthy = hysteresis.is_up();
-            s.rounds += 1;
-            s.last_error = failure;
-        });
+    };
+    // `biased`: once shutdown is asked, no further run starts or is counted.
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {}
+        _ = schedulers => {}
+        _ = aggregate => {}
     }
 }
 
-/// Runs the checks of one round in order; the first failure ends the round and is returned.
-async fn check_round(config: &ServiceConfig, metrics: &ServiceMetrics) -> Option<String> {
-    for (check, (ok, fail, seconds)) in config.checks.iter().zip(&metrics.checks) {
+/// Runs one check forever: the first run at once, then one every interval (±[`JITTER`])
+/// counted from the start of the previous one (right after it, if it took longer).
+async fn schedule(index: usize, check: &Check, tx: mpsc::Sender<Run>) {
+    let interval = check.config().interval;
+    loop {
         let started = Instant::now();
-        let result = check::run(check).await;
-        seconds.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => ok.inc(),
-            Err(err) => {
-                fail.inc();
-                return Some(format!(
-                    "{} check {}:{}: {err}",
-                    check.kind.label(),
-                    check.host,
-                    check.port
-                ));
-            }
+        let report = check.run().await;
+        let took = started.elapsed();
+        if tx.send(Run { index, report, took }).await.is_err() {
+            return;
         }
+        tokio::time::sleep_until((started + jittered(interval)).into()).await;
     }
-    None
+}
+
+/// `interval` ±[`JITTER`], uniformly.
+fn jittered(interval: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each `RandomState` is keyed differently: a random number without a dependency.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let unit = (random % 10_001) as f64 / 10_000.0; // 0..=1
+    interval.mul_f64(1.0 + JITTER * (2.0 * unit - 1.0))
 }
 
 /// Time between two verifications that our node still exists, when nothing else happens.
@@ -256,3 +388,6 @@ async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

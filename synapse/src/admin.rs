@@ -1,31 +1,42 @@
-//! synapse's admin routes: `GET /ready` (200 once every service had its first full sync),
-//! `GET /services` (backends per service, JSON), `GET /stats` (the same as an HTML page)
-//! and `GET /metrics`.
+//! synapse's admin routes: `GET /ready` (200 once every service has a first table, from
+//! ZooKeeper, the state file or the default servers; the body says which), `GET /services`
+//! (backends per service with their weights, live state and ejection, where they come from,
+//! JSON), `GET /stats` (the same for a browser, HTML) and `GET /metrics`. The services are
+//! those of the running config (reloads included).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::admin::{is_get, Handler, Reply};
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::service::Service;
+use crate::balance::now_ns;
+use crate::filter::{Fallback, LocalityState};
+use crate::reload::Services;
+use crate::service::{Service, SyncSource};
+use crate::table::Backend;
 
 /// Builds the admin handler.
-pub fn handler(services: Arc<Vec<Arc<Service>>>, registry: prometheus::Registry) -> Handler {
+pub fn handler(services: Services, registry: prometheus::Registry) -> Handler {
     Arc::new(move |method, path, _body| {
         if !is_get(method) {
             return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
+        let services = services.load();
         match path {
             "/ready" => ready(&services),
             "/services" => list(&services),
             "/stats" => crate::stats::page(&services),
-            "/metrics" => Reply {
-                status: StatusCode::OK,
-                content_type: common::metrics::CONTENT_TYPE,
-                body: common::metrics::render(&registry),
-            },
+            "/metrics" => {
+                refresh_gauges(&services);
+                Reply {
+                    status: StatusCode::OK,
+                    content_type: common::metrics::CONTENT_TYPE,
+                    body: common::metrics::render(&registry),
+                }
+            }
             _ => Reply::not_found(),
         }
     })
@@ -37,42 +48,149 @@ fn ready(services: &[Arc<Service>]) -> Reply {
         .filter(|s| !s.synced.load(Ordering::Relaxed))
         .map(|s| s.config.name.as_str())
         .collect();
-    if waiting.is_empty() {
-        Reply::text(StatusCode::OK, "ready\n")
-    } else {
-        Reply::text(
+    if !waiting.is_empty() {
+        return Reply::text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("waiting for first sync of: {}\n", waiting.join(", ")),
-        )
+        );
     }
+    let stand_ins: Vec<String> = services
+        .iter()
+        .filter_map(|s| match s.source() {
+            SyncSource::Cache => Some(format!(
+                "{}: synced from cache (state file), not from ZooKeeper yet\n",
+                s.config.name
+            )),
+            SyncSource::DefaultServers => Some(format!(
+                "{}: routing to default servers, no ZooKeeper listing yet\n",
+                s.config.name
+            )),
+            _ => None,
+        })
+        .collect();
+    Reply::text(StatusCode::OK, format!("ready\n{}", stand_ins.concat()))
+}
+
+/// Ejections and panic mode end with time, not with an event: their gauges are brought up
+/// to date when they are read.
+fn refresh_gauges(services: &[Arc<Service>]) {
+    for s in services {
+        let table = s.table.load();
+        for b in table.backends() {
+            b.state.metrics.ejected.set(i64::from(b.state.live.is_ejected()));
+        }
+        s.metrics.panic.set(i64::from(table.panic().active()));
+    }
+}
+
+/// How long until the `now_ns`-clock deadline `until`, if it is in the future.
+fn remaining(until_ns: u64) -> Option<Duration> {
+    let now = now_ns();
+    (until_ns > now).then(|| Duration::from_nanos(until_ns - now))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn backend_json(b: &Backend) -> serde_json::Value {
+    let live = &b.state.live;
+    let ejected_for = remaining(live.ejected_until());
+    let ejected_until = ejected_for
+        .and_then(|d| (SystemTime::now() + d).duration_since(UNIX_EPOCH).ok())
+        .map(millis);
+    json!({
+        "id": b.id,
+        "host": b.node.host,
+        "port": b.node.port,
+        "name": b.node.name,
+        "weight": b.node.weight,
+        "effective_weight": b.weight,
+        "backup": b.backup,
+        "remote": b.remote,
+        "haproxy_server_options": b.node.haproxy_server_options,
+        "labels": b.node.labels,
+        "active_connections": live.active(),
+        "latency_ewma_ms": live.latency().as_secs_f64() * 1000.0,
+        "ejected": ejected_for.is_some(),
+        "ejected_remaining_ms": ejected_for.map(millis),
+        "ejected_until_unix_ms": ejected_until,
+        "ejections": b.state.metrics.ejections.get(),
+        "consecutive_failures": b.state.outlier.consecutive_failures(),
+    })
 }
 
 fn list(services: &[Arc<Service>]) -> Reply {
     let mut out = serde_json::Map::new();
+    let now = Instant::now();
     for s in services {
         let table = s.table.load();
-        let backends: Vec<_> = table
-            .backends()
+        let backends: Vec<_> = table.backends().iter().map(backend_json).collect();
+        let draining: Vec<_> = s
+            .draining()
             .iter()
-            .map(|b| {
+            .map(|d| {
                 json!({
-                    "id": b.id,
-                    "host": b.node.host,
-                    "port": b.node.port,
-                    "name": b.node.name,
-                    "weight": b.node.weight,
-                    "labels": b.node.labels,
-                    "active_connections": b.state.metrics.active.get(),
+                    "id": d.id,
+                    "backend": d.state.key,
+                    "active_connections": d.state.live.active(),
+                    "closes_in_ms": millis(d.closes_at.saturating_duration_since(now)),
                 })
             })
             .collect();
-        out.insert(
-            s.config.name.clone(),
+        let c = &s.config;
+        let o = &c.outlier;
+        let sel = s.selected();
+        let locality = c.locality.as_ref().map(|l| {
+            let (state, local, usable) = match sel.locality {
+                LocalityState::Off => ("off", 0, 0),
+                LocalityState::Local { local, usable } => ("local", local, usable),
+                LocalityState::Failover { local, usable } => ("failover", local, usable),
+            };
             json!({
-                "listen": s.config.listen.to_string(),
-                "zk_path": s.config.zk_path,
+                "label": l.label,
+                "value": l.value,
+                "min_local": l.min_local.to_string(),
+                "state": state,
+                "local_backends": local,
+                "usable_backends": usable,
+            })
+        });
+        let fallback = match sel.fallback {
+            Fallback::None => None,
+            Fallback::DefaultServers => Some("default_servers"),
+            Fallback::Previous => Some("previous_backends"),
+        };
+        out.insert(
+            c.name.clone(),
+            json!({
+                "listen": c.listen.to_string(),
+                "zk_path": c.zk_path,
                 "synced": s.synced.load(Ordering::Relaxed),
+                "synced_from": s.source().as_str(),
+                "fallback": fallback,
+                "label_filters": c.label_filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "filtered_nodes": sel.filtered_out,
+                "locality": locality,
+                "default_servers": c.default_servers.len(),
+                "keep_default_servers": c.keep_default_servers,
+                "max_connections": c.max_connections.map(|n| n.get()),
+                "debounce_ms": millis(c.debounce),
+                "debounce_max_ms": millis(c.debounce_max),
+                "balance": c.balance.name().as_str(),
+                "hash_on": c.balance.hash_on().map(|h| h.to_string()),
+                "default_weight": c.default_weight,
+                "outlier": {
+                    "consecutive_failures": o.consecutive_failures,
+                    "base_ejection_ms": millis(o.base_ejection),
+                    "max_ejection_ms": millis(o.max_ejection),
+                    "max_ejected_percent": o.max_ejected_percent,
+                    "panic_threshold_percent": o.panic_threshold_percent,
+                },
+                "removal_grace_ms": millis(c.removal_grace),
+                "panic": table.panic().active(),
                 "backends": backends,
+                "draining": draining,
             }),
         );
     }

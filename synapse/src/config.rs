@@ -1,13 +1,19 @@
 //! synapse's configuration: raw serde mirror of the file (`deny_unknown_fields`) →
 //! validated [`Config`]. Every problem is reported at once with its key path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::codec::Node;
 use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use crate::balance::{HashOn, Policy, PolicyName, DEFAULT_WEIGHT};
+use crate::filter::{Condition, DefaultServer, LabelFilter, Locality, MinLocal};
+use crate::outlier::OutlierConfig;
 
 /// A validated synapse configuration.
 #[derive(Debug, Clone)]
@@ -18,11 +24,39 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Logging.
     pub log: LogConfig,
-    /// On SIGTERM, how long in-flight connections may take to finish. Default 10 s.
+    /// On SIGTERM, and for a service a reload removes, how long in-flight connections may
+    /// take to finish. Default 10 s.
     pub drain_timeout: Duration,
+    /// The state cache (`state_file`, `state_file_ttl`). Default none.
+    pub state_file: Option<StateFile>,
+    /// Per-service JSON backend lists (`file_output`). Default none.
+    pub file_output: Option<FileOutput>,
     /// The services to route.
     pub services: Vec<ServiceConfig>,
 }
+
+/// `state_file` + `state_file_ttl`: where synapse keeps the backends it last knew from
+/// ZooKeeper, to route from them at once when it starts while ZooKeeper is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFile {
+    /// The file (written through a temporary file in the same directory, then renamed).
+    pub path: PathBuf,
+    /// A service's entry older than this (since ZooKeeper last confirmed it) is not used.
+    /// Default 24 h.
+    pub ttl: Duration,
+}
+
+/// `file_output`: one JSON file per service with its current backends, for clients without
+/// a proxy (airbnb synapse's `file_output`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOutput {
+    /// The directory (`output_directory`, alias `dir`), created at start if missing. Files:
+    /// `<service>.json`; `*.json` files of services synapse does not route are removed.
+    pub dir: PathBuf,
+}
+
+/// Default of [`StateFile::ttl`] (airbnb synapse's `state_file_ttl` default).
+pub const DEFAULT_STATE_FILE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How a service is proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +96,49 @@ pub struct ServiceConfig {
     /// probes every 10 s, up to 6). Zero: off. Default 60 s, or the top-level
     /// `tcp_keepalive`.
     pub tcp_keepalive: Duration,
+    /// Balancing policy (`balance`, plus `hash_on` for `hash`). Default `round_robin`.
+    pub balance: Policy,
+    /// Weight of a node whose payload has none (airbnb nerve writes none unless told to).
+    /// Default 255 ([`DEFAULT_WEIGHT`]), or the top-level `default_weight`.
+    pub default_weight: u32,
+    /// Passive outlier ejection and panic threshold. Defaults: see [`OutlierConfig`]; the
+    /// top-level `outlier` sets defaults key by key.
+    pub outlier: OutlierConfig,
+    /// How long connections to a backend that left the route table may go on; then they
+    /// are closed. Zero: closed at once. Default 5 min, or the top-level `removal_grace`.
+    pub removal_grace: Duration,
+    /// Trailing window of the ZooKeeper event debounce: a change that follows the last
+    /// table build by less than this waits until no change came for this long (or
+    /// `debounce_max`), then one table is built for all of them. A change after a quiet
+    /// period is applied at once. Zero: every batch of queued changes is applied at once.
+    /// Default 10 ms ([`DEFAULT_DEBOUNCE`]), or the top-level `debounce`.
+    pub debounce: Duration,
+    /// Longest a change waits in the debounce. Default 500 ms, or the top-level
+    /// `debounce_max`.
+    pub debounce_max: Duration,
+    /// Nodes must pass every filter to be routed. Default none.
+    pub label_filters: Vec<LabelFilter>,
+    /// Prefer the backends of this host's zone. Default none, or the top-level `locality`.
+    pub locality: Option<Locality>,
+    /// Static backends used when ZooKeeper lists none (that pass the filters). Default none.
+    pub default_servers: Vec<DefaultServer>,
+    /// Always route to the default servers too, next to ZooKeeper's. Default false.
+    pub keep_default_servers: bool,
+    /// Most connections the listener serves at once; more wait in the listen backlog (they
+    /// are not accepted, so not reset). None: no limit (the default, or the top-level
+    /// `max_connections`).
+    pub max_connections: Option<NonZeroU32>,
 }
+
+/// Default of [`ServiceConfig::debounce`]: short enough to add nothing to a lone change
+/// (applied at once after a quiet period), long enough to fold a burst of registrations
+/// into a handful of tables.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
+/// Default of [`ServiceConfig::debounce_max`].
+pub const DEFAULT_DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+
+/// Default of [`ServiceConfig::removal_grace`].
+pub const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(300);
 
 /// Default of [`ServiceConfig::first_sync_timeout`].
 pub const DEFAULT_FIRST_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,11 +149,33 @@ pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Connection settings set at the top level for every service; each service may override
 /// them.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct RawConnDefaults {
     first_sync_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     tcp_keepalive: Option<Duration>,
+    default_weight: Option<u32>,
+    /// The top-level `outlier` block, validated, defaults filled in.
+    outlier: OutlierConfig,
+    removal_grace: Option<Duration>,
+    debounce: Option<Duration>,
+    debounce_max: Option<Duration>,
+    /// The top-level `locality`, validated.
+    locality: Option<Locality>,
+    max_connections: Option<NonZeroU32>,
+}
+
+/// `outlier:`, at the top level (defaults) or in a service. Every key is optional.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_failures: Option<u32>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    base_ejection: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    max_ejection: Option<Duration>,
+    max_ejected_percent: Option<u32>,
+    panic_threshold_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +194,68 @@ struct RawConfig {
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     tcp_keepalive: Option<Duration>,
+    default_weight: Option<u32>,
+    #[serde(default)]
+    outlier: RawOutlier,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    removal_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    debounce: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    debounce_max: Option<Duration>,
+    locality: Option<serde_json::Value>,
+    max_connections: Option<u32>,
+    #[serde(alias = "state_file_path")]
+    state_file: Option<String>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    state_file_ttl: Option<Duration>,
+    file_output: Option<RawFileOutput>,
     services: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileOutput {
+    #[serde(alias = "dir")]
+    output_directory: String,
+}
+
+/// `label_filters[]`: airbnb synapse's `{label, condition, value}`, plus `in` / `not-in`
+/// with `values`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelFilter {
+    label: String,
+    #[serde(alias = "op")]
+    condition: String,
+    #[serde(default, deserialize_with = "opt_label_value")]
+    value: Option<String>,
+    #[serde(default, deserialize_with = "opt_label_values")]
+    values: Option<Vec<String>>,
+}
+
+/// `locality:` (a map; `false` in a service turns the top-level one off).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocality {
+    label: Option<String>,
+    #[serde(deserialize_with = "label_value")]
+    value: String,
+    min_local: Option<serde_json::Value>,
+}
+
+/// `default_servers[]`: airbnb synapse's `{name, host, port}`, plus what a node payload can
+/// say.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaultServer {
+    name: Option<String>,
+    host: String,
+    port: u16,
+    weight: Option<u32>,
+    haproxy_server_options: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +276,50 @@ struct RawService {
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     tcp_keepalive: Option<Duration>,
+    balance: Option<String>,
+    hash_on: Option<String>,
+    default_weight: Option<u32>,
+    #[serde(default)]
+    outlier: RawOutlier,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    removal_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    debounce: Option<Duration>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    debounce_max: Option<Duration>,
+    #[serde(default)]
+    label_filters: Vec<serde_json::Value>,
+    locality: Option<serde_json::Value>,
+    #[serde(default)]
+    default_servers: Vec<serde_json::Value>,
+    keep_default_servers: Option<bool>,
+    max_connections: Option<u32>,
+}
+
+/// A label value as the codec reads one: a string, or the JSON text of another scalar.
+fn label_text(v: serde_json::Value) -> Result<String, String> {
+    match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Ok(v.to_string()),
+        other => Err(format!("expected a string, found {other}")),
+    }
+}
+
+fn label_value<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    label_text(serde_json::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn opt_label_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    label_value(d).map(Some)
+}
+
+fn opt_label_values<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let list = Vec::<serde_json::Value>::deserialize(d)?;
+    list.into_iter()
+        .map(label_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -135,7 +338,64 @@ impl Config {
             first_sync_timeout: raw.first_sync_timeout,
             idle_timeout: raw.idle_timeout,
             tcp_keepalive: raw.tcp_keepalive,
+            default_weight: raw.default_weight,
+            outlier: outlier_config("outlier", raw.outlier, OutlierConfig::default(), p),
+            removal_grace: raw.removal_grace,
+            debounce: raw.debounce,
+            debounce_max: match raw.debounce_max {
+                Some(max) if max < raw.debounce.unwrap_or(DEFAULT_DEBOUNCE) => {
+                    let d = raw.debounce.unwrap_or(DEFAULT_DEBOUNCE);
+                    p.push(
+                        "debounce_max",
+                        format!("debounce_max {max:?} is less than debounce {d:?}"),
+                    );
+                    Some(d)
+                }
+                max => max,
+            },
+            locality: match raw.locality {
+                None => None,
+                Some(v) => locality_config("locality", v, None, p).flatten(),
+            },
+            max_connections: raw
+                .max_connections
+                .and_then(|n| max_connections("max_connections", n, p)),
         };
+        let state_file = raw.state_file.map(|path| {
+            if path.trim().is_empty() {
+                p.push("state_file", "empty path");
+            }
+            StateFile {
+                path: PathBuf::from(path),
+                ttl: raw.state_file_ttl.unwrap_or(DEFAULT_STATE_FILE_TTL),
+            }
+        });
+        if state_file.is_none() && raw.state_file_ttl.is_some() {
+            p.push("state_file_ttl", "state_file_ttl without a state_file");
+        }
+        if state_file.as_ref().is_some_and(|f| f.ttl.is_zero()) {
+            p.push("state_file_ttl", "must be more than 0");
+        }
+        let file_output = raw.file_output.map(|f| {
+            if f.output_directory.trim().is_empty() {
+                p.push("file_output.output_directory", "empty path");
+            }
+            FileOutput {
+                dir: PathBuf::from(f.output_directory),
+            }
+        });
+        if let (Some(s), Some(f)) = (&state_file, &file_output) {
+            if s.path.parent() == Some(f.dir.as_path()) && s.path.extension().is_some_and(|e| e == "json") {
+                p.push(
+                    "state_file",
+                    format!(
+                        "{} is a .json file in file_output's directory, whose other .json files \
+                         synapse removes: put it elsewhere",
+                        s.path.display()
+                    ),
+                );
+            }
+        }
         let mut services: Vec<ServiceConfig> = Vec::new();
         for (i, value) in raw.services.into_iter().enumerate() {
             let at = format!("services[{i}]");
@@ -172,13 +432,16 @@ impl Config {
             admin_listen,
             log: raw.log,
             drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            state_file,
+            file_output,
             services,
         })
     }
 }
 
-fn validate_service(at: &str, s: RawService, conn: &RawConnDefaults, p: &mut Problems) -> ServiceConfig {
+fn validate_service(at: &str, mut s: RawService, conn: &RawConnDefaults, p: &mut Problems) -> ServiceConfig {
     cc::check_service_name(p, at, &s.name);
+    let (debounce, debounce_max) = debounce(at, &s, conn, p);
     let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let listen_text = match &s.listen {
         serde_json::Value::String(t) => t.clone(),
@@ -206,6 +469,18 @@ fn validate_service(at: &str, s: RawService, conn: &RawConnDefaults, p: &mut Pro
         p.push(format!("{at}.connect_attempts"), "must be at least 1");
         NonZeroU32::MIN
     });
+    let label_filters = label_filters(at, std::mem::take(&mut s.label_filters), p);
+    let locality = match s.locality.take() {
+        None => conn.locality.clone(),
+        Some(v) => locality_config(&format!("{at}.locality"), v, Some(()), p).flatten(),
+    };
+    let default_servers = default_servers(at, std::mem::take(&mut s.default_servers), p);
+    if s.keep_default_servers == Some(true) && default_servers.is_empty() {
+        p.push(
+            format!("{at}.keep_default_servers"),
+            "keep_default_servers without default_servers",
+        );
+    }
     ServiceConfig {
         name: s.name,
         zk_hosts,
@@ -227,7 +502,310 @@ fn validate_service(at: &str, s: RawService, conn: &RawConnDefaults, p: &mut Pro
             .tcp_keepalive
             .or(conn.tcp_keepalive)
             .unwrap_or(DEFAULT_TCP_KEEPALIVE),
+        balance: balance(at, s.balance.as_deref(), s.hash_on.as_deref(), mode, p),
+        default_weight: s.default_weight.or(conn.default_weight).unwrap_or(DEFAULT_WEIGHT),
+        outlier: outlier_config(&format!("{at}.outlier"), s.outlier, conn.outlier, p),
+        removal_grace: s
+            .removal_grace
+            .or(conn.removal_grace)
+            .unwrap_or(DEFAULT_REMOVAL_GRACE),
+        debounce,
+        debounce_max,
+        label_filters,
+        locality,
+        default_servers,
+        keep_default_servers: s.keep_default_servers.unwrap_or(false),
+        max_connections: match s.max_connections {
+            Some(n) => max_connections(&format!("{at}.max_connections"), n, p),
+            None => conn.max_connections,
+        },
     }
+}
+
+fn max_connections(at: &str, n: u32, p: &mut Problems) -> Option<NonZeroU32> {
+    let n = NonZeroU32::new(n);
+    if n.is_none() {
+        p.push(at, "must be at least 1 (leave it out for no limit)");
+    }
+    n
+}
+
+/// `debounce` and `debounce_max` of a service, its own or the top-level ones (already
+/// checked). Without any `debounce_max`, the maximum is at least the window.
+fn debounce(at: &str, s: &RawService, conn: &RawConnDefaults, p: &mut Problems) -> (Duration, Duration) {
+    let debounce = s.debounce.or(conn.debounce).unwrap_or(DEFAULT_DEBOUNCE);
+    let Some(max) = s.debounce_max.or(conn.debounce_max) else {
+        return (debounce, debounce.max(DEFAULT_DEBOUNCE_MAX));
+    };
+    if max >= debounce {
+        return (debounce, max);
+    }
+    let key = if s.debounce_max.is_some() {
+        "debounce_max"
+    } else {
+        "debounce"
+    };
+    p.push(
+        format!("{at}.{key}"),
+        format!("debounce_max {max:?} is less than debounce {debounce:?}"),
+    );
+    (debounce, debounce)
+}
+
+/// `label_filters` of a service; problems at `<at>.label_filters[i].<key>`.
+fn label_filters(at: &str, raw: Vec<serde_json::Value>, p: &mut Problems) -> Vec<LabelFilter> {
+    let mut out = Vec::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let at = format!("{at}.label_filters[{i}]");
+        let Some(f) = p.take::<RawLabelFilter>(&at, v) else {
+            continue;
+        };
+        if f.label.is_empty() {
+            p.push(format!("{at}.label"), "empty label");
+        }
+        let one = |p: &mut Problems| match (&f.value, &f.values) {
+            (Some(v), None) => Some(v.clone()),
+            _ => {
+                p.push(
+                    format!("{at}.value"),
+                    format!("condition {} takes one `value` (not `values`)", f.condition),
+                );
+                None
+            }
+        };
+        let many = |p: &mut Problems| match (&f.value, &f.values) {
+            (None, Some(v)) if !v.is_empty() => Some(v.iter().cloned().collect()),
+            _ => {
+                p.push(
+                    format!("{at}.values"),
+                    format!(
+                        "condition {} takes a non-empty list `values` (not `value`)",
+                        f.condition
+                    ),
+                );
+                None
+            }
+        };
+        let condition = match f.condition.replace('_', "-").as_str() {
+            "equals" => one(p).map(Condition::Equals),
+            "not-equals" => one(p).map(Condition::NotEquals),
+            "in" => many(p).map(Condition::In),
+            "not-in" => many(p).map(Condition::NotIn),
+            other => {
+                p.push(
+                    format!("{at}.condition"),
+                    format!(
+                        "unknown condition {other:?}: expected one of {}",
+                        Condition::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(condition) = condition {
+            out.push(LabelFilter {
+                label: f.label,
+                condition,
+            });
+        }
+    }
+    out
+}
+
+/// A `locality` block at `at`; `Some(None)` for `false` (off), `None` when refused. `false`
+/// is accepted only in a service (`allow_off`).
+fn locality_config(
+    at: &str,
+    v: serde_json::Value,
+    allow_off: Option<()>,
+    p: &mut Problems,
+) -> Option<Option<Locality>> {
+    if v == serde_json::Value::Bool(false) && allow_off.is_some() {
+        return Some(None);
+    }
+    if !v.is_object() {
+        let hint = if allow_off.is_some() {
+            "a map {label, value, min_local}, or false to turn the top-level locality off"
+        } else {
+            "a map {label, value, min_local}"
+        };
+        p.push(at, format!("expected {hint}"));
+        return None;
+    }
+    let raw: RawLocality = p.take(at, v)?;
+    let label = raw.label.unwrap_or_else(|| "zone".to_string());
+    if label.is_empty() {
+        p.push(format!("{at}.label"), "empty label");
+    }
+    let min_local = match raw.min_local {
+        None => MinLocal::Count(1),
+        Some(serde_json::Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => MinLocal::Count(n),
+            None => {
+                p.push(format!("{at}.min_local"), format!("{n} is not a count"));
+                MinLocal::Count(1)
+            }
+        },
+        Some(serde_json::Value::String(t)) => {
+            match t.trim().strip_suffix('%').map(|n| n.trim().parse::<u32>()) {
+                Some(Ok(n)) if n <= 100 => MinLocal::Percent(n),
+                _ => match t.trim().parse::<u32>() {
+                    Ok(n) => MinLocal::Count(n),
+                    Err(_) => {
+                        p.push(
+                            format!("{at}.min_local"),
+                            format!("{t:?} is neither a count nor a percentage like \"50%\" (0% to 100%)"),
+                        );
+                        MinLocal::Count(1)
+                    }
+                },
+            }
+        }
+        Some(other) => {
+            p.push(
+                format!("{at}.min_local"),
+                format!("expected a count or a percentage like \"50%\", found {other}"),
+            );
+            MinLocal::Count(1)
+        }
+    };
+    Some(Some(Locality {
+        label,
+        value: raw.value,
+        min_local,
+    }))
+}
+
+/// `default_servers` of a service; problems at `<at>.default_servers[i].<key>`.
+fn default_servers(at: &str, raw: Vec<serde_json::Value>, p: &mut Problems) -> Vec<DefaultServer> {
+    let mut out: Vec<DefaultServer> = Vec::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let at = format!("{at}.default_servers[{i}]");
+        let Some(d) = p.take::<RawDefaultServer>(&at, v) else {
+            continue;
+        };
+        if let Err(e) = common::codec::check_host(&d.host) {
+            p.push(format!("{at}.host"), format!("{:?}: {e}", d.host));
+        }
+        if d.port == 0 {
+            p.push(format!("{at}.port"), "port 0 is not allowed");
+        }
+        let mut labels = BTreeMap::new();
+        for (k, v) in d.labels {
+            match label_text(v) {
+                Ok(t) => {
+                    labels.insert(k, t);
+                }
+                Err(e) => p.push(format!("{at}.labels.{k}"), e),
+            }
+        }
+        let id = match &d.name {
+            Some(name) => format!("default:{name}"),
+            None => format!("default:{}:{}", d.host, d.port),
+        };
+        if out.iter().any(|o| o.id == id) {
+            p.push(format!("{at}.name"), format!("duplicate default server {id:?}"));
+        }
+        out.push(DefaultServer {
+            id,
+            node: Node {
+                host: d.host,
+                port: d.port,
+                name: d.name,
+                weight: d.weight,
+                available: true,
+                unavailable_reason: None,
+                haproxy_server_options: d.haproxy_server_options,
+                labels,
+                shard: None,
+            },
+        });
+    }
+    out
+}
+
+/// `balance` + `hash_on` → a policy; problems at `<at>.balance` / `<at>.hash_on`.
+fn balance(at: &str, name: Option<&str>, hash_on: Option<&str>, mode: Mode, p: &mut Problems) -> Policy {
+    let name = match name.map(str::parse::<PolicyName>).transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            p.push(format!("{at}.balance"), e);
+            return Policy::default();
+        }
+    };
+    let hash_on = match hash_on.map(str::parse::<HashOn>).transpose() {
+        Ok(h) => h,
+        Err(e) => {
+            p.push(format!("{at}.hash_on"), e);
+            return Policy::default();
+        }
+    };
+    let policy = match Policy::from_config(name, hash_on) {
+        Ok(policy) => policy,
+        Err(e) => {
+            p.push(format!("{at}.balance"), e);
+            return Policy::default();
+        }
+    };
+    if let Some(on) = policy.hash_on().filter(|on| on.needs_http()) {
+        match mode {
+            Mode::Tcp => p.push(
+                format!("{at}.hash_on"),
+                format!(
+                    "hash_on {on} needs an HTTP request to read it from, and this service is \
+                     mode tcp; in tcp mode only client_ip can be hashed"
+                ),
+            ),
+        }
+    }
+    policy
+}
+
+/// Validates an `outlier:` block, its missing keys taken from `d` (already valid); problems
+/// at `<at>.<key>`, only ever about keys of this block.
+fn outlier_config(at: &str, raw: RawOutlier, d: OutlierConfig, p: &mut Problems) -> OutlierConfig {
+    let mut c = OutlierConfig {
+        consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
+        base_ejection: raw.base_ejection.unwrap_or(d.base_ejection),
+        max_ejection: raw.max_ejection.unwrap_or(d.max_ejection),
+        max_ejected_percent: raw.max_ejected_percent.unwrap_or(d.max_ejected_percent),
+        panic_threshold_percent: raw.panic_threshold_percent.unwrap_or(d.panic_threshold_percent),
+    };
+    if c.base_ejection.is_zero() {
+        p.push(
+            format!("{at}.base_ejection"),
+            "must be more than 0 (to turn ejection off, set consecutive_failures: 0)",
+        );
+        c.base_ejection = d.base_ejection;
+    }
+    if c.max_ejection < c.base_ejection {
+        let key = if raw.max_ejection.is_some() {
+            "max_ejection"
+        } else {
+            "base_ejection"
+        };
+        p.push(
+            format!("{at}.{key}"),
+            format!(
+                "max_ejection {:?} is less than base_ejection {:?}",
+                c.max_ejection, c.base_ejection
+            ),
+        );
+        c.max_ejection = c.base_ejection;
+    }
+    for (key, value) in [
+        ("max_ejected_percent", &mut c.max_ejected_percent),
+        ("panic_threshold_percent", &mut c.panic_threshold_percent),
+    ] {
+        if *value > 100 {
+            p.push(
+                format!("{at}.{key}"),
+                format!("{value} is not a percentage (0 to 100)"),
+            );
+            *value = 100;
+        }
+    }
+    c
 }
 
 impl common::cli::AgentConfig for Config {

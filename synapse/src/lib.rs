@@ -3,36 +3,53 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
-//! - [`service`]: per service, the watcher task that builds route tables (single writer).
-//! - [`table`]: immutable route tables and per-backend live state (hot path).
+//! - [`service`]: per service, the watcher task that builds route tables (single writer),
+//!   with the debounce of ZooKeeper events.
+//! - [`filter`]: what a table is built from: label filters, default servers, previous
+//!   backends, locality (pure).
+//! - [`table`]: immutable route tables (backends + balancer) and per-backend live state
+//!   carried across tables (hot path).
 //! - [`balance`]: balancing policies (round-robin, least-conn, random, p2c-EWMA, Maglev
 //!   hash), weights, backups, per-backend live state (hot path, pure).
-//! - [`proxy`]: accept loop and per-connection TCP proxying (hot path).
+//! - [`outlier`]: passive outlier ejection (consecutive failures, growing capped ejection
+//!   time, maximum ejected share) and the panic threshold.
+//! - [`proxy`]: accept loop (`max_connections`) and per-connection TCP proxying (hot path).
+//! - [`reload`]: the running services and listeners; SIGHUP reloads as a diff.
+//! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
+//! - [`file_output`]: per-service JSON backend lists.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /ready`, `GET /services`, `GET /stats`, `GET /metrics`.
 //! - [`stats`]: the HTML stats page.
 //!
-//! Data flow: ZooKeeper event → `common::registry::watch` → member map → filters
-//! (availability) and fallback (previous backends) → `RouteTable::build` → `ArcSwap::store`
-//! → the next connection uses it.
+//! Data flow: ZooKeeper event → `common::registry::watch` → member map (debounced) →
+//! filters (availability, labels) and fallbacks (default servers, previous backends),
+//! locality → `RouteTable::build` (balancer included) → `ArcSwap::store` → the next
+//! connection loads it and asks its balancer for backends; the state file and `file_output`
+//! writers follow the installs.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod config;
+pub mod file_output;
+pub mod filter;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
+pub mod reload;
 pub mod service;
 pub mod stats;
 pub mod table;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::SystemTime;
 
+use common::cli::RunContext;
 use common::registry::{Registry, RegistryOptions};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 pub use config::Config;
 
@@ -55,57 +72,95 @@ pub enum RunError {
     /// Metrics could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The `file_output` directory cannot be created.
+    #[error(transparent)]
+    FileOutput(#[from] file_output::FileOutputError),
 }
 
-/// Runs synapse until `shutdown` fires; then stops accepting, lets in-flight connections
-/// finish up to the drain timeout, and returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Runs synapse until `ctx.shutdown` fires, reloading `ctx.config_file` on each reload
+/// request; then stops accepting, lets in-flight connections finish up to the drain
+/// timeout, and returns.
+pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
+    let RunContext {
+        shutdown,
+        mut reload,
+        config_file,
+    } = ctx;
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
     let admin_listener = common::admin::bind(config.admin_listen).await?;
     let mut listeners = Vec::new();
     for svc in &config.services {
-        let listener = tokio::net::TcpListener::bind(svc.listen)
-            .await
-            .map_err(|source| RunError::Listen {
-                service: svc.name.clone(),
-                addr: svc.listen,
-                source,
-            })?;
-        listeners.push(listener);
+        listeners.push(reload::bind(svc).await?);
+    }
+    if let Some(out) = &config.file_output {
+        file_output::prepare(&out.dir)?;
+    }
+    let loaded = match &config.state_file {
+        Some(f) => match cache::load(&f.path) {
+            Ok(l) => l,
+            Err(err) => {
+                warn!(error = %err, "state file not used");
+                cache::Loaded::default()
+            }
+        },
+        None => cache::Loaded::default(),
+    };
+    let mut cached = HashMap::new();
+    if let Some(f) = &config.state_file {
+        for svc in &config.services {
+            if let Some(e) = loaded.usable(svc, f.ttl, SystemTime::now()) {
+                cached.insert(svc.name.clone(), e.members.clone());
+            }
+        }
     }
 
     let registry = Registry::new(
         RegistryOptions {
             session_timeout: config.zk_session_timeout,
+            // synapse holds no ephemeral node: a lagging session is cheaply replaced.
+            replace_lagging_session: true,
             ..Default::default()
         },
         shutdown.clone(),
     );
-    let connections = TaskTracker::new();
-    let background = TaskTracker::new();
-    let mut services = Vec::new();
-    for (svc, listener) in config.services.iter().zip(listeners) {
-        let service = Arc::new(service::Service::new(svc.clone(), metrics.service(&svc.name)));
-        let span = tracing::info_span!("service", service = %svc.name, zk.path = %svc.zk_path);
-        let session = registry.session(&svc.zk_hosts);
-        background.spawn(
-            service::watch_loop(service.clone(), session, metrics.clone(), shutdown.clone())
-                .instrument(span.clone()),
+    let service_count = config.services.len();
+    let state_file = config.state_file.clone();
+    let output = config.file_output.clone();
+    let mut sup = reload::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
+    sup.start(listeners, cached);
+    let writers_stop = CancellationToken::new();
+    let mut writers = Vec::new();
+    if let Some(f) = state_file {
+        let (services, installed, m, stop) = (
+            sup.services(),
+            sup.installed(),
+            metrics.clone(),
+            writers_stop.clone(),
         );
-        info!(service = %svc.name, listen = %svc.listen, "listening");
-        background.spawn(
-            proxy::serve(listener, service.clone(), connections.clone(), shutdown.clone()).instrument(span),
-        );
-        services.push(service);
+        writers.push(tokio::spawn(async move {
+            cache::run_writer(f, services, installed, &loaded, m, stop).await
+        }));
     }
-    let zk = config
-        .services
+    if let Some(out) = output {
+        let (services, installed, m, stop) = (
+            sup.services(),
+            sup.installed(),
+            metrics.clone(),
+            writers_stop.clone(),
+        );
+        writers.push(tokio::spawn(file_output::run_writer(
+            out.dir, services, installed, m, stop,
+        )));
+    }
+    // ZooKeeper connection metrics and systemd readiness (READY=1 after the first sync of
+    // every service), for the services of the config synapse started with.
+    let started = sup.services().load_full();
+    let zk = started
         .iter()
-        .map(|s| (s.zk_hosts.clone(), registry.session(&s.zk_hosts)));
+        .filter_map(|s| Some((s.config.zk_hosts.clone(), s.session.clone()?)));
     common::metrics::zk_sessions("synapse", &prometheus, zk)?;
-    // systemd (Type=notify): READY=1 after the first sync of every service.
-    let first_syncs = services.iter().map(|s| {
+    let first_syncs = started.iter().map(|s| {
         let mut synced = s.first_sync.subscribe();
         (s.config.name.clone(), async move {
             let _ = synced.wait_for(|v| *v).await;
@@ -113,30 +168,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     });
     tokio::spawn(common::notify::ready_after("first sync", first_syncs.collect()));
     let admin_cancel = CancellationToken::new();
-    let handler = admin::handler(Arc::new(services), prometheus);
+    let handler = admin::handler(sup.services(), prometheus);
     let admin_task = tokio::spawn(common::admin::serve(
         admin_listener,
         handler,
         admin_cancel.clone(),
     ));
-    info!(services = config.services.len(), "synapse started");
+    info!(services = service_count, "synapse started");
 
-    shutdown.cancelled().await;
-    background.close();
-    background.wait().await;
-    connections.close();
-    let open = connections.len();
-    if open > 0 {
-        info!(open, deadline = ?config.drain_timeout, "draining connections");
-        if tokio::time::timeout(config.drain_timeout, connections.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                open = connections.len(),
-                "drain deadline passed; closing remaining connections"
-            );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            request = reload.next() => {
+                let outcome = sup.reload(&config_file).await.map_err(|e| e.to_string());
+                request.finish(outcome);
+            }
         }
+    }
+    sup.shutdown().await;
+    writers_stop.cancel();
+    for w in writers {
+        let _ = w.await;
     }
     admin_cancel.cancel();
     let _ = admin_task.await;

@@ -2,7 +2,18 @@
 //! resolved once per service and once per backend (when it joins a route table), never per
 //! connection.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets of `synapse_backend_connect_seconds`: 100 µs to 2.5 s.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets of `synapse_route_table_build_seconds`: 10 µs to 250 ms.
+const BUILD_BUCKETS: &[f64] = &[
+    0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
 
 /// All synapse metrics.
 #[derive(Debug, Clone)]
@@ -20,6 +31,24 @@ pub struct Metrics {
     backend_active: IntGaugeVec,
     backend_connections: IntCounterVec,
     backend_failures: IntCounterVec,
+    backend_connect_time: HistogramVec,
+    backend_ejections: IntCounterVec,
+    backend_ejected: IntGaugeVec,
+    backend_weight: IntGaugeVec,
+    grace_closed: IntCounterVec,
+    draining: IntGaugeVec,
+    panic: IntGaugeVec,
+    build_time: HistogramVec,
+    watch_updates: IntCounterVec,
+    update_delay: HistogramVec,
+    using_defaults: IntGaugeVec,
+    from_cache: IntGaugeVec,
+    filtered: IntGaugeVec,
+    locality_failover: IntGaugeVec,
+    limited: IntCounterVec,
+    reloads: IntCounterVec,
+    state_file_writes: IntCounterVec,
+    file_output_writes: IntCounterVec,
 }
 
 /// Handles for one service.
@@ -47,6 +76,29 @@ pub struct ServiceMetrics {
     pub bytes_up: IntCounter,
     /// Bytes from backends to clients.
     pub bytes_down: IntCounter,
+    /// Connections to a removed backend closed at the end of `removal_grace`.
+    pub grace_closed: IntCounter,
+    /// Removed backends whose connections are still open (within `removal_grace`).
+    pub draining: IntGauge,
+    /// 1 while the route table is in panic mode (set when `/metrics` is read).
+    pub panic: IntGauge,
+    /// Time to build a route table (balancer included).
+    pub build_time: Histogram,
+    /// Updates received from ZooKeeper (before debouncing).
+    pub watch_updates: IntCounter,
+    /// From the first ZooKeeper update of a batch to its table's install (debounce and
+    /// build).
+    pub update_delay: Histogram,
+    /// 1 while the default servers stand in for ZooKeeper's.
+    pub using_defaults: IntGauge,
+    /// 1 while the table comes from the state file (no ZooKeeper listing since start).
+    pub from_cache: IntGauge,
+    /// Available nodes refused by the label filters.
+    pub filtered: IntGauge,
+    /// 1 while locality is configured and too few local backends are usable.
+    pub locality_failover: IntGauge,
+    /// Times the accept loop waited because `max_connections` were open.
+    pub limited: IntCounter,
 }
 
 /// `synapse_connections_rejected_total` handles of one service, one per `reason`.
@@ -69,6 +121,14 @@ pub struct BackendMetrics {
     pub connections: IntCounter,
     /// Connection attempts that failed (refused or timed out).
     pub failures: IntCounter,
+    /// Time to connect, successful attempts only.
+    pub connect_time: Histogram,
+    /// Outlier ejections.
+    pub ejections: IntCounter,
+    /// 1 while ejected (set at ejection and whenever `/metrics` is read).
+    pub ejected: IntGauge,
+    /// Effective weight in the current table.
+    pub weight: IntGauge,
 }
 
 impl Metrics {
@@ -157,6 +217,130 @@ impl Metrics {
                 ),
                 be,
             )?,
+            backend_connect_time: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_backend_connect_seconds",
+                    "Time to connect to a backend (successful attempts)",
+                )
+                .buckets(CONNECT_BUCKETS.to_vec()),
+                be,
+            )?,
+            backend_ejections: IntCounterVec::new(
+                Opts::new("synapse_backend_ejections_total", "Outlier ejections per backend"),
+                be,
+            )?,
+            backend_ejected: IntGaugeVec::new(
+                Opts::new("synapse_backend_ejected", "1 while the backend is ejected"),
+                be,
+            )?,
+            backend_weight: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_backend_weight",
+                    "Effective weight of the backend in the route table (0 = no new connections)",
+                ),
+                be,
+            )?,
+            grace_closed: IntCounterVec::new(
+                Opts::new(
+                    "synapse_removal_grace_closed_total",
+                    "Connections to removed backends closed at the end of removal_grace",
+                ),
+                svc,
+            )?,
+            draining: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_backends_draining",
+                    "Removed backends whose connections are still open within removal_grace",
+                ),
+                svc,
+            )?,
+            panic: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_outlier_panic",
+                    "1 while too few backends are usable and ejection is ignored",
+                ),
+                svc,
+            )?,
+            build_time: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_route_table_build_seconds",
+                    "Time to build a route table and its balancer",
+                )
+                .buckets(BUILD_BUCKETS.to_vec()),
+                svc,
+            )?,
+            watch_updates: IntCounterVec::new(
+                Opts::new(
+                    "synapse_watch_updates_total",
+                    "Updates received from ZooKeeper, before debouncing",
+                ),
+                svc,
+            )?,
+            update_delay: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_route_update_delay_seconds",
+                    "From the first ZooKeeper update of a batch to the install of its table \
+                     (debounce window and build)",
+                )
+                .buckets(CONNECT_BUCKETS.to_vec()),
+                svc,
+            )?,
+            using_defaults: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_using_default_servers",
+                    "1 while the default servers stand in for ZooKeeper's backends",
+                ),
+                svc,
+            )?,
+            from_cache: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_synced_from_cache",
+                    "1 while the route table comes from the state file (ZooKeeper not listed since start)",
+                ),
+                svc,
+            )?,
+            filtered: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_filtered_nodes",
+                    "Available nodes refused by the service's label filters",
+                ),
+                svc,
+            )?,
+            locality_failover: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_locality_failover",
+                    "1 while too few local backends are usable and every zone is used",
+                ),
+                svc,
+            )?,
+            limited: IntCounterVec::new(
+                Opts::new(
+                    "synapse_max_connections_reached_total",
+                    "Times the listener stopped accepting because max_connections were open",
+                ),
+                svc,
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "synapse_config_reloads_total",
+                    "Config reloads (SIGHUP), by result (ok, failed)",
+                ),
+                &["result"],
+            )?,
+            state_file_writes: IntCounterVec::new(
+                Opts::new(
+                    "synapse_state_file_writes_total",
+                    "Writes of the state file, by result (ok, error)",
+                ),
+                &["result"],
+            )?,
+            file_output_writes: IntCounterVec::new(
+                Opts::new(
+                    "synapse_file_output_writes_total",
+                    "Writes of file_output files, by result (ok, error)",
+                ),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.no_backend.clone()))?;
@@ -171,6 +355,24 @@ impl Metrics {
         registry.register(Box::new(m.backend_active.clone()))?;
         registry.register(Box::new(m.backend_connections.clone()))?;
         registry.register(Box::new(m.backend_failures.clone()))?;
+        registry.register(Box::new(m.backend_connect_time.clone()))?;
+        registry.register(Box::new(m.backend_ejections.clone()))?;
+        registry.register(Box::new(m.backend_ejected.clone()))?;
+        registry.register(Box::new(m.backend_weight.clone()))?;
+        registry.register(Box::new(m.grace_closed.clone()))?;
+        registry.register(Box::new(m.draining.clone()))?;
+        registry.register(Box::new(m.panic.clone()))?;
+        registry.register(Box::new(m.build_time.clone()))?;
+        registry.register(Box::new(m.watch_updates.clone()))?;
+        registry.register(Box::new(m.update_delay.clone()))?;
+        registry.register(Box::new(m.using_defaults.clone()))?;
+        registry.register(Box::new(m.from_cache.clone()))?;
+        registry.register(Box::new(m.filtered.clone()))?;
+        registry.register(Box::new(m.locality_failover.clone()))?;
+        registry.register(Box::new(m.limited.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.state_file_writes.clone()))?;
+        registry.register(Box::new(m.file_output_writes.clone()))?;
         Ok(m)
     }
 
@@ -192,7 +394,77 @@ impl Metrics {
             stale: self.stale.with_label_values(&[service]),
             bytes_up: self.bytes.with_label_values(&[service, "up"]),
             bytes_down: self.bytes.with_label_values(&[service, "down"]),
+            grace_closed: self.grace_closed.with_label_values(&[service]),
+            draining: self.draining.with_label_values(&[service]),
+            panic: self.panic.with_label_values(&[service]),
+            build_time: self.build_time.with_label_values(&[service]),
+            watch_updates: self.watch_updates.with_label_values(&[service]),
+            update_delay: self.update_delay.with_label_values(&[service]),
+            using_defaults: self.using_defaults.with_label_values(&[service]),
+            from_cache: self.from_cache.with_label_values(&[service]),
+            filtered: self.filtered.with_label_values(&[service]),
+            locality_failover: self.locality_failover.with_label_values(&[service]),
+            limited: self.limited.with_label_values(&[service]),
         }
+    }
+
+    /// Counts a config reload: `ok` or `failed`.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Counts a write of the state file.
+    pub fn state_file_write(&self, ok: bool) {
+        self.state_file_writes
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts a write of a `file_output` file.
+    pub fn file_output_write(&self, ok: bool) {
+        self.file_output_writes
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Drops the series of a service a reload removed (its backends' are dropped as they
+    /// drain).
+    pub fn forget_service(&self, service: &str) {
+        for v in [
+            &self.connections,
+            &self.no_backend,
+            &self.idle_closed,
+            &self.invalid_nodes,
+            &self.updates,
+            &self.grace_closed,
+            &self.watch_updates,
+            &self.limited,
+        ] {
+            let _ = v.remove_label_values(&[service]);
+        }
+        for v in [
+            &self.backends,
+            &self.unavailable_nodes,
+            &self.stale,
+            &self.draining,
+            &self.panic,
+            &self.using_defaults,
+            &self.from_cache,
+            &self.filtered,
+            &self.locality_failover,
+        ] {
+            let _ = v.remove_label_values(&[service]);
+        }
+        for reason in ["not_synced", "no_backend", "shutdown"] {
+            let _ = self.rejected.remove_label_values(&[service, reason]);
+        }
+        for direction in ["up", "down"] {
+            let _ = self.bytes.remove_label_values(&[service, direction]);
+        }
+        let _ = self.build_time.remove_label_values(&[service]);
+        let _ = self.update_delay.remove_label_values(&[service]);
     }
 
     /// Resolves the handles of one backend (`host:port`).
@@ -201,6 +473,10 @@ impl Metrics {
             active: self.backend_active.with_label_values(&[service, backend]),
             connections: self.backend_connections.with_label_values(&[service, backend]),
             failures: self.backend_failures.with_label_values(&[service, backend]),
+            connect_time: self.backend_connect_time.with_label_values(&[service, backend]),
+            ejections: self.backend_ejections.with_label_values(&[service, backend]),
+            ejected: self.backend_ejected.with_label_values(&[service, backend]),
+            weight: self.backend_weight.with_label_values(&[service, backend]),
         }
     }
 
@@ -209,5 +485,9 @@ impl Metrics {
         let _ = self.backend_active.remove_label_values(&[service, backend]);
         let _ = self.backend_connections.remove_label_values(&[service, backend]);
         let _ = self.backend_failures.remove_label_values(&[service, backend]);
+        let _ = self.backend_connect_time.remove_label_values(&[service, backend]);
+        let _ = self.backend_ejections.remove_label_values(&[service, backend]);
+        let _ = self.backend_ejected.remove_label_values(&[service, backend]);
+        let _ = self.backend_weight.remove_label_values(&[service, backend]);
     }
 }

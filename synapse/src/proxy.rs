@@ -1,15 +1,25 @@
 //! The TCP proxy. HOT PATH: one task per connection; once the service is synced, a
 //! connection costs one atomic load and one table load, never a lock.
 //!
-//! A connection accepted before the service's first sync from ZooKeeper waits for it (up to
+//! Per connection: load the table once, ask its balancer for up to `connect_attempts`
+//! backends (`hash` on `client_ip` hashes the client's address), try them in order. Each
+//! attempt is counted in the backend's live state (active connections, connect-time EWMA)
+//! and reported to the outlier detector (a failure may eject the backend). The session ends
+//! when both sides are done, after `idle_timeout` without traffic, or when its backend left
+//! the table and its `removal_grace` is over.
+//!
+//! A connection accepted before the service's first sync waits for it (up to
 //! `first_sync_timeout`) instead of being closed: a restarting synapse binds its listeners
-//! before ZooKeeper has answered. Proxied connections are closed after `idle_timeout`
+//! before ZooKeeper has answered. (A table from the state file counts as a first sync; the
+//! default servers stand in at the end of the timeout.) With `max_connections`, the accept
+//! loop takes a permit before accepting: excess clients wait in the listen backlog. Proxied connections are closed after `idle_timeout`
 //! without traffic, and both sockets have TCP keepalive, so half-open connections do not
 //! hold descriptors forever.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::net::{self, AcceptBackoff, AcceptRetry, Activity, Tracked};
 use socket2::{SockRef, TcpKeepalive};
@@ -18,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
+use crate::balance::{hash_ip, Ctx, HashOn, Policy};
+use crate::outlier::Failure;
 use crate::service::Service;
 use crate::table::{Backend, Target};
 
@@ -28,15 +40,39 @@ const KEEPALIVE_RETRIES: u32 = 6;
 
 /// Accepts connections until `cancel` fires. Accept errors (e.g. too many open files) back
 /// off through [`AcceptBackoff`] (rate-limited warnings); the loop never dies. Connections
-/// are tracked in `connections` so shutdown can wait for them.
+/// are tracked in `connections` so shutdown can wait for them, and see `cancel` (a
+/// connection waiting for the first sync gives up when it fires).
+///
+/// With `max_connections`, a permit is taken *before* `accept`: past the limit, clients wait
+/// in the listen backlog (not accepted, not reset) until a connection ends.
+///
+/// The listener is shared so that a config reload can stop this loop (by dropping its
+/// future: `accept` is cancel-safe) and serve the same socket with a new loop.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     service: Arc<Service>,
     connections: TaskTracker,
     cancel: CancellationToken,
 ) {
     let mut backoff = AcceptBackoff::new("proxy");
+    let mut permit = None;
     loop {
+        if let (Some(limit), None) = (&service.conn_limit, &permit) {
+            permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    service.metrics.limited.inc();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        p = limit.clone().acquire_owned() => match p {
+                            Ok(p) => Some(p),
+                            // Never closed: the semaphore lives as long as the service.
+                            Err(_) => return,
+                        },
+                    }
+                }
+            };
+        }
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => r,
@@ -60,7 +96,15 @@ pub async fn serve(
         let svc = service.clone();
         let cancel = cancel.clone();
         let span = tracing::debug_span!("conn", client.addr = %peer);
-        connections.spawn(async move { proxy(client, &svc, &cancel).await }.instrument(span));
+        let permit = permit.take();
+        connections.spawn(
+            async move {
+                // Held until the connection ends: it frees a `max_connections` slot.
+                let _permit = permit;
+                proxy(client, peer, &svc, &cancel).await
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -85,10 +129,23 @@ async fn first_sync(service: &Service, cancel: &CancellationToken) -> Result<(),
     }
 }
 
-async fn proxy(client: TcpStream, service: &Service, cancel: &CancellationToken) {
+/// How a proxied session ended.
+enum End {
+    Copied(std::io::Result<(u64, u64)>),
+    Idle,
+    Removed,
+}
+
+async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &CancellationToken) {
     keepalive(&client, service.config.tcp_keepalive);
     if !service.synced.load(Ordering::Acquire) {
-        if let Err(why) = first_sync(service, cancel).await {
+        let waited = first_sync(service, cancel).await;
+        // The default servers stand in at the end of the same timeout: a tie goes to them.
+        let waited = match waited {
+            Err(NotSynced::TimedOut) if service.synced.load(Ordering::Acquire) => Ok(()),
+            other => other,
+        };
+        if let Err(why) = waited {
             let rejected = &service.metrics.rejected;
             match why {
                 NotSynced::TimedOut => {
@@ -104,21 +161,36 @@ async fn proxy(client: TcpStream, service: &Service, cancel: &CancellationToken)
         }
     }
     let table = service.table.load_full();
-    let attempts = service.config.connect_attempts.get() as usize;
+    let ctx = Ctx {
+        attempts: service.config.connect_attempts.get() as usize,
+        key: matches!(service.config.balance, Policy::Hash(HashOn::ClientIp)).then(|| hash_ip(peer.ip())),
+        ignore_ejection: table.panic().active(),
+    };
     let mut chosen = None;
-    for backend in table.pick(attempts) {
+    for backend in table.pick(ctx) {
+        let attempt = backend.state.live.on_connect_start();
+        let started = Instant::now();
         match connect(backend, service.config.connect_timeout).await {
             Ok(stream) => {
-                chosen = Some((backend, stream));
+                let active = attempt.on_connect_ok();
+                let m = &backend.state.metrics;
+                m.connect_time.observe(started.elapsed().as_secs_f64());
+                backend.state.outlier.on_success();
+                chosen = Some((backend, stream, active));
                 break;
             }
             Err(err) => {
+                attempt.on_connect_fail();
                 backend.state.metrics.failures.inc();
+                service
+                    .outlier
+                    .on_failure(backend, Failure::Connect, &service.table);
                 debug!(backend.addr = %backend.state.key, error = %err, "backend connect failed; trying the next");
             }
         }
     }
-    let Some((backend, upstream)) = chosen else {
+    // `_active` keeps the connection counted in the backend's live state until it ends.
+    let Some((backend, upstream, _active)) = chosen else {
         service.metrics.no_backend.inc();
         service.metrics.rejected.no_backend.inc();
         debug!(
@@ -140,23 +212,29 @@ async fn proxy(client: TcpStream, service: &Service, cancel: &CancellationToken)
         client_io.total() + upstream_io.total()
     });
     // copy_bidirectional forwards a half-close (EOF) in each direction with shutdown().
-    // When the idle watcher wins, dropping the copy closes both sockets.
-    let result = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut c, &mut u) => Some(r),
-        _ = idle => None,
+    // When the idle watcher or the end of a removal grace wins, dropping the copy closes
+    // both sockets.
+    let end = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => End::Copied(r),
+        _ = idle => End::Idle,
+        _ = backend.state.closing.cancelled() => End::Removed,
     };
     m.active.dec();
     // Counted from the wrappers, so an idle timeout or an error still reports the bytes.
     service.metrics.bytes_up.inc_by(upstream_io.written());
     service.metrics.bytes_down.inc_by(client_io.written());
-    match result {
-        Some(Ok(_)) => {}
-        Some(Err(err)) => {
+    match end {
+        End::Copied(Ok(_)) => {}
+        End::Copied(Err(err)) => {
             debug!(backend.addr = %backend.state.key, error = %err, "connection ended with an error")
         }
-        None => {
+        End::Idle => {
             service.metrics.idle_closed.inc();
             debug!(backend.addr = %backend.state.key, timeout = ?service.config.idle_timeout, "connection idle; closed both sides");
+        }
+        End::Removed => {
+            service.metrics.grace_closed.inc();
+            debug!(backend.addr = %backend.state.key, "backend removed and its removal grace over; closed both sides");
         }
     }
 }

@@ -9,18 +9,19 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use common::admin::Reply;
 use hyper::StatusCode;
 
+use crate::filter::Fallback;
 use crate::service::Service;
 
 /// Seconds between two refreshes of the page by the browser.
 pub const REFRESH_SECONDS: u32 = 5;
 
 /// One service, as the page shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceView {
     /// Service name.
     pub name: String,
@@ -28,10 +29,16 @@ pub struct ServiceView {
     pub listen: String,
     /// ZooKeeper path watched.
     pub zk_path: String,
-    /// First full listing received.
+    /// A first table is installed.
     pub synced: bool,
-    /// The path is empty and the previous backends are kept.
-    pub stale: bool,
+    /// Where the table comes from: `zookeeper`, `cache`, `default_servers`, `none`.
+    pub source: String,
+    /// What stands in for ZooKeeper's backends: `previous_backends`, `default_servers`.
+    pub fallback: Option<String>,
+    /// Too few backends usable: ejection ignored.
+    pub panic: bool,
+    /// Balancing policy.
+    pub balance: String,
     /// Client connections accepted.
     pub connections: u64,
     /// Client connections closed unserved: no backend reachable, not synced in time,
@@ -51,10 +58,13 @@ pub struct ServiceView {
     pub last_change_ms: u64,
     /// The backends of the current table.
     pub backends: Vec<BackendView>,
+    /// Removed backends whose connections are still open: (`host:port`, open connections,
+    /// seconds until they are closed).
+    pub draining: Vec<(String, u64, u64)>,
 }
 
 /// One backend row.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendView {
     /// `host:port`.
     pub addr: String,
@@ -64,29 +74,50 @@ pub struct BackendView {
     pub name: Option<String>,
     /// Payload weight (`None`: default).
     pub weight: Option<u32>,
+    /// Effective weight (0: no new connection).
+    pub effective_weight: u32,
+    /// Used only when no other backend is usable.
+    pub backup: bool,
+    /// Demoted to a backup by locality.
+    pub remote: bool,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
     /// Open connections.
-    pub active: i64,
+    pub active: u64,
     /// Connections established.
     pub connections: u64,
     /// Failed connection attempts.
     pub failures: u64,
+    /// Outlier ejections so far.
+    pub ejections: u64,
+    /// Connect latency EWMA, milliseconds.
+    pub latency_ms: f64,
     /// Labels, `k=v` joined.
     pub labels: String,
 }
 
 /// Reads the current state of `services`.
 pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
+    let now = Instant::now();
     services
         .iter()
         .map(|s| {
             let m = &s.metrics;
             let table = s.table.load();
+            let fallback = match s.selected().fallback {
+                Fallback::None => None,
+                Fallback::DefaultServers => Some("default_servers".to_string()),
+                Fallback::Previous => Some("previous_backends".to_string()),
+            };
             ServiceView {
                 name: s.config.name.clone(),
                 listen: s.config.listen.to_string(),
                 zk_path: s.config.zk_path.clone(),
                 synced: s.synced.load(Ordering::Relaxed),
-                stale: m.stale.get() != 0,
+                source: s.source().as_str().to_string(),
+                fallback,
+                panic: table.panic().active(),
+                balance: s.config.balance.name().as_str().to_string(),
                 connections: m.connections.get(),
                 rejected: m.rejected.not_synced.get()
                     + m.rejected.no_backend.get()
@@ -105,9 +136,15 @@ pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
                         id: b.id.clone(),
                         name: b.node.name.clone(),
                         weight: b.node.weight,
-                        active: b.state.metrics.active.get(),
+                        effective_weight: b.weight,
+                        backup: b.backup,
+                        remote: b.remote,
+                        ejected: b.state.live.is_ejected(),
+                        active: b.state.live.active(),
                         connections: b.state.metrics.connections.get(),
                         failures: b.state.metrics.failures.get(),
+                        ejections: b.state.metrics.ejections.get(),
+                        latency_ms: b.state.live.latency().as_secs_f64() * 1000.0,
                         labels: b
                             .node
                             .labels
@@ -115,6 +152,17 @@ pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect::<Vec<_>>()
                             .join(", "),
+                    })
+                    .collect(),
+                draining: s
+                    .draining()
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.state.key.clone(),
+                            d.state.live.active(),
+                            d.closes_at.saturating_duration_since(now).as_secs(),
+                        )
                     })
                     .collect(),
             }
@@ -137,14 +185,30 @@ pub fn page(services: &[Arc<Service>]) -> Reply {
 
 /// The state word and CSS class of a service.
 fn service_state(s: &ServiceView) -> (&'static str, &'static str) {
-    if !s.synced {
-        ("WAITING FOR FIRST SYNC", "wait")
-    } else if s.stale {
-        ("STALE: PREVIOUS BACKENDS", "warn")
-    } else if s.backends.is_empty() {
-        ("NO BACKEND", "down")
+    match (s.synced, s.fallback.as_deref()) {
+        (false, _) => ("WAITING FOR FIRST SYNC", "wait"),
+        (true, Some("previous_backends")) => ("STALE: PREVIOUS BACKENDS", "warn"),
+        (true, Some(_)) => ("DEFAULT SERVERS", "warn"),
+        (true, None) if s.backends.is_empty() => ("NO BACKEND", "down"),
+        (true, None) if s.panic => ("PANIC: EJECTION IGNORED", "warn"),
+        (true, None) => ("UP", "up"),
+    }
+}
+
+/// The state word and row class of a backend.
+fn backend_state(s: &ServiceView, b: &BackendView) -> (&'static str, &'static str) {
+    if b.ejected {
+        ("EJECTED", "row-down")
+    } else if b.effective_weight == 0 {
+        ("DRAIN (weight 0)", "row-wait")
+    } else if b.remote {
+        ("BACKUP (remote)", "row-wait")
+    } else if b.backup {
+        ("BACKUP", "row-wait")
+    } else if s.fallback.is_some() {
+        ("UP (stand-in)", "row-warn")
     } else {
-        ("UP", "up")
+        ("UP", "row-up")
     }
 }
 
@@ -177,6 +241,8 @@ th{{background:#eef1f4;font-size:12px;color:#3b4650}}
 td.n,th.n{{text-align:right;font-variant-numeric:tabular-nums}}
 tr.row-up td:first-child{{border-left:4px solid #2e8540}}
 tr.row-warn td:first-child{{border-left:4px solid #e07b00}}
+tr.row-down td:first-child{{border-left:4px solid #c62828}} tr.row-down td{{color:#c62828}}
+tr.row-wait td:first-child{{border-left:4px solid #6b7785}} tr.row-wait td{{color:#55606b}}
 td.err{{color:#c62828;font-weight:600}}
 .empty{{padding:8px 10px;color:#55606b;font-style:italic}}
 footer{{padding:0 16px 16px;color:#55606b;font-size:12px}}
@@ -202,13 +268,15 @@ footer{{padding:0 16px 16px;color:#55606b;font-size:12px}}
         };
         let _ = write!(
             out,
-            r#"<section id="svc-{id}"><h2>{name} <span class="badge {class}">{state}</span> <span class="meta">listen {listen} &middot; zk {zk}</span></h2>
+            r#"<section id="svc-{id}"><h2>{name} <span class="badge {class}">{state}</span> <span class="meta">listen {listen} &middot; zk {zk} &middot; table from {source} &middot; balance {balance}</span></h2>
 <dl><div><dt>backends</dt><dd>{nb}</dd></div><div><dt>connections</dt><dd>{conns}</dd></div><div><dt>rejected</dt><dd>{rej}</dd></div><div><dt>idle timeouts</dt><dd>{idle}</dd></div><div><dt>bytes in/out</dt><dd>{up} / {down}</dd></div><div><dt>invalid nodes</dt><dd>{inv}</dd></div><div><dt>unavailable nodes</dt><dd>{unav}</dd></div><div><dt>route updates</dt><dd>{upd}</dd></div><div><dt>last change</dt><dd>{last_change}</dd></div></dl>
 "#,
             id = esc(&s.name),
             name = esc(&s.name),
             listen = esc(&s.listen),
             zk = esc(&s.zk_path),
+            source = esc(&s.source),
+            balance = esc(&s.balance),
             nb = s.backends.len(),
             conns = s.connections,
             rej = s.rejected,
@@ -223,27 +291,35 @@ footer{{padding:0 16px 16px;color:#55606b;font-size:12px}}
             out.push_str(r#"<p class="empty">no backend in the route table</p>"#);
         } else {
             out.push_str(
-                r#"<table><thead><tr><th>backend</th><th>state</th><th>name</th><th class="n">weight</th><th class="n">active</th><th class="n">connections</th><th class="n">connect errors</th><th>labels</th><th>znode</th></tr></thead><tbody>
+                r#"<table><thead><tr><th>backend</th><th>state</th><th>name</th><th class="n">weight</th><th class="n">active</th><th class="n">connections</th><th class="n">connect errors</th><th class="n">ejections</th><th class="n">latency</th><th>labels</th><th>znode</th></tr></thead><tbody>
 "#,
             );
-            let (row, word) = if s.stale {
-                ("row-warn", "UP (stale)")
-            } else {
-                ("row-up", "UP")
-            };
             for b in &s.backends {
+                let (word, row) = backend_state(s, b);
+                let weight = match b.weight {
+                    Some(w) if w != b.effective_weight => format!("{} (node {w})", b.effective_weight),
+                    _ => b.effective_weight.to_string(),
+                };
                 let _ = writeln!(
                     out,
-                    r#"<tr class="{row}"><td>{addr}</td><td>{word}</td><td>{name}</td><td class="n">{weight}</td><td class="n">{active}</td><td class="n">{conns}</td><td class="n{err}">{fail}</td><td>{labels}</td><td>{id}</td></tr>"#,
+                    r#"<tr class="{row}"><td>{addr}</td><td>{word}</td><td>{name}</td><td class="n">{weight}</td><td class="n">{active}</td><td class="n">{conns}</td><td class="n{err}">{fail}</td><td class="n">{ej}</td><td class="n">{lat:.1} ms</td><td>{labels}</td><td>{id}</td></tr>"#,
                     addr = esc(&b.addr),
                     name = esc(b.name.as_deref().unwrap_or("-")),
-                    weight = b.weight.map_or_else(|| "-".to_string(), |w| w.to_string()),
                     active = b.active,
                     conns = b.connections,
                     err = if b.failures > 0 { " err" } else { "" },
                     fail = b.failures,
+                    ej = b.ejections,
+                    lat = b.latency_ms,
                     labels = esc(&b.labels),
                     id = esc(&b.id),
+                );
+            }
+            for (addr, active, closes_in) in &s.draining {
+                let _ = writeln!(
+                    out,
+                    r#"<tr class="row-wait"><td>{addr}</td><td>DRAINING (removed)</td><td>-</td><td class="n">-</td><td class="n">{active}</td><td class="n">-</td><td class="n">-</td><td class="n">-</td><td class="n">-</td><td>closes in {closes_in}s</td><td>-</td></tr>"#,
+                    addr = esc(addr),
                 );
             }
             out.push_str("</tbody></table>\n");
@@ -253,7 +329,7 @@ footer{{padding:0 16px 16px;color:#55606b;font-size:12px}}
     if services.is_empty() {
         out.push_str(r#"<p class="empty">no service configured</p>"#);
     }
-    out.push_str("</main><footer>States: UP = routed; STALE = ZooKeeper lists none, the previous backends are kept; NO BACKEND = connections are refused.</footer></body></html>\n");
+    out.push_str("</main><footer>States: UP = routed; STALE = ZooKeeper lists none, the previous backends are kept; DEFAULT SERVERS = the configured default servers stand in; PANIC = too few usable backends, ejection ignored; NO BACKEND = connections are refused. Backends: EJECTED = skipped by outlier detection for now; BACKUP = used only when no other backend is usable; DRAIN = weight 0, no new connection; DRAINING = removed, open connections finish.</footer></body></html>\n");
     out
 }
 

@@ -89,6 +89,11 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// The config file it was started with (rewrite it, then send `HUP`, to reload).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.yaml", self.name))
+    }
+
     /// Sends a signal by name (`TERM`, `STOP`, `CONT`, `KILL`).
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")

@@ -1,4 +1,5 @@
-//! Test harness for the end-to-end tests: a real ZooKeeper ([`zk`]) and deadline-bounded waiting
+//! Test harness for the end-to-end tests: a real ZooKeeper ([`zk`]), real check targets
+//! ([`targets`]: HTTP/HTTPS, gRPC health, redis-server) and deadline-bounded waiting
 //! ([`wait`]).
 //!
 //! House rules: real parts (the Debian `zookeeper` package, run as child JVMs), no fixed ports
@@ -18,3 +19,5 @@ pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async}
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
 pub use agents::{Agent, Backend, EchoBackend, Zk};
+pub mod targets;
+pub use targets::{GrpcHealth, HttpTarget, Redis, TestCert};

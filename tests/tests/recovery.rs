@@ -339,11 +339,12 @@ fn frozen_server_holding_the_session_never_leaves_two_nodes() {
 }
 
 /// Every server goes down for less than the session timeout: the sessions survive (the servers
-/// restore them from their data), and the agents are back within about a second of the servers
-/// answering, by reconnecting their session or, when the client library waits longer, by a new
-/// one (whose first act in nerve is to delete the node of the old one).
+/// restore them from their data). nerve keeps its session, so its node is never gone nor
+/// doubled, and reconnects on the client library's schedule; synapse, which holds no node,
+/// replaces a session the library is slow to reconnect and sees changes within about a second
+/// of the servers answering.
 #[test]
-fn short_outage_within_the_session_timeout_recovers_within_a_second_or_so() {
+fn short_outage_within_the_session_timeout_keeps_nerve_s_node_and_synapse_recovers_fast() {
     let mut zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
@@ -403,9 +404,11 @@ fn short_outage_within_the_session_timeout_recovers_within_a_second_or_so() {
         "never two nodes for one instance (saw {})",
         observer.max()
     );
+    // nerve's reconnection follows the client library's delays (the session and its node are
+    // kept all along); it must still happen well within the session timeout.
     assert!(
-        nerve_back <= RECOVERY_LIMIT,
-        "nerve was back {nerve_back:?} after the server served again"
+        nerve_back <= Duration::from_secs(10),
+        "nerve's session reconnected {nerve_back:?} after the server served again"
     );
     assert!(
         synapse_back <= RECOVERY_LIMIT,

@@ -12,9 +12,12 @@
 //! to the client library, which retries the servers at once and then with delays doubling up
 //! to a good part of the session timeout (bounded by 7/5 of it, after which it declares the
 //! session expired). Since that can leave a session down for seconds after the servers answer
-//! again, a connection still lost after a grace period (twice the connection timeout, at least
-//! 1 s) also makes us attempt a new session with the backoff above; the first of the two to
-//! succeed wins, and a given-up session joins [`SessionStatus::earlier_session_ids`].
+//! again, a watch-only process ([`RegistryOptions::replace_lagging_session`], synapse) whose
+//! connection is still lost after a grace period (twice the connection timeout, at least 1 s)
+//! also attempts a new session with the backoff above; the first of the two to succeed wins,
+//! and a given-up session joins [`SessionStatus::earlier_session_ids`]. A process whose
+//! session holds ephemeral nodes (nerve) keeps its session: the nodes survive the outage with
+//! it, and replacing sessions during a leader election would re-register a whole fleet.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -38,6 +41,13 @@ pub struct RegistryOptions {
     /// Longest pause between two attempts to establish a session. Default 500 ms: the
     /// recovery target is "serving again within a second of ZooKeeper answering".
     pub max_backoff: Duration,
+    /// Give up a session whose connection is still lost after a grace period for a new
+    /// session, when the client library is slower to reconnect it than a new session is to
+    /// establish. Right for a watch-only process (synapse: it only re-lists). Wrong for one
+    /// whose session holds ephemeral nodes (nerve): the node survives a short outage with its
+    /// session, and giving sessions up during a leader election would make every host of the
+    /// fleet delete and re-create its nodes at once. Default false.
+    pub replace_lagging_session: bool,
 }
 
 impl Default for RegistryOptions {
@@ -45,6 +55,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             session_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_millis(500),
+            replace_lagging_session: false,
         }
     }
 }
@@ -241,8 +252,9 @@ struct Link {
     connection_timeout: Duration,
     max_backoff: Duration,
     /// How long a lost connection is left to the client library to restore before we look
-    /// for a new session ourselves.
-    grace: Duration,
+    /// for a new session ourselves; `None`: never (see
+    /// [`RegistryOptions::replace_lagging_session`]).
+    grace: Option<Duration>,
 }
 
 /// How [`Link::serve`] ended.
@@ -262,7 +274,9 @@ impl Link {
             session_timeout: options.session_timeout,
             connection_timeout,
             max_backoff: options.max_backoff,
-            grace: (connection_timeout * 2).max(Duration::from_secs(1)),
+            grace: options
+                .replace_lagging_session
+                .then(|| (connection_timeout * 2).max(Duration::from_secs(1))),
         }
     }
 
@@ -347,7 +361,7 @@ impl Link {
                         warn!("disconnected from ZooKeeper; keeping the session, reconnecting");
                         tx.send_modify(|s| s.connected = false);
                         disconnected = Some(Instant::now());
-                        next_attempt = Some(tokio::time::Instant::now() + self.grace);
+                        next_attempt = self.grace.map(|grace| tokio::time::Instant::now() + grace);
                         rescue.reset();
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {

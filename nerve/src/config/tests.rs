@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use checks::parse_status_range;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -36,17 +37,39 @@ fn good_config_with_defaults() {
     assert_eq!(s.zk_hosts, "127.0.0.1:2181,127.0.0.1:2182");
     assert_eq!(s.check_interval, Duration::from_millis(250));
     assert_eq!((s.rise.get(), s.fall.get()), (3, 2));
-    assert_eq!(s.checks[0].kind, CheckKind::Tcp);
+    assert_eq!(
+        s.checks[0].kind,
+        CheckKind::Tcp {
+            send: None,
+            expect: None
+        }
+    );
     assert_eq!(s.checks[0].timeout, Duration::from_secs(1));
     assert_eq!(
         s.checks[1].kind,
-        CheckKind::Http {
+        CheckKind::Http(HttpCheck {
+            method: HttpMethod::Get,
             uri: "/ping".into(),
-            host_header: None,
-            expect_status: (200, 204)
-        }
+            headers: vec![("Host".into(), "127.0.0.1:8080".into())],
+            expect_status: StatusSet(vec![(200, 204)]),
+            expect_body: None,
+            tls: None,
+        })
     );
     assert_eq!(s.checks[1].port, 8080);
+    // The service's interval, rise and fall are its checks' defaults.
+    assert_eq!(
+        (
+            s.checks[1].interval,
+            s.checks[1].rise.get(),
+            s.checks[1].fall.get()
+        ),
+        (Duration::from_millis(250), 3, 2)
+    );
+    assert_eq!(
+        (s.checks[0].name.as_str(), s.checks[1].name.as_str()),
+        ("0_tcp", "1_http")
+    );
 }
 
 #[test]
@@ -185,9 +208,9 @@ fn hosts_uris_and_host_headers_are_checked() {
         paths(&err),
         [
             "services[0].host",
+            "services[0].checks[0].host",
             "services[0].checks[0].uri",
             "services[0].checks[0].host_header",
-            "services[0].checks[0].host",
         ],
         "{err}"
     );
@@ -243,4 +266,287 @@ fn haproxy_server_options_cannot_inject_lines() {
         svc("web", "haproxy_server_options: 'backup check inter 2s', ")
     ))
     .is_ok());
+}
+
+/// A service with `checks` (a YAML flow list) on 127.0.0.1:80.
+fn with_checks(checks: &str) -> String {
+    format!(
+        "services:\n  - {{name: web, host: 127.0.0.1, port: 80, zk_hosts: 'a:1', zk_path: /s/web, checks: {checks}}}\n"
+    )
+}
+
+fn checks_of(checks: &str) -> Vec<CheckConfig> {
+    let c = load(&with_checks(checks)).unwrap_or_else(|e| panic!("{e}"));
+    c.services.into_iter().next().unwrap().checks
+}
+
+#[test]
+fn each_check_has_its_own_name_interval_timeout_rise_and_fall() {
+    let checks = checks_of(
+        "[{type: tcp, name: port-open, interval: 5s, timeout: 300ms, rise: 4, fall: 1}, {type: tcp, port: 81}]",
+    );
+    let a = &checks[0];
+    assert_eq!(a.name, "port-open");
+    assert_eq!(
+        (a.interval, a.timeout, a.rise.get(), a.fall.get()),
+        (Duration::from_secs(5), Duration::from_millis(300), 4, 1)
+    );
+    let b = &checks[1];
+    assert_eq!(b.name, "1_tcp");
+    assert_eq!(
+        (b.interval, b.timeout, b.rise.get(), b.fall.get(), b.port),
+        (Duration::from_secs(1), Duration::from_secs(1), 2, 2, 81)
+    );
+    let err = load(&with_checks(
+        "[{type: tcp, name: a}, {type: tcp, name: a}, {type: tcp, name: 'a b', rise: 0, fall: 0, interval: 1ms, timeout: 0s}, {type: tcp, name: a}]",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services[0].checks[1].name",
+            "services[0].checks[2].timeout",
+            "services[0].checks[2].interval",
+            "services[0].checks[2].rise",
+            "services[0].checks[2].fall",
+            "services[0].checks[2].name",
+            "services[0].checks[3].name",
+        ],
+        "{err}"
+    );
+    // A name may not take the generated name of another check either.
+    let err = load(&with_checks("[{type: tcp}, {type: tcp, name: 0_tcp}]")).unwrap_err();
+    assert_eq!(paths(&err), ["services[0].checks[1].name"], "{err}");
+}
+
+#[test]
+fn tcp_send_and_expect_take_text_or_hex() {
+    let checks = checks_of(
+        r#"[{type: tcp, send: "PING\r\n", expect: "+PONG"}, {type: tcp, send: {hex: "00 ff"}, expect: {hex: "0A"}}]"#,
+    );
+    assert_eq!(
+        checks[0].kind,
+        CheckKind::Tcp {
+            send: Some(b"PING\r\n".to_vec()),
+            expect: Some(b"+PONG".to_vec())
+        }
+    );
+    assert_eq!(
+        checks[1].kind,
+        CheckKind::Tcp {
+            send: Some(vec![0, 255]),
+            expect: Some(vec![10])
+        }
+    );
+    let err = load(&with_checks(
+        r#"[{type: tcp, send: "", expect: {hex: "abc"}}, {type: tcp, send: {hex: "zz"}, expect: 3}, {type: tcp, send: {text: a}}]"#,
+    ))
+    .unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services[0].checks[0].send",
+            "services[0].checks[0].expect.hex",
+            "services[0].checks[1].send.hex",
+            "services[0].checks[1].expect",
+            "services[0].checks[2].send",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn http_options_and_their_defaults() {
+    let checks = checks_of(
+        r#"[{type: http, method: head, uri: "/ready?full=1", headers: {Host: web.example, X-Probe: nerve}, expect_status: [200, "300-302"]},
+            {type: https, expect_body: '"ok"', host_header: api.example, tls_server_name: api.example},
+            {type: http, expect_status: "200-399"}]"#,
+    );
+    let CheckKind::Http(h) = &checks[0].kind else {
+        panic!("{:?}", checks[0].kind)
+    };
+    assert_eq!(h.method, HttpMethod::Head);
+    assert_eq!(h.uri, "/ready?full=1");
+    assert_eq!(
+        h.headers,
+        [
+            ("Host".to_string(), "web.example".to_string()),
+            ("X-Probe".to_string(), "nerve".to_string())
+        ]
+    );
+    assert_eq!(h.expect_status, StatusSet(vec![(200, 200), (300, 302)]));
+    assert!(h.expect_status.contains(301) && !h.expect_status.contains(303));
+    assert_eq!(h.expect_status.to_string(), "200, 300-302");
+    assert_eq!(h.tls, None);
+    let CheckKind::Http(h) = &checks[1].kind else {
+        panic!()
+    };
+    assert_eq!(checks[1].kind.label(), "https");
+    assert_eq!(h.method, HttpMethod::Get);
+    assert_eq!(h.uri, "/health");
+    assert_eq!(h.expect_body.as_deref(), Some("\"ok\""));
+    assert_eq!(h.headers, [("Host".to_string(), "api.example".to_string())]);
+    let tls = h.tls.as_ref().unwrap();
+    assert!(!tls.skip_verify, "verification is on by default");
+    assert_eq!(tls.server_name, "api.example");
+    assert!(tls.ca_certs.is_empty());
+    let CheckKind::Http(h) = &checks[2].kind else {
+        panic!()
+    };
+    assert_eq!(h.expect_status, StatusSet::default(), "today's range form");
+}
+
+#[test]
+fn http_problems_are_reported_with_key_paths() {
+    let err = load(&with_checks(
+        r#"[{type: http, method: POST, expect_status: [200, "5xx"], headers: {Host: a, "bad name": x, Connection: keep-alive}, host_header: b},
+            {type: http, method: HEAD, expect_body: x},
+            {type: http, expect_status: [], expect_body: ""}]"#,
+    ))
+    .unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services[0].checks[0].method",
+            "services[0].checks[0].headers.Connection",
+            "services[0].checks[0].headers.Host",
+            "services[0].checks[0].headers.bad name",
+            "services[0].checks[0].expect_status",
+            "services[0].checks[1].expect_body",
+            "services[0].checks[2].expect_body",
+            "services[0].checks[2].expect_status",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_of_another_check_type_are_refused_by_name() {
+    let err = load(&with_checks(
+        "[{type: tcp, uri: /x, command: [a]}, {type: http, send: a, password: p}, {type: exec, command: [/bin/true], host_header: h}, {type: redis, service: s}, {type: grpc, tls_skip_verify: true}, {type: ftp}]",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services[0].checks[0].uri",
+            "services[0].checks[0].command",
+            "services[0].checks[1].send",
+            "services[0].checks[1].password",
+            "services[0].checks[2].host_header",
+            "services[0].checks[3].service",
+            "services[0].checks[4].tls_skip_verify",
+            "services[0].checks[5].type",
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().contains("only http, https"), "{err}");
+    assert!(err.to_string().contains("tls: true"), "{err}");
+}
+
+#[test]
+fn tls_ca_file_is_read_and_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no pem here\n").unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let err = load(&with_checks(&format!(
+        "[{{type: https, tls_ca_file: '{}'}}, {{type: https, tls_ca_file: '{}'}}, {{type: grpc, tls: true, tls_ca_file: '{}'}}, {{type: https, tls_server_name: 'a b'}}]",
+        missing.display(),
+        empty.display(),
+        garbage.display()
+    )))
+    .unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services[0].checks[0].tls_ca_file",
+            "services[0].checks[1].tls_ca_file",
+            "services[0].checks[2].tls_ca_file",
+            "services[0].checks[3].tls_server_name",
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+}
+
+#[test]
+fn exec_commands_env_and_shell() {
+    let checks = checks_of(
+        r#"[{type: exec, command: [/usr/bin/check, --fast], env: {MODE: strict, NERVE_PORT: "9"}},
+            {type: exec, shell: true, command: "test -f /tmp/ready && exit 0"},
+            {type: exec, shell: true, command: ["echo hi"], port: 81}]"#,
+    );
+    let CheckKind::Exec(e) = &checks[0].kind else {
+        panic!()
+    };
+    assert_eq!(e.argv, ["/usr/bin/check", "--fast"]);
+    assert_eq!(e.env["MODE"], "strict");
+    assert_eq!(e.env["NERVE_SERVICE"], "web");
+    assert_eq!(e.env["NERVE_HOST"], "127.0.0.1");
+    assert_eq!(e.env["NERVE_PORT"], "9", "configured variables win");
+    let CheckKind::Exec(e) = &checks[1].kind else {
+        panic!()
+    };
+    assert_eq!(e.argv, ["sh", "-c", "test -f /tmp/ready && exit 0"]);
+    let CheckKind::Exec(e) = &checks[2].kind else {
+        panic!()
+    };
+    assert_eq!(e.argv, ["sh", "-c", "echo hi"]);
+    assert_eq!(e.env["NERVE_PORT"], "81");
+
+    let err = load(&with_checks(
+        r#"[{type: exec}, {type: exec, command: "check --fast"}, {type: exec, command: []}, {type: exec, command: [a, 1]},
+            {type: exec, shell: true, command: [a, b]}, {type: exec, command: [a], env: {"A=B": x}}]"#,
+    ))
+    .unwrap_err();
+    assert_eq!(
+        paths(&err),
+        [
+            "services[0].checks[0].command",
+            "services[0].checks[1].command",
+            "services[0].checks[2].command",
+            "services[0].checks[3].command",
+            "services[0].checks[4].command",
+            "services[0].checks[5].env.A=B",
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().contains("shell: true"), "{err}");
+}
+
+#[test]
+fn redis_and_grpc_options() {
+    let checks = checks_of(
+        "[{type: redis, password: secret}, {type: redis, username: nerve, password: s}, {type: grpc}, {type: grpc, service: web.v1.Web, tls: true, tls_skip_verify: true}]",
+    );
+    assert_eq!(
+        checks[0].kind,
+        CheckKind::Redis {
+            username: None,
+            password: Some("secret".into())
+        }
+    );
+    assert_eq!(
+        checks[2].kind,
+        CheckKind::Grpc {
+            service: String::new(),
+            tls: None
+        }
+    );
+    let CheckKind::Grpc { service, tls } = &checks[3].kind else {
+        panic!()
+    };
+    assert_eq!(service, "web.v1.Web");
+    let tls = tls.as_ref().unwrap();
+    assert!(tls.skip_verify);
+    assert_eq!(tls.server_name, "127.0.0.1");
+    let err = load(&with_checks("[{type: redis, username: u}]")).unwrap_err();
+    assert_eq!(paths(&err), ["services[0].checks[0].username"], "{err}");
 }

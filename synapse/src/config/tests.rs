@@ -1,5 +1,8 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::balance::{HashOn, Policy};
+use crate::filter::{Locality, MinLocal};
+use crate::outlier::OutlierConfig;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -158,4 +161,360 @@ fn session_timeout_log_level_and_zk_chars_are_checked_at_load() {
         ],
         "{err}"
     );
+}
+
+fn one(extra: &str) -> String {
+    format!("services:\n  - {{name: a, zk_hosts: 'h:1', zk_path: /a, listen: 3306{extra}}}\n")
+}
+
+fn problem_paths(text: &str) -> Vec<String> {
+    let err = load(text).unwrap_err();
+    err.problems.iter().map(|p| p.path.clone()).collect()
+}
+
+#[test]
+fn balancing_defaults() {
+    let c = load(&one("")).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.balance, Policy::RoundRobin);
+    assert_eq!(s.default_weight, 255);
+    assert_eq!(s.outlier, OutlierConfig::default());
+    assert_eq!(
+        (
+            s.outlier.consecutive_failures,
+            s.outlier.base_ejection,
+            s.outlier.max_ejection,
+            s.outlier.max_ejected_percent,
+            s.outlier.panic_threshold_percent
+        ),
+        (5, Duration::from_secs(1), Duration::from_secs(30), 50, 50)
+    );
+    assert_eq!(s.removal_grace, Duration::from_secs(300));
+}
+
+#[test]
+fn every_policy_parses() {
+    for (text, want) in [
+        ("round_robin", Policy::RoundRobin),
+        ("least_conn", Policy::LeastConn),
+        ("random", Policy::Random),
+        ("p2c_ewma", Policy::P2cEwma),
+        ("peak_ewma", Policy::P2cEwma),
+    ] {
+        let c = load(&one(&format!(", balance: {text}"))).unwrap();
+        assert_eq!(c.services[0].balance, want, "{text}");
+    }
+    let c = load(&one(", balance: hash, hash_on: client_ip")).unwrap();
+    assert_eq!(c.services[0].balance, Policy::Hash(HashOn::ClientIp));
+}
+
+#[test]
+fn balance_problems_name_their_key() {
+    let cases = [
+        (
+            ", balance: fastest",
+            "services[0].balance",
+            "unknown balance policy",
+        ),
+        (", balance: hash", "services[0].balance", "needs hash_on"),
+        (
+            ", balance: random, hash_on: client_ip",
+            "services[0].balance",
+            "only used with balance: hash",
+        ),
+        (
+            ", balance: hash, hash_on: 'ip'",
+            "services[0].hash_on",
+            "bad hash_on",
+        ),
+        (
+            ", balance: hash, hash_on: 'header:X-User'",
+            "services[0].hash_on",
+            "mode tcp",
+        ),
+        (
+            ", balance: hash, hash_on: 'cookie:session'",
+            "services[0].hash_on",
+            "mode tcp",
+        ),
+        (", default_weight: -1", "services[0].default_weight", ""),
+    ];
+    for (extra, key, words) in cases {
+        let err = load(&one(extra)).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{extra}: {err}");
+        assert!(err.to_string().contains(words), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn outlier_and_removal_grace_top_level_defaults_and_overrides() {
+    let c = load(concat!(
+        "default_weight: 10\nremoval_grace: 0s\n",
+        "outlier: {consecutive_failures: 2, max_ejection: 1m, panic_threshold_percent: 0}\n",
+        "services:\n",
+        "  - {name: a, zk_hosts: 'h:1', zk_path: /a, listen: 3306}\n",
+        "  - {name: b, zk_hosts: 'h:1', zk_path: /b, listen: 3307, default_weight: 1, \
+         removal_grace: 24h, outlier: {consecutive_failures: 0, base_ejection: 2s}}\n",
+    ))
+    .unwrap();
+    let (a, b) = (&c.services[0], &c.services[1]);
+    assert_eq!((a.default_weight, a.removal_grace), (10, Duration::ZERO));
+    assert_eq!(
+        a.outlier,
+        OutlierConfig {
+            consecutive_failures: 2,
+            max_ejection: Duration::from_secs(60),
+            panic_threshold_percent: 0,
+            ..OutlierConfig::default()
+        }
+    );
+    assert_eq!(
+        (b.default_weight, b.removal_grace),
+        (1, Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        b.outlier,
+        OutlierConfig {
+            consecutive_failures: 0,
+            base_ejection: Duration::from_secs(2),
+            max_ejection: Duration::from_secs(60),
+            panic_threshold_percent: 0,
+            ..OutlierConfig::default()
+        },
+        "key by key over the top-level block"
+    );
+}
+
+#[test]
+fn outlier_problems_name_their_key_once() {
+    let paths = problem_paths(&one(
+        ", outlier: {base_ejection: 0s, max_ejected_percent: 101, panic_threshold_percent: 200, \
+         interval: 1s}",
+    ));
+    assert_eq!(
+        paths,
+        [
+            "services[0].outlier.interval",
+            "services[0].outlier.base_ejection",
+            "services[0].outlier.max_ejected_percent",
+            "services[0].outlier.panic_threshold_percent"
+        ]
+    );
+    let paths = problem_paths(&one(", outlier: {base_ejection: 1m, max_ejection: 10s}"));
+    assert_eq!(paths, ["services[0].outlier.max_ejection"]);
+    // A service's base above the top-level max: the service's key is the one to blame.
+    let paths = problem_paths(&format!(
+        "outlier: {{max_ejection: 10s}}\n{}",
+        one(", outlier: {base_ejection: 1m}")
+    ));
+    assert_eq!(paths, ["services[0].outlier.base_ejection"]);
+    // A bad top-level block is reported once, at the top level, not per service.
+    let paths = problem_paths(&format!(
+        "outlier: {{max_ejected_percent: 150}}\nservices:\n{}{}",
+        svc("a", "4000"),
+        svc("b", "4001")
+    ));
+    assert_eq!(paths, ["outlier.max_ejected_percent"]);
+    let paths = problem_paths(&one(", removal_grace: soon"));
+    assert_eq!(paths, ["services[0].removal_grace"]);
+}
+
+#[test]
+fn membership_defaults() {
+    let c = load(&one("")).unwrap();
+    let s = &c.services[0];
+    assert_eq!(s.debounce, DEFAULT_DEBOUNCE);
+    assert_eq!(s.debounce_max, DEFAULT_DEBOUNCE_MAX);
+    assert!(s.label_filters.is_empty());
+    assert_eq!(s.locality, None);
+    assert!(s.default_servers.is_empty());
+    assert!(!s.keep_default_servers);
+    assert_eq!(s.max_connections, None);
+    assert_eq!((c.state_file, c.file_output), (None, None));
+}
+
+#[test]
+fn membership_keys_parse_with_airbnb_names() {
+    let c = load(concat!(
+        "debounce: 0s\nmax_connections: 100\n",
+        "locality: {value: eu-1a}\n",
+        "state_file_path: /var/lib/synapse/state.json\nstate_file_ttl: 1h\n",
+        "file_output: {output_directory: /run/synapse/services}\n",
+        "services:\n",
+        "  - name: a\n    zk_hosts: 'h:1'\n    zk_path: /a\n    listen: 3306\n",
+        "    label_filters:\n",
+        "      - {label: az, condition: equals, value: eu-1a}\n",
+        "      - {label: env, op: in, values: [prod, canary]}\n",
+        "      - {label: tier, condition: not-equals, value: 1}\n",
+        "      - {label: env, condition: not_in, values: [dev]}\n",
+        "    default_servers:\n",
+        "      - {name: fallback, host: db.example.internal, port: 3306, labels: {zone: eu-1b}}\n",
+        "      - {host: 10.0.0.9, port: 3306, weight: 0}\n",
+        "    keep_default_servers: true\n",
+        "    debounce: 50ms\n    debounce_max: 1s\n    max_connections: 2\n",
+        "  - {name: b, zk_hosts: 'h:1', zk_path: /b, listen: 3307, locality: false, \
+         debounce_max: 100ms}\n",
+        "  - {name: c, zk_hosts: 'h:1', zk_path: /c, listen: 3308, \
+         locality: {label: az, value: x, min_local: '30%'}}\n",
+    ))
+    .unwrap();
+    let (a, b, cc) = (&c.services[0], &c.services[1], &c.services[2]);
+    assert_eq!(
+        a.label_filters
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["az=eu-1a", "env in [canary,prod]", "tier!=1", "env not in [dev]"]
+    );
+    assert_eq!(
+        a.default_servers
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["default:fallback", "default:10.0.0.9:3306"]
+    );
+    assert_eq!(a.default_servers[0].node.labels["zone"], "eu-1b");
+    assert_eq!(a.default_servers[1].node.weight, Some(0));
+    assert!(a.keep_default_servers);
+    assert_eq!(
+        (a.debounce, a.debounce_max),
+        (Duration::from_millis(50), Duration::from_secs(1))
+    );
+    assert_eq!(a.max_connections.map(|n| n.get()), Some(2));
+    assert_eq!(
+        a.locality,
+        Some(Locality {
+            label: "zone".into(),
+            value: "eu-1a".into(),
+            min_local: MinLocal::Count(1)
+        }),
+        "the top-level locality is the default"
+    );
+    assert_eq!(b.locality, None, "locality: false turns it off");
+    assert_eq!(
+        (b.debounce, b.debounce_max),
+        (Duration::ZERO, Duration::from_millis(100))
+    );
+    assert_eq!(b.max_connections.map(|n| n.get()), Some(100));
+    assert_eq!(
+        cc.locality.as_ref().map(|l| l.min_local),
+        Some(MinLocal::Percent(30))
+    );
+    let f = c.state_file.unwrap();
+    assert_eq!(f.path, PathBuf::from("/var/lib/synapse/state.json"));
+    assert_eq!(f.ttl, Duration::from_secs(3600));
+    assert_eq!(c.file_output.unwrap().dir, PathBuf::from("/run/synapse/services"));
+    let c = load(&format!(
+        "file_output: {{dir: /tmp/x}}\nstate_file: /s.json\n{}",
+        one("")
+    ))
+    .unwrap();
+    assert_eq!(c.file_output.unwrap().dir, PathBuf::from("/tmp/x"));
+    assert_eq!(c.state_file.unwrap().ttl, DEFAULT_STATE_FILE_TTL);
+}
+
+#[test]
+fn membership_problems_name_their_key() {
+    let cases = [
+        (
+            ", label_filters: [{label: az, condition: like, value: x}]",
+            "services[0].label_filters[0].condition",
+            "unknown condition",
+        ),
+        (
+            ", label_filters: [{label: az, condition: in, value: x}]",
+            "services[0].label_filters[0].values",
+            "values",
+        ),
+        (
+            ", label_filters: [{label: az, condition: equals, values: [x]}]",
+            "services[0].label_filters[0].value",
+            "one `value`",
+        ),
+        (
+            ", label_filters: [{label: az, condition: equals, value: x, extra: 1}]",
+            "services[0].label_filters[0].extra",
+            "unknown field",
+        ),
+        (
+            ", locality: {value: a, min_local: lots}",
+            "services[0].locality.min_local",
+            "percentage",
+        ),
+        (
+            ", locality: {value: a, min_local: '150%'}",
+            "services[0].locality.min_local",
+            "percentage",
+        ),
+        (", locality: true", "services[0].locality", "false"),
+        (
+            ", locality: {label: zone}",
+            "services[0].locality",
+            "missing field `value`",
+        ),
+        (
+            ", default_servers: [{host: 'bad host', port: 1}]",
+            "services[0].default_servers[0].host",
+            "bad host",
+        ),
+        (
+            ", default_servers: [{host: h, port: 0}]",
+            "services[0].default_servers[0].port",
+            "port 0",
+        ),
+        (
+            ", default_servers: [{host: h, port: 1}, {host: h, port: 1}]",
+            "services[0].default_servers[1].name",
+            "duplicate",
+        ),
+        (
+            ", keep_default_servers: true",
+            "services[0].keep_default_servers",
+            "without default_servers",
+        ),
+        (
+            ", max_connections: 0",
+            "services[0].max_connections",
+            "at least 1",
+        ),
+        (
+            ", debounce: 1s, debounce_max: 10ms",
+            "services[0].debounce_max",
+            "less than debounce",
+        ),
+        (", debounce: soon", "services[0].debounce", "invalid duration"),
+    ];
+    for (extra, key, words) in cases {
+        let err = load(&one(extra)).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{extra}: {err}");
+        assert!(err.to_string().contains(words), "{extra}: {err}");
+    }
+    let top = [
+        ("state_file_ttl: 1h\n", "state_file_ttl", "without a state_file"),
+        (
+            "state_file: /s.json\nstate_file_ttl: 0s\n",
+            "state_file_ttl",
+            "more than 0",
+        ),
+        ("file_output: {}\n", "file_output", "output_directory"),
+        (
+            "file_output: {dir: /o}\nstate_file: /o/state.json\n",
+            "state_file",
+            "file_output",
+        ),
+        ("locality: false\n", "locality", "map"),
+        (
+            "debounce: 1s\ndebounce_max: 10ms\n",
+            "debounce_max",
+            "less than debounce",
+        ),
+    ];
+    for (head, key, words) in top {
+        let err = load(&format!("{head}{}", one(""))).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{head}: {err}");
+        assert!(err.to_string().contains(words), "{head}: {err}");
+    }
 }

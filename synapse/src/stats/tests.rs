@@ -7,10 +7,12 @@ fn backend(addr: &str, failures: u64) -> BackendView {
         id: format!("host_web_{addr}"),
         name: Some("host".to_string()),
         weight: Some(10),
+        effective_weight: 10,
         active: 2,
         connections: 40,
         failures,
         labels: "zone=a".to_string(),
+        ..Default::default()
     }
 }
 
@@ -20,6 +22,8 @@ fn web(backends: Vec<BackendView>) -> ServiceView {
         listen: "127.0.0.1:8080".to_string(),
         zk_path: "/services/web".to_string(),
         synced: true,
+        source: "zookeeper".to_string(),
+        balance: "round_robin".to_string(),
         last_change_ms: 1_700_000_000_000,
         backends,
         ..Default::default()
@@ -51,14 +55,42 @@ fn states_of_a_service() {
     };
     let empty = web(vec![]);
     let stale = ServiceView {
-        stale: true,
+        fallback: Some("previous_backends".to_string()),
         ..web(vec![backend("10.0.0.1:80", 0)])
     };
-    let html = render(&[waiting, empty, stale], "h", 0);
+    let defaults = ServiceView {
+        fallback: Some("default_servers".to_string()),
+        ..web(vec![backend("10.0.0.9:80", 0)])
+    };
+    let html = render(&[waiting, empty, stale, defaults], "h", 0);
     assert!(html.contains("WAITING FOR FIRST SYNC"));
     assert!(html.contains(r#"<span class="badge down">NO BACKEND</span>"#));
     assert!(html.contains(r#"<span class="badge warn">STALE: PREVIOUS BACKENDS</span>"#));
-    assert!(html.contains("<td>UP (stale)</td>"));
+    assert!(html.contains(r#"<span class="badge warn">DEFAULT SERVERS</span>"#));
+    assert_eq!(html.matches("<td>UP (stand-in)</td>").count(), 2);
+}
+
+#[test]
+fn states_of_a_backend() {
+    let mut ejected = backend("10.0.0.1:80", 5);
+    ejected.ejected = true;
+    let mut drain = backend("10.0.0.2:80", 0);
+    drain.effective_weight = 0;
+    let mut backup = backend("10.0.0.3:80", 0);
+    backup.backup = true;
+    let mut svc = web(vec![ejected, drain, backup, backend("10.0.0.4:80", 0)]);
+    svc.draining = vec![("10.0.0.5:80".to_string(), 3, 12)];
+    let html = render(&[svc], "h", 0);
+    assert!(
+        html.contains(r#"<tr class="row-down"><td>10.0.0.1:80</td><td>EJECTED</td>"#),
+        "{html}"
+    );
+    assert!(html.contains("<td>10.0.0.2:80</td><td>DRAIN (weight 0)</td>"));
+    assert!(html.contains(r#"<td class="n">0 (node 10)</td>"#));
+    assert!(html.contains("<td>10.0.0.3:80</td><td>BACKUP</td>"));
+    assert!(html.contains(r#"<tr class="row-up"><td>10.0.0.4:80</td><td>UP</td>"#));
+    assert!(html.contains("<td>10.0.0.5:80</td><td>DRAINING (removed)</td>"));
+    assert!(html.contains("closes in 12s"));
 }
 
 #[test]
