@@ -1,5 +1,5 @@
 //! synapse: the router agent. It watches service paths in ZooKeeper and serves each service
-//! on a local port through an embedded TCP load balancer.
+//! on a local port through an embedded TCP or HTTP load balancer.
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
@@ -10,7 +10,10 @@
 //!   hash), weights, backups, per-backend live state (hot path, pure).
 //! - [`outlier`]: passive outlier ejection (consecutive failures, growing capped ejection
 //!   time, maximum ejected share) and the panic threshold.
-//! - [`proxy`]: accept loop and per-connection TCP proxying (hot path).
+//! - [`proxy`]: the data path (hot path): [`proxy::tcp`] (accept loop, per-connection TCP
+//!   proxying) and [`proxy::http`] (HTTP server to clients, pooled keep-alive connections to
+//!   backends, retries, timeouts, upgrades).
+//! - [`router`]: Host / path-prefix routing of shared HTTP listeners (hot path).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /ready`, `GET /services`, `GET /metrics`.
 //!
@@ -25,6 +28,7 @@ pub mod config;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod router;
 pub mod service;
 pub mod table;
 
@@ -44,6 +48,16 @@ pub enum RunError {
     /// The admin server could not bind.
     #[error(transparent)]
     Admin(#[from] common::admin::AdminBindError),
+    /// A shared HTTP listener could not bind.
+    #[error("cannot listen on {addr} for http_listeners[{index}]: {source}")]
+    HttpListen {
+        /// Position in `http_listeners`.
+        index: usize,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A service's listener could not bind.
     #[error("cannot listen on {addr} for service {service}: {source}")]
     Listen {
@@ -67,14 +81,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let admin_listener = common::admin::bind(config.admin_listen).await?;
     let mut listeners = Vec::new();
     for svc in &config.services {
-        let listener = tokio::net::TcpListener::bind(svc.listen)
+        let listener = match svc.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RunError::Listen {
+                        service: svc.name.clone(),
+                        addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        listeners.push(listener);
+    }
+    let mut http_listeners = Vec::new();
+    for (index, l) in config.http_listeners.iter().enumerate() {
+        let listener = tokio::net::TcpListener::bind(l.listen)
             .await
-            .map_err(|source| RunError::Listen {
-                service: svc.name.clone(),
-                addr: svc.listen,
+            .map_err(|source| RunError::HttpListen {
+                index,
+                addr: l.listen,
                 source,
             })?;
-        listeners.push(listener);
+        http_listeners.push(listener);
     }
 
     let registry = Registry::new(
@@ -87,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let connections = TaskTracker::new();
     let background = TaskTracker::new();
     let mut services = Vec::new();
+    let mut http_services = Vec::new();
     for (svc, listener) in config.services.iter().zip(listeners) {
         let service = Arc::new(service::Service::new(svc.clone(), metrics.service(&svc.name)));
         let span = tracing::info_span!("service", service = %svc.name, zk.path = %svc.zk_path);
@@ -95,11 +126,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             service::watch_loop(service.clone(), session, metrics.clone(), shutdown.clone())
                 .instrument(span.clone()),
         );
-        info!(service = %svc.name, listen = %svc.listen, "listening");
-        background.spawn(
-            proxy::serve(listener, service.clone(), connections.clone(), shutdown.clone()).instrument(span),
-        );
+        match svc.mode {
+            config::Mode::Tcp => {
+                if let Some(listener) = listener {
+                    info!(service = %svc.name, listen = ?svc.listen, mode = "tcp", "listening");
+                    background.spawn(
+                        proxy::tcp::serve(listener, service.clone(), connections.clone(), shutdown.clone())
+                            .instrument(span),
+                    );
+                }
+            }
+            config::Mode::Http => {
+                let http = Arc::new(proxy::http::HttpService::new(service.clone(), &metrics));
+                background.spawn(http.clone().sweep_pools(shutdown.clone()).instrument(span.clone()));
+                if let Some(listener) = listener {
+                    info!(service = %svc.name, listen = ?svc.listen, mode = "http", "listening");
+                    let settings = proxy::http::ListenerSettings {
+                        idle_timeout: svc.idle_timeout,
+                        tcp_keepalive: svc.tcp_keepalive,
+                        keepalive_timeout: config.http_keepalive_timeout,
+                    };
+                    let routes = Arc::new(proxy::http::Routes::Service(http.clone()));
+                    background.spawn(
+                        proxy::http::serve(listener, routes, settings, connections.clone(), shutdown.clone())
+                            .instrument(span),
+                    );
+                }
+                http_services.push(http);
+            }
+        }
         services.push(service);
+    }
+    for (l, listener) in config.http_listeners.iter().zip(http_listeners) {
+        let routes = Arc::new(proxy::http::Routes::shared(l, &http_services, &metrics));
+        let settings = proxy::http::ListenerSettings {
+            idle_timeout: l.idle_timeout,
+            tcp_keepalive: l.tcp_keepalive,
+            keepalive_timeout: config.http_keepalive_timeout,
+        };
+        let span = tracing::info_span!("http_listener", listen = %l.listen);
+        info!(listen = %l.listen, routes = l.routes.len(), "listening (shared HTTP)");
+        background.spawn(
+            proxy::http::serve(listener, routes, settings, connections.clone(), shutdown.clone()).instrument(span),
+        );
     }
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(Arc::new(services), prometheus);

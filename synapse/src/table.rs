@@ -7,7 +7,7 @@
 //! carried from one table to the next, so it survives membership changes.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use common::codec::Node;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::{Balancer, Ctx, Live, Member, PolicyName};
 use crate::metrics::BackendMetrics;
 use crate::outlier::{Outlier, Panic};
+use crate::proxy::http::HttpBackend;
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub struct BackendState {
     /// Cancelled when the backend has left the table and its `removal_grace` is over: its
     /// remaining connections close.
     pub closing: CancellationToken,
+    /// HTTP mode: keep-alive connection pool and HTTP metric handles, set up at the
+    /// backend's first request.
+    pub http: OnceLock<HttpBackend>,
 }
 
 impl BackendState {
@@ -50,6 +54,7 @@ impl BackendState {
             live: Arc::new(Live::new()),
             outlier: Outlier::default(),
             closing: CancellationToken::new(),
+            http: OnceLock::new(),
         }
     }
 }

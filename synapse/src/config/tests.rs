@@ -15,7 +15,7 @@ fn defaults_and_bare_port() {
     let c = load("services:\n  - name: web\n    zk_hosts: 127.0.0.1:2181\n    zk_path: /services/web\n    listen: 3306\n")
             .unwrap();
     let s = &c.services[0];
-    assert_eq!(s.listen, "127.0.0.1:3306".parse().unwrap());
+    assert_eq!(s.listen, Some("127.0.0.1:3306".parse().unwrap()));
     assert_eq!(s.mode, Mode::Tcp);
     assert_eq!(s.connect_timeout, Duration::from_secs(1));
     assert_eq!(s.connect_attempts.get(), 3);
