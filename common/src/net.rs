@@ -192,7 +192,10 @@ impl<S: AsyncWrite + Unpin, A: Borrow<Activity> + Unpin> AsyncWrite for Tracked<
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            this.activity.borrow().written.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity
+                .borrow()
+                .written
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -205,7 +208,10 @@ impl<S: AsyncWrite + Unpin, A: Borrow<Activity> + Unpin> AsyncWrite for Tracked<
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            this.activity.borrow().written.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity
+                .borrow()
+                .written
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }

@@ -421,11 +421,14 @@ fn http_listeners(
             let Some(r) = p.take::<RawRoute>(&rat, value) else {
                 continue;
             };
-            let host = r.host.as_deref().and_then(|h| {
-                HostMatch::parse(h)
-                    .map_err(|e| p.push(format!("{rat}.host"), e))
-                    .ok()
-            });
+            let (host, bad_host) = match r.host.as_deref().map(HostMatch::parse) {
+                None => (None, false),
+                Some(Ok(h)) => (Some(h), false),
+                Some(Err(e)) => {
+                    p.push(format!("{rat}.host"), e);
+                    (None, true)
+                }
+            };
             let path_prefix = r.path_prefix.unwrap_or_default();
             if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
                 p.push(
@@ -440,9 +443,16 @@ fn http_listeners(
                 ),
                 Some(s) if s.mode != Mode::Http => p.push(
                     format!("{rat}.service"),
-                    format!("service {:?} is mode tcp; only mode http services can be routed", s.name),
+                    format!(
+                        "service {:?} is mode tcp; only mode http services can be routed",
+                        s.name
+                    ),
                 ),
                 Some(_) => {}
+            }
+            if bad_host {
+                // Not kept: as a host-less route it would clash with the real ones.
+                continue;
             }
             // `/` and no prefix both match every path.
             let same = |a: &str, b: &str| {

@@ -82,28 +82,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let mut listeners = Vec::new();
     for svc in &config.services {
         let listener = match svc.listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| RunError::Listen {
-                        service: svc.name.clone(),
-                        addr,
-                        source,
-                    })?,
-            ),
+            Some(addr) => {
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| RunError::Listen {
+                            service: svc.name.clone(),
+                            addr,
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         listeners.push(listener);
     }
     let mut http_listeners = Vec::new();
     for (index, l) in config.http_listeners.iter().enumerate() {
-        let listener = tokio::net::TcpListener::bind(l.listen)
-            .await
-            .map_err(|source| RunError::HttpListen {
-                index,
-                addr: l.listen,
-                source,
-            })?;
+        let listener =
+            tokio::net::TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| RunError::HttpListen {
+                    index,
+                    addr: l.listen,
+                    source,
+                })?;
         http_listeners.push(listener);
     }
 
@@ -138,7 +141,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             }
             config::Mode::Http => {
                 let http = Arc::new(proxy::http::HttpService::new(service.clone(), &metrics));
-                background.spawn(http.clone().sweep_pools(shutdown.clone()).instrument(span.clone()));
+                background.spawn(
+                    http.clone()
+                        .sweep_pools(shutdown.clone())
+                        .instrument(span.clone()),
+                );
                 if let Some(listener) = listener {
                     info!(service = %svc.name, listen = ?svc.listen, mode = "http", "listening");
                     let settings = proxy::http::ListenerSettings {
@@ -167,7 +174,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         let span = tracing::info_span!("http_listener", listen = %l.listen);
         info!(listen = %l.listen, routes = l.routes.len(), "listening (shared HTTP)");
         background.spawn(
-            proxy::http::serve(listener, routes, settings, connections.clone(), shutdown.clone()).instrument(span),
+            proxy::http::serve(listener, routes, settings, connections.clone(), shutdown.clone())
+                .instrument(span),
         );
     }
     let admin_cancel = CancellationToken::new();

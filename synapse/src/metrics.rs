@@ -514,13 +514,8 @@ impl HttpMetrics {
     /// request).
     pub fn backend(&self, service: &str, backend: &str) -> HttpBackendMetrics {
         HttpBackendMetrics {
-            responses: CODE_CLASSES.map(|c| {
-                self.backend_responses
-                    .with_label_values(&[service, backend, c])
-            }),
-            response_time: self
-                .backend_response_time
-                .with_label_values(&[service, backend]),
+            responses: CODE_CLASSES.map(|c| self.backend_responses.with_label_values(&[service, backend, c])),
+            response_time: self.backend_response_time.with_label_values(&[service, backend]),
         }
     }
 
@@ -531,9 +526,7 @@ impl HttpMetrics {
 
     fn forget_backend(&self, service: &str, backend: &str) {
         for c in CODE_CLASSES {
-            let _ = self
-                .backend_responses
-                .remove_label_values(&[service, backend, c]);
+            let _ = self.backend_responses.remove_label_values(&[service, backend, c]);
         }
         let _ = self
             .backend_response_time

@@ -17,4 +17,5 @@ pub mod zk;
 pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async};
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
+pub mod http;
 pub use agents::{Agent, Backend, EchoBackend, Zk};

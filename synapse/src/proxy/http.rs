@@ -210,9 +210,15 @@ impl HttpService {
     }
 
     /// Proxies one request (see the module docs).
-    async fn forward(&self, client: &Client, mut req: Request<Incoming>, start: Instant) -> Response<RespBody> {
+    async fn forward(
+        &self,
+        client: &Client,
+        mut req: Request<Incoming>,
+        start: Instant,
+    ) -> Response<RespBody> {
         let service = &*self.service;
-        if !service.synced.load(Ordering::Acquire) && tcp::first_sync(service, &client.cancel).await.is_err() {
+        if !service.synced.load(Ordering::Acquire) && tcp::first_sync(service, &client.cancel).await.is_err()
+        {
             return self.reply(ProxyError::NotSynced);
         }
         self.budget.on_request(now_ns());
@@ -281,17 +287,16 @@ impl HttpService {
                         } else {
                             backend.state.outlier.on_success();
                         }
-                        let retry_status = matches!(
-                            status,
-                            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                        );
+                        let retry_status =
+                            matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
                         if retry_status && again && self.retry(RetryReason::Status) {
                             continue 'backends;
                         }
                         if status == StatusCode::SWITCHING_PROTOCOLS {
                             if let Some(on_client) = on_client_upgrade {
                                 let on_backend = hyper::upgrade::on(&mut resp);
-                                return self.upgraded(client, resp, on_client, on_backend, in_flight, backend);
+                                return self
+                                    .upgraded(client, resp, on_client, on_backend, in_flight, backend);
                             }
                         }
                         let (mut head, body) = resp.into_parts();
@@ -440,7 +445,10 @@ impl HttpService {
                 return Err(Acquire::ConnectFailed);
             }
         };
-        state.metrics.connect_time.observe(started.elapsed().as_secs_f64());
+        state
+            .metrics
+            .connect_time
+            .observe(started.elapsed().as_secs_f64());
         let _ = stream.set_nodelay(true);
         tcp::keepalive(&stream, self.service.config.tcp_keepalive);
         let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {

@@ -82,5 +82,8 @@ fn host_match_parsing() {
     assert!(HostMatch::parse("a b").is_err());
     assert!(HostMatch::parse("*.").is_err());
     assert!(HostMatch::parse("").is_err());
-    assert_eq!(HostMatch::parse("*.example.com").unwrap().to_string(), "*.example.com");
+    assert_eq!(
+        HostMatch::parse("*.example.com").unwrap().to_string(),
+        "*.example.com"
+    );
 }

@@ -57,9 +57,7 @@ impl RetryBudget {
 
     /// Counts a request (a deposit of `percent` % of a retry). `now_ns`: [`crate::balance::now_ns`].
     pub fn on_request(&self, now_ns: u64) {
-        self.slot(second(now_ns))
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.slot(second(now_ns)).requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget if there is one left in the window.

@@ -69,7 +69,10 @@ fn upgrade_is_detected_and_kept() {
     assert_eq!(p.headers["upgrade"], "websocket");
     assert_eq!(p.headers["connection"], "upgrade");
     // Upgrade without Connection: upgrade is not an upgrade request.
-    let req = hyper::Request::get("/").header("upgrade", "websocket").body(()).unwrap();
+    let req = hyper::Request::get("/")
+        .header("upgrade", "websocket")
+        .body(())
+        .unwrap();
     assert!(upgrade(req.headers()).is_none());
 }
 
