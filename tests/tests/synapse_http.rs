@@ -173,6 +173,15 @@ fn pooling_headers_and_own_answers() {
     assert!(r.headers.get("x-private").is_none(), "{:?}", r.headers);
     assert!(r.headers.get("keep-alive").is_none(), "{:?}", r.headers);
 
+    // An HTTP/1.0 request without Host: the backend gets one (its own address).
+    let mut s = TcpStream::connect(("127.0.0.1", web)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(out.contains(&format!("\"host\":[\"127.0.0.1:{}\"]", a.port)), "{out}");
+
     // No backend: 503 with a clear body and Retry-After.
     let r = get(synapse.port("empty"), "/");
     assert_eq!(r.status, 503);
@@ -610,4 +619,95 @@ fn vm_kb(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Backends join and leave 20 times a second while keep-alive clients send requests: none
+/// fails (pooled connections to a removed backend are simply no longer picked).
+#[test]
+fn membership_churn_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let zk = ZkCluster::standalone();
+    let zkc = Zk::connect(&zk.connect_string());
+    let backends: Vec<HttpBackend> = (0..6).map(|i| HttpBackend::start(&format!("b{i}"))).collect();
+    let id = |i: usize| format!("b{i}_{:010}", i + 1);
+    for (i, b) in backends.iter().enumerate().take(3) {
+        put(&zkc, "churn", &id(i), b.port);
+    }
+    let synapse = start(&zk.connect_string(), &[("churn", "")], "");
+    synapse.wait_backends("churn", 3);
+    let port = synapse.port("churn");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                let mut conn = HttpConn::open(port).unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    // Some requests on fresh client connections too.
+                    if n % 10 == 0 {
+                        conn = HttpConn::open(port).unwrap();
+                    }
+                    let body = if n % 3 == 0 {
+                        TestBody::text("a small body")
+                    } else {
+                        TestBody::empty()
+                    };
+                    let method = if n % 2 == 0 { "POST" } else { "GET" };
+                    match conn.send(h::request(method, "x", &format!("/c{c}/{n}"), body)) {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        other => failed.push(format!("{method} {n}: {other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    // b0 stays; b1..b5 flip in turn every 50 ms, for 4 s.
+    let mut member: Vec<bool> = (0..6).map(|i| i < 3).collect();
+    let started = Instant::now();
+    let mut changes = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let i = 1 + changes % 5;
+        if member[i] {
+            zkc.delete(&format!("/services/churn/{}", id(i)));
+        } else {
+            put(&zkc, "churn", &id(i), backends[i].port);
+        }
+        member[i] = !member[i];
+        changes += 1;
+        let due = started + Duration::from_millis(50) * changes as u32;
+        if let Some(pause) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(pause);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    let served: Vec<usize> = backends.iter().map(HttpBackend::requests).collect();
+    println!(
+        "{changes} membership changes in 4 s; {ok} requests answered, {} failed; per backend {served:?}",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 200, "only {ok} requests in 4 s");
+    assert!(
+        served[1..].iter().filter(|n| **n > 0).count() >= 3,
+        "the churning backends got traffic: {served:?}"
+    );
 }

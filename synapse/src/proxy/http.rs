@@ -260,9 +260,15 @@ impl HttpService {
                     Err(Acquire::Deadline) => return self.reply(ProxyError::Timeout),
                 };
                 let again = msg.replayable && picks.peek().is_some();
-                let Some(request) = msg.take(again) else {
+                let Some(mut request) = msg.take(again) else {
                     return self.reply(failure);
                 };
+                if !request.headers().contains_key(HOST) {
+                    // An HTTP/1.0 client may send none; HTTP/1.1 backends require one.
+                    if let Ok(host) = HeaderValue::from_str(&backend.state.key) {
+                        request.headers_mut().insert(HOST, host);
+                    }
+                }
                 let sent_at = Instant::now();
                 let try_deadline = match config.http.try_timeout {
                     t if t.is_zero() => deadline,
