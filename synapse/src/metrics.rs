@@ -353,15 +353,18 @@ pub enum ProxyError {
     Timeout,
     /// 400: the request body could not be read (for a replayable request).
     BadRequest,
+    /// 408: a replayable request body did not arrive within `request_timeout`.
+    ClientTimeout,
 }
 
 impl ProxyError {
-    const ALL: [ProxyError; 5] = [
+    const ALL: [ProxyError; 6] = [
         ProxyError::NoBackend,
         ProxyError::NotSynced,
         ProxyError::BackendFailed,
         ProxyError::Timeout,
         ProxyError::BadRequest,
+        ProxyError::ClientTimeout,
     ];
 
     /// The label value.
@@ -372,6 +375,7 @@ impl ProxyError {
             ProxyError::BackendFailed => "backend_failed",
             ProxyError::Timeout => "timeout",
             ProxyError::BadRequest => "bad_request",
+            ProxyError::ClientTimeout => "client_timeout",
         }
     }
 }
@@ -412,7 +416,7 @@ pub struct HttpServiceMetrics {
     /// Retries not made because the retry budget was spent.
     pub budget_exhausted: IntCounter,
     /// Answers made by synapse itself, by [`ProxyError`] (index = discriminant).
-    pub errors: [IntCounter; 5],
+    pub errors: [IntCounter; 6],
 }
 
 /// HTTP handles of one backend.
@@ -461,7 +465,7 @@ impl HttpMetrics {
                 Opts::new(
                     "synapse_http_proxy_errors_total",
                     "Requests answered by synapse itself, by reason (no_backend, not_synced, \
-                     backend_failed, timeout, bad_request)",
+                     backend_failed, timeout, bad_request, client_timeout)",
                 ),
                 &["service", "reason"],
             )?,

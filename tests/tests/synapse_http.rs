@@ -180,7 +180,10 @@ fn pooling_headers_and_own_answers() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
-    assert!(out.contains(&format!("\"host\":[\"127.0.0.1:{}\"]", a.port)), "{out}");
+    assert!(
+        out.contains(&format!("\"host\":[\"127.0.0.1:{}\"]", a.port)),
+        "{out}"
+    );
 
     // No backend: 503 with a clear body and Retry-After.
     let r = get(synapse.port("empty"), "/");

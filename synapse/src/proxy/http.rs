@@ -99,6 +99,7 @@ struct Replies {
     failed: Bytes,
     timeout: Bytes,
     bad_request: Bytes,
+    client_timeout: Bytes,
 }
 
 /// A `mode: http` service as the HTTP proxy sees it; shared by its own listener and the
@@ -137,6 +138,7 @@ impl HttpService {
                 failed: text(format!("backend failed for service {name}")),
                 timeout: text(format!("backend timed out for service {name}")),
                 bad_request: text("could not read the request body".into()),
+                client_timeout: text("the request body did not arrive in time".into()),
             },
             service,
         }
@@ -200,6 +202,7 @@ impl HttpService {
             ProxyError::BackendFailed => (StatusCode::BAD_GATEWAY, &r.failed),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, &r.timeout),
             ProxyError::BadRequest => (StatusCode::BAD_REQUEST, &r.bad_request),
+            ProxyError::ClientTimeout => (StatusCode::REQUEST_TIMEOUT, &r.client_timeout),
         };
         let mut resp = text_response(status, body.clone());
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -398,7 +401,7 @@ impl HttpService {
                 debug!(error = %err, "cannot read the request body");
                 Err(self.reply(ProxyError::BadRequest))
             }
-            None => Err(self.reply(ProxyError::Timeout)),
+            None => Err(self.reply(ProxyError::ClientTimeout)),
         }
     }
 
