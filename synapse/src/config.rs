@@ -24,6 +24,10 @@ pub struct Config {
     pub log: LogConfig,
     /// On SIGTERM, how long in-flight connections may take to finish. Default 10 s.
     pub drain_timeout: Duration,
+    /// Runtime threads: 1 (the default) runs synapse on one thread (tokio's current-thread
+    /// runtime: the cheapest per request for a sidecar), N > 1 on N worker threads, 0 on one
+    /// per CPU.
+    pub worker_threads: usize,
     /// The services to route.
     pub services: Vec<ServiceConfig>,
     /// Shared HTTP listeners that route by Host and path prefix to `mode: http` services.
@@ -219,6 +223,7 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_timeout: Option<Duration>,
+    worker_threads: Option<u32>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     first_sync_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
@@ -370,12 +375,28 @@ impl Config {
             admin_listen,
             log: raw.log,
             drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            worker_threads: worker_threads(raw.worker_threads, p),
             services,
             http_listeners,
             http_keepalive_timeout: raw
                 .http_keepalive_timeout
                 .unwrap_or(DEFAULT_HTTP_KEEPALIVE_TIMEOUT),
         })
+    }
+}
+
+/// Default of [`Config::worker_threads`].
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+
+/// `worker_threads`: at most 1024.
+fn worker_threads(raw: Option<u32>, p: &mut Problems) -> usize {
+    match raw {
+        None => DEFAULT_WORKER_THREADS,
+        Some(n) if n > 1024 => {
+            p.push("worker_threads", format!("{n} is more than 1024"));
+            DEFAULT_WORKER_THREADS
+        }
+        Some(n) => n as usize,
     }
 }
 
@@ -729,6 +750,10 @@ impl common::cli::AgentConfig for Config {
 
     fn service_count(&self) -> usize {
         self.services.len()
+    }
+
+    fn worker_threads(&self) -> usize {
+        self.worker_threads
     }
 }
 

@@ -479,3 +479,13 @@ fn http_listener_problems() {
         ]
     );
 }
+
+#[test]
+fn worker_threads_default_to_one() {
+    let c = load(&one("")).unwrap();
+    assert_eq!(c.worker_threads, 1);
+    let c = load(&format!("worker_threads: 0\n{}", one(""))).unwrap();
+    assert_eq!(c.worker_threads, 0);
+    let paths = problem_paths(&format!("worker_threads: 5000\n{}", one("")));
+    assert_eq!(paths, ["worker_threads"]);
+}

@@ -30,8 +30,9 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The fixed hop-by-hop headers (those listed in `Connection` come on top).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// The fixed hop-by-hop headers (those listed in `Connection` come on top). A `static`, not
+/// a `const`: a const array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -72,31 +73,47 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 
 /// Removes the hop-by-hop headers (see the module docs).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry no hop-by-hop header but
-    // `Connection`, and a miss is cheaper than nine removals.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names says which are present (bit i: `HOP_BY_HOP[i]`): most
+    // messages carry none, or only `Connection`, and a miss costs less than a removal.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let listed = headers.get_all(CONNECTION).iter().count();
-    if listed == 1 {
-        if let Some(v) = headers.remove(CONNECTION) {
-            remove_listed(headers, &v);
-        }
-    } else if listed > 1 {
-        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-        headers.remove(CONNECTION);
-        for v in &values {
-            remove_listed(headers, v);
+    if present & 1 != 0 {
+        let listed = headers.get_all(CONNECTION).iter().count();
+        if listed == 1 {
+            if let Some(v) = headers.remove(CONNECTION) {
+                remove_listed(headers, &v);
+            }
+        } else {
+            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            headers.remove(CONNECTION);
+            for v in &values {
+                remove_listed(headers, v);
+            }
         }
     }
-    for name in &HOP_BY_HOP[1..] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
 fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
     for token in tokens(connection) {
-        // `close`, `keep-alive`, `upgrade` are options, not (end-to-end) header names.
+        // The usual options, not header names (`Keep-Alive` and `Upgrade` go anyway).
+        if token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"upgrade")
+        {
+            continue;
+        }
         if let Ok(name) = HeaderName::from_bytes(token) {
             headers.remove(name);
         }
