@@ -441,8 +441,9 @@ fn shared_listener_routes_by_host_and_path() {
     put(&zkc, "web", "web_0000000001", web.port);
     put(&zkc, "fallback", "fb_0000000001", fallback.port);
     let shared = free_port();
+    // This one runs on a multi-thread runtime; the others on the default single thread.
     let top = format!(
-        "http_listeners:\n  - listen: {shared}\n    routes:\n\
+        "worker_threads: 2\nhttp_listeners:\n  - listen: {shared}\n    routes:\n\
          \x20     - {{host: api.local, service: api}}\n\
          \x20     - {{host: api.local, path_prefix: /v2, service: apiv2}}\n\
          \x20     - {{host: \"*.web.local\", service: web}}\n\
