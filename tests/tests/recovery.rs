@@ -4,14 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation fails loudly
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::routed;
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
-use zookeeper_client as zkc;
+use integration_tests::{eventually, free_port, Agent, Backend, NodeCounter, Zk, ZkCluster};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
@@ -75,86 +71,6 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// Counts nerve's nodes for the instance as often as it can, from its own client that
-/// reconnects at once (a new session, fail-eagerly) whenever it loses its server, so that a
-/// duplicate is seen even while the ensemble elects a leader. Stopped and joined on drop.
-struct Observer {
-    stop: Arc<AtomicBool>,
-    max: Arc<AtomicUsize>,
-    polls: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Observer {
-    fn start(connect: &str) -> Observer {
-        let (stop, max, polls) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let (s, m, p, cs) = (stop.clone(), max.clone(), polls.clone(), connect.to_string());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut client: Option<zkc::Client> = None;
-                while !s.load(Ordering::Relaxed) {
-                    if client.is_none() {
-                        let attempt = zkc::Client::connector()
-                            .with_session_timeout(Duration::from_secs(4))
-                            .with_connection_timeout(Duration::from_millis(300))
-                            .with_fail_eagerly()
-                            .connect(&cs);
-                        client = tokio::time::timeout(Duration::from_secs(2), attempt)
-                            .await
-                            .ok()
-                            .and_then(Result::ok);
-                    }
-                    let Some(c) = &client else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    match tokio::time::timeout(Duration::from_millis(500), c.list_children(PATH)).await {
-                        Ok(Ok(children)) => {
-                            let n = children.iter().filter(|c| c.starts_with(OUR_PREFIX)).count();
-                            m.fetch_max(n, Ordering::Relaxed);
-                            p.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(Err(zkc::Error::NoNode)) => {}
-                        _ => client = None,
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
-        });
-        Observer {
-            stop,
-            max,
-            polls,
-            thread: Some(thread),
-        }
-    }
-
-    fn max(&self) -> usize {
-        self.max.load(Ordering::Relaxed)
-    }
-
-    fn polls(&self) -> usize {
-        self.polls.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Every server goes down until both agents have given their sessions up, and `longer` after
 /// that (a long outage, during which the agents keep retrying), then comes back. Measured from "the ensemble serves again": nerve's node is back (exactly one, under a new
 /// session), and synapse sees a change made after the restart. Returns (nerve, synapse).
@@ -186,7 +102,7 @@ fn full_outage(zk: &mut ZkCluster, round: usize, longer: Duration) -> (Duration,
     });
     let serving = Instant::now();
 
-    let observer = Observer::start(&cs);
+    let observer = NodeCounter::start(&cs, PATH, OUR_PREFIX);
     let zkc = Zk::connect(&cs);
     let b = Backend::start("b");
     zkc.create(
@@ -298,7 +214,7 @@ fn frozen_server_holding_the_session_never_leaves_two_nodes() {
         .collect();
     let others = others.join(",");
 
-    let observer = Observer::start(&others);
+    let observer = NodeCounter::start(&others, PATH, OUR_PREFIX);
     poll("the observer sees nerve's node", WAIT, || {
         (observer.max() == 1).then_some(())
     });
@@ -367,7 +283,7 @@ fn short_outage_within_the_session_timeout_keeps_nerve_s_node_and_synapse_recove
         zk.serving().then_some(())
     });
     let serving = Instant::now();
-    let observer = Observer::start(&cs);
+    let observer = NodeCounter::start(&cs, PATH, OUR_PREFIX);
     let zkc = Zk::connect(&cs);
     let b = Backend::start("b");
     zkc.create(
