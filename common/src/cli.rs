@@ -34,6 +34,12 @@ pub trait AgentConfig: Sized {
     fn log(&self) -> &LogConfig;
     /// How many services it declares (for `--check-config`).
     fn service_count(&self) -> usize;
+    /// Runtime threads: 1 runs everything on one thread (tokio's current-thread runtime, as
+    /// linkerd2-proxy does with one core: no work-stealing queues, no cross-thread wakeups);
+    /// N > 1 a multi-thread runtime with N workers; 0 one worker per CPU. Default 0.
+    fn worker_threads(&self) -> usize {
+        0
+    }
 }
 
 /// Runs agent `name` with the config at `file` (or only validates it when `check_only`).
@@ -67,7 +73,15 @@ where
         eprintln!("{name}: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match config.worker_threads() {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("{name}: cannot start the tokio runtime: {err}");

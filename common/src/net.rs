@@ -5,6 +5,7 @@
 //! Idle tracking adds one relaxed atomic add per read and per write and no clock read: a
 //! watcher task samples the counters a few times per timeout period instead.
 
+use std::borrow::Borrow;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,39 +158,44 @@ impl Activity {
     }
 }
 
-/// A stream that counts the bytes read from and written to it in an [`Activity`].
+/// A stream that counts the bytes read from and written to it in an [`Activity`], borrowed
+/// (`&Activity`) or shared (`Arc<Activity>`, for streams that must be `'static`, e.g. handed
+/// to hyper with upgrades).
 #[derive(Debug)]
-pub struct Tracked<'a, S> {
+pub struct Tracked<S, A> {
     inner: S,
-    activity: &'a Activity,
+    activity: A,
 }
 
-impl<'a, S> Tracked<'a, S> {
+impl<S, A: Borrow<Activity>> Tracked<S, A> {
     /// Wraps `inner`, counting into `activity`.
-    pub fn new(inner: S, activity: &'a Activity) -> Self {
+    pub fn new(inner: S, activity: A) -> Self {
         Tracked { inner, activity }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
+impl<S: AsyncRead + Unpin, A: Borrow<Activity> + Unpin> AsyncRead for Tracked<S, A> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
-            this.activity.read.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity.borrow().read.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
+impl<S: AsyncWrite + Unpin, A: Borrow<Activity> + Unpin> AsyncWrite for Tracked<S, A> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            this.activity.written.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity
+                .borrow()
+                .written
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -202,7 +208,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            this.activity.written.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity
+                .borrow()
+                .written
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }

@@ -163,7 +163,11 @@ fn list(services: &[Arc<Service>]) -> Reply {
         out.insert(
             c.name.clone(),
             json!({
-                "listen": c.listen.to_string(),
+                "listen": c.listen.map(|l| l.to_string()),
+                "mode": match c.mode {
+                    crate::config::Mode::Tcp => "tcp",
+                    crate::config::Mode::Http => "http",
+                },
                 "zk_path": c.zk_path,
                 "synced": s.synced.load(Ordering::Relaxed),
                 "synced_from": s.source().as_str(),

@@ -1,5 +1,5 @@
 //! synapse: the router agent. It watches service paths in ZooKeeper and serves each service
-//! on a local port through an embedded TCP load balancer.
+//! on a local port through an embedded TCP or HTTP load balancer.
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
@@ -13,7 +13,10 @@
 //!   hash), weights, backups, per-backend live state (hot path, pure).
 //! - [`outlier`]: passive outlier ejection (consecutive failures, growing capped ejection
 //!   time, maximum ejected share) and the panic threshold.
-//! - [`proxy`]: accept loop (`max_connections`) and per-connection TCP proxying (hot path).
+//! - [`proxy`]: the data path (hot path): [`proxy::tcp`] (accept loop with
+//!   `max_connections`, per-connection TCP proxying) and [`proxy::http`] (HTTP server to
+//!   clients, pooled keep-alive connections to backends, retries, timeouts, upgrades).
+//! - [`router`]: Host / path-prefix routing of shared HTTP listeners (hot path).
 //! - [`reload`]: the running services and listeners; SIGHUP reloads as a diff.
 //! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
 //! - [`file_output`]: per-service JSON backend lists.
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod proxy;
 pub mod reload;
+pub mod router;
 pub mod service;
 pub mod table;
 
@@ -57,6 +61,16 @@ pub enum RunError {
     /// The admin server could not bind.
     #[error(transparent)]
     Admin(#[from] common::admin::AdminBindError),
+    /// A shared HTTP listener could not bind.
+    #[error("cannot listen on {addr} for http_listeners[{index}]: {source}")]
+    HttpListen {
+        /// Position in `http_listeners`.
+        index: usize,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A service's listener could not bind.
     #[error("cannot listen on {addr} for service {service}: {source}")]
     Listen {
@@ -112,6 +126,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
             }
         }
     }
+    let http_listeners = reload::bind_shared(&config).await?;
 
     let registry = Registry::new(
         RegistryOptions {
@@ -126,7 +141,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     let state_file = config.state_file.clone();
     let output = config.file_output.clone();
     let mut sup = reload::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
-    sup.start(listeners, cached);
+    sup.start(listeners, http_listeners, cached);
     let writers_stop = CancellationToken::new();
     let mut writers = Vec::new();
     if let Some(f) = state_file {

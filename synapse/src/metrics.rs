@@ -49,6 +49,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     state_file_writes: IntCounterVec,
     file_output_writes: IntCounterVec,
+    http: HttpMetrics,
 }
 
 /// Handles for one service.
@@ -341,6 +342,7 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            http: HttpMetrics::new(registry)?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.no_backend.clone()))?;
@@ -480,8 +482,14 @@ impl Metrics {
         }
     }
 
+    /// The HTTP-mode metrics.
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
     /// Drops the series of a backend that left the route table.
     pub fn forget_backend(&self, service: &str, backend: &str) {
+        self.http.forget_backend(service, backend);
         let _ = self.backend_active.remove_label_values(&[service, backend]);
         let _ = self.backend_connections.remove_label_values(&[service, backend]);
         let _ = self.backend_failures.remove_label_values(&[service, backend]);
@@ -489,5 +497,216 @@ impl Metrics {
         let _ = self.backend_ejections.remove_label_values(&[service, backend]);
         let _ = self.backend_ejected.remove_label_values(&[service, backend]);
         let _ = self.backend_weight.remove_label_values(&[service, backend]);
+    }
+}
+
+/// Buckets of the HTTP response-time histograms: 500 µs to 60 s.
+const RESPONSE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Status classes, the `code_class` label values (index = first digit - 1).
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CODE_CLASSES`] of a status code (600 and above count as `5xx`).
+pub fn code_class(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5) - 1)
+}
+
+/// Why synapse answered a request itself (`reason` of `synapse_http_proxy_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// 503: no backend in the table, or none reachable.
+    NoBackend,
+    /// 503: no first sync from ZooKeeper within `first_sync_timeout`.
+    NotSynced,
+    /// 502: the backend reset or closed the connection, or sent a malformed response.
+    BackendFailed,
+    /// 504: `request_timeout` or `try_timeout` ran out.
+    Timeout,
+    /// 400: the request body could not be read (for a replayable request).
+    BadRequest,
+    /// 408: a replayable request body did not arrive within `request_timeout`.
+    ClientTimeout,
+}
+
+impl ProxyError {
+    const ALL: [ProxyError; 6] = [
+        ProxyError::NoBackend,
+        ProxyError::NotSynced,
+        ProxyError::BackendFailed,
+        ProxyError::Timeout,
+        ProxyError::BadRequest,
+        ProxyError::ClientTimeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::NotSynced => "not_synced",
+            ProxyError::BackendFailed => "backend_failed",
+            ProxyError::Timeout => "timeout",
+            ProxyError::BadRequest => "bad_request",
+            ProxyError::ClientTimeout => "client_timeout",
+        }
+    }
+}
+
+/// Why a request was retried (`reason` of `synapse_http_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The backend answered 502 or 503.
+    Status,
+    /// The connection failed after the request was sent, before any response byte.
+    Error,
+    /// `try_timeout` ran out.
+    Timeout,
+}
+
+/// HTTP-mode metrics.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    response_time: HistogramVec,
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    errors: IntCounterVec,
+    unrouted: IntCounterVec,
+    backend_responses: IntCounterVec,
+    backend_response_time: HistogramVec,
+}
+
+/// HTTP handles of one service.
+#[derive(Debug, Clone)]
+pub struct HttpServiceMetrics {
+    /// Responses to clients by status class ([`code_class`]), synapse's own included.
+    pub requests: [IntCounter; 5],
+    /// From a request's arrival to its response headers, retries included.
+    pub response_time: Histogram,
+    /// Retries, by [`RetryReason`] (index = discriminant).
+    pub retries: [IntCounter; 3],
+    /// Retries not made because the retry budget was spent.
+    pub budget_exhausted: IntCounter,
+    /// Answers made by synapse itself, by [`ProxyError`] (index = discriminant).
+    pub errors: [IntCounter; 6],
+}
+
+/// HTTP handles of one backend.
+#[derive(Debug, Clone)]
+pub struct HttpBackendMetrics {
+    /// Responses by status class.
+    pub responses: [IntCounter; 5],
+    /// From sending the request to this backend to its response headers.
+    pub response_time: Histogram,
+}
+
+impl HttpMetrics {
+    fn new(registry: &Registry) -> Result<HttpMetrics, prometheus::Error> {
+        let svc = &["service"];
+        let m = HttpMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "synapse_http_requests_total",
+                    "HTTP responses sent to clients, by status class (synapse's own answers included)",
+                ),
+                &["service", "code_class"],
+            )?,
+            response_time: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_http_response_seconds",
+                    "From a request's arrival to its response headers, retries included",
+                )
+                .buckets(RESPONSE_BUCKETS.to_vec()),
+                svc,
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "synapse_http_retries_total",
+                    "Requests sent again to another backend, by reason (status, error, timeout)",
+                ),
+                &["service", "reason"],
+            )?,
+            budget_exhausted: IntCounterVec::new(
+                Opts::new(
+                    "synapse_http_retry_budget_exhausted_total",
+                    "Retries not made because the retry budget was spent",
+                ),
+                svc,
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "synapse_http_proxy_errors_total",
+                    "Requests answered by synapse itself, by reason (no_backend, not_synced, \
+                     backend_failed, timeout, bad_request, client_timeout)",
+                ),
+                &["service", "reason"],
+            )?,
+            unrouted: IntCounterVec::new(
+                Opts::new(
+                    "synapse_http_unrouted_total",
+                    "Requests to a shared HTTP listener that matched no route (answered 404)",
+                ),
+                &["listen"],
+            )?,
+            backend_responses: IntCounterVec::new(
+                Opts::new(
+                    "synapse_backend_http_responses_total",
+                    "HTTP responses per backend, by status class",
+                ),
+                &["service", "backend", "code_class"],
+            )?,
+            backend_response_time: HistogramVec::new(
+                HistogramOpts::new(
+                    "synapse_backend_http_response_seconds",
+                    "From sending a request to a backend to its response headers",
+                )
+                .buckets(RESPONSE_BUCKETS.to_vec()),
+                &["service", "backend"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.response_time.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.budget_exhausted.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.unrouted.clone()))?;
+        registry.register(Box::new(m.backend_responses.clone()))?;
+        registry.register(Box::new(m.backend_response_time.clone()))?;
+        Ok(m)
+    }
+
+    /// Resolves the handles of one `mode: http` service.
+    pub fn service(&self, service: &str) -> HttpServiceMetrics {
+        HttpServiceMetrics {
+            requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[service, c])),
+            response_time: self.response_time.with_label_values(&[service]),
+            retries: ["status", "error", "timeout"].map(|r| self.retries.with_label_values(&[service, r])),
+            budget_exhausted: self.budget_exhausted.with_label_values(&[service]),
+            errors: ProxyError::ALL.map(|e| self.errors.with_label_values(&[service, e.as_str()])),
+        }
+    }
+
+    /// Resolves the handles of one backend of a `mode: http` service (once, at its first
+    /// request).
+    pub fn backend(&self, service: &str, backend: &str) -> HttpBackendMetrics {
+        HttpBackendMetrics {
+            responses: CODE_CLASSES.map(|c| self.backend_responses.with_label_values(&[service, backend, c])),
+            response_time: self.backend_response_time.with_label_values(&[service, backend]),
+        }
+    }
+
+    /// The 404 counter of a shared listener.
+    pub fn unrouted(&self, listen: &str) -> IntCounter {
+        self.unrouted.with_label_values(&[listen])
+    }
+
+    fn forget_backend(&self, service: &str, backend: &str) {
+        for c in CODE_CLASSES {
+            let _ = self.backend_responses.remove_label_values(&[service, backend, c]);
+        }
+        let _ = self
+            .backend_response_time
+            .remove_label_values(&[service, backend]);
     }
 }

@@ -15,6 +15,12 @@
 //!   its open connections get `drain_timeout`, then are closed;
 //! - **added**: a listener and a watcher start.
 //!
+//! `mode: http` services: their listener's routes are swapped in place, so keep-alive
+//! connections follow a changed service from their next request. Shared HTTP listeners
+//! (`http_listeners`, by address) are kept, added or removed the same way, and their routes
+//! rebuilt after every reload; a listener whose settings changed gets a new accept loop on
+//! its socket.
+//!
 //! Sockets are taken before anything changes: a new `listen` reuses a socket the running
 //! config holds for exactly that address (so services may swap ports in one reload), else
 //! is bound; if any bind fails the reload is refused as a whole and nothing changes.
@@ -37,8 +43,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, HttpListenerConfig, Mode, ServiceConfig};
 use crate::metrics::Metrics;
+use crate::proxy::http::{self, HttpService, ListenerSettings, Routes, SharedRoutes};
 use crate::service::{self, Control, Service, WatchContext};
 use crate::RunError;
 
@@ -49,7 +56,10 @@ pub type Services = Arc<ArcSwap<Vec<Arc<Service>>>>;
 #[derive(Debug)]
 struct Running {
     service: Arc<Service>,
-    listener: Arc<TcpListener>,
+    /// Its own listener; none for an HTTP service reached through shared listeners only.
+    listener: Option<Arc<TcpListener>>,
+    /// `mode: http` only.
+    http: Option<HttpParts>,
     /// Stops the current accept loop (a reload may start another on the same socket).
     accept_stop: CancellationToken,
     /// Stops the watcher.
@@ -61,6 +71,27 @@ struct Running {
     connections: TaskTracker,
 }
 
+/// What a `mode: http` service adds.
+#[derive(Debug)]
+struct HttpParts {
+    service: Arc<HttpService>,
+    /// Its own listener's routes (`Routes::Service`), swapped when the service changes.
+    routes: SharedRoutes,
+    /// Stops the pool sweeper.
+    sweep_stop: CancellationToken,
+}
+
+/// One shared HTTP listener (`http_listeners[]`).
+#[derive(Debug)]
+struct Shared {
+    config: HttpListenerConfig,
+    listener: Arc<TcpListener>,
+    routes: SharedRoutes,
+    accept_stop: CancellationToken,
+    conn_cancel: CancellationToken,
+    connections: TaskTracker,
+}
+
 /// Owns the running services; applies reloads.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -69,6 +100,8 @@ pub struct Supervisor {
     registry: Registry,
     shutdown: CancellationToken,
     running: BTreeMap<String, Running>,
+    /// Shared HTTP listeners by address.
+    shared: BTreeMap<SocketAddr, Shared>,
     services: Services,
     installed: watch::Sender<u64>,
     /// Accept loops and watchers.
@@ -84,10 +117,10 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] common::config::ConfigError),
     /// A new listener could not bind.
-    #[error("cannot listen on {addr} for service {service}: {source}")]
+    #[error("cannot listen on {addr} for {owner}: {source}")]
     Listen {
-        /// The service.
-        service: String,
+        /// The service, or the shared HTTP listener.
+        owner: String,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -95,15 +128,67 @@ pub enum ReloadError {
     },
 }
 
-/// Binds a service's listener.
-pub async fn bind(svc: &ServiceConfig) -> Result<TcpListener, RunError> {
-    TcpListener::bind(svc.listen)
+/// Binds a service's own listener (none for a service without `listen`).
+pub async fn bind(svc: &ServiceConfig) -> Result<Option<TcpListener>, RunError> {
+    let Some(addr) = svc.listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
         .await
+        .map(Some)
         .map_err(|source| RunError::Listen {
             service: svc.name.clone(),
-            addr: svc.listen,
+            addr,
             source,
         })
+}
+
+/// Binds the shared HTTP listeners.
+pub async fn bind_shared(config: &Config) -> Result<Vec<TcpListener>, RunError> {
+    let mut out = Vec::new();
+    for (index, l) in config.http_listeners.iter().enumerate() {
+        let listener = TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| RunError::HttpListen {
+                index,
+                addr: l.listen,
+                source,
+            })?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// The connection settings of a listener serving `svc`, or of a shared one.
+fn settings(idle_timeout: Duration, tcp_keepalive: Duration, config: &Config) -> ListenerSettings {
+    ListenerSettings {
+        idle_timeout,
+        tcp_keepalive,
+        keepalive_timeout: config.http_keepalive_timeout,
+    }
+}
+
+fn listener_addr(l: &TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|e| format!("(unknown: {e})"), |a| a.to_string())
+}
+
+/// Sweeps the pools of the HTTP service its routes name, until `stop`.
+async fn sweep_loop(routes: SharedRoutes, stop: CancellationToken) {
+    loop {
+        let Routes::Service(current) = &**routes.load() else {
+            return;
+        };
+        let current = current.clone();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(current.sweep_period()) => {}
+        }
+        // The routes may have moved on to a successor meanwhile: sweep the current one.
+        if let Routes::Service(now) = &**routes.load() {
+            now.sweep();
+        }
+    }
 }
 
 impl Supervisor {
@@ -120,6 +205,7 @@ impl Supervisor {
             registry,
             shutdown,
             running: BTreeMap::new(),
+            shared: BTreeMap::new(),
             services: Services::default(),
             installed: watch::Sender::new(0),
             tasks: TaskTracker::new(),
@@ -137,13 +223,23 @@ impl Supervisor {
         self.installed.subscribe()
     }
 
-    /// Starts every service of the config on its bound listener, seeded from the state
-    /// file's members where given.
-    pub fn start(&mut self, listeners: Vec<TcpListener>, mut cached: HashMap<String, Vec<(String, Node)>>) {
+    /// Starts every service of the config on its bound listener (from [`bind`]), and the
+    /// shared HTTP listeners (from [`bind_shared`]), seeded from the state file's members
+    /// where given.
+    pub fn start(
+        &mut self,
+        listeners: Vec<Option<TcpListener>>,
+        shared: Vec<TcpListener>,
+        mut cached: HashMap<String, Vec<(String, Node)>>,
+    ) {
         let configs = self.config.services.clone();
         for (svc, listener) in configs.into_iter().zip(listeners) {
             let seed = cached.remove(&svc.name);
-            self.start_service(svc, Arc::new(listener), seed, TaskTracker::new());
+            self.start_service(svc, listener.map(Arc::new), seed, TaskTracker::new());
+        }
+        let shared_configs = self.config.http_listeners.clone();
+        for (config, listener) in shared_configs.into_iter().zip(shared) {
+            self.start_shared(config, Arc::new(listener));
         }
         self.publish();
     }
@@ -151,7 +247,7 @@ impl Supervisor {
     fn start_service(
         &mut self,
         svc: ServiceConfig,
-        listener: Arc<TcpListener>,
+        listener: Option<Arc<TcpListener>>,
         cached: Option<Vec<(String, Node)>>,
         connections: TaskTracker,
     ) {
@@ -173,9 +269,11 @@ impl Supervisor {
         };
         self.tasks
             .spawn(service::watch_loop(service.clone(), ctx, watcher_stop.clone()).instrument(span));
+        let http = (svc.mode == Mode::Http).then(|| self.http_parts(&service));
         let mut running = Running {
             service,
             listener,
+            http,
             accept_stop: CancellationToken::new(),
             watcher_stop,
             conn_cancel: self.shutdown.child_token(),
@@ -183,23 +281,97 @@ impl Supervisor {
             connections,
         };
         self.spawn_accept(&mut running);
-        info!(service = %svc.name, listen = %svc.listen, "listening");
         self.running.insert(svc.name, running);
+    }
+
+    /// The HTTP side of `service` (its config says `mode: http`), pool sweeper started.
+    fn http_parts(&self, service: &Arc<Service>) -> HttpParts {
+        let http = Arc::new(HttpService::new(service.clone(), &self.metrics));
+        let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(Routes::Service(http.clone())));
+        let sweep_stop = self.shutdown.child_token();
+        self.tasks.spawn(sweep_loop(routes.clone(), sweep_stop.clone()));
+        HttpParts {
+            service: http,
+            routes,
+            sweep_stop,
+        }
     }
 
     /// (Re)starts the accept loop of `r` on its listener, for its current service.
     fn spawn_accept(&self, r: &mut Running) {
         r.accept_stop.cancel();
         r.accept_stop = self.shutdown.child_token();
+        let Some(listener) = r.listener.clone() else {
+            info!(service = %r.service.config.name, "no listen address: reached through http_listeners only");
+            return;
+        };
         let stop = r.accept_stop.clone();
-        let serve = crate::proxy::serve(
-            r.listener.clone(),
-            r.service.clone(),
-            r.connections.clone(),
-            r.conn_cancel.clone(),
-            stop,
+        let config = &r.service.config;
+        let span = tracing::info_span!("service", service = %config.name, zk.path = %config.zk_path);
+        match &r.http {
+            None => {
+                info!(service = %config.name, listen = %listener_addr(&listener), mode = "tcp", "listening");
+                let serve = crate::proxy::tcp::serve(
+                    listener,
+                    r.service.clone(),
+                    r.connections.clone(),
+                    r.conn_cancel.clone(),
+                    stop,
+                );
+                self.tasks.spawn(serve.instrument(span));
+            }
+            Some(h) => {
+                info!(service = %config.name, listen = %listener_addr(&listener), mode = "http", "listening");
+                let serve = http::serve(
+                    listener,
+                    h.routes.clone(),
+                    settings(config.idle_timeout, config.tcp_keepalive, &self.config),
+                    r.connections.clone(),
+                    r.conn_cancel.clone(),
+                    stop,
+                );
+                self.tasks.spawn(serve.instrument(span));
+            }
+        }
+    }
+
+    fn start_shared(&mut self, config: HttpListenerConfig, listener: Arc<TcpListener>) {
+        let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(self.shared_routes(&config)));
+        let mut shared = Shared {
+            config,
+            listener,
+            routes,
+            accept_stop: CancellationToken::new(),
+            conn_cancel: self.shutdown.child_token(),
+            connections: TaskTracker::new(),
+        };
+        self.spawn_shared_accept(&mut shared);
+        self.shared.insert(shared.config.listen, shared);
+    }
+
+    /// The routes of a shared listener over the running HTTP services.
+    fn shared_routes(&self, config: &HttpListenerConfig) -> Routes {
+        let services: Vec<Arc<HttpService>> = self
+            .running
+            .values()
+            .filter_map(|r| r.http.as_ref().map(|h| h.service.clone()))
+            .collect();
+        Routes::shared(config, &services, &self.metrics)
+    }
+
+    fn spawn_shared_accept(&self, l: &mut Shared) {
+        l.accept_stop.cancel();
+        l.accept_stop = self.shutdown.child_token();
+        info!(listen = %l.config.listen, routes = l.config.routes.len(), "listening (shared HTTP)");
+        let span = tracing::info_span!("http_listener", listen = %l.config.listen);
+        let serve = http::serve(
+            l.listener.clone(),
+            l.routes.clone(),
+            settings(l.config.idle_timeout, l.config.tcp_keepalive, &self.config),
+            l.connections.clone(),
+            l.conn_cancel.clone(),
+            l.accept_stop.clone(),
         );
-        let span = tracing::info_span!("service", service = %r.service.config.name, zk.path = %r.service.config.zk_path);
         self.tasks.spawn(serve.instrument(span));
     }
 
@@ -237,22 +409,36 @@ impl Supervisor {
         let held: HashMap<SocketAddr, Arc<TcpListener>> = self
             .running
             .values()
-            .map(|r| (r.service.config.listen, r.listener.clone()))
+            .filter_map(|r| Some((r.service.config.listen?, r.listener.clone()?)))
+            .chain(
+                self.shared
+                    .values()
+                    .map(|l| (l.config.listen, l.listener.clone())),
+            )
             .collect();
+        let take = |addr: SocketAddr, owner: String| {
+            let held = held.get(&addr).cloned();
+            async move {
+                match held {
+                    Some(l) => Ok(l),
+                    None => TcpListener::bind(addr)
+                        .await
+                        .map(Arc::new)
+                        .map_err(|source| ReloadError::Listen { owner, addr, source }),
+                }
+            }
+        };
         let mut sockets: HashMap<String, Arc<TcpListener>> = HashMap::new();
         for svc in &new.services {
-            let socket =
-                match held.get(&svc.listen) {
-                    Some(l) => l.clone(),
-                    None => Arc::new(TcpListener::bind(svc.listen).await.map_err(|source| {
-                        ReloadError::Listen {
-                            service: svc.name.clone(),
-                            addr: svc.listen,
-                            source,
-                        }
-                    })?),
-                };
-            sockets.insert(svc.name.clone(), socket);
+            if let Some(addr) = svc.listen {
+                let socket = take(addr, format!("service {}", svc.name)).await?;
+                sockets.insert(svc.name.clone(), socket);
+            }
+        }
+        let mut shared_sockets: HashMap<SocketAddr, Arc<TcpListener>> = HashMap::new();
+        for (i, l) in new.http_listeners.iter().enumerate() {
+            let socket = take(l.listen, format!("http_listeners[{i}]")).await?;
+            shared_sockets.insert(l.listen, socket);
         }
         self.warn_restart_only(&new);
         let old = std::mem::replace(&mut self.config, new);
@@ -287,11 +473,11 @@ impl Supervisor {
                 continue;
             }
             changed += 1;
-            let socket = sockets.get(&name).cloned().unwrap_or_else(|| r.listener.clone());
+            let socket = sockets.get(&name).cloned();
             let same_zk =
                 r.service.config.zk_hosts == svc.zk_hosts && r.service.config.zk_path == svc.zk_path;
             if same_zk {
-                info!(service = %name, listen = %svc.listen, "reload: service changed; new settings");
+                info!(service = %name, "reload: service changed; new settings");
                 let next = Arc::new(Service::succeed(
                     &r.service,
                     svc.clone(),
@@ -299,6 +485,17 @@ impl Supervisor {
                 ));
                 if r.control.send(Control::Replace(next.clone())).await.is_err() {
                     warn!(service = %name, "reload: the service's watcher is gone");
+                }
+                match (svc.mode, r.http.take()) {
+                    (Mode::Http, Some(mut h)) => {
+                        // Open keep-alive connections follow from their next request.
+                        h.service = Arc::new(HttpService::new(next.clone(), &self.metrics));
+                        h.routes.store(Arc::new(Routes::Service(h.service.clone())));
+                        r.http = Some(h);
+                    }
+                    (Mode::Http, None) => r.http = Some(self.http_parts(&next)),
+                    (Mode::Tcp, Some(h)) => h.sweep_stop.cancel(),
+                    (Mode::Tcp, None) => {}
                 }
                 r.service = next;
                 r.listener = socket;
@@ -314,16 +511,81 @@ impl Supervisor {
             if self.running.contains_key(&svc.name) {
                 continue;
             }
-            let Some(socket) = sockets.get(&svc.name).cloned() else {
-                continue;
-            };
             info!(service = %svc.name, "reload: service added");
+            let socket = sockets.get(&svc.name).cloned();
             self.start_service(svc.clone(), socket, None, TaskTracker::new());
             added += 1;
         }
+        self.reload_shared(&old, shared_sockets);
         self.publish();
         info!(added, changed, removed, unchanged, "config reloaded");
         Ok(())
+    }
+
+    /// Applies the new `http_listeners` (by address) and rebuilds every shared listener's
+    /// routes over the services now running.
+    fn reload_shared(&mut self, old: &Config, mut sockets: HashMap<SocketAddr, Arc<TcpListener>>) {
+        let wanted: BTreeMap<SocketAddr, HttpListenerConfig> = self
+            .config
+            .http_listeners
+            .iter()
+            .map(|l| (l.listen, l.clone()))
+            .collect();
+        let addrs: Vec<SocketAddr> = self.shared.keys().copied().collect();
+        for addr in addrs {
+            if wanted.contains_key(&addr) {
+                continue;
+            }
+            if let Some(l) = self.shared.remove(&addr) {
+                info!(listen = %addr, "reload: shared HTTP listener removed; draining its connections");
+                l.accept_stop.cancel();
+                l.conn_cancel.cancel();
+                let drain = self.config.drain_timeout;
+                self.retiring.spawn(async move {
+                    drop(l.listener);
+                    l.connections.close();
+                    if tokio::time::timeout(drain, l.connections.wait()).await.is_err() {
+                        warn!(listen = %addr, open = l.connections.len(), "removed shared HTTP listener: drain deadline passed");
+                    }
+                });
+            }
+        }
+        let keepalive_changed = old.http_keepalive_timeout != self.config.http_keepalive_timeout;
+        for (addr, config) in wanted {
+            let routes = self.shared_routes(&config);
+            match self.shared.remove(&addr) {
+                Some(mut l) => {
+                    let restart = keepalive_changed
+                        || l.config.idle_timeout != config.idle_timeout
+                        || l.config.tcp_keepalive != config.tcp_keepalive;
+                    l.config = config;
+                    l.routes.store(Arc::new(routes));
+                    if restart {
+                        self.spawn_shared_accept(&mut l);
+                    }
+                    self.shared.insert(addr, l);
+                }
+                None => {
+                    let Some(socket) = sockets.remove(&addr) else {
+                        continue;
+                    };
+                    info!(listen = %addr, "reload: shared HTTP listener added");
+                    self.start_shared(config, socket);
+                }
+            }
+        }
+        if keepalive_changed {
+            // Own listeners of HTTP services carry the setting too.
+            let names: Vec<String> = self.running.keys().cloned().collect();
+            for name in names {
+                if let Some(mut r) = self.running.remove(&name) {
+                    if r.http.is_some() {
+                        self.spawn_accept(&mut r);
+                    }
+                    self.running.insert(name, r);
+                }
+            }
+        }
     }
 
     fn warn_restart_only(&self, new: &Config) {
@@ -353,6 +615,9 @@ impl Supervisor {
     /// `drain_timeout`, then are closed. `forget`: also drop its metric series (its name
     /// is gone from the config).
     fn retire(&self, r: Running, forget: bool) {
+        if let Some(h) = &r.http {
+            h.sweep_stop.cancel();
+        }
         r.accept_stop.cancel();
         r.watcher_stop.cancel();
         r.conn_cancel.cancel();
@@ -394,7 +659,12 @@ impl Supervisor {
     pub async fn shutdown(self) {
         self.tasks.close();
         self.tasks.wait().await;
-        let trackers: Vec<TaskTracker> = self.running.values().map(|r| r.connections.clone()).collect();
+        let trackers: Vec<TaskTracker> = self
+            .running
+            .values()
+            .map(|r| r.connections.clone())
+            .chain(self.shared.values().map(|l| l.connections.clone()))
+            .collect();
         for t in &trackers {
             t.close();
         }

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use common::codec::Node;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::{Balancer, Ctx, Live, Member, PolicyName};
 use crate::metrics::BackendMetrics;
 use crate::outlier::{Outlier, Panic};
+use crate::proxy::http::HttpBackend;
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct BackendState {
     /// Cancelled when the backend has left the table and its `removal_grace` is over: its
     /// remaining connections close.
     pub closing: CancellationToken,
+    /// HTTP mode: keep-alive connection pool and HTTP metric handles, set up at the
+    /// backend's first request.
+    pub http: OnceLock<HttpBackend>,
 }
 
 impl BackendState {
@@ -51,6 +55,7 @@ impl BackendState {
             live: Arc::new(Live::new()),
             outlier: Outlier::default(),
             closing: CancellationToken::new(),
+            http: OnceLock::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod zk;
 pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async};
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
+pub mod http;
 pub use agents::{Agent, Backend, EchoBackend, Zk};
 pub mod targets;
 pub use targets::{GrpcHealth, HttpTarget, Redis, TestCert};

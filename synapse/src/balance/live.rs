@@ -6,7 +6,7 @@
 //! Everything here is atomics; no lock, no allocation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Latency estimate of a backend that has not been measured yet: 30 ms, linkerd's default.
@@ -220,6 +220,29 @@ impl Active<'_> {
 }
 
 impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.live.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Live {
+    /// Counts an HTTP request in flight on this backend (in [`Live::active`], which
+    /// `least_conn` and `p2c_ewma` read) until the returned guard is dropped: when its response
+    /// body ends, or the request fails. Owned, so it can travel with a streamed response body.
+    pub fn begin_request(self: &Arc<Live>) -> InFlight {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        InFlight { live: self.clone() }
+    }
+}
+
+/// An HTTP request in flight on a backend, counted in [`Live::active`] until dropped.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops counting the request as active"]
+pub struct InFlight {
+    live: Arc<Live>,
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.live.active.fetch_sub(1, Ordering::Relaxed);
     }

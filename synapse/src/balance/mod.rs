@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use hash::{hash_bytes, hash_ip, mix64};
-pub use live::{now_ns, Active, Attempt, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
+pub use live::{now_ns, Active, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
 pub use policy::{HashOn, Policy, PolicyError, PolicyName, ServerOptions, DEFAULT_WEIGHT};
 pub use rr::SCHEDULE_CAP;
 

@@ -3,6 +3,7 @@ use super::*;
 use crate::balance::{HashOn, Policy};
 use crate::filter::{Locality, MinLocal};
 use crate::outlier::OutlierConfig;
+use crate::router::HostMatch;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -16,7 +17,7 @@ fn defaults_and_bare_port() {
     let c = load("services:\n  - name: web\n    zk_hosts: 127.0.0.1:2181\n    zk_path: /services/web\n    listen: 3306\n")
             .unwrap();
     let s = &c.services[0];
-    assert_eq!(s.listen, "127.0.0.1:3306".parse().unwrap());
+    assert_eq!(s.listen, Some("127.0.0.1:3306".parse().unwrap()));
     assert_eq!(s.mode, Mode::Tcp);
     assert_eq!(s.connect_timeout, Duration::from_secs(1));
     assert_eq!(s.connect_attempts.get(), 3);
@@ -517,4 +518,174 @@ fn membership_problems_name_their_key() {
         assert_eq!(paths, [key], "{head}: {err}");
         assert!(err.to_string().contains(words), "{head}: {err}");
     }
+}
+
+fn http_svc(name: &str, extra: &str) -> String {
+    format!("  - {{name: {name}, mode: http, zk_hosts: 'h:1', zk_path: /{name}{extra}}}\n")
+}
+
+#[test]
+fn http_mode_defaults_and_keys() {
+    let c = load(&format!(
+        "services:\n{}{}",
+        http_svc("a", ", listen: 4000"),
+        http_svc(
+            "b",
+            ", listen: 4001, request_timeout: 0s, try_timeout: 2s, retry_budget: {percent: 5}, \
+             pool_max_idle: 0, pool_idle_timeout: 5s, balance: hash, hash_on: 'header:X-User'"
+        )
+    ))
+    .unwrap();
+    let (a, b) = (&c.services[0], &c.services[1]);
+    assert_eq!(a.mode, Mode::Http);
+    assert_eq!(a.http, HttpConfig::default());
+    assert_eq!(
+        (
+            a.http.request_timeout,
+            a.http.try_timeout,
+            a.http.retry_budget,
+            a.http.pool_max_idle,
+            a.http.pool_idle_timeout
+        ),
+        (
+            Duration::from_secs(60),
+            Duration::ZERO,
+            RetryBudgetConfig {
+                percent: 20,
+                min_per_second: 10
+            },
+            64,
+            Duration::from_secs(30)
+        )
+    );
+    assert_eq!(c.http_keepalive_timeout, Duration::from_secs(60));
+    assert!(c.http_listeners.is_empty());
+    assert_eq!(
+        b.http,
+        HttpConfig {
+            request_timeout: Duration::ZERO,
+            try_timeout: Duration::from_secs(2),
+            retry_budget: RetryBudgetConfig {
+                percent: 5,
+                min_per_second: 10
+            },
+            pool_max_idle: 0,
+            pool_idle_timeout: Duration::from_secs(5),
+        }
+    );
+    assert_eq!(b.balance, Policy::Hash(HashOn::Header("x-user".into())));
+}
+
+#[test]
+fn http_key_problems() {
+    // HTTP keys in tcp mode.
+    let paths = problem_paths(&one(", request_timeout: 1s, retry_budget: {percent: 1}"));
+    assert_eq!(paths, ["services[0].request_timeout", "services[0].retry_budget"]);
+    let paths = problem_paths(&format!(
+        "services:\n{}",
+        http_svc(
+            "a",
+            ", listen: 4000, request_timeout: 1s, try_timeout: 2s, pool_idle_timeout: 0s, \
+             retry_budget: {percent: 101, every: 1}"
+        )
+    ));
+    assert_eq!(
+        paths,
+        [
+            "services[0].retry_budget.every",
+            "services[0].try_timeout",
+            "services[0].retry_budget.percent",
+            "services[0].pool_idle_timeout"
+        ]
+    );
+    let err = load(&one(", mode: udp")).unwrap_err();
+    assert!(err.to_string().contains("expected tcp or http"), "{err}");
+}
+
+#[test]
+fn http_listeners_route_to_http_services() {
+    let c = load(&format!(
+        "http_keepalive_timeout: 5s\nidle_timeout: 10m\n\
+         http_listeners:\n  - listen: 8080\n    routes:\n\
+         \x20     - {{host: API.local, path_prefix: /v1, service: api}}\n\
+         \x20     - {{host: '*.web.local', service: web}}\n\
+         \x20     - {{service: web}}\n\
+         services:\n{}{}",
+        http_svc("api", ", listen: 4000"),
+        http_svc("web", "")
+    ))
+    .unwrap();
+    assert_eq!(c.http_keepalive_timeout, Duration::from_secs(5));
+    let l = &c.http_listeners[0];
+    assert_eq!(l.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(l.idle_timeout, Duration::from_secs(600));
+    assert_eq!(
+        l.routes,
+        [
+            RouteConfig {
+                host: Some(HostMatch::Exact("api.local".into())),
+                path_prefix: "/v1".into(),
+                service: "api".into()
+            },
+            RouteConfig {
+                host: Some(HostMatch::Wildcard(".web.local".into())),
+                path_prefix: String::new(),
+                service: "web".into()
+            },
+            RouteConfig {
+                host: None,
+                path_prefix: String::new(),
+                service: "web".into()
+            },
+        ]
+    );
+    assert_eq!(
+        c.services[1].listen, None,
+        "reached through the shared listener only"
+    );
+}
+
+#[test]
+fn http_listener_problems() {
+    let paths = problem_paths(&format!(
+        "http_listeners:\n\
+         \x20 - listen: 4000\n    routes:\n\
+         \x20     - {{host: 'a.local:80', service: api}}\n\
+         \x20     - {{path_prefix: v1, service: api}}\n\
+         \x20     - {{service: nope}}\n\
+         \x20     - {{path_prefix: /db, service: db}}\n\
+         \x20     - {{host: b.local, path_prefix: /, service: api}}\n\
+         \x20     - {{host: b.local, service: api}}\n\
+         \x20 - {{listen: 3422, routes: []}}\n\
+         \x20 - {{listen: 4001, routes: [{{service: api, weight: 1}}]}}\n\
+         services:\n{}{}{}",
+        http_svc("api", ", listen: 4001"),
+        http_svc("lonely", ""),
+        "  - {name: db, zk_hosts: 'h:1', zk_path: /db, listen: 5432}\n"
+    ));
+    assert_eq!(
+        paths,
+        [
+            "http_listeners[0].routes[0].host",
+            "http_listeners[0].routes[1].path_prefix",
+            "http_listeners[0].routes[2].service",
+            "http_listeners[0].routes[3].service",
+            "http_listeners[0].routes[5]",
+            "http_listeners[1].listen",
+            "http_listeners[1].routes",
+            "http_listeners[2].listen",
+            "http_listeners[2].routes[0].weight",
+            "services[1].listen",
+        ]
+    );
+}
+
+#[test]
+fn worker_threads_default_to_one() {
+    let c = load(&one("")).unwrap();
+    assert_eq!(c.worker_threads, 1);
+    let c = load(&format!("worker_threads: 0\n{}", one(""))).unwrap();
+    assert_eq!(c.worker_threads, 0);
+    let paths = problem_paths(&format!("worker_threads: 5000\n{}", one("")));
+    assert_eq!(paths, ["worker_threads"]);
 }

@@ -175,13 +175,13 @@ fn drain_backlog(
 }
 
 /// Why a connection that arrived before the first sync was not served.
-enum NotSynced {
+pub(crate) enum NotSynced {
     TimedOut,
     Shutdown,
 }
 
 /// Waits until the service's first route table is installed, up to `first_sync_timeout`.
-async fn first_sync(service: &Service, cancel: &CancellationToken) -> Result<(), NotSynced> {
+pub(crate) async fn first_sync(service: &Service, cancel: &CancellationToken) -> Result<(), NotSynced> {
     let mut synced = service.first_sync.subscribe();
     let wait = tokio::time::timeout(service.config.first_sync_timeout, synced.wait_for(|s| *s));
     tokio::select! {
@@ -306,7 +306,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
 }
 
 /// Turns TCP keepalive on (`idle` before the first probe; zero leaves it off).
-fn keepalive(stream: &TcpStream, idle: Duration) {
+pub(crate) fn keepalive(stream: &TcpStream, idle: Duration) {
     if idle.is_zero() {
         return;
     }
@@ -319,7 +319,7 @@ fn keepalive(stream: &TcpStream, idle: Duration) {
     }
 }
 
-async fn connect(backend: &Backend, timeout: Duration) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(backend: &Backend, timeout: Duration) -> std::io::Result<TcpStream> {
     let fut = async {
         match &backend.target {
             Target::Addr(addr) => TcpStream::connect(addr).await,

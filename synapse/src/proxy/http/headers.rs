@@ -1,0 +1,205 @@
+//! Header handling of the HTTP proxy. HOT PATH: runs on every request and response; the
+//! common case (no hop-by-hop header but `Connection`, no earlier `X-Forwarded-For`)
+//! allocates nothing.
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it lists,
+//!   `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
+//!   `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways: each side of synapse
+//!   is its own connection, framed by hyper. An upgrade keeps `Upgrade` and gets
+//!   `Connection: upgrade`.
+//! - `X-Forwarded-For`: the client's address is appended to the list (one header line, as
+//!   Go's and nginx's proxies do, so readers of the first line see the whole chain);
+//!   `X-Forwarded-Proto: http` is added unless the client sent one (a TLS terminator in front
+//!   of synapse knows better).
+//! - `Expect` is dropped: hyper already answered `100 Continue` to the client when the body
+//!   was first read, and the backend gets the body at once.
+//! - The request goes to the backend as HTTP/1.1 in origin form (`/path?query`); an HTTP/2
+//!   request's `:authority` becomes its `Host` when it has none.
+
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, EXPECT, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::http::request::Parts;
+use hyper::{Method, Uri, Version};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fixed hop-by-hop headers (those listed in `Connection` come on top). A `static`, not
+/// a `const`: a const array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// RFC 9110 §9.2.2 idempotent methods: safe to send again after a failure.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The `Upgrade` value of an HTTP/1.1 request that asks for one (`Connection: upgrade`).
+pub fn upgrade(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let upgrade = headers.get(UPGRADE)?;
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
+        .then_some(upgrade)
+}
+
+/// Comma-separated tokens of a header value, trimmed.
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers (see the module docs).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names says which are present (bit i: `HOP_BY_HOP[i]`): most
+    // messages carry none, or only `Connection`, and a miss costs less than a removal.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        let listed = headers.get_all(CONNECTION).iter().count();
+        if listed == 1 {
+            if let Some(v) = headers.remove(CONNECTION) {
+                remove_listed(headers, &v);
+            }
+        } else {
+            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            headers.remove(CONNECTION);
+            for v in &values {
+                remove_listed(headers, v);
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
+    for token in tokens(connection) {
+        // The usual options, not header names (`Keep-Alive` and `Upgrade` go anyway).
+        if token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"upgrade")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Rewrites a client request for the backend (see the module docs). `xff` is the client's
+/// address as a header value; `upgrade` the value of an accepted `Upgrade` request.
+pub fn prepare_request(parts: &mut Parts, xff: &HeaderValue, upgrade: Option<&HeaderValue>) {
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    headers.remove(EXPECT);
+    if let Some(protocol) = upgrade {
+        headers.insert(UPGRADE, protocol.clone());
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    append_forwarded_for(headers, xff);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        if !headers.contains_key(HOST) {
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(HOST, host);
+            }
+        }
+        let mut origin = Uri::builder();
+        if let Some(pq) = parts.uri.path_and_query() {
+            origin = origin.path_and_query(pq.clone());
+        } else {
+            origin = origin.path_and_query("/");
+        }
+        if let Ok(uri) = origin.build() {
+            parts.uri = uri;
+        }
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// Appends `xff` to `X-Forwarded-For`, joining earlier lines into one.
+fn append_forwarded_for(headers: &mut HeaderMap, xff: &HeaderValue) {
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, xff.clone());
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::with_capacity(64);
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(xff.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Rewrites a backend response for the client: hop-by-hop headers removed. For a `101
+/// Switching Protocols`, `Upgrade` stays and `Connection: upgrade` is set.
+pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
+    let upgrade = if switching {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(UPGRADE, protocol);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            let (k, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+            (k == name.as_bytes()).then_some(v)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;
