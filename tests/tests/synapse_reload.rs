@@ -314,3 +314,125 @@ fn reload_refuses_an_invalid_file_and_keeps_serving() {
     reload(&agent, admin, &good, "ok");
     assert_eq!(who(webport).as_deref(), Some("web"));
 }
+
+/// `mode: http` and shared HTTP listeners across reloads, under a keep-alive load: a changed
+/// service is followed by connections opened before the reload (their next request uses the
+/// new settings: a label filter here), a shared listener is added with a route to a service
+/// that has no listener of its own, then removed; zero failed requests on the untouched
+/// listener throughout.
+#[test]
+fn reload_http_services_and_shared_listeners_without_a_failed_request() {
+    use integration_tests::http::{HttpBackend, HttpConn};
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let zkc = Zk::connect(&cs);
+    let (h1, h2, api) = (
+        HttpBackend::start("h1"),
+        HttpBackend::start("h2"),
+        HttpBackend::start("api"),
+    );
+    put(&zkc, "web", "h1_0000000001", h1.port, r#""labels":{"tier":"a"}"#);
+    put(&zkc, "web", "h2_0000000002", h2.port, r#""labels":{"tier":"b"}"#);
+    put(&zkc, "api", "api_0000000001", api.port, "");
+    let (admin, web, shared) = (free_port(), free_port(), free_port());
+    let web_svc = |extra: &str| service("web", &cs, web, &format!(", mode: http{extra}"));
+    let api_svc = format!("  - {{name: api, mode: http, zk_hosts: \"{cs}\", zk_path: /services/api}}\n");
+    let first = config(admin, "", &[web_svc("")]);
+    let agent = Agent::start("synapse", &first);
+    eventually("web routes both backends", WAIT, || {
+        (routed(admin, "web")?.len() == 2).then_some(())
+    });
+
+    // A keep-alive connection opened before the reloads, and a keep-alive load beside it.
+    let mut kept = HttpConn::open(web).unwrap();
+    let seen: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| kept.get("web.local", "/").unwrap().backend().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 2, "round robin over both: {seen:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut conn = HttpConn::open(web).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match conn.get("web.local", "/") {
+                    Ok(a) if a.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!("load: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        conn = HttpConn::open(web).unwrap();
+                    }
+                }
+            }
+        })
+    };
+
+    // 1. The service changes (a label filter keeps h2 only): the old connection follows.
+    let filtered = web_svc(", label_filters: [{label: tier, condition: equals, value: b}]");
+    reload(
+        &agent,
+        admin,
+        &config(admin, "", std::slice::from_ref(&filtered)),
+        "ok",
+    );
+    eventually(
+        "the connection opened before the reload routes to h2 only",
+        WAIT,
+        || {
+            let picks: Vec<String> = (0..4)
+                .map(|_| kept.get("web.local", "/").unwrap().backend().unwrap())
+                .collect();
+            picks.iter().all(|b| b == "h2").then_some(())
+        },
+    );
+
+    // 2. A shared listener appears, routing api.local to a service with no listener.
+    let head = format!(
+        "http_listeners:\n  - listen: {shared}\n    routes:\n      - {{host: api.local, service: api}}\n      - {{path_prefix: /web/, service: web}}\n"
+    );
+    reload(
+        &agent,
+        admin,
+        &config(admin, &head, &[filtered.clone(), api_svc.clone()]),
+        "ok",
+    );
+    let mut via_shared = eventually("the shared listener answers", WAIT, || {
+        HttpConn::open(shared).ok()
+    });
+    eventually("api routed through the shared listener", WAIT, || {
+        let a = via_shared.get("api.local", "/").ok()?;
+        (a.status == 200 && a.backend().as_deref() == Some("api")).then_some(())
+    });
+    let a = via_shared.get("other.local", "/web/x").unwrap();
+    assert_eq!((a.status, a.backend().as_deref()), (200, Some("h2")));
+    let a = via_shared.get("other.local", "/nothing").unwrap();
+    assert_eq!(a.status, 404, "no route: {}", a.text());
+
+    // 3. The shared listener goes away; the service's own listener is untouched.
+    reload(
+        &agent,
+        admin,
+        &config(admin, "", std::slice::from_ref(&filtered)),
+        "ok",
+    );
+    eventually("the shared listener is closed", WAIT, || {
+        TcpStream::connect(("127.0.0.1", shared)).is_err().then_some(())
+    });
+
+    let before = ok.load(Ordering::Relaxed);
+    eventually("the load goes on after the reloads", WAIT, || {
+        let now = ok.load(Ordering::Relaxed);
+        (now > before + 20 && now >= 200).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "failed requests during the reloads ({ok} ok)");
+    assert_eq!(
+        kept.get("web.local", "/").unwrap().backend().as_deref(),
+        Some("h2")
+    );
+}
