@@ -108,6 +108,8 @@ pub struct Supervisor {
     tasks: TaskTracker,
     /// Services being retired (draining).
     retiring: TaskTracker,
+    /// At shutdown: the connections of the shared listeners already closed.
+    closed: Vec<TaskTracker>,
 }
 
 /// Why a reload was refused.
@@ -210,6 +212,7 @@ impl Supervisor {
             installed: watch::Sender::new(0),
             tasks: TaskTracker::new(),
             retiring: TaskTracker::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -656,14 +659,15 @@ impl Supervisor {
 
     /// Shutdown: stops accepting and watching, then waits up to `drain_timeout` for the
     /// open connections (of running and retired services).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.tasks.close();
         self.tasks.wait().await;
+        self.close_listeners();
         let trackers: Vec<TaskTracker> = self
             .running
             .values()
             .map(|r| r.connections.clone())
-            .chain(self.shared.values().map(|l| l.connections.clone()))
+            .chain(self.closed.iter().cloned())
             .collect();
         for t in &trackers {
             t.close();
@@ -683,6 +687,43 @@ impl Supervisor {
         if tokio::time::timeout(deadline, all).await.is_err() {
             let open: usize = trackers.iter().map(TaskTracker::len).sum();
             warn!(open, "drain deadline passed; closing remaining connections");
+        }
+    }
+
+    /// Serves what is left in the listen backlogs, then closes the sockets: before the
+    /// drain, not after it, or clients connecting during the drain would be queued in the
+    /// backlog and reset at exit. Closed, the port refuses them at once (a client may retry
+    /// elsewhere, or once the next synapse has bound it).
+    fn close_listeners(&mut self) {
+        for r in self.running.values_mut() {
+            let Some(listener) = r.listener.take() else {
+                continue;
+            };
+            match &r.http {
+                None => {
+                    crate::proxy::tcp::drain_backlog(&listener, &r.service, &r.connections, &r.conn_cancel)
+                }
+                Some(h) => {
+                    let c = &r.service.config;
+                    http::drain_backlog(
+                        &listener,
+                        &h.routes,
+                        settings(c.idle_timeout, c.tcp_keepalive, &self.config),
+                        &r.connections,
+                        &r.conn_cancel,
+                    );
+                }
+            }
+        }
+        for l in std::mem::take(&mut self.shared).into_values() {
+            http::drain_backlog(
+                &l.listener,
+                &l.routes,
+                settings(l.config.idle_timeout, l.config.tcp_keepalive, &self.config),
+                &l.connections,
+                &l.conn_cancel,
+            );
+            self.closed.push(l.connections);
         }
     }
 

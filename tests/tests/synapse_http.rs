@@ -715,3 +715,40 @@ fn membership_churn_fails_no_request() {
         "the churning backends got traffic: {served:?}"
     );
 }
+
+/// SIGTERM: a client connection accepted before it but with no request yet (the state of a
+/// connection taken from the listen backlog at shutdown) gets its first request answered,
+/// with `Connection: close`, instead of being closed unanswered; the listener is closed at
+/// once (new clients are refused, not queued and reset at exit).
+#[test]
+fn sigterm_answers_the_first_request_of_a_fresh_connection() {
+    let zk = ZkCluster::standalone();
+    let zkc = Zk::connect(&zk.connect_string());
+    let b = HttpBackend::start("b1");
+    put(&zkc, "web", "b1_0000000001", b.port);
+    let mut s = start(&zk.connect_string(), &[("web", "")], "drain_timeout: 10s\n");
+    s.wait_backends("web", 1);
+    let port = s.port("web");
+    let before = s.metric("synapse_connections_total{service=\"web\"}");
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    eventually("synapse accepted the connection", WAIT, || {
+        (s.metric("synapse_connections_total{service=\"web\"}") > before).then_some(())
+    });
+    s.agent.signal("TERM");
+    eventually("the listener is closed", WAIT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_err().then_some(())
+    });
+    fresh
+        .write_all(b"GET /x HTTP/1.1\r\nHost: web.local\r\n\r\n")
+        .unwrap();
+    fresh.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = String::new();
+    let _ = fresh.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "answered: {answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+    let status = s.agent.wait_exit(WAIT);
+    assert!(status.success(), "synapse exits cleanly: {status}");
+}

@@ -41,7 +41,7 @@ mod pool;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +58,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntCounter;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -631,6 +632,86 @@ struct Client {
     activity: Arc<Activity>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Set by the connection's first request.
+    started: AtomicBool,
+    first_request: Notify,
+}
+
+/// At shutdown, how long a connection that has not sent its first request yet (one taken
+/// from the listen backlog) may take to send it; it is then answered and closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+type ServerBuilder = Arc<auto::Builder<TokioExecutor>>;
+
+/// The hyper server settings of a listener.
+fn builder(settings: ListenerSettings) -> ServerBuilder {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .writev(false)
+        // hyper applies this to idle keep-alive connections too; zero disables it (hyper
+        // would otherwise use its own 30 s default).
+        .header_read_timeout(Some(settings.keepalive_timeout).filter(|t| !t.is_zero()));
+    builder.http2().timer(TokioTimer::new());
+    Arc::new(builder)
+}
+
+/// Everything a listener's connections share.
+struct Listening {
+    routes: SharedRoutes,
+    settings: ListenerSettings,
+    builder: ServerBuilder,
+    connections: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Listening {
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Routes::Service(s) = &**self.routes.load() {
+            s.service.metrics.connections.inc();
+        }
+        let client = Client {
+            routes: self.routes.clone(),
+            peer,
+            xff: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown")),
+            activity: Arc::new(Activity::default()),
+            tasks: self.connections.clone(),
+            cancel: self.cancel.clone(),
+            started: AtomicBool::new(false),
+            first_request: Notify::new(),
+        };
+        let span = tracing::debug_span!("conn", client.addr = %peer);
+        self.connections.spawn(
+            connection(stream, Arc::new(client), self.builder.clone(), self.settings).instrument(span),
+        );
+    }
+}
+
+/// Serves the connections left in an HTTP listener's backlog ([`super::take_backlog`]):
+/// each gets its first request answered (with `Connection: close` once `cancel` fired).
+pub(crate) fn drain_backlog(
+    listener: &TcpListener,
+    routes: &SharedRoutes,
+    settings: ListenerSettings,
+    connections: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let taken = super::take_backlog(listener);
+    if taken.is_empty() {
+        return;
+    }
+    let l = Listening {
+        routes: routes.clone(),
+        settings,
+        builder: builder(settings),
+        connections: connections.clone(),
+        cancel: cancel.clone(),
+    };
+    for (stream, peer) in taken {
+        l.spawn(stream, peer);
+    }
 }
 
 /// Accepts HTTP connections until `stop` or `cancel` fires (accept errors back off, as for
@@ -645,22 +726,24 @@ pub async fn serve(
     cancel: CancellationToken,
     stop: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .writev(false)
-        // hyper applies this to idle keep-alive connections too; zero disables it (hyper
-        // would otherwise use its own 30 s default).
-        .header_read_timeout(Some(settings.keepalive_timeout).filter(|t| !t.is_zero()));
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let l = Listening {
+        routes,
+        settings,
+        builder: builder(settings),
+        connections,
+        cancel,
+    };
     let mut backoff = AcceptBackoff::new("http");
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = stop.cancelled() => return,
+            _ = l.cancel.cancelled() => {
+                drain_backlog(&listener, &l.routes, settings, &l.connections, &l.cancel);
+                return;
+            }
+            _ = stop.cancelled() => {
+                drain_backlog(&listener, &l.routes, settings, &l.connections, &l.cancel);
+                return;
+            }
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -671,7 +754,7 @@ pub async fn serve(
             Err(err) => {
                 if let AcceptRetry::After(pause) = backoff.on_error(&err) {
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = l.cancel.cancelled() => return,
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(pause) => {}
                     }
@@ -679,19 +762,7 @@ pub async fn serve(
                 continue;
             }
         };
-        if let Routes::Service(s) = &**routes.load() {
-            s.service.metrics.connections.inc();
-        }
-        let client = Client {
-            routes: routes.clone(),
-            peer,
-            xff: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown")),
-            activity: Arc::new(Activity::default()),
-            tasks: connections.clone(),
-            cancel: cancel.clone(),
-        };
-        let span = tracing::debug_span!("conn", client.addr = %peer);
-        connections.spawn(connection(stream, Arc::new(client), builder.clone(), settings).instrument(span));
+        l.spawn(stream, peer);
     }
 }
 
@@ -722,10 +793,24 @@ async fn connection(
         },
         _ = &mut idle => idled = true,
         _ = client.cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = &mut idle => idled = true,
+            let mut ended = false;
+            if !client.started.load(Ordering::Acquire) {
+                // Accepted but no request yet (e.g. taken from the backlog at shutdown):
+                // hyper's graceful shutdown would close it unanswered. Let the first
+                // request in; it is then answered with `Connection: close`.
+                tokio::select! {
+                    biased;
+                    _ = conn.as_mut() => ended = true,
+                    _ = client.first_request.notified() => {}
+                    _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                }
+            }
+            if !ended {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = &mut idle => idled = true,
+                }
             }
         }
     }
@@ -744,6 +829,9 @@ async fn connection(
 
 async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
     let start = Instant::now();
+    if !client.started.load(Ordering::Relaxed) && !client.started.swap(true, Ordering::AcqRel) {
+        client.first_request.notify_one();
+    }
     let service = match &**client.routes.load() {
         Routes::Service(s) => s.clone(),
         Routes::Shared { router, unrouted } => {

@@ -132,45 +132,15 @@ fn spawn_connection(
     );
 }
 
-/// Most connections taken from the backlog when an accept loop stops.
-const BACKLOG_DRAIN_MAX: usize = 4096;
-
-/// Takes, without waiting, the connections the kernel already completed in the listen
-/// backlog and serves them, so stopping an accept loop (shutdown, or a reload that retires
-/// the service) does not reset connections their clients already see as established.
-/// A non-blocking `accept(2)` on the socket itself: tokio's `accept` would only try once
-/// the reactor has reported the socket readable, and could miss connections queued since.
-fn drain_backlog(
+/// Serves the connections left in the listen backlog ([`super::take_backlog`]).
+pub(crate) fn drain_backlog(
     listener: &TcpListener,
     service: &Arc<Service>,
     connections: &TaskTracker,
     cancel: &CancellationToken,
 ) {
-    let socket = SockRef::from(listener);
-    let mut drained = 0;
-    while drained < BACKLOG_DRAIN_MAX {
-        let accepted = socket.accept().and_then(|(conn, addr)| {
-            let peer = addr
-                .as_socket()
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an IP peer"))?;
-            let std_stream = std::net::TcpStream::from(conn);
-            std_stream.set_nonblocking(true)?;
-            Ok((TcpStream::from_std(std_stream)?, peer))
-        });
-        match accepted {
-            Ok((client, peer)) => {
-                drained += 1;
-                spawn_connection(client, peer, service, connections, cancel, None);
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(err) => {
-                debug!(error = %err, "accepting from the backlog failed");
-                break;
-            }
-        }
-    }
-    if drained > 0 {
-        debug!(drained, "served the connections left in the listen backlog");
+    for (client, peer) in super::take_backlog(listener) {
+        spawn_connection(client, peer, service, connections, cancel, None);
     }
 }
 
