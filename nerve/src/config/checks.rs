@@ -597,7 +597,7 @@ fn read_ca_file(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn exec_check(
+pub(super) fn exec_check(
     at: &str,
     command: Option<serde_json::Value>,
     shell: Option<bool>,
