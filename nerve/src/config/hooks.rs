@@ -121,9 +121,6 @@ pub(super) fn validate(
                 }
             }
         }
-        if h.command.is_none() {
-            p.push(format!("{hat}.command"), "a hook needs a command");
-        }
         let mut command = exec_check(&hat, h.command, h.shell, h.env, d, host, port, p);
         command
             .env
