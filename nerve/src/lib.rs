@@ -6,6 +6,7 @@
 //! - [`check`]: tcp, http/https, exec, redis and grpc checks; rise/fall hysteresis.
 //! - [`service`]: per service, a check loop (each check on its own schedule and
 //!   hysteresis) publishing the desired state, and a reporter reconciling ZooKeeper with it.
+//! - [`hooks`]: hook commands and the disable sequence (on_disable, drained, min time).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /status`, `GET /metrics`.
 //!
@@ -297,9 +298,11 @@ async fn run_with_reload(
 /// sequence (hooks, `min_disable_time`), side by side. The caller then stops the services,
 /// whose reporters delete the nodes still there.
 pub async fn go_down(services: &maintenance::Services, drain_time: std::time::Duration) {
-    let handles: Vec<service::ServiceHandle> =
-        services.read().unwrap_or_else(|p| p.into_inner()).clone();
-    info!(services = handles.len(), "shutting down: taking every service down");
+    let handles: Vec<service::ServiceHandle> = services.read().unwrap_or_else(|p| p.into_inner()).clone();
+    info!(
+        services = handles.len(),
+        "shutting down: taking every service down"
+    );
     for h in &handles {
         h.stopping.cancel();
     }

@@ -47,7 +47,10 @@ fn request(port: u16, method: &str, path: &str) -> (u16, serde_json::Value) {
     s.read_to_string(&mut out).unwrap();
     let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// What a ZooKeeper reader sees of the node, in order, each state once when it changes.
@@ -121,7 +124,13 @@ fn sigterm_with_expose_unavailable_marks_unavailable_drains_deletes_then_exits()
     let drain = Duration::from_secs(2);
     let mut nerve = Agent::start(
         "nerve",
-        &conf(&cs, admin, b.port, "drain_time: 2s\n", "expose_unavailable: true, "),
+        &conf(
+            &cs,
+            admin,
+            b.port,
+            "drain_time: 2s\n",
+            "expose_unavailable: true, ",
+        ),
     );
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || {
@@ -134,7 +143,10 @@ fn sigterm_with_expose_unavailable_marks_unavailable_drains_deletes_then_exits()
 
     nerve.signal("TERM");
     let p = eventually("marked unavailable on SIGTERM", WAIT, || {
-        payloads(&zkc).into_iter().next().filter(|p| p["available"] == false)
+        payloads(&zkc)
+            .into_iter()
+            .next()
+            .filter(|p| p["available"] == false)
     });
     assert_eq!(p["unavailable_reason"], "shutting down", "{p}");
     assert!(nerve.is_running(), "still draining");
@@ -145,7 +157,11 @@ fn sigterm_with_expose_unavailable_marks_unavailable_drains_deletes_then_exits()
     });
     let seen = watcher.seen();
     let states: Vec<Seen> = seen.iter().map(|(s, _)| *s).collect();
-    assert_eq!(states, [Seen::Available, Seen::Unavailable, Seen::Gone], "{seen:?}");
+    assert_eq!(
+        states,
+        [Seen::Available, Seen::Unavailable, Seen::Gone],
+        "{seen:?}"
+    );
     let unavailable_for = seen[2].1 - seen[1].1;
     assert!(
         unavailable_for >= drain - Duration::from_millis(100),
@@ -179,7 +195,13 @@ fn pre_available_failure_holds_the_service_back_and_is_retried() {
     );
     let _nerve = Agent::start(
         "nerve",
-        &conf(&cs, admin, b.port, "", &format!("expose_unavailable: true, {hook}")),
+        &conf(
+            &cs,
+            admin,
+            b.port,
+            "",
+            &format!("expose_unavailable: true, {hook}"),
+        ),
     );
     let zkc = Zk::connect(&cs);
     let p = eventually("held back, unavailable, with the hook's error", WAIT, || {
@@ -193,8 +215,15 @@ fn pre_available_failure_holds_the_service_back_and_is_retried() {
     eventually("retried at the next evaluations", WAIT, || {
         (tail(&runs).lines().count() >= 3).then_some(())
     });
-    assert!(tail(&runs).lines().all(|l| l == "pre_available"), "{}", tail(&runs));
-    let fails = metric(admin, "nerve_hook_runs_total{hook=\"pre_available\",result=\"fail\",service=\"web\"}");
+    assert!(
+        tail(&runs).lines().all(|l| l == "pre_available"),
+        "{}",
+        tail(&runs)
+    );
+    let fails = metric(
+        admin,
+        "nerve_hook_runs_total{hook=\"pre_available\",result=\"fail\",service=\"web\"}",
+    );
     assert!(fails.unwrap_or(0.0) >= 3.0, "{fails:?}");
     assert_eq!(payloads(&zkc)[0]["available"], false);
 
@@ -263,7 +292,9 @@ fn disable_runs_on_disable_then_waits_for_drained_and_min_disable_time() {
     // Enabled again: registered again, and the hooks stay quiet.
     let (code, _) = request(admin, "PUT", "/services/web/enable");
     assert_eq!(code, 200);
-    eventually("registered again", WAIT, || (payloads(&zkc).len() == 1).then_some(()));
+    eventually("registered again", WAIT, || {
+        (payloads(&zkc).len() == 1).then_some(())
+    });
     assert_eq!(tail(&log).matches("on_disable").count(), 1);
 }
 

@@ -115,7 +115,10 @@ pub(super) fn validate(
     let hook = |name: &str, h: RawHook, default_timeout: Duration, p: &mut Problems| {
         let hat = format!("{at}.{name}");
         if name != "drained" {
-            for (key, set) in [("interval", h.interval.is_some()), ("max_wait", h.max_wait.is_some())] {
+            for (key, set) in [
+                ("interval", h.interval.is_some()),
+                ("max_wait", h.max_wait.is_some()),
+            ] {
                 if set {
                     p.push(format!("{hat}.{key}"), "only for the drained hook");
                 }
@@ -130,11 +133,7 @@ pub(super) fn validate(
         if timeout.is_zero() {
             p.push(format!("{hat}.timeout"), "must be more than 0");
         }
-        (
-            Hook { command, timeout },
-            h.interval,
-            h.max_wait,
-        )
+        (Hook { command, timeout }, h.interval, h.max_wait)
     };
     let pre_available = raw
         .pre_available

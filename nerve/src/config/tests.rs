@@ -643,10 +643,17 @@ fn hooks_defaults_and_problems() {
     assert_eq!(d.hook.command.env["A"], "b");
     assert_eq!(
         (d.hook.timeout, d.interval, d.max_wait),
-        (Duration::from_secs(5), Duration::from_secs(1), Duration::from_secs(60))
+        (
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            Duration::from_secs(60)
+        )
     );
     assert_eq!(h.min_disable_time, Duration::from_secs(3));
-    assert_eq!(load(&format!("services:\n{}", svc("web", ""))).unwrap().services[0].hooks, Hooks::default());
+    assert_eq!(
+        load(&format!("services:\n{}", svc("web", ""))).unwrap().services[0].hooks,
+        Hooks::default()
+    );
 
     let err = load(&format!(
         "services:\n{}",

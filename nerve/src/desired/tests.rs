@@ -27,10 +27,12 @@ fn held_back_by_a_hook() {
         ..Operator::default()
     };
     let why = "pre-available hook failed: exited with status 1";
-    let held = |healthy, op, expose| desired(&Inputs {
-        held: Some(why),
-        ..inputs(healthy, op, expose, &[])
-    });
+    let held = |healthy, op, expose| {
+        desired(&Inputs {
+            held: Some(why),
+            ..inputs(healthy, op, expose, &[])
+        })
+    };
     assert_eq!(held(true, &none, false), State::Absent);
     assert_eq!(
         held(true, &none, true),

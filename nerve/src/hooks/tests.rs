@@ -35,13 +35,19 @@ async fn sequence_waits_for_down_then_on_disable_then_drained_then_min_time() {
         pre_available: None,
         on_disable: Some(hook(&format!("echo on_disable >> {}", log.display()))),
         drained: Some(Drained {
-            hook: hook(&format!("echo drained >> {0}; test -f {1}", log.display(), drained.display())),
+            hook: hook(&format!(
+                "echo drained >> {0}; test -f {1}",
+                log.display(),
+                drained.display()
+            )),
             interval: Duration::from_millis(20),
             max_wait: Duration::from_secs(30),
         }),
         min_disable_time: Duration::from_millis(800),
     };
-    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap().service("web", &[]);
+    let metrics = Metrics::new(&prometheus::Registry::new())
+        .unwrap()
+        .service("web", &[]);
     let (report_tx, report_rx) = watch::channel(ReportStatus {
         applied: Some(State::Available { weight: 1 }),
         ..ReportStatus::default()
@@ -52,14 +58,23 @@ async fn sequence_waits_for_down_then_on_disable_then_drained_then_min_time() {
     assert!(!log.exists(), "no hook before the down state is written");
     report_tx.send_modify(|s| s.applied = Some(State::Absent));
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    eventually("drained polled a few times", || read().matches("drained").count() >= 3).await;
+    eventually("drained polled a few times", || {
+        read().matches("drained").count() >= 3
+    })
+    .await;
     assert!(read().starts_with("on_disable\ndrained\n"), "{}", read());
     assert!(!task.is_finished(), "not drained yet");
     std::fs::write(&drained, "").unwrap();
     assert!(task.await.unwrap(), "drained");
     assert!(since.elapsed() >= Duration::from_millis(800), "min_disable_time");
-    let fails = metrics.hook_runs.with_label_values(&["web", "drained", "fail"]).get();
-    let oks = metrics.hook_runs.with_label_values(&["web", "drained", "ok"]).get();
+    let fails = metrics
+        .hook_runs
+        .with_label_values(&["web", "drained", "fail"])
+        .get();
+    let oks = metrics
+        .hook_runs
+        .with_label_values(&["web", "drained", "ok"])
+        .get();
     assert!(fails >= 3 && oks == 1, "{fails} {oks}");
 }
 
@@ -74,7 +89,9 @@ async fn drained_gives_up_at_max_wait() {
         }),
         ..Hooks::default()
     };
-    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap().service("web", &[]);
+    let metrics = Metrics::new(&prometheus::Registry::new())
+        .unwrap()
+        .service("web", &[]);
     let since = Instant::now();
     let drained = tokio::time::timeout(
         Duration::from_secs(5),
@@ -98,7 +115,9 @@ async fn disable_loop_starts_aborts_and_reports() {
         }),
         ..Hooks::default()
     };
-    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap().service("web", &[]);
+    let metrics = Metrics::new(&prometheus::Registry::new())
+        .unwrap()
+        .service("web", &[]);
     let (op_tx, op_rx) = watch::channel(Operator::default());
     let (status_tx, mut status) = watch::channel(DrainStatus::default());
     let (stopping, cancel) = (CancellationToken::new(), CancellationToken::new());
@@ -114,7 +133,7 @@ async fn disable_loop_starts_aborts_and_reports() {
     let wait = |status: &mut watch::Receiver<DrainStatus>, f: fn(&DrainStatus) -> bool| {
         let mut s = status.clone();
         async move {
-            tokio::time::timeout(Duration::from_secs(5), s.wait_for(|d| f(d)))
+            tokio::time::timeout(Duration::from_secs(5), s.wait_for(f))
                 .await
                 .expect("status reached")
                 .unwrap()
@@ -128,11 +147,17 @@ async fn disable_loop_starts_aborts_and_reports() {
         .unwrap();
     assert_eq!(*status.borrow_and_update(), DrainStatus::default());
     op_tx.send_modify(|o| o.disabled = true);
-    wait(&mut status, |d| d.disabled && matches!(d.phase, Phase::Running { .. })).await;
+    wait(&mut status, |d| {
+        d.disabled && matches!(d.phase, Phase::Running { .. })
+    })
+    .await;
     op_tx.send_modify(|o| o.disabled = false);
     wait(&mut status, |d| !d.disabled && d.phase == Phase::Idle).await;
     stopping.cancel();
-    wait(&mut status, |d| d.disabled && matches!(d.phase, Phase::Running { .. })).await;
+    wait(&mut status, |d| {
+        d.disabled && matches!(d.phase, Phase::Running { .. })
+    })
+    .await;
     // After stopping, the operator no longer counts.
     op_tx.send_modify(|o| o.disabled = true);
     op_tx.send_modify(|o| o.disabled = false);
