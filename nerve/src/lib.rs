@@ -149,6 +149,7 @@ pub fn start_service(
                         report_tx,
                         m.clone(),
                         rcancel.clone(),
+                        stopping.clone(),
                     )
                     .instrument(rspan),
                 );

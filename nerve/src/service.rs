@@ -488,6 +488,8 @@ pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Makes ZooKeeper match the desired state on every change of desired state and every
 /// session event, with backoff on errors, until `cancel` fires; then deregisters.
+/// `stopping` (the service going down) only names the deletions it causes in the log.
+#[allow(clippy::too_many_arguments)]
 pub async fn report_loop(
     mut registration: Registration,
     keep: Arc<std::sync::atomic::AtomicBool>,
@@ -496,6 +498,7 @@ pub async fn report_loop(
     status: watch::Sender<ReportStatus>,
     metrics: ServiceMetrics,
     cancel: CancellationToken,
+    stopping: CancellationToken,
 ) {
     let mut sessions = session.subscribe();
     let mut epoch = sessions.borrow().session_epoch;
@@ -508,7 +511,7 @@ pub async fn report_loop(
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            r = reconcile(&mut registration, want.as_deref(), &metrics) => r,
+            r = reconcile(&mut registration, want.as_deref(), &metrics, &stopping) => r,
         };
         if let Ok(true) = result {
             metrics
@@ -581,6 +584,7 @@ async fn reconcile(
     registration: &mut Registration,
     want: Option<&Vec<u8>>,
     metrics: &ServiceMetrics,
+    stopping: &CancellationToken,
 ) -> Result<bool, RegistryError> {
     let wrote = match want {
         Some(data) => match registration.ensure(data).await? {
@@ -603,7 +607,11 @@ async fn reconcile(
             let deleted = registration.remove().await?;
             if deleted {
                 metrics.zk_deleted.inc();
-                info!("deregistered");
+                if stopping.is_cancelled() {
+                    info!("deregistered on shutdown");
+                } else {
+                    info!("deregistered");
+                }
             }
             deleted
         }
