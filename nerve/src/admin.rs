@@ -181,6 +181,15 @@ fn status(instance_id: &str, services: &[ServiceHandle], m: &Maintenance) -> Rep
                 .filter(|r| r.kind == "zookeeper")
                 .find_map(|r| r.status.borrow().last_error.clone());
             let limit = s.limit.borrow().clone();
+            let drain = s.drain.borrow().clone();
+            let disable_sequence = match drain.phase {
+                crate::hooks::Phase::Idle => json!({ "phase": "idle" }),
+                crate::hooks::Phase::Running { since } => json!({
+                    "phase": "running",
+                    "running_for_seconds": since.elapsed().as_secs_f64(),
+                }),
+                crate::hooks::Phase::Done { drained } => json!({ "phase": "done", "drained": drained }),
+            };
             all_up &= check.healthy;
             json!({
                 "name": s.config.name,
@@ -194,6 +203,7 @@ fn status(instance_id: &str, services: &[ServiceHandle], m: &Maintenance) -> Rep
                 "last_zk_error": zk_error,
                 "reporters": reports,
                 "maintenance": m.effective(&s.config.name),
+                "disable_sequence": disable_sequence,
                 "desired": format!("{:?}", s.desired.borrow().state),
                 "write_deferred": limit.deferred_since.is_some(),
                 "write_deferred_for_seconds": limit.deferred_since.map(|t| t.elapsed().as_secs_f64()),

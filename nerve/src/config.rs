@@ -12,12 +12,14 @@ pub use common::registry::ZkAuth;
 use serde::Deserialize;
 
 mod checks;
+mod hooks;
 
 pub use checks::{
     authority, CheckConfig, CheckKind, ExecCheck, HttpCheck, HttpMethod, StatusSet, TlsConfig,
     DEFAULT_TIMEOUT, MIN_INTERVAL,
 };
 use checks::{CheckDefaults, RawCheck};
+pub use hooks::{Drained, Hook, Hooks};
 
 /// A validated nerve configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +71,9 @@ pub struct ServiceConfig {
     pub expose_unavailable: bool,
     /// Weight ramp after the service turns healthy. Default none (full weight at once).
     pub warmup: Option<Warmup>,
+    /// Commands run around availability changes, and the minimum disable time. Default
+    /// none.
+    pub hooks: Hooks,
     /// Labels written in the payload.
     pub labels: BTreeMap<String, String>,
     /// `haproxy_server_options` written in the payload, for airbnb synapse readers.
@@ -231,6 +236,7 @@ struct RawService {
     max_writes_per_second: Option<f64>,
     write_burst: Option<u32>,
     warmup: Option<RawWarmup>,
+    hooks: Option<hooks::RawHooks>,
     weight: Option<u32>,
     #[serde(default)]
     expose_unavailable: bool,
@@ -569,6 +575,10 @@ fn validate_service(
             stability_timeout: w.stability_timeout.unwrap_or(Duration::from_secs(5)),
         }
     });
+    let hooks = s
+        .hooks
+        .map(|h| hooks::validate(&format!("{at}.hooks"), h, &s.name, &s.host, s.port, p))
+        .unwrap_or_default();
     let write_burst = s.write_burst.unwrap_or(5);
     if write_burst == 0 {
         p.push(format!("{at}.write_burst"), "must be at least 1");
@@ -624,6 +634,7 @@ fn validate_service(
             .map_or(DEFAULT_WEIGHT, |w| u8::try_from(w).unwrap_or(u8::MAX)),
         expose_unavailable: s.expose_unavailable,
         warmup,
+        hooks,
         labels: s.labels,
         haproxy_server_options: s.haproxy_server_options,
         check_interval,

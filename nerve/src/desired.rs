@@ -53,11 +53,14 @@ pub struct Inputs<'a> {
     pub expose_unavailable: bool,
     /// The warm-up ramp's current ceiling, while it runs.
     pub warmup: Option<u8>,
+    /// Why the service may not become available although it would (the `pre_available`
+    /// hook failed).
+    pub held: Option<&'a str>,
 }
 
 /// The one rule: disabled beats everything; then healthy or forced registers with the
-/// operator's weight (else the configured one), bounded by the warm-up ramp; otherwise the
-/// node goes, or stays unavailable with `expose_unavailable`.
+/// operator's weight (else the configured one), bounded by the warm-up ramp, unless a hook
+/// holds it back; otherwise the node goes, or stays unavailable with `expose_unavailable`.
 pub fn desired(i: &Inputs<'_>) -> State {
     let down = |reason: String| {
         if i.expose_unavailable {
@@ -70,6 +73,9 @@ pub fn desired(i: &Inputs<'_>) -> State {
         return down("disabled by operator".to_string());
     }
     if i.healthy || i.operator.force {
+        if let Some(why) = i.held {
+            return down(why.to_string());
+        }
         let weight = i.operator.weight.unwrap_or(i.weight);
         // A forced service is not "turning healthy": no ramp.
         let weight = match i.warmup {

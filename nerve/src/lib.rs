@@ -6,6 +6,7 @@
 //! - [`check`]: tcp, http/https, exec, redis and grpc checks; rise/fall hysteresis.
 //! - [`service`]: per service, a check loop (each check on its own schedule and
 //!   hysteresis) publishing the desired state, and a reporter reconciling ZooKeeper with it.
+//! - [`hooks`]: hook commands and the disable sequence (on_disable, drained, min time).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /status`, `GET /metrics`.
 //!
@@ -18,6 +19,7 @@ pub mod check;
 pub mod config;
 pub mod ctl;
 pub mod desired;
+pub mod hooks;
 pub mod maintenance;
 pub mod metrics;
 pub mod reload;
@@ -69,6 +71,7 @@ pub fn start_service(
             weight: svc.weight,
             expose_unavailable: svc.expose_unavailable,
             warmup: None,
+            held: None,
         }),
         svc,
     );
@@ -80,19 +83,32 @@ pub fn start_service(
         checks: Vec::new(),
     });
     let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
+    let (drain_tx, drain_rx) = watch::channel(hooks::DrainStatus::default());
+    // `cancel` stops everything; `stopping` (fired by `cancel` too) only takes the service
+    // down, its reporters writing that.
+    let stopping = cancel.child_token();
     let span = tracing::info_span!("service", service = %svc.name);
     tracker.spawn(
-        service::desire_loop(svc.clone(), check_rx.clone(), operator_rx, raw_tx, m.clone())
-            .instrument(span.clone()),
+        service::desire_loop(
+            svc.clone(),
+            check_rx.clone(),
+            operator_rx.clone(),
+            raw_tx,
+            m.clone(),
+            stopping.clone(),
+        )
+        .instrument(span.clone()),
     );
     let bucket = report::TokenBucket::new(
         svc.max_writes_per_second,
         svc.write_burst,
         std::time::Instant::now(),
     );
-    tracker.spawn(report::limit_loop(raw_rx, desired_tx, bucket, limit_tx).instrument(span.clone()));
     tracker.spawn(
-        service::check_loop(svc.clone(), initially_up, check_tx, m.clone(), cancel.clone())
+        report::limit_loop(raw_rx, desired_tx, bucket, limit_tx, stopping.clone()).instrument(span.clone()),
+    );
+    tracker.spawn(
+        service::check_loop(svc.clone(), initially_up, check_tx, m.clone(), stopping.clone())
             .instrument(span.clone()),
     );
     let mut reports = Vec::new();
@@ -133,6 +149,7 @@ pub fn start_service(
                         report_tx,
                         m.clone(),
                         rcancel.clone(),
+                        stopping.clone(),
                     )
                     .instrument(rspan),
                 );
@@ -164,6 +181,18 @@ pub fn start_service(
             status: report_rx,
         });
     }
+    tracker.spawn(
+        hooks::disable_loop(
+            svc.hooks.clone(),
+            operator_rx,
+            reports.iter().map(|r| r.status.clone()).collect(),
+            stopping.clone(),
+            cancel.clone(),
+            drain_tx,
+            m,
+        )
+        .instrument(span),
+    );
     service::ServiceHandle {
         config: svc.clone(),
         check: check_rx,
@@ -172,11 +201,13 @@ pub fn start_service(
         limit: limit_rx,
         operator: operator_tx,
         cancel,
+        stopping,
+        drain: drain_rx,
     }
 }
 
-/// Runs nerve until `shutdown` fires, then deregisters every service, waits the drain time
-/// and returns.
+/// Runs nerve until `shutdown` fires, then takes every service down (see [`go_down`]),
+/// deletes what is left and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     run_with_reload(config, shutdown, None).await
 }
@@ -205,6 +236,9 @@ async fn run_with_reload(
         zk_cancel.clone(),
     );
     let tracker = TaskTracker::new();
+    // Parent of every service's token, cancelled last on shutdown: the reporters then
+    // delete what the shutdown sequence left (unavailable nodes).
+    let services_root = CancellationToken::new();
     let mut handles = Vec::new();
     let services: maintenance::Services = Arc::new(std::sync::RwLock::new(Vec::new()));
     let maintenance = Arc::new(maintenance::Maintenance::new(
@@ -221,7 +255,7 @@ async fn run_with_reload(
             &tracker,
             maintenance.effective(&svc.name),
             None,
-            shutdown.child_token(),
+            services_root.child_token(),
         ));
     }
     *services.write().unwrap_or_else(|p| p.into_inner()) = handles;
@@ -243,18 +277,58 @@ async fn run_with_reload(
             tracker: tracker.clone(),
             maintenance: maintenance.clone(),
             shutdown: shutdown.clone(),
+            services_root: services_root.clone(),
         };
         tracker.spawn(reload::reload_loop(file, signal, running));
     }
     tracker.close();
+    shutdown.cancelled().await;
+    go_down(&services, config.drain_time).await;
+    services_root.cancel();
     tracker.wait().await;
-    if !config.drain_time.is_zero() {
-        info!(drain = ?config.drain_time, "deregistered; draining");
-        tokio::time::sleep(config.drain_time).await;
-    }
     zk_cancel.cancel();
     admin_cancel.cancel();
     let _ = admin_task.await;
     info!("nerve stopped");
     Ok(())
+}
+
+/// SIGTERM's first steps: every service goes down at once (checks stop; its node is deleted,
+/// or marked `"available": false` with `expose_unavailable`), then, once that is written
+/// (at most [`hooks::DOWN_WAIT`]), the drain: `drain_time` and each service's disable
+/// sequence (hooks, `min_disable_time`), side by side. The caller then stops the services,
+/// whose reporters delete the nodes still there.
+pub async fn go_down(services: &maintenance::Services, drain_time: std::time::Duration) {
+    let handles: Vec<service::ServiceHandle> = services.read().unwrap_or_else(|p| p.into_inner()).clone();
+    info!(
+        services = handles.len(),
+        "shutting down: taking every service down"
+    );
+    for h in &handles {
+        h.stopping.cancel();
+    }
+    let down = futures::future::join_all(handles.iter().flat_map(|h| {
+        h.reports.iter().map(|r| {
+            let mut status = r.status.clone();
+            async move {
+                // An ended reporter has nothing left to write.
+                let _ = status
+                    .wait_for(|s| !matches!(s.applied, Some(desired::State::Available { .. })))
+                    .await;
+            }
+        })
+    }));
+    if tokio::time::timeout(hooks::DOWN_WAIT, down).await.is_err() {
+        tracing::warn!("some reporters could not write the down state in time; draining anyway");
+    }
+    if !drain_time.is_zero() {
+        info!(drain = ?drain_time, "services down; draining");
+    }
+    let sequences = futures::future::join_all(handles.iter().map(|h| {
+        let mut drain = h.drain.clone();
+        async move {
+            let _ = drain.wait_for(hooks::DrainStatus::done).await;
+        }
+    }));
+    futures::future::join(sequences, tokio::time::sleep(drain_time)).await;
 }

@@ -140,25 +140,29 @@ impl Maintenance {
     }
 
     /// Waits until every reporter of service `name` (every service for `None`) has written a
-    /// state other than "available" (the node is gone or marked unavailable), up to `wait`.
-    /// True when reached.
+    /// state other than "available" (the node is gone or marked unavailable) and the
+    /// service's disable sequence (hooks, `min_disable_time`) is over, up to `wait`. True
+    /// when reached.
     pub async fn wait_down(&self, name: Option<&str>, wait: Duration) -> bool {
-        let reporters: Vec<_> = self
+        let services: Vec<ServiceHandle> = self
             .services
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|s| name.is_none_or(|n| s.config.name == n))
-            .flat_map(|s| s.reports.iter().map(|r| r.status.clone()))
+            .cloned()
             .collect();
         let all = async {
-            for mut r in reporters {
-                let down =
-                    |s: &crate::service::ReportStatus| !matches!(s.applied, Some(State::Available { .. }));
-                if r.wait_for(down).await.is_err() {
-                    // The reporter ended: its service stopped, deregistered.
-                    continue;
+            for s in services {
+                for mut r in s.reports.iter().map(|r| r.status.clone()) {
+                    let down = |s: &crate::service::ReportStatus| {
+                        !matches!(s.applied, Some(State::Available { .. }))
+                    };
+                    // An error: the reporter ended (its service stopped, deregistered).
+                    let _ = r.wait_for(down).await;
                 }
+                let mut drain = s.drain.clone();
+                let _ = drain.wait_for(crate::hooks::DrainStatus::done).await;
             }
         };
         tokio::time::timeout(wait, all).await.is_ok()

@@ -21,6 +21,7 @@ pub struct Metrics {
     maintenance: IntGaugeVec,
     write_latency: HistogramVec,
     session_expiries: IntCounterVec,
+    hook_runs: IntCounterVec,
 }
 
 /// Handles for one service.
@@ -52,6 +53,8 @@ pub struct ServiceMetrics {
     pub write_latency: Histogram,
     /// ZooKeeper sessions replaced (expired or given up) under the service's reporters.
     pub session_expiries: IntCounter,
+    /// Hook runs (`hook_runs.with_label_values(&[service, hook, result])`).
+    pub hook_runs: IntCounterVec,
     /// The service name, for the `zk_failures` label.
     pub service: String,
 }
@@ -146,6 +149,14 @@ impl Metrics {
             ),
             &["service"],
         )?;
+        let hook_runs = IntCounterVec::new(
+            Opts::new(
+                "nerve_hook_runs_total",
+                "Hook command runs by hook (pre_available, on_disable, drained) and result",
+            ),
+            &["service", "hook", "result"],
+        )?;
+        registry.register(Box::new(hook_runs.clone()))?;
         registry.register(Box::new(zk_failures.clone()))?;
         registry.register(Box::new(weight.clone()))?;
         registry.register(Box::new(maintenance.clone()))?;
@@ -171,6 +182,7 @@ impl Metrics {
             maintenance,
             write_latency,
             session_expiries,
+            hook_runs,
         })
     }
 
@@ -200,6 +212,7 @@ impl Metrics {
             forced: self.maintenance.with_label_values(&[service, "forced"]),
             write_latency: self.write_latency.with_label_values(&[service]),
             session_expiries: self.session_expiries.with_label_values(&[service]),
+            hook_runs: self.hook_runs.clone(),
             service: service.to_string(),
         }
     }

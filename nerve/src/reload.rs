@@ -48,6 +48,8 @@ pub struct Running {
     pub maintenance: Arc<Maintenance>,
     /// Shutdown.
     pub shutdown: CancellationToken,
+    /// Parent of the services' tokens (cancelled at the end of the shutdown).
+    pub services_root: CancellationToken,
 }
 
 /// What a reload did, by service name.
@@ -160,15 +162,21 @@ pub async fn apply(running: &mut Running, new: Config) -> Outcome {
 }
 
 fn start(running: &Running, svc: &ServiceConfig, takeover: Option<&ServiceHandle>) -> ServiceHandle {
-    crate::start_service(
+    let handle = crate::start_service(
         svc,
         &running.registry,
         &running.metrics,
         &running.tracker,
         running.maintenance.effective(&svc.name),
         takeover,
-        running.shutdown.child_token(),
-    )
+        running.services_root.child_token(),
+    );
+    // Started by a reload that raced with SIGTERM: the shutdown sequence may have listed
+    // the services already, so this one goes down by itself.
+    if running.shutdown.is_cancelled() {
+        handle.stopping.cancel();
+    }
+    handle
 }
 
 /// Replaces the running `old` by `svc`, new form first (see the module docs).

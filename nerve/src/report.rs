@@ -63,12 +63,14 @@ pub struct LimitStatus {
 
 /// Forwards the desired state from `input` to `output` at most as often as `bucket` allows;
 /// while held back, only the latest state is kept (a `watch` channel), so the final state
-/// always gets through. Ends when `input` closes.
+/// always gets through. Once `stopping` fires, states pass at once (the down state of a
+/// shutdown must not wait for a token). Ends when `input` closes.
 pub async fn limit_loop(
     mut input: watch::Receiver<Desired>,
     output: watch::Sender<Desired>,
     mut bucket: TokenBucket,
     status: watch::Sender<LimitStatus>,
+    stopping: CancellationToken,
 ) {
     loop {
         if input.changed().await.is_err() {
@@ -76,6 +78,9 @@ pub async fn limit_loop(
         }
         let mut deferred = false;
         while let Err(wait) = bucket.take(Instant::now()) {
+            if stopping.is_cancelled() {
+                break;
+            }
             if !deferred {
                 deferred = true;
                 status.send_modify(|s| {
@@ -83,7 +88,10 @@ pub async fn limit_loop(
                     s.deferred_total += 1;
                 });
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopping.cancelled() => {}
+            }
         }
         let latest = input.borrow_and_update().clone();
         if deferred {

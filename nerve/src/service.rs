@@ -108,8 +108,13 @@ pub struct ServiceHandle {
     pub limit: watch::Receiver<crate::report::LimitStatus>,
     /// The operator's state (maintenance API).
     pub operator: watch::Sender<Operator>,
-    /// Stops the service (its reporters deregister).
+    /// Stops the service (its reporters deregister). Fires `stopping` too.
     pub cancel: CancellationToken,
+    /// Takes the service down without stopping its reporters (SIGTERM's first step): checks
+    /// stop, the desired state turns down, the disable sequence runs.
+    pub stopping: CancellationToken,
+    /// The disable sequence (hooks).
+    pub drain: watch::Receiver<crate::hooks::DrainStatus>,
 }
 
 /// One reporter of a service, for the admin API.
@@ -285,76 +290,61 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 /// Publishes the desired state of service `config` whenever its health or its operator
-/// state changes (and only when the desired state itself changes), until both inputs close.
+/// state changes (and only when the desired state itself changes), until both inputs close
+/// or `stopping` fires: then it publishes the down state (`shutting down`) and ends.
+///
+/// Before each change to available (from absent or unavailable) the `pre_available` hook
+/// runs; while it fails the service stays down with the hook's error as the reason, and the
+/// hook runs again at the next evaluation (the next check run or operator change).
 pub async fn desire_loop(
     config: ServiceConfig,
     mut check: watch::Receiver<CheckStatus>,
     mut operator: watch::Receiver<Operator>,
     desired: watch::Sender<Desired>,
     metrics: ServiceMetrics,
+    stopping: CancellationToken,
 ) {
-    // The healthy state of the previous round, and when the current warm-up began.
-    let mut was_healthy = check.borrow().healthy;
-    let mut ramp_started: Option<Instant> = None;
+    let mut eval = Evaluator {
+        config: &config,
+        was_healthy: check.borrow().healthy,
+        ramp_started: None,
+    };
     loop {
-        let mut next_step: Option<Instant> = None;
-        let state = {
-            let c = check.borrow_and_update();
-            let o = operator.borrow_and_update();
-            metrics.disabled.set(i64::from(o.disabled));
-            metrics.forced.set(i64::from(o.force));
-            if c.healthy && !was_healthy {
-                ramp_started = config.warmup.as_ref().map(|_| Instant::now());
-                if ramp_started.is_some() {
-                    info!("service turned healthy; warming up");
-                }
-            } else if !c.healthy {
-                ramp_started = None;
-            }
-            was_healthy = c.healthy;
-            let target = o.weight.unwrap_or(config.weight);
-            let warmup = match (&config.warmup, ramp_started) {
-                (Some(w), Some(started)) => {
-                    let (ceiling, next) = ramp(w, target, started.elapsed());
-                    next_step = next.map(|d| started + d);
-                    if next.is_none() {
-                        ramp_started = None;
-                    }
-                    Some(ceiling)
-                }
-                _ => None,
+        if stopping.is_cancelled() {
+            break;
+        }
+        let (c, o) = (
+            check.borrow_and_update().clone(),
+            operator.borrow_and_update().clone(),
+        );
+        metrics.disabled.set(i64::from(o.disabled));
+        metrics.forced.set(i64::from(o.force));
+        let (mut state, mut next_step) = eval.evaluate(&c, &o, None);
+        let was_available = matches!(desired.borrow().state, State::Available { .. });
+        if let (State::Available { .. }, false, Some(hook)) =
+            (&state, was_available, &config.hooks.pre_available)
+        {
+            let result = tokio::select! {
+                biased;
+                _ = stopping.cancelled() => break,
+                r = crate::hooks::run("pre_available", hook, &metrics) => r,
             };
-            let down: Vec<String> = c
-                .checks
-                .iter()
-                .filter(|c| !c.up)
-                .map(|c| c.name.clone())
-                .collect();
-            crate::desired::desired(&Inputs {
-                healthy: c.healthy,
-                down_checks: &down,
-                operator: &o,
-                weight: config.weight,
-                expose_unavailable: config.expose_unavailable,
-                warmup,
-            })
-        };
-        metrics.weight.set(match &state {
-            State::Available { weight } => i64::from(*weight),
-            _ => 0,
-        });
-        desired.send_if_modified(|d| {
-            if d.state == state {
-                return false;
+            match result {
+                Ok(()) => {
+                    // The ramp starts when the service actually becomes available.
+                    if eval.ramp_started.is_some() {
+                        eval.ramp_started = Some(Instant::now());
+                    }
+                    (state, next_step) = eval.evaluate(&c, &o, None);
+                }
+                Err(e) => {
+                    warn!(hook = "pre_available", error = %e, "hook failed; the service stays unavailable and tries again at the next evaluation");
+                    let why = format!("pre_available hook failed: {e}");
+                    (state, next_step) = eval.evaluate(&c, &o, Some(&why));
+                }
             }
-            match &state {
-                State::Absent => info!("desired: absent"),
-                State::Available { weight } => info!(weight, "desired: available"),
-                State::Unavailable { reason } => info!(reason, "desired: unavailable"),
-            }
-            *d = Desired::new(state, &config);
-            true
-        });
+        }
+        publish(&desired, &config, &metrics, state);
         let step = async {
             match next_step {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -362,20 +352,108 @@ pub async fn desire_loop(
             }
         };
         tokio::select! {
-            r = check.changed() => if r.is_err() { return },
-            r = operator.changed() => if r.is_err() { return },
+            biased;
+            _ = stopping.cancelled() => break,
+            r = check.changed() => if r.is_err() { stopping.cancelled().await; break },
+            r = operator.changed() => if r.is_err() { stopping.cancelled().await; break },
             _ = step => {
                 if let Some(w) = &config.warmup {
                     if let Some(cmd) = &w.stability_command {
-                        let report = crate::check::exec::run(cmd, w.stability_timeout).await;
+                        let report = tokio::select! {
+                            biased;
+                            _ = stopping.cancelled() => break,
+                            r = crate::check::exec::run(cmd, w.stability_timeout) => r,
+                        };
                         if let Err(e) = report.result {
                             warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
-                            ramp_started = ramp_started.map(|_| Instant::now());
+                            eval.ramp_started = eval.ramp_started.map(|_| Instant::now());
                         }
                     }
                 }
             }
         }
+    }
+    let state = if config.expose_unavailable {
+        State::Unavailable {
+            reason: "shutting down".to_string(),
+        }
+    } else {
+        State::Absent
+    };
+    publish(&desired, &config, &metrics, state);
+}
+
+/// Sends `state` when it differs from the current one.
+fn publish(desired: &watch::Sender<Desired>, config: &ServiceConfig, metrics: &ServiceMetrics, state: State) {
+    metrics.weight.set(match &state {
+        State::Available { weight } => i64::from(*weight),
+        _ => 0,
+    });
+    desired.send_if_modified(|d| {
+        if d.state == state {
+            return false;
+        }
+        match &state {
+            State::Absent => info!("desired: absent"),
+            State::Available { weight } => info!(weight, "desired: available"),
+            State::Unavailable { reason } => info!(reason, "desired: unavailable"),
+        }
+        *d = Desired::new(state, config);
+        true
+    });
+}
+
+/// The desire loop's memory between two rounds: the previous health and the warm-up ramp.
+struct Evaluator<'a> {
+    config: &'a ServiceConfig,
+    was_healthy: bool,
+    /// When the current warm-up began.
+    ramp_started: Option<Instant>,
+}
+
+impl Evaluator<'_> {
+    /// The desired state for check status `c` and operator state `o` (held back by `held`),
+    /// and when the ramp's next step is due.
+    fn evaluate(&mut self, c: &CheckStatus, o: &Operator, held: Option<&str>) -> (State, Option<Instant>) {
+        let config = self.config;
+        let mut next_step = None;
+        if c.healthy && !self.was_healthy {
+            self.ramp_started = config.warmup.as_ref().map(|_| Instant::now());
+            if self.ramp_started.is_some() {
+                info!("service turned healthy; warming up");
+            }
+        } else if !c.healthy {
+            self.ramp_started = None;
+        }
+        self.was_healthy = c.healthy;
+        let target = o.weight.unwrap_or(config.weight);
+        let warmup = match (&config.warmup, self.ramp_started) {
+            (Some(w), Some(started)) => {
+                let (ceiling, next) = ramp(w, target, started.elapsed());
+                next_step = next.map(|d| started + d);
+                if next.is_none() {
+                    self.ramp_started = None;
+                }
+                Some(ceiling)
+            }
+            _ => None,
+        };
+        let down: Vec<String> = c
+            .checks
+            .iter()
+            .filter(|c| !c.up)
+            .map(|c| c.name.clone())
+            .collect();
+        let state = crate::desired::desired(&Inputs {
+            healthy: c.healthy,
+            down_checks: &down,
+            operator: o,
+            weight: config.weight,
+            expose_unavailable: config.expose_unavailable,
+            warmup,
+            held,
+        });
+        (state, next_step)
     }
 }
 
@@ -410,6 +488,8 @@ pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Makes ZooKeeper match the desired state on every change of desired state and every
 /// session event, with backoff on errors, until `cancel` fires; then deregisters.
+/// `stopping` (the service going down) only names the deletions it causes in the log.
+#[allow(clippy::too_many_arguments)]
 pub async fn report_loop(
     mut registration: Registration,
     keep: Arc<std::sync::atomic::AtomicBool>,
@@ -418,6 +498,7 @@ pub async fn report_loop(
     status: watch::Sender<ReportStatus>,
     metrics: ServiceMetrics,
     cancel: CancellationToken,
+    stopping: CancellationToken,
 ) {
     let mut sessions = session.subscribe();
     let mut epoch = sessions.borrow().session_epoch;
@@ -430,7 +511,7 @@ pub async fn report_loop(
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            r = reconcile(&mut registration, want.as_deref(), &metrics) => r,
+            r = reconcile(&mut registration, want.as_deref(), &metrics, &stopping) => r,
         };
         if let Ok(true) = result {
             metrics
@@ -503,6 +584,7 @@ async fn reconcile(
     registration: &mut Registration,
     want: Option<&Vec<u8>>,
     metrics: &ServiceMetrics,
+    stopping: &CancellationToken,
 ) -> Result<bool, RegistryError> {
     let wrote = match want {
         Some(data) => match registration.ensure(data).await? {
@@ -525,7 +607,11 @@ async fn reconcile(
             let deleted = registration.remove().await?;
             if deleted {
                 metrics.zk_deleted.inc();
-                info!("deregistered");
+                if stopping.is_cancelled() {
+                    info!("deregistered on shutdown");
+                } else {
+                    info!("deregistered");
+                }
             }
             deleted
         }

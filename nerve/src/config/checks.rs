@@ -597,7 +597,7 @@ fn read_ca_file(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn exec_check(
+pub(super) fn exec_check(
     at: &str,
     command: Option<serde_json::Value>,
     shell: Option<bool>,
@@ -637,7 +637,7 @@ fn exec_check(
 /// of one) run by `sh -c`.
 fn command_argv(command: Option<serde_json::Value>, shell: bool) -> Result<Vec<String>, String> {
     let list: Vec<String> = match command {
-        None => return Err("exec checks need a command".to_string()),
+        None => return Err("a command is required".to_string()),
         Some(serde_json::Value::String(s)) if shell => vec![s],
         Some(serde_json::Value::String(_)) => {
             return Err(

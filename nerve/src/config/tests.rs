@@ -618,3 +618,59 @@ fn reporters_list_and_the_service_level_shorthand() {
         "{err}"
     );
 }
+
+#[test]
+fn hooks_defaults_and_problems() {
+    let c = load(&format!(
+        "services:\n{}",
+        svc(
+            "web",
+            "hooks: {pre_available: {command: [warm, up]}, on_disable: {command: 'echo bye', shell: true}, \
+             drained: {command: [idle], env: {A: b}}, min_disable_time: 3s}, "
+        )
+    ))
+    .unwrap();
+    let h = &c.services[0].hooks;
+    let pre = h.pre_available.as_ref().unwrap();
+    assert_eq!(pre.command.argv, ["warm", "up"]);
+    assert_eq!(pre.timeout, Duration::from_secs(10));
+    assert_eq!(pre.command.env["NERVE_HOOK"], "pre_available");
+    assert_eq!(pre.command.env["NERVE_SERVICE"], "web");
+    let off = h.on_disable.as_ref().unwrap();
+    assert_eq!(off.command.argv, ["sh", "-c", "echo bye"]);
+    assert_eq!(off.timeout, Duration::from_secs(30));
+    let d = h.drained.as_ref().unwrap();
+    assert_eq!(d.hook.command.env["A"], "b");
+    assert_eq!(
+        (d.hook.timeout, d.interval, d.max_wait),
+        (
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            Duration::from_secs(60)
+        )
+    );
+    assert_eq!(h.min_disable_time, Duration::from_secs(3));
+    assert_eq!(
+        load(&format!("services:\n{}", svc("web", ""))).unwrap().services[0].hooks,
+        Hooks::default()
+    );
+
+    let err = load(&format!(
+        "services:\n{}",
+        svc(
+            "web",
+            "hooks: {pre_available: {timeout: 1s}, on_disable: {command: [x], interval: 1s}, \
+             drained: {command: 'no shell'}, bogus: 1}, "
+        )
+    ))
+    .unwrap_err();
+    let p = paths(&err);
+    for key in [
+        "services[0].hooks.pre_available.command",
+        "services[0].hooks.on_disable.interval",
+        "services[0].hooks.drained.command",
+        "services[0].hooks.bogus",
+    ] {
+        assert!(p.contains(&key), "{key} in {err}");
+    }
+}

@@ -9,7 +9,55 @@ fn inputs<'a>(healthy: bool, operator: &'a Operator, expose: bool, down: &'a [St
         weight: 200,
         expose_unavailable: expose,
         warmup: None,
+        held: None,
     }
+}
+
+/// A failed `pre_available` hook keeps an available service down (with its reason), and
+/// changes nothing for a service that is down anyway or disabled.
+#[test]
+fn held_back_by_a_hook() {
+    let none = Operator::default();
+    let forced = Operator {
+        force: true,
+        ..Operator::default()
+    };
+    let disabled = Operator {
+        disabled: true,
+        ..Operator::default()
+    };
+    let why = "pre-available hook failed: exited with status 1";
+    let held = |healthy, op, expose| {
+        desired(&Inputs {
+            held: Some(why),
+            ..inputs(healthy, op, expose, &[])
+        })
+    };
+    assert_eq!(held(true, &none, false), State::Absent);
+    assert_eq!(
+        held(true, &none, true),
+        State::Unavailable {
+            reason: why.to_string()
+        }
+    );
+    assert_eq!(
+        held(false, &forced, true),
+        State::Unavailable {
+            reason: why.to_string()
+        }
+    );
+    assert_eq!(
+        held(true, &disabled, true),
+        State::Unavailable {
+            reason: "disabled by operator".to_string()
+        }
+    );
+    assert_eq!(
+        held(false, &none, true),
+        State::Unavailable {
+            reason: "checks failing".to_string()
+        }
+    );
 }
 
 #[test]

@@ -37,7 +37,13 @@ async fn limiter_defers_and_the_latest_state_wins() {
     let (out_tx, mut out_rx) = watch::channel(Desired::default());
     let (status_tx, status_rx) = watch::channel(LimitStatus::default());
     let bucket = TokenBucket::new(20.0, 1, Instant::now());
-    tokio::spawn(limit_loop(in_rx, out_tx, bucket, status_tx));
+    tokio::spawn(limit_loop(
+        in_rx,
+        out_tx,
+        bucket,
+        status_tx,
+        CancellationToken::new(),
+    ));
     let state = |w| Desired {
         state: State::Available { weight: w },
         payload: Some(std::sync::Arc::new(vec![w])),

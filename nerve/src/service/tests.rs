@@ -68,6 +68,7 @@ async fn checks_run_independently_each_with_its_own_hysteresis() {
         operator,
         desired_tx,
         m.clone(),
+        cancel.clone(),
     ));
     let task = tokio::spawn(check_loop(config, false, status_tx, m.clone(), cancel.clone()));
     tokio::time::timeout(Duration::from_secs(10), desired.wait_for(|d| d.payload.is_some()))
