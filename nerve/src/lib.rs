@@ -248,11 +248,18 @@ async fn run_with_reload(
                 .iter()
                 .map(|r| (r.kind == "zookeeper", r.status.clone()))
                 .collect();
+            let stopping = shutdown.clone();
             (h.config.name.clone(), async move {
                 for (zk, mut status) in reports {
-                    let _ = status
+                    let ended = status
                         .wait_for(|s| if zk { s.reconciled } else { s.applied.is_some() })
-                        .await;
+                        .await
+                        .is_err();
+                    // The reporter ended first: shutdown (never ready), or a reload removed
+                    // the service (nothing left to wait for).
+                    if ended && stopping.is_cancelled() {
+                        std::future::pending::<()>().await;
+                    }
                 }
             })
         })

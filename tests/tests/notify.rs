@@ -115,8 +115,10 @@ fn status_of(msg: &str) -> &str {
     msg.lines().find_map(|l| l.strip_prefix("STATUS=")).unwrap_or("")
 }
 
-/// SIGHUP → RELOADING=1 (with MONOTONIC_USEC) → READY=1; SIGTERM → STOPPING=1 and a clean exit.
-fn reload_then_stop(agent: &mut Agent, systemd: &mut Systemd) {
+/// `new_config` + SIGHUP → RELOADING=1 (with MONOTONIC_USEC) → READY=1 only once the reload
+/// is applied (`applied` holds at once); SIGTERM → STOPPING=1 and a clean exit.
+fn reload_then_stop(agent: &mut Agent, systemd: &mut Systemd, new_config: &str, applied: impl Fn() -> bool) {
+    agent.rewrite_config(new_config);
     agent.signal("HUP");
     let reloading = systemd.wait_for("RELOADING=1");
     let usec = reloading
@@ -124,7 +126,9 @@ fn reload_then_stop(agent: &mut Agent, systemd: &mut Systemd) {
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
         .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading:?}"));
     assert!(usec.parse::<u64>().is_ok_and(|u| u > 0), "{reloading:?}");
-    systemd.wait_for("READY=1");
+    let ready = systemd.wait_for("READY=1");
+    assert!(applied(), "READY=1 before the reload was applied: {ready:?}");
+    assert_eq!(status_of(&ready), "running: config reloaded", "{ready:?}");
 
     agent.signal("TERM");
     let stopping = systemd.wait_for("STOPPING=1");
@@ -169,7 +173,14 @@ fn synapse_is_ready_only_after_its_first_sync() {
     // Pings go on once ready.
     systemd.pings(2);
 
-    reload_then_stop(&mut synapse, &mut systemd);
+    // The reload adds a service: READY=1 says it is routed.
+    let api = free_port();
+    let reloaded = format!(
+        "{config}  - {{name: api, zk_hosts: \"{connect}\", zk_path: /services/api, listen: {api}}}\n"
+    );
+    let has_api = || http_get(admin, "/services").is_ok_and(|(_, body)| body.contains("\"api\""));
+    assert!(!has_api());
+    reload_then_stop(&mut synapse, &mut systemd, &reloaded, has_api);
 }
 
 #[test]
@@ -210,7 +221,14 @@ fn nerve_is_ready_only_after_its_first_reconcile() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert!(status["services"][0]["last_zk_error"].is_null(), "{status}");
 
-    reload_then_stop(&mut nerve, &mut systemd);
+    // The reload adds a service: READY=1 says it runs.
+    let reloaded = format!(
+        "{config}  - {{name: api, host: 127.0.0.1, port: {}, zk_hosts: \"{connect}\", zk_path: /services/api, checks: [{{type: tcp}}]}}\n",
+        backend.port
+    );
+    let has_api = || http_get(admin, "/status").is_ok_and(|(_, body)| body.contains("\"api\""));
+    assert!(!has_api());
+    reload_then_stop(&mut nerve, &mut systemd, &reloaded, has_api);
 }
 
 #[test]
