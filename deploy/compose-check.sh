@@ -13,11 +13,15 @@
 #
 # Engine: Docker when a Docker engine answers, else podman (+ podman-compose); ENGINE=podman
 # or ENGINE=docker forces one. Images:
-#   - the agents' image is built from the release binaries (cargo build --release);
+#   - the agents' image packages binaries built on this host: PROFILE=release (default;
+#     cargo build --release) or PROFILE=debug (what the test suite built; CI uses it), copied
+#     without their debug info into a two-file build context: nothing compiles in a container;
 #   - ZooKeeper, the demo backends and the base image come from a registry (zookeeper:3.8,
-#     busybox:1.36, debian:bookworm-slim) when one answers, else they are built here from
-#     Debian's packages: the base with debootstrap, kept as IMAGE_PREFIX-base:bookworm and
-#     reused by later runs (IMAGES=local or IMAGES=registry forces one way).
+#     busybox:1.36, debian:bookworm-slim) when one answers, else they are made here from this
+#     Debian bookworm host's installed packages (deploy/local-images/host-rootfs.py: glibc,
+#     bash, curl, busybox; plus the JRE and ZooKeeper's jars for the ZooKeeper stand-in),
+#     imported as IMAGE_PREFIX-base:host-<hash of the host's package list> (seconds, no
+#     download; IMAGES=local or IMAGES=registry forces one way).
 # Fails (exit 1, with the containers' logs) when an expectation is not met, and when it cannot
 # run at all (no engine, no compose tool): it never skips.
 set -euo pipefail
@@ -33,7 +37,7 @@ for arg in "$@"; do
     --ensemble) ENSEMBLE=1 ;;
     --keep) KEEP=1 ;;
     --images-only) IMAGES_ONLY=1 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "compose-check: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -99,7 +103,11 @@ case "$IMAGES" in
     export ZK_IMAGE=${ZK_IMAGE:-zookeeper:3.8} BACKEND_IMAGE=${BACKEND_IMAGE:-busybox:1.36}
     ;;
   local)
-    BASE_IMAGE=${BASE_IMAGE:-$IMAGE_PREFIX-base:bookworm}
+    # Keyed by the host's packages: a changed host makes new images, an unchanged one reuses
+    # them (they are only ever this host's files, so reusing them is not relying on luck).
+    host_key=$(dpkg-query -W -f '${Package} ${Version}\n' | sha256sum | cut -c1-12)
+    BASE_IMAGE=${BASE_IMAGE:-$IMAGE_PREFIX-base:host-$host_key}
+    JRE_BASE_IMAGE=$IMAGE_PREFIX-base-jre:host-$host_key
     export ZK_IMAGE=${ZK_IMAGE:-$IMAGE_PREFIX-zookeeper:3.8} BACKEND_IMAGE=${BACKEND_IMAGE:-$IMAGE_PREFIX-busybox:local}
     ;;
   *) fail "IMAGES must be 'registry' or 'local', not '$IMAGES'" ;;
@@ -107,36 +115,31 @@ esac
 export AGENTS_IMAGE=${AGENTS_IMAGE:-$IMAGE_PREFIX:local}
 say "images ($IMAGES): base $BASE_IMAGE, ZooKeeper $ZK_IMAGE, backends $BACKEND_IMAGE, agents $AGENTS_IMAGE"
 
-# A Debian bookworm base image like debian:bookworm-slim, from Debian's archive.
-build_base() {
-  command -v debootstrap >/dev/null 2>&1 || fail "debootstrap is not installed (apt-get install debootstrap)"
-  local root
-  root=$(mktemp -d "${TMPDIR:-/tmp}/nerve-synapse-rootfs.XXXXXX")
-  say "building $BASE_IMAGE with debootstrap (once; later runs reuse it)"
-  debootstrap --variant=minbase bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
-    >"$root.log" 2>&1 || { tail -20 "$root.log" >&2; fail "debootstrap failed (log: $root.log)"; }
-  # What the -slim images leave out, and keep out of later installs.
-  rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  # Files only: packages' maintainer scripts may expect the directories (as on -slim images).
-  find "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/info ! -type d -delete
-  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
-  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
-    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/locale/*' \
-    >"$root/etc/dpkg/dpkg.cfg.d/slim"
-  tar -C "$root" -c . | "$ENGINE" import --change 'CMD ["bash"]' - "$BASE_IMAGE" >/dev/null ||
-    fail "cannot import the base image"
-  rm -rf "$root" "$root.log"
+# A base image like debian:bookworm-slim, made of this host's files ($1: the tag; $2: --jre
+# for the JRE and ZooKeeper's jars too).
+import_host_base() {
+  command -v dpkg-query >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1 ||
+    fail "IMAGES=local needs a Debian host (dpkg-query) with python3, or a registry"
+  local tar
+  tar=$(mktemp "${TMPDIR:-/tmp}/nerve-synapse-rootfs.XXXXXX.tar")
+  say "importing $1 from this host's packages${2:+ ($2)}"
+  python3 deploy/local-images/host-rootfs.py ${2:+"$2"} "$tar" || { rm -f "$tar"; fail "cannot assemble $1"; }
+  "$ENGINE" import --change 'CMD ["bash"]' "$tar" "$1" >/dev/null || { rm -f "$tar"; fail "cannot import $1"; }
+  rm -f "$tar"
 }
 
 if [ "$IMAGES" = local ]; then
-  image_exists "$BASE_IMAGE" || build_base
-  for stand_in in zookeeper:"$ZK_IMAGE" busybox:"$BACKEND_IMAGE"; do
-    file=${stand_in%%:*} tag=${stand_in#*:}
-    say "building $tag (deploy/local-images/$file.Dockerfile)"
-    "$ENGINE" build -f "deploy/local-images/$file.Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-      -t "$tag" deploy/local-images >"$LOGS/build-$file.log" 2>&1 ||
-      { tail -30 "$LOGS/build-$file.log" >&2; fail "building $tag failed"; }
-  done
+  image_exists "$BASE_IMAGE" || import_host_base "$BASE_IMAGE"
+  image_exists "$JRE_BASE_IMAGE" || import_host_base "$JRE_BASE_IMAGE" --jre
+  # $1: deploy/local-images/$1.Dockerfile, $2: the tag, $3: its base.
+  build_stand_in() {
+    say "building $2 (deploy/local-images/$1.Dockerfile on $3)"
+    "$ENGINE" build -f "deploy/local-images/$1.Dockerfile" --build-arg "BASE_IMAGE=$3" \
+      -t "$2" deploy/local-images >"$LOGS/build-$1.log" 2>&1 ||
+      { tail -30 "$LOGS/build-$1.log" >&2; fail "building $2 failed"; }
+  }
+  build_stand_in zookeeper "$ZK_IMAGE" "$JRE_BASE_IMAGE"
+  build_stand_in busybox "$BACKEND_IMAGE" "$BASE_IMAGE"
 fi
 
 if [ "$IMAGES_ONLY" = 1 ]; then
@@ -145,10 +148,26 @@ if [ "$IMAGES_ONLY" = 1 ]; then
   exit 0
 fi
 
-say "building the release binaries and $AGENTS_IMAGE"
-cargo build --release --locked --bins -q
-"$ENGINE" build -f deploy/Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$AGENTS_IMAGE" . \
+PROFILE=${PROFILE:-release}
+case "$PROFILE" in
+  release) say "building the release binaries and $AGENTS_IMAGE"; cargo build --release --locked --bins -q ;;
+  debug) say "building $AGENTS_IMAGE from the debug binaries"; cargo build --locked --bins -q ;;
+  *) fail "PROFILE must be 'release' or 'debug', not '$PROFILE'" ;;
+esac
+# The build context: the two binaries where deploy/Dockerfile expects them, and nothing else
+# (no walk through target/). Debug info is left out: the image does not need it.
+context=$LOGS/context
+mkdir -p "$context/target/release"
+for bin in nerve synapse; do
+  if command -v objcopy >/dev/null 2>&1; then
+    objcopy --strip-debug "target/$PROFILE/$bin" "$context/target/release/$bin"
+  else
+    cp "target/$PROFILE/$bin" "$context/target/release/$bin"
+  fi
+done
+"$ENGINE" build -f deploy/Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$AGENTS_IMAGE" "$context" \
   >"$LOGS/build-agents.log" 2>&1 || { tail -30 "$LOGS/build-agents.log" >&2; fail "building $AGENTS_IMAGE failed"; }
+rm -rf "$context"
 size=$("$ENGINE" image inspect --format '{{.Size}}' "$AGENTS_IMAGE")
 ok "$AGENTS_IMAGE: $((size / 1000 / 1000)) MB"
 

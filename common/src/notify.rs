@@ -3,8 +3,9 @@
 //!
 //! What the agents send:
 //! - `STATUS=` lines along the way (`systemctl status` shows the last one);
-//! - `READY=1` once the agent does its job: nerve after the first reconcile of every
-//!   service with ZooKeeper, synapse after the first sync of every service ([`ready_after`]);
+//! - `READY=1` once the agent does its job: nerve after the first write of every reporter of
+//!   every service (a ZooKeeper reporter's with its session connected), synapse after the
+//!   first sync of every service ([`ready_after`]);
 //! - `RELOADING=1` (with `MONOTONIC_USEC=`, which `Type=notify-reload` needs) when a SIGHUP
 //!   arrives, then `READY=1` again once it is handled ([`reloading`], [`reloaded`]);
 //! - `STOPPING=1` when shutdown starts ([`stopping`]);

@@ -5,7 +5,10 @@
 #     -t nerve-synapse-busybox:local deploy/local-images
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox \
- && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log
+# (Installed unless the base has it: compose-check.sh's host-made base does.)
+RUN if ! command -v busybox >/dev/null; then \
+      apt-get update \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox \
+      && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log; \
+    fi
 CMD ["busybox", "sh"]
