@@ -23,9 +23,11 @@ import tarfile
 
 ROOTS = ["base-files", "base-passwd", "bash", "dash", "coreutils", "passwd", "login", "curl",
          "busybox", "ca-certificates"]
-JRE_ROOTS = ["default-jre-headless", "libzookeeper-java"]
-# Only these directories of the JRE side: libzookeeper-java depends on much more than the
-# server needs (Tomcat, Spring...); its jars are taken from /usr/share/java as a whole.
+JRE_ROOTS = ["default-jre-headless"]
+# With --jre: ZooKeeper's own package without its dependencies (they reach far beyond what
+# the server needs: Tomcat, Spring, JUnit...); the jars it loads come from /usr/share/java,
+# taken whole.
+ZOOKEEPER = "libzookeeper-java"
 SKIP_PREFIXES = ("/usr/share/doc/", "/usr/share/man/", "/usr/share/info/", "/usr/share/locale/",
                  "/usr/share/lintian/", "/usr/share/bug/", "/usr/share/maven-repo/")
 
@@ -93,9 +95,10 @@ def main():
     roots = ROOTS + (JRE_ROOTS if jre else [])
     packages = closure(roots, deps, provides)
     if jre:
-        # The server's jars come from /usr/share/java below, not from their packages.
-        packages = {p for p in packages if not p.endswith("-java") or p == "java-common"}
-        packages |= {"libzookeeper-java"}
+        if ZOOKEEPER not in deps:
+            sys.exit(f"host-rootfs: not installed on this host: {ZOOKEEPER} "
+                     "(apt-get install zookeeper)")
+        packages.add(ZOOKEEPER)
     paths = set()
     for pkg in sorted(packages):
         listed = subprocess.run(["dpkg-query", "-L", pkg], capture_output=True, text=True).stdout
