@@ -1,7 +1,14 @@
 //! The small admin HTTP server (HTTP/1.1, hyper 1), bound to localhost by default.
 //!
-//! Each agent supplies a synchronous [`Handler`]: routes read in-memory state only, so no
-//! request ever waits on ZooKeeper.
+//! Each agent supplies one [`Handler`]: an async function of an [`AdminRequest`] (method,
+//! path, query string, body). Routes read in-memory state; the few that wait (nerve's
+//! `disable?wait=`) wait on the agent's own state, bounded by their caller's deadline. A
+//! request body (for `PUT`/`POST`) is read first, up to [`MAX_BODY`], and handed to the
+//! handler whole.
+//!
+//! Served here for both agents, before the agent's handler: `/log-level` (`GET` the filter
+//! in force, `PUT` new `EnvFilter` directives as the body, `DELETE` back to the configured
+//! ones; changes from loopback clients only).
 //!
 //! A local admin port is also a way to exhaust the process's file descriptors, so slow and
 //! idle clients are bounded ([`AdminLimits`]): header read timeout, idle timeout and a cap
@@ -13,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -69,13 +76,25 @@ impl Reply {
     }
 }
 
-/// Routes a request (method, path) to a reply.
-pub type Handler = Arc<dyn Fn(&Method, &str) -> Reply + Send + Sync>;
+/// One admin request, as handed to a [`Handler`].
+#[derive(Debug, Clone)]
+pub struct AdminRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Path, without the query string (`/services/web/disable`).
+    pub path: String,
+    /// Query string without the `?`, when there is one (`wait=10s`).
+    pub query: Option<String>,
+    /// Body: empty for `GET`, `HEAD` and `DELETE`, at most [`MAX_BODY`] bytes otherwise.
+    pub body: Bytes,
+}
 
-/// Routes a request (method, path, query string) to a reply that may wait (e.g. nerve's
-/// `disable?wait=`); served by [`serve_async`].
-pub type AsyncHandler =
-    Arc<dyn Fn(Method, String, Option<String>) -> futures::future::BoxFuture<'static, Reply> + Send + Sync>;
+/// Routes a request to a reply; the reply may wait (e.g. nerve's `disable?wait=`). A
+/// synchronous route answers with `Box::pin(std::future::ready(reply))`.
+pub type Handler = Arc<dyn Fn(AdminRequest) -> futures::future::BoxFuture<'static, Reply> + Send + Sync>;
+
+/// Largest request body read (bytes); a larger one is answered 413 unread.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,29 +147,10 @@ pub async fn serve(listener: TcpListener, handler: Handler, cancel: Cancellation
     serve_with(listener, handler, AdminLimits::default(), cancel).await
 }
 
-/// Serves admin requests with a handler that may wait, with the default [`AdminLimits`],
-/// until `cancel` fires.
-pub async fn serve_async(listener: TcpListener, handler: AsyncHandler, cancel: CancellationToken) {
-    serve_inner(listener, handler, AdminLimits::default(), cancel).await
-}
-
 /// Serves admin requests until `cancel` fires, within `limits`.
 pub async fn serve_with(
     listener: TcpListener,
     handler: Handler,
-    limits: AdminLimits,
-    cancel: CancellationToken,
-) {
-    let handler: AsyncHandler = Arc::new(move |method, path, _query| {
-        let reply = handler(&method, &path);
-        Box::pin(async move { reply })
-    });
-    serve_inner(listener, handler, limits, cancel).await
-}
-
-async fn serve_inner(
-    listener: TcpListener,
-    handler: AsyncHandler,
     limits: AdminLimits,
     cancel: CancellationToken,
 ) {
@@ -202,19 +202,15 @@ async fn serve_inner(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    handler: AsyncHandler,
+    handler: Handler,
     limits: AdminLimits,
     cancel: CancellationToken,
 ) {
     let activity = Activity::default();
     let io = TokioIo::new(Tracked::new(stream, &activity));
     let service = service_fn(move |req: Request<Incoming>| {
-        let reply = handler(
-            req.method().clone(),
-            req.uri().path().to_string(),
-            req.uri().query().map(str::to_string),
-        );
-        async move { Ok::<_, Infallible>(to_response(reply.await)) }
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(to_response(route(req, peer, &handler).await)) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
@@ -234,6 +230,85 @@ async fn serve_connection(
                 _ = conn.as_mut() => {}
                 _ = &mut idle => {}
             }
+        }
+    }
+}
+
+/// Reads the body (bounded; a stalled one is cut by the connection's idle timeout) and
+/// dispatches: built-in routes first, then the agent's handler.
+async fn route(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) -> Reply {
+    let (parts, body) = req.into_parts();
+    let body = if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) {
+        Bytes::new()
+    } else {
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return Reply::text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {MAX_BODY} bytes\n"),
+                );
+            }
+            Err(err) => {
+                debug!(%peer, error = %err, "cannot read admin request body");
+                return Reply::text(StatusCode::BAD_REQUEST, "cannot read the request body\n");
+            }
+        }
+    };
+    if parts.uri.path() == "/log-level" {
+        return log_level(&parts.method, &body, peer);
+    }
+    handler(AdminRequest {
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        method: parts.method,
+        body,
+    })
+    .await
+}
+
+/// `GET` / `PUT` / `DELETE /log-level`: the runtime log filter.
+fn log_level(method: &Method, body: &[u8], peer: SocketAddr) -> Reply {
+    use crate::telemetry;
+    let changed = |previous: String| {
+        let now = telemetry::log_filter().unwrap_or_default();
+        info!(%peer, from = %previous, to = %now, "log filter changed through the admin API");
+        Reply::text(StatusCode::OK, format!("{now}\n"))
+    };
+    let refused = |err: telemetry::TelemetryError| {
+        let status = match err {
+            telemetry::TelemetryError::BadLevel { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Reply::text(status, format!("{err}\n"))
+    };
+    // The admin port may listen beyond loopback (in a container, say): reading is harmless,
+    // turning on `trace` for every module is not.
+    let local = is_loopback(peer.ip());
+    match *method {
+        Method::GET | Method::HEAD => match telemetry::log_filter() {
+            Some(f) => Reply::text(StatusCode::OK, format!("{f}\n")),
+            None => refused(telemetry::TelemetryError::NotReloadable),
+        },
+        Method::PUT | Method::DELETE if !local => Reply::text(
+            StatusCode::FORBIDDEN,
+            "the log level can only be changed from a loopback address\n",
+        ),
+        Method::PUT => match std::str::from_utf8(body) {
+            Ok(directives) => telemetry::set_log_filter(directives).map_or_else(refused, changed),
+            Err(_) => Reply::text(StatusCode::BAD_REQUEST, "the body must be UTF-8 text\n"),
+        },
+        Method::DELETE => telemetry::reset_log_filter().map_or_else(refused, changed),
+        _ => Reply::text(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE\n"),
+    }
+}
+
+/// Loopback, also as an IPv4-mapped IPv6 address (a dual-stack listener).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What both binaries' `main` do once their CLI is parsed: load the config (or only check
-//! it), set up logging and signals, and run the agent on a tokio runtime.
+//! it), set up logging, signals and systemd notifications (`STATUS=`, `WATCHDOG=1`,
+//! `STOPPING=1`; each agent says `READY=1` itself), and run the agent on a tokio runtime.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -73,6 +74,10 @@ where
         eprintln!("{name}: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // A NOTIFY_SOCKET that cannot be used is reported, not fatal: the agent works without.
+    if let Err(err) = crate::notify::init_from_env() {
+        tracing::warn!(error = %err, "systemd notifications disabled");
+    }
     let runtime = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
@@ -91,6 +96,15 @@ where
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let reload = crate::shutdown::cancel_on_signals(shutdown.clone()).map_err(|e| e.to_string())?;
+        crate::notify::status("starting");
+        if let Some(period) = crate::notify::watchdog_interval() {
+            tokio::spawn(crate::notify::watchdog(period));
+        }
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            crate::notify::stopping("stopping: draining");
+        });
         let ctx = RunContext {
             shutdown,
             reload,

@@ -9,6 +9,7 @@
 //! - [`admin`]: the small localhost HTTP admin server.
 //! - [`net`]: accept-error backoff and connection idle tracking (proxy and admin servers).
 //! - [`shutdown`]: signals to a `CancellationToken`.
+//! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`, ...).
 //! - [`cli`]: what both `main`s do once their CLI is parsed.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod config;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;

@@ -128,18 +128,32 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<ReloadRequests, Sig
 }
 
 async fn on_hangup(reload: &ReloadSender) {
+    // systemd (ExecReload=kill -HUP, or Type=notify-reload) waits from RELOADING=1 to READY=1.
+    crate::notify::reloading("reloading the config");
     // The agent logs its reload (what changed, or every problem of a refused file).
-    match reload.request().await {
-        ReloadOutcome::Done(Ok(())) => debug!(signal = "SIGHUP", "reload done"),
-        ReloadOutcome::Done(Err(why)) => debug!(signal = "SIGHUP", error = %why, "reload refused"),
-        ReloadOutcome::Pending => debug!(signal = "SIGHUP", "a reload is already pending"),
+    let status = match reload.request().await {
+        ReloadOutcome::Done(Ok(())) => {
+            debug!(signal = "SIGHUP", "reload done");
+            "running: config reloaded"
+        }
+        ReloadOutcome::Done(Err(why)) => {
+            debug!(signal = "SIGHUP", error = %why, "reload refused");
+            "running: the new config was refused, the previous one runs on"
+        }
+        ReloadOutcome::Pending => {
+            // The pending reload says READY=1 when it is over, not this request.
+            debug!(signal = "SIGHUP", "a reload is already pending");
+            return;
+        }
         ReloadOutcome::Unsupported => {
             warn!(
                 signal = "SIGHUP",
                 "this agent does not reload its config; signal ignored"
-            )
+            );
+            "running: this agent does not reload its config"
         }
-    }
+    };
+    crate::notify::reloaded(status);
 }
 
 #[cfg(test)]

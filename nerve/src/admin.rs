@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use common::admin::{is_get, AsyncHandler, Reply};
+use common::admin::{is_get, AdminRequest, Handler, Reply};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
@@ -18,8 +18,8 @@ pub fn handler(
     instance_id: String,
     maintenance: Arc<Maintenance>,
     registry: prometheus::Registry,
-) -> AsyncHandler {
-    Arc::new(move |method, path, query| {
+) -> Handler {
+    Arc::new(move |req: AdminRequest| {
         let (instance_id, maintenance, registry) =
             (instance_id.clone(), maintenance.clone(), registry.clone());
         Box::pin(async move {
@@ -27,9 +27,9 @@ pub fn handler(
                 &instance_id,
                 &maintenance,
                 &registry,
-                &method,
-                &path,
-                query.as_deref(),
+                &req.method,
+                &req.path,
+                req.query.as_deref(),
             )
             .await
         })

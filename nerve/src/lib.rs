@@ -258,12 +258,52 @@ async fn run_with_reload(
             services_root.child_token(),
         ));
     }
-    *services.write().unwrap_or_else(|p| p.into_inner()) = handles;
+    let zk = config
+        .services
+        .iter()
+        .flat_map(|s| &s.reporters)
+        .filter_map(|r| match r {
+            config::Reporter::Zookeeper(z) => Some((
+                z.zk_hosts.clone(),
+                registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref()),
+            )),
+            _ => None,
+        });
+    common::metrics::zk_sessions("nerve", &prometheus, zk)?;
     info!(services = config.services.len(), instance_id = %config.instance_id, "nerve started");
+    // systemd (Type=notify): READY=1 once every reporter of every service has written its
+    // first desired state; a ZooKeeper reporter only with a connected session (a node never
+    // created needs no ZooKeeper to be "absent").
+    let first_reconciles: Vec<_> = handles
+        .iter()
+        .map(|h| {
+            let reports: Vec<_> = h
+                .reports
+                .iter()
+                .map(|r| (r.kind == "zookeeper", r.status.clone()))
+                .collect();
+            let stopping = shutdown.clone();
+            (h.config.name.clone(), async move {
+                for (zk, mut status) in reports {
+                    let ended = status
+                        .wait_for(|s| if zk { s.reconciled } else { s.applied.is_some() })
+                        .await
+                        .is_err();
+                    // The reporter ended first: shutdown (never ready), or a reload removed
+                    // the service (nothing left to wait for).
+                    if ended && stopping.is_cancelled() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    *services.write().unwrap_or_else(|p| p.into_inner()) = handles;
+    tokio::spawn(common::notify::ready_after("first reconcile", first_reconciles));
 
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(config.instance_id.clone(), maintenance.clone(), prometheus);
-    let admin_task = tokio::spawn(common::admin::serve_async(
+    let admin_task = tokio::spawn(common::admin::serve(
         admin_listener,
         handler,
         admin_cancel.clone(),

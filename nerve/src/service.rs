@@ -91,6 +91,9 @@ pub struct ReportStatus {
     pub last_error: Option<String>,
     /// The desired state last written successfully.
     pub applied: Option<State>,
+    /// True once ZooKeeper was connected and matched the desired state (systemd readiness
+    /// waits for it; the file and console reporters leave it false).
+    pub reconciled: bool,
 }
 
 /// Live view of one service.
@@ -529,10 +532,13 @@ pub async fn report_loop(
         let wait = match result {
             Ok(_) => {
                 backoff = Duration::from_millis(100);
+                // Removing a node never created needs no ZooKeeper: that is not "reconciled".
+                let connected = sessions.borrow().connected;
                 status.send_modify(|s| {
                     s.node = registration.path().map(str::to_string);
                     s.last_error = None;
                     s.applied = Some(target.state.clone());
+                    s.reconciled |= connected;
                 });
                 REFRESH
             }

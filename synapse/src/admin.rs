@@ -1,14 +1,14 @@
 //! synapse's admin routes: `GET /ready` (200 once every service has a first table, from
 //! ZooKeeper, the state file or the default servers; the body says which), `GET /services`
 //! (backends per service with their weights, live state and ejection, where they come from,
-//! JSON) and `GET /metrics`. The services are those of the running config (reloads
-//! included).
+//! JSON), `GET /stats` (the same for a browser, HTML) and `GET /metrics`. The services are
+//! those of the running config (reloads included).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::admin::{is_get, Handler, Reply};
+use common::admin::{is_get, AdminRequest, Handler, Reply};
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -20,25 +20,29 @@ use crate::table::Backend;
 
 /// Builds the admin handler.
 pub fn handler(services: Services, registry: prometheus::Registry) -> Handler {
-    Arc::new(move |method, path| {
-        if !is_get(method) {
-            return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
-        }
-        let services = services.load();
-        match path {
-            "/ready" => ready(&services),
-            "/services" => list(&services),
-            "/metrics" => {
-                refresh_gauges(&services);
-                Reply {
-                    status: StatusCode::OK,
-                    content_type: common::metrics::CONTENT_TYPE,
-                    body: common::metrics::render(&registry),
-                }
+    Arc::new(move |req: AdminRequest| Box::pin(std::future::ready(route(&services, &registry, &req))))
+}
+
+/// Every route reads in-memory state: answered at once.
+fn route(services: &Services, registry: &prometheus::Registry, req: &AdminRequest) -> Reply {
+    if !is_get(&req.method) {
+        return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    let services = services.load();
+    match req.path.as_str() {
+        "/ready" => ready(&services),
+        "/services" => list(&services),
+        "/stats" => crate::stats::page(&services),
+        "/metrics" => {
+            refresh_gauges(&services);
+            Reply {
+                status: StatusCode::OK,
+                content_type: common::metrics::CONTENT_TYPE,
+                body: common::metrics::render(registry),
             }
-            _ => Reply::not_found(),
         }
-    })
+        _ => Reply::not_found(),
+    }
 }
 
 fn ready(services: &[Arc<Service>]) -> Reply {

@@ -21,7 +21,8 @@
 //! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
 //! - [`file_output`]: per-service JSON backend lists.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`admin`]: `GET /ready`, `GET /services`, `GET /metrics`.
+//! - [`admin`]: `GET /ready`, `GET /services`, `GET /stats`, `GET /metrics`.
+//! - [`stats`]: the HTML stats page.
 //!
 //! Data flow: ZooKeeper event → `common::registry::watch` → member map (debounced) →
 //! filters (availability, labels) and fallbacks (default servers, previous backends),
@@ -42,6 +43,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod service;
+pub mod stats;
 pub mod table;
 
 use std::collections::HashMap;
@@ -166,6 +168,20 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
             out.dir, services, installed, m, stop,
         )));
     }
+    // ZooKeeper connection metrics and systemd readiness (READY=1 after the first sync of
+    // every service), for the services of the config synapse started with.
+    let started = sup.services().load_full();
+    let zk = started
+        .iter()
+        .filter_map(|s| Some((s.config.zk_hosts.clone(), s.session.clone()?)));
+    common::metrics::zk_sessions("synapse", &prometheus, zk)?;
+    let first_syncs = started.iter().map(|s| {
+        let mut synced = s.first_sync.subscribe();
+        (s.config.name.clone(), async move {
+            let _ = synced.wait_for(|v| *v).await;
+        })
+    });
+    tokio::spawn(common::notify::ready_after("first sync", first_syncs.collect()));
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(sup.services(), prometheus);
     let admin_task = tokio::spawn(common::admin::serve(

@@ -25,7 +25,7 @@
 //! the grace its remaining connections are closed ([`BackendState::closing`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,8 @@ pub struct Service {
     pub first_sync: watch::Sender<bool>,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+    /// Last change of the backend set, in ms since the Unix epoch; 0 before the first.
+    pub last_change_ms: AtomicU64,
     /// Outlier ejection (its config is `config.outlier`).
     pub outlier: Detector,
     /// Removed backends still draining, as of the watcher's last look (for the admin API).
@@ -171,6 +173,7 @@ impl Service {
             synced: AtomicBool::new(false),
             first_sync: watch::Sender::new(false),
             metrics,
+            last_change_ms: AtomicU64::new(0),
             draining: Mutex::new(Vec::new()),
             conn_limit,
             session,
@@ -536,6 +539,9 @@ impl Watcher {
                 backends = table.backends().len(),
                 "route table updated"
             );
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            let now_ms = now.map_or(0, |d| d.as_millis() as u64);
+            self.service.last_change_ms.store(now_ms, Ordering::Relaxed);
         }
         let gone: Vec<String> = self
             .states

@@ -12,10 +12,27 @@ async fn start(limits: AdminLimits) -> (SocketAddr, CancellationToken) {
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
-    let handler: Handler = Arc::new(|_, path| match path {
-        // Larger than the socket buffers: a client that does not read stalls the write.
-        "/big" => Reply::text(StatusCode::OK, "x".repeat(64 << 20)),
-        _ => Reply::text(StatusCode::OK, format!("at {path}\n")),
+    let handler: Handler = Arc::new(|req: AdminRequest| {
+        let (method, path, body) = (req.method, req.path, req.body);
+        let reply = match path.as_str() {
+            // Larger than the socket buffers: a client that does not read stalls the write.
+            "/big" => Reply::text(StatusCode::OK, "x".repeat(64 << 20)),
+            "/echo" => Reply::text(
+                StatusCode::OK,
+                format!(
+                    "{method} {} bytes: {}",
+                    body.len(),
+                    String::from_utf8_lossy(&body[..body.len().min(16)])
+                ),
+            ),
+            "/query" => Reply::text(StatusCode::OK, format!("{:?}\n", req.query)),
+            _ => Reply::text(StatusCode::OK, format!("at {path}\n")),
+        };
+        Box::pin(async move {
+            // A route may wait (nerve's `disable?wait=`) before it answers.
+            tokio::task::yield_now().await;
+            reply
+        })
     });
     tokio::spawn(serve_with(listener, handler, limits, cancel.clone()));
     (addr, cancel)
@@ -163,4 +180,93 @@ async fn past_the_cap_a_client_waits_for_a_slot_and_is_served() {
         closed >= 1,
         "the answer came while both slots were held by slow clients"
     );
+}
+
+#[tokio::test]
+async fn a_put_body_reaches_the_handler() {
+    let (addr, _cancel) = start(AdminLimits::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("PUT 5 bytes: hello"),
+        "{resp}"
+    );
+    // Chunked bodies too; GET bodies are not read.
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.ends_with("PUT 5 bytes: abcde"), "{resp}");
+}
+
+#[tokio::test]
+async fn the_query_string_reaches_the_handler_apart_from_the_path() {
+    let (addr, _cancel) = start(AdminLimits::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /query?wait=10s&force=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.ends_with("Some(\"wait=10s&force=true\")\n"), "{resp}");
+    s.write_all(b"GET /query HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.ends_with("None\n"), "{resp}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_unread() {
+    let (addr, _cancel) = start(AdminLimits::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let len = MAX_BODY + 1;
+    s.write_all(format!("PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Refused once the limit is passed: never buffered whole, never given to the handler.
+    let _ = s.write_all(&vec![b'x'; len]).await;
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp:?}");
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_cut_by_the_idle_timeout() {
+    let (addr, _cancel) = start(limits(60_000, 300, 32)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly this")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut s, WITHIN).await, "");
+}
+
+#[tokio::test]
+async fn log_level_is_served_for_every_agent() {
+    let (addr, _cancel) = start(AdminLimits::default()).await;
+    // This test process did not install the agents' subscriber: the route says so, instead of
+    // falling through to the agent's handler (which would answer 200 "at /log-level").
+    for req in [
+        "GET /log-level HTTP/1.0\r\n\r\n",
+        "PUT /log-level HTTP/1.0\r\nContent-Length: 5\r\n\r\ndebug",
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let resp = read_until_closed(&mut s, WITHIN).await;
+        assert!(
+            resp.starts_with("HTTP/1.0 503") && resp.contains("cannot be changed"),
+            "{resp:?}"
+        );
+    }
+}
+
+#[test]
+fn loopback_peers() {
+    for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+        assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in ["10.88.0.1", "::ffff:10.0.0.1", "fe80::1", "0.0.0.0"] {
+        assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+    }
 }

@@ -1,0 +1,104 @@
+//! `PUT /log-level` on the admin APIs of the real binaries: the filter changes at run time,
+//! a bad one is refused and changes nothing, `DELETE` restores the one the agent started with.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation fails loudly
+
+use std::time::Duration;
+
+use integration_tests::agents::{http_get, http_request, routed};
+use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn put_node(zk: &Zk, id: &str, b: &Backend) {
+    zk.create(
+        &format!("/services/web/{id}"),
+        format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", b.port).as_bytes(),
+    );
+}
+
+#[test]
+fn synapse_log_level_changes_at_run_time() {
+    let zk = ZkCluster::standalone();
+    let zkc = Zk::connect(&zk.connect_string());
+    let (admin, listen) = (free_port(), free_port());
+    let config = format!(
+        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{}\", zk_path: /services/web, listen: {listen}}}\n",
+        zk.connect_string()
+    );
+    let synapse = Agent::start_with_env("synapse", &config, &[("RUST_LOG", "warn")]);
+    eventually("synapse admin", WAIT, || {
+        (http_get(admin, "/log-level").ok()? == (200, "warn\n".to_string())).then_some(())
+    });
+
+    // At `warn`, a route change (an info event) is not logged.
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    put_node(&zkc, "a_0000000001", &a);
+    let want_a = vec![format!("127.0.0.1:{}", a.port)];
+    eventually("a routed", WAIT, || {
+        (routed(admin, "web")? == want_a).then_some(())
+    });
+    assert!(
+        !synapse.log().contains("route table updated"),
+        "{}",
+        synapse.log()
+    );
+
+    // A bad filter is refused and changes nothing.
+    let (status, body) = http_request(admin, "PUT", "/log-level", "info,synapse=nonsense").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid log level"), "{body}");
+    assert_eq!(http_get(admin, "/log-level").unwrap().1, "warn\n");
+
+    let (status, body) = http_request(admin, "PUT", "/log-level", "info\n").unwrap();
+    assert_eq!((status, body.as_str()), (200, "info\n"));
+    put_node(&zkc, "b_0000000002", &b);
+    eventually("the next route change logged at info", WAIT, || {
+        synapse.log().contains("route table updated").then_some(())
+    });
+    assert!(synapse.log().contains("log filter changed through the admin API"));
+
+    // Back to what it started with.
+    let (status, body) = http_request(admin, "DELETE", "/log-level", "").unwrap();
+    assert_eq!((status, body.as_str()), (200, "warn\n"));
+    // Only GET, PUT and DELETE.
+    assert_eq!(http_request(admin, "POST", "/log-level", "debug").unwrap().0, 405);
+}
+
+#[test]
+fn nerve_log_level_changes_at_run_time() {
+    let zk = ZkCluster::standalone();
+    let admin = free_port();
+    let app = Backend::start("app");
+    let config = format!(
+        "instance_id: h\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{}\", zk_path: /services/app, check_interval: 100ms, rise: 1, fall: 1, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
+        app.port,
+        zk.connect_string()
+    );
+    // Watchdog pings every 50 ms, each one a debug line of `common::notify`.
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while systemd.recv(&mut buf).is_ok() {}
+    });
+    let env = [
+        ("RUST_LOG", "info"),
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "100000"),
+    ];
+    let nerve = Agent::start_with_env("nerve", &config, &env);
+    eventually("nerve admin", WAIT, || {
+        (http_get(admin, "/log-level").ok()? == (200, "info\n".to_string())).then_some(())
+    });
+    eventually("nerve registered", WAIT, || {
+        nerve.log().contains("registered").then_some(())
+    });
+    assert!(!nerve.log().contains("notified the service manager"));
+    let (status, body) = http_request(admin, "PUT", "/log-level", "info,common::notify=debug").unwrap();
+    assert_eq!((status, body.as_str()), (200, "info,common::notify=debug\n"));
+    eventually("debug lines from common::notify", WAIT, || {
+        nerve.log().contains("notified the service manager").then_some(())
+    });
+}
