@@ -344,7 +344,15 @@ pub async fn go_down(services: &maintenance::Services, drain_time: std::time::Du
         services = handles.len(),
         "shutting down: taking every service down"
     );
-    for h in &handles {
+    take_down(&handles, drain_time).await;
+}
+
+/// Takes `handles` down (checks stop; node deleted or marked unavailable), waits until that
+/// is written (at most [`hooks::DOWN_WAIT`]), then for `drain_time` and each service's
+/// disable sequence, side by side. Used by SIGTERM ([`go_down`]) and for a service a reload
+/// removes.
+pub async fn take_down(handles: &[service::ServiceHandle], drain_time: std::time::Duration) {
+    for h in handles {
         h.stopping.cancel();
     }
     let down = futures::future::join_all(handles.iter().flat_map(|h| {

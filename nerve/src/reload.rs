@@ -8,7 +8,8 @@
 //!   the new service, which adopts it (one `set`, the node never disappears); the new service
 //!   starts with the old one's health, so it registers at once; its other old reporters are
 //!   stopped (and deregister) only once every new reporter has written its first state.
-//! - Added services start; removed ones deregister.
+//! - Added services start; removed ones go down as on SIGTERM (node deleted or marked
+//!   unavailable, then their disable sequence: hooks, `min_disable_time`), then deregister.
 //! - The operator's state (maintenance API) is kept by service name.
 //! - Top-level settings that need a restart (admin address, session timeout, log, state
 //!   file) are reported and ignored.
@@ -133,8 +134,14 @@ pub async fn apply(running: &mut Running, new: Config) -> Outcome {
     for h in &current {
         if !new.services.iter().any(|s| s.name == h.config.name) {
             outcome.removed.push(h.config.name.clone());
-            info!(service = %h.config.name, "service removed from the config; deregistering");
-            h.cancel.cancel();
+            info!(service = %h.config.name, "service removed from the config; taking it down, then deregistering");
+            // As on SIGTERM: down first (node deleted, or marked unavailable), then its
+            // disable sequence (hooks, min_disable_time), then the node goes.
+            let h = h.clone();
+            running.tracker.spawn(async move {
+                crate::take_down(std::slice::from_ref(&h), std::time::Duration::ZERO).await;
+                h.cancel.cancel();
+            });
         }
     }
     *running

@@ -328,3 +328,63 @@ fn sigterm_waits_for_drained() {
     let status = nerve.wait_exit(WAIT);
     assert!(status.success(), "{status:?}\n{}", nerve.log());
 }
+
+/// A service removed by a reload goes down as on SIGTERM: marked unavailable first
+/// (`expose_unavailable`), its disable sequence runs (`on_disable`, `min_disable_time`), then
+/// its node is deleted; nerve keeps running.
+#[test]
+fn a_service_removed_by_reload_goes_down_through_its_disable_sequence() {
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let b = Backend::start("a");
+    let admin = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let hooks = format!(
+        "expose_unavailable: true, hooks: {{on_disable: {{command: 'echo on_disable >> {0}', shell: true}}, \
+         min_disable_time: 1s}}, ",
+        log.display()
+    );
+    let other = format!(
+        "- {{name: other, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: /services/other, \
+         checks: [{{type: tcp}}]}}\n",
+        b.port
+    );
+    let first = format!("{}{other}", conf(&cs, admin, b.port, "", &hooks));
+    let mut nerve = Agent::start("nerve", &first);
+    let zkc = Zk::connect(&cs);
+    eventually("registered", WAIT, || {
+        (payloads(&zkc).first()?["available"] == true).then_some(())
+    });
+    let watcher = Watcher::start(&cs);
+    eventually("the watcher sees the node", WAIT, || {
+        (watcher.states() == [Seen::Available]).then_some(())
+    });
+
+    nerve.rewrite_config(&format!(
+        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n{other}"
+    ));
+    nerve.signal("HUP");
+    eventually("the watcher sees the node go", WAIT, || {
+        (watcher.states().last() == Some(&Seen::Gone)).then_some(())
+    });
+    let seen = watcher.seen();
+    let states: Vec<Seen> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        states,
+        [Seen::Available, Seen::Unavailable, Seen::Gone],
+        "{seen:?}"
+    );
+    let unavailable_for = seen[2].1 - seen[1].1;
+    assert!(
+        unavailable_for >= Duration::from_millis(900),
+        "unavailable for min_disable_time before being deleted: {unavailable_for:?}"
+    );
+    assert_eq!(tail(&log), "on_disable\n");
+    assert!(nerve.is_running(), "{}", nerve.log());
+    assert_eq!(
+        zkc.children("/services/other").unwrap_or_default().len(),
+        1,
+        "the other service stays"
+    );
+}
