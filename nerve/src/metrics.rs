@@ -20,7 +20,6 @@ pub struct Metrics {
     weight: IntGaugeVec,
     maintenance: IntGaugeVec,
     write_latency: HistogramVec,
-    session_expiries: IntCounterVec,
     hook_runs: IntCounterVec,
 }
 
@@ -51,8 +50,6 @@ pub struct ServiceMetrics {
     pub forced: IntGauge,
     /// Seconds from a desired-state change to its ZooKeeper write.
     pub write_latency: Histogram,
-    /// ZooKeeper sessions replaced (expired or given up) under the service's reporters.
-    pub session_expiries: IntCounter,
     /// Hook runs (`hook_runs.with_label_values(&[service, hook, result])`).
     pub hook_runs: IntCounterVec,
     /// The service name, for the `zk_failures` label.
@@ -142,13 +139,6 @@ impl Metrics {
             .buckets(exponential_buckets(0.001, 4.0, 9)?),
             &["service"],
         )?;
-        let session_expiries = IntCounterVec::new(
-            Opts::new(
-                "nerve_zk_session_expiries_total",
-                "ZooKeeper sessions replaced (expired or given up), seen by the service's reporters",
-            ),
-            &["service"],
-        )?;
         let hook_runs = IntCounterVec::new(
             Opts::new(
                 "nerve_hook_runs_total",
@@ -161,7 +151,6 @@ impl Metrics {
         registry.register(Box::new(weight.clone()))?;
         registry.register(Box::new(maintenance.clone()))?;
         registry.register(Box::new(write_latency.clone()))?;
-        registry.register(Box::new(session_expiries.clone()))?;
         registry.register(Box::new(checks.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
         registry.register(Box::new(check_up.clone()))?;
@@ -181,7 +170,6 @@ impl Metrics {
             weight,
             maintenance,
             write_latency,
-            session_expiries,
             hook_runs,
         })
     }
@@ -211,7 +199,6 @@ impl Metrics {
             disabled: self.maintenance.with_label_values(&[service, "disabled"]),
             forced: self.maintenance.with_label_values(&[service, "forced"]),
             write_latency: self.write_latency.with_label_values(&[service]),
-            session_expiries: self.session_expiries.with_label_values(&[service]),
             hook_runs: self.hook_runs.clone(),
             service: service.to_string(),
         }

@@ -504,7 +504,6 @@ pub async fn report_loop(
     stopping: CancellationToken,
 ) {
     let mut sessions = session.subscribe();
-    let mut epoch = sessions.borrow().session_epoch;
     let mut backoff = Duration::from_millis(100);
     loop {
         let target = desired.borrow_and_update().clone();
@@ -520,14 +519,6 @@ pub async fn report_loop(
             metrics
                 .write_latency
                 .observe(target.since.elapsed().as_secs_f64());
-        }
-        let now_epoch = sessions.borrow().session_epoch;
-        if now_epoch != epoch {
-            // The first session is not a replacement.
-            if epoch != 0 {
-                metrics.session_expiries.inc_by(now_epoch.saturating_sub(epoch));
-            }
-            epoch = now_epoch;
         }
         let wait = match result {
             Ok(_) => {
