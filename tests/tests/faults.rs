@@ -462,7 +462,7 @@ fn reloads(admin: u16, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// synapse's config is rewritten and SIGHUP sent, six times under load, each time changing
+/// synapse's config is rewritten and SIGHUP sent, eight times under load, each time changing
 /// another service than the loaded one: it is added, its backends' path changed, its listen
 /// port changed, it is removed; twice over. Each change takes effect (its listener answers
 /// from the expected backend, or is gone), and the untouched service `web` sees zero failed
@@ -489,7 +489,8 @@ fn synapse_reload_under_load() {
         )
     };
     // (what, the other service's line, where it answers and from which backend).
-    let steps: [(&str, String, Option<(u16, &LineBackend)>); 4] = [
+    type Step<'a> = (&'static str, String, Option<(u16, &'a LineBackend)>);
+    let steps: [Step; 4] = [
         ("service added", other("/services/other", p1), Some((p1, &c))),
         (
             "its zk_path changed",
