@@ -56,6 +56,8 @@ pub struct Exchange {
     /// False when synapse neither closed the connection nor stopped writing within
     /// [`EXCHANGE_LIMIT`] after the client's input ended.
     pub ended: bool,
+    /// The request heads the backend received meanwhile.
+    pub seen: Vec<Seen>,
 }
 
 /// One request head as the backend received it.
@@ -75,6 +77,8 @@ pub struct HttpFront {
     api: SharedRoutes,
     settings: ListenerSettings,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// One exchange at a time: what the backend saw belongs to it.
+    one_at_a_time: Mutex<()>,
 }
 
 const CONFIG: &str = r#"
@@ -159,12 +163,15 @@ impl HttpFront {
                 keepalive_timeout: Duration::from_secs(2),
             },
             seen,
+            one_at_a_time: Mutex::new(()),
         }
     }
 
     /// Sends `input` on a new connection to `listener`, ends the client's side, and reads
-    /// everything synapse answers until it closes (at most [`EXCHANGE_LIMIT`]).
+    /// everything synapse answers until it closes (at most [`EXCHANGE_LIMIT`]). Exchanges
+    /// from several threads run one after the other.
     pub fn exchange(&self, listener: Listener, input: &[u8]) -> Exchange {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let routes = match listener {
             Listener::Shared => self.shared.clone(),
@@ -188,19 +195,13 @@ impl HttpFront {
             };
             // Both on this task (not spawned): a panic in synapse's code reaches the caller.
             let both = async { tokio::join!(serving, talking).1 };
-            match tokio::time::timeout(EXCHANGE_LIMIT, both).await {
-                Ok(output) => Exchange { output, ended: true },
-                Err(_) => Exchange {
-                    output: Vec::new(),
-                    ended: false,
-                },
-            }
+            let (output, ended) = match tokio::time::timeout(EXCHANGE_LIMIT, both).await {
+                Ok(output) => (output, true),
+                Err(_) => (Vec::new(), false),
+            };
+            let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
+            Exchange { output, ended, seen }
         })
-    }
-
-    /// The request heads the backend received during the last exchange.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

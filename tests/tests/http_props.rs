@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use synapse::fuzzing::{HttpFront, Listener};
+use synapse::fuzzing::{HttpFront, Listener, Seen};
 use synapse::router::{HostMatch, Router};
 
 // ---------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ fn header_of<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 
 /// Checks of every answer: the connection ended, HTTP/1 status lines only, no hop-by-hop
 /// header of the backend's reached the client. Returns the status codes in order.
-fn check_answer(input: &[u8], listener: Listener) -> Result<Vec<u16>, TestCaseError> {
+fn check_answer(input: &[u8], listener: Listener) -> Result<(Vec<u16>, Vec<Seen>), TestCaseError> {
     let x = front().exchange(listener, input);
     prop_assert!(x.ended, "the connection did not end");
     let out = String::from_utf8_lossy(&x.output).into_owned();
@@ -144,11 +144,12 @@ fn check_answer(input: &[u8], listener: Listener) -> Result<Vec<u16>, TestCaseEr
             out
         );
     }
-    Ok(out
+    let statuses = out
         .split("HTTP/1.1 ")
         .skip(1)
         .filter_map(|s| s.get(..3)?.parse().ok())
-        .collect())
+        .collect();
+    Ok((statuses, x.seen))
 }
 
 /// A well-formed request: where it goes, and what the client adds.
@@ -288,11 +289,10 @@ proptest! {
 
     #[test]
     fn requests_are_routed_and_their_headers_rewritten(r in req()) {
-        let statuses = check_answer(&r.bytes(), Listener::Shared)?;
+        let (statuses, seen) = check_answer(&r.bytes(), Listener::Shared)?;
         // An `Expect: 100-continue` with a body gets its `100 Continue` first.
         let last = statuses.iter().copied().find(|s| *s >= 200);
         prop_assert_eq!(last, Some(r.expected()), "{:?}", r);
-        let seen = front().seen();
         prop_assert_eq!(!seen.is_empty(), r.to_backend(), "the backend saw {:?} for {:?}", seen, r);
         for s in &seen {
             let names: Vec<&str> = s.headers.iter().map(|(k, _)| k.as_str()).collect();
@@ -323,7 +323,7 @@ fn an_upgrade_is_switched_and_closed() {
     let out = String::from_utf8_lossy(&x.output);
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     assert_eq!(header_of(&out, "upgrade"), ["websocket"]);
-    let seen = front().seen();
+    let seen = &x.seen;
     assert_eq!(seen.len(), 1);
     assert!(seen[0]
         .headers
