@@ -3,11 +3,11 @@
 //! machine, with the load generator and the servers pinned to different CPUs.
 //!
 //! Phases (`--only a,b`): `keepalive` and `close` (wrk through direct / HAProxy TCP /
-//! synapse TCP / HAProxy HTTP, rounds interleaved), `redis` (redis-benchmark direct / HAProxy /
-//! synapse), `propagation` (ZooKeeper change → synapse routing, beside the raw watch latency,
-//! with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse, and HAProxy
-//! reloaded with `-sf`), `cost` (ZooKeeper requests per change, RSS, idle CPU). Prints one
-//! table and writes a JSON file.
+//! synapse TCP / HAProxy HTTP / synapse HTTP, rounds interleaved), `redis` (redis-benchmark
+//! direct / HAProxy / synapse), `propagation` (ZooKeeper change → synapse routing, beside the
+//! raw watch latency, with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse
+//! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
+//! RSS, idle CPU). Prints one table and writes a JSON file.
 
 #![forbid(unsafe_code)]
 // A command-line tool: failing loudly on a broken setup is the right thing.
@@ -461,9 +461,9 @@ impl Bench {
         let dir = self.dir.path().join("throughput");
         std::fs::create_dir_all(&dir)?;
         let server = self.args.server_cpus.clone();
-        let ports = free_ports(7);
-        let (nginx_port, redis_port, ha_tcp, ha_http, ha_redis, syn_web, syn_redis) = (
-            ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6],
+        let ports = free_ports(8);
+        let (nginx_port, redis_port, ha_tcp, ha_http, ha_redis, syn_web, syn_redis, syn_http) = (
+            ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7],
         );
         let _nginx = procs::nginx(&server, &dir, &[nginx_port])?;
         let _redis = if redis {
@@ -505,27 +505,23 @@ impl Bench {
         self.populate("/bench/web", nginx_port, 1)?;
         self.populate("/bench/redis", redis_port, 1)?;
         let services = [
-            SynapseService {
-                name: "web".into(),
-                listen: syn_web,
-                zk_path: "/bench/web".into(),
-            },
-            SynapseService {
-                name: "redis".into(),
-                listen: syn_redis,
-                zk_path: "/bench/redis".into(),
-            },
+            SynapseService::tcp("web", syn_web, "/bench/web"),
+            SynapseService::tcp("redis", syn_redis, "/bench/redis"),
+            SynapseService::http("web_http", syn_http, "/bench/web"),
         ];
         let (mut synapse, admin) =
             procs::synapse(&server, &dir, &self.synapse_bin, &self.cs, &services, false)?;
         self.wait_backends(admin, "web", 1)?;
         self.wait_backends(admin, "redis", 1)?;
+        self.wait_backends(admin, "web_http", 1)?;
 
+        // The indices below (ratios) follow this order.
         let targets = [
             ("direct", nginx_port),
             ("HAProxy TCP", ha_tcp),
             ("synapse TCP", syn_web),
             ("HAProxy HTTP", ha_http),
+            ("synapse HTTP", syn_http),
         ];
         for (close_mode, on) in [(false, keepalive), (true, close)] {
             if !on {
@@ -565,7 +561,7 @@ impl Bench {
                 let m = |f: fn(&WrkRun) -> f64| median(r.iter().map(f).collect());
                 let (req, p50, p99, p999) = (m(|x| x.rps), m(|x| x.p50), m(|x| x.p99), m(|x| x.p999));
                 let errors: u64 = r.iter().map(|x| x.errors).sum();
-                rps.push(req);
+                rps.push((req, p99));
                 self.row(
                     section,
                     *name,
@@ -583,13 +579,24 @@ impl Bench {
                                "p999_ms": x.p999, "requests": x.requests, "errors": x.errors})).collect::<Vec<_>>()}),
                 );
             }
-            self.row(section, "synapse HTTP", "n/a: synapse has no HTTP mode yet");
-            let (direct, ha, syn) = (rps[0], rps[1], rps[2]);
-            self.row(section, "synapse TCP / HAProxy TCP", format!("{:.2}×", syn / ha));
-            self.row(section, "synapse TCP / direct", format!("{:.2}×", syn / direct));
-            out.insert("synapse_tcp_over_haproxy_tcp".into(), json!(syn / ha));
-            out.insert("synapse_tcp_over_direct".into(), json!(syn / direct));
-            out.insert("synapse HTTP".into(), json!("n/a: synapse has no HTTP mode yet"));
+            // (row, JSON key, numerator, denominator): indices into `targets`.
+            let ratios = [
+                ("synapse TCP / HAProxy TCP", "synapse_tcp_over_haproxy_tcp", 2, 1),
+                ("synapse TCP / direct", "synapse_tcp_over_direct", 2, 0),
+                (
+                    "synapse HTTP / HAProxy HTTP",
+                    "synapse_http_over_haproxy_http",
+                    4,
+                    3,
+                ),
+                ("synapse HTTP / direct", "synapse_http_over_direct", 4, 0),
+            ];
+            for (what, json_key, a, b) in ratios {
+                let (req, p99) = (rps[a].0 / rps[b].0, rps[a].1 / rps[b].1);
+                self.row(section, what, format!("{req:.2}× req/s   p99 {p99:.2}×"));
+                out.insert(json_key.into(), json!(req));
+                out.insert(format!("{json_key}_p99"), json!(p99));
+            }
             self.json.insert(key.into(), Value::Object(out));
         }
 
@@ -713,16 +720,8 @@ impl Bench {
         self.populate("/bench/prop1000", 31_000, 1000)?;
         let ports = free_ports(2);
         let services = [
-            SynapseService {
-                name: "prop1".into(),
-                listen: ports[0],
-                zk_path: "/bench/prop1".into(),
-            },
-            SynapseService {
-                name: "prop1000".into(),
-                listen: ports[1],
-                zk_path: "/bench/prop1000".into(),
-            },
+            SynapseService::tcp("prop1", ports[0], "/bench/prop1"),
+            SynapseService::tcp("prop1000", ports[1], "/bench/prop1000"),
         ];
         let (synapse, admin) = procs::synapse(&server, &dir, &self.synapse_bin, &self.cs, &services, true)?;
         self.wait_backends(admin, "prop1", 1)?;
@@ -787,11 +786,7 @@ impl Bench {
         for (i, p) in pool.iter().enumerate().take(10) {
             self.create(&format!("/bench/churn/b{i}"), &payload(*p))?;
         }
-        let services = [SynapseService {
-            name: "churn".into(),
-            listen,
-            zk_path: "/bench/churn".into(),
-        }];
+        let services = [SynapseService::tcp("churn", listen, "/bench/churn")];
         let (mut synapse, admin) =
             procs::synapse(&server, &dir, &self.synapse_bin, &self.cs, &services, true)?;
         self.wait_backends(admin, "churn", 10)?;
@@ -826,7 +821,7 @@ impl Bench {
         }
         let seen = lat.len();
         let (p50, p99) = (percentile(&mut lat, 50.0), percentile(&mut lat, 99.0));
-        self.churn_rows(section, "synapse", &wrk_run, changes, &mut out);
+        self.churn_rows(section, "synapse TCP", &wrk_run, changes, &mut out);
         self.row(
             section,
             "synapse: propagation during churn",
@@ -840,6 +835,31 @@ impl Bench {
             "synapse_propagation".into(),
             json!({"p50_ms": p50, "p99_ms": p99, "seen_within_1s": seen, "changes": changes}),
         );
+        drop(synapse);
+
+        // synapse HTTP: the same changes, a `mode: http` service (requests balanced one by
+        // one over pooled backend connections).
+        let listen = free_port();
+        let http_dir = dir.join("http");
+        std::fs::create_dir_all(&http_dir)?;
+        let services = [SynapseService::http("churn_http", listen, "/bench/churn")];
+        let (mut synapse, admin) =
+            procs::synapse(&server, &http_dir, &self.synapse_bin, &self.cs, &services, false)?;
+        let live = self.rt.block_on(self.writer.list_children("/bench/churn"))?.len();
+        self.wait_backends(admin, "churn_http", live)?;
+        eprintln!("  churn: synapse HTTP, {} s", self.args.churn_secs);
+        let (wrk_run, changes, _) = self.with_wrk(listen, |b, i| {
+            let idx = i % pool.len();
+            let child = format!("/bench/churn/b{idx}");
+            if b.node_exists(&child)? {
+                b.delete(&child)?;
+            } else {
+                b.create(&child, &payload(pool[idx]))?;
+            }
+            Ok(None)
+        })?;
+        synapse.check_running()?;
+        self.churn_rows(section, "synapse HTTP", &wrk_run, changes, &mut out);
         drop(synapse);
 
         // HAProxy: every change is a new config and a new process replacing the old (-sf).
@@ -1012,16 +1032,8 @@ impl Bench {
         self.populate("/bench/cost1000", 37_000, 1000)?;
         let ports = free_ports(2);
         let services = [
-            SynapseService {
-                name: "cost10".into(),
-                listen: ports[0],
-                zk_path: "/bench/cost10".into(),
-            },
-            SynapseService {
-                name: "cost1000".into(),
-                listen: ports[1],
-                zk_path: "/bench/cost1000".into(),
-            },
+            SynapseService::tcp("cost10", ports[0], "/bench/cost10"),
+            SynapseService::tcp("cost1000", ports[1], "/bench/cost1000"),
         ];
         let mine = self.writer.session_id().0;
         let before: BTreeSet<i64> = self.zk.sessions().into_iter().map(|(_, s)| s).collect();
@@ -1086,11 +1098,7 @@ impl Bench {
         for (s, listen) in listens.iter().enumerate() {
             let path = format!("/bench/rss/s{s}");
             self.populate(&path, 40_000 + (s * 10) as u16, 10)?;
-            services.push(SynapseService {
-                name: format!("s{s}"),
-                listen: *listen,
-                zk_path: path,
-            });
+            services.push(SynapseService::tcp(&format!("s{s}"), *listen, &path));
         }
         let (mut synapse, admin) =
             procs::synapse(&server, &dir, &self.synapse_bin, &self.cs, &services, false)?;

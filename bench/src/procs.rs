@@ -243,12 +243,33 @@ pub fn haproxy(cpus: &str, dir: &Path, tag: &str, config: &str, replace: Option<
     Proc::spawn(&format!("haproxy-{tag}"), cpus, dir, &which("haproxy")?, &args)
 }
 
-/// One synapse service: `name` on `listen`, watching `zk_path`.
+/// One synapse service: `name` on `listen`, watching `zk_path`, in `mode` (`tcp` or `http`).
 #[derive(Debug, Clone)]
 pub struct SynapseService {
     pub name: String,
     pub listen: u16,
     pub zk_path: String,
+    pub mode: &'static str,
+}
+
+impl SynapseService {
+    /// A `mode: tcp` service.
+    pub fn tcp(name: &str, listen: u16, zk_path: &str) -> SynapseService {
+        SynapseService {
+            name: name.into(),
+            listen,
+            zk_path: zk_path.into(),
+            mode: "tcp",
+        }
+    }
+
+    /// A `mode: http` service (defaults: keep-alive pool of 64 idle connections per backend).
+    pub fn http(name: &str, listen: u16, zk_path: &str) -> SynapseService {
+        SynapseService {
+            mode: "http",
+            ..SynapseService::tcp(name, listen, zk_path)
+        }
+    }
 }
 
 /// Starts synapse (release build) with `services`; returns it and its admin port. With
@@ -269,8 +290,9 @@ pub fn synapse(
     for s in services {
         let _ = writeln!(
             c,
-            "  - {{name: {}, zk_hosts: \"{zk}\", zk_path: {}, listen: \"127.0.0.1:{}\", connect_timeout: 1s}}",
-            s.name, s.zk_path, s.listen
+            "  - {{name: {}, mode: {}, zk_hosts: \"{zk}\", zk_path: {}, listen: \"127.0.0.1:{}\", \
+             connect_timeout: 1s}}",
+            s.name, s.mode, s.zk_path, s.listen
         );
     }
     let file = dir.join("synapse.yaml");

@@ -37,6 +37,8 @@ pub mod cache;
 pub mod config;
 pub mod file_output;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;

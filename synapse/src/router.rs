@@ -38,13 +38,15 @@ impl HostMatch {
             Some(rest) => (true, rest),
             None => (false, lower.as_str()),
         };
-        let name = name.strip_suffix('.').unwrap_or(name);
         if name.contains(':') && name.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!(
                 "invalid host {text:?}: no port here (routes match the host whatever the port)"
             ));
         }
+        // Checked with its trailing dot (check_host allows one): stripping it first would let
+        // `a..` through as `a.`, a name no request can carry.
         common::codec::check_host(name).map_err(|e| format!("invalid host {text:?}: {e}"))?;
+        let name = name.strip_suffix('.').unwrap_or(name);
         Ok(if wild {
             HostMatch::Wildcard(format!(".{name}"))
         } else {

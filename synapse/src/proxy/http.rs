@@ -650,6 +650,10 @@ fn builder(settings: ListenerSettings) -> ServerBuilder {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // A client may end its side once its request is sent (`shutdown(SHUT_WR)`, as
+        // `nc -N` and some HTTP/1.0 clients do): it still gets its answer, as from HAProxy.
+        // Without this, hyper drops the request in flight at the EOF and closes.
+        .half_close(true)
         .writev(false)
         // hyper applies this to idle keep-alive connections too; zero disables it (hyper
         // would otherwise use its own 30 s default).
@@ -774,6 +778,37 @@ async fn connection(
 ) {
     tcp::keepalive(&stream, settings.tcp_keepalive);
     let _ = stream.set_nodelay(true);
+    serve_connection(stream, client, builder, settings).await;
+}
+
+/// Serves one client connection over any byte stream, as a listener does, until it ends
+/// (not part of the API: for `synapse::fuzzing`, which feeds in-memory streams).
+#[doc(hidden)]
+pub async fn serve_stream<S>(stream: S, peer: SocketAddr, routes: SharedRoutes, settings: ListenerSettings)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Client {
+        routes,
+        peer,
+        xff: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown")),
+        activity: Arc::new(Activity::default()),
+        tasks: TaskTracker::new(),
+        cancel: CancellationToken::new(),
+        started: AtomicBool::new(false),
+        first_request: Notify::new(),
+    };
+    serve_connection(stream, Arc::new(client), builder(settings), settings).await;
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    client: Arc<Client>,
+    builder: ServerBuilder,
+    settings: ListenerSettings,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Tracked::new(stream, client.activity.clone()));
     let c = client.clone();
     let service = service_fn(move |req: Request<Incoming>| {

@@ -82,6 +82,10 @@ fn host_match_parsing() {
     assert!(HostMatch::parse("a b").is_err());
     assert!(HostMatch::parse("*.").is_err());
     assert!(HostMatch::parse("").is_err());
+    // An empty label before the trailing dot (found by tests/tests/http_props.rs).
+    assert!(HostMatch::parse("a..").is_err());
+    assert!(HostMatch::parse("*.a..").is_err());
+    assert_eq!(HostMatch::parse("a.").unwrap(), HostMatch::Exact("a".into()));
     assert_eq!(
         HostMatch::parse("*.example.com").unwrap().to_string(),
         "*.example.com"
