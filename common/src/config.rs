@@ -570,6 +570,14 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
     if level.trim().is_empty() {
         return Err("empty log level: use off, error, warn, info, debug or trace".into());
     }
+    if !level.is_ascii() {
+        // Targets and levels are ASCII; tracing-subscriber's parser also panics on some
+        // other characters (it slices inside them).
+        return Err(format!(
+            "invalid log level {:?}: only ASCII characters are allowed",
+            shorten(level)
+        ));
+    }
     for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         if !directive.contains(['=', '[']) && directive.parse::<LevelFilter>().is_err() {
             return Err(format!(

@@ -299,6 +299,15 @@ fn log_levels() {
     }
 }
 
+/// Found by `text_checks_never_panic`: tracing-subscriber's directive parser slices inside a
+/// multibyte character (it panicked on this value of `log.level`).
+#[test]
+fn a_log_level_with_multibyte_characters_is_refused_not_a_panic() {
+    let err = check_log_level("\u{2000}\u{1e800}=").unwrap_err();
+    assert!(err.contains("ASCII"), "{err}");
+    assert!(check_log_level("synapse=débug").is_err());
+}
+
 #[test]
 fn listen_addresses() {
     assert!(parse_listen("0").unwrap_err().contains("port 0"));
