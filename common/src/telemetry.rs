@@ -51,6 +51,15 @@ fn start_directive(config: &LogConfig) -> (String, &'static str) {
 }
 
 fn parse(level: &str, origin: &'static str) -> Result<EnvFilter, TelemetryError> {
+    if !level.is_ascii() {
+        // tracing-subscriber's parser panics on some non-ASCII input (it slices inside a
+        // character); targets and levels are ASCII anyway.
+        return Err(TelemetryError::BadLevel {
+            level: level.to_string(),
+            origin,
+            reason: "only ASCII characters are allowed".to_string(),
+        });
+    }
     EnvFilter::try_new(level).map_err(|e| TelemetryError::BadLevel {
         level: level.to_string(),
         origin,
@@ -116,6 +125,13 @@ pub fn set_log_filter(directives: &str) -> Result<String, TelemetryError> {
             reason: "empty filter".to_string(),
         });
     }
+    // As strict as `log.level` in the config: a typo like `verbose` would otherwise parse
+    // as a target name and silently turn logging off.
+    crate::config::check_log_level(directives).map_err(|reason| TelemetryError::BadLevel {
+        level: directives.to_string(),
+        origin: "the admin API",
+        reason,
+    })?;
     let filter = parse(directives, "the admin API")?;
     // Held across the swap so that two concurrent changes report a consistent "previous".
     let mut current = r.current.lock().unwrap_or_else(PoisonError::into_inner);

@@ -26,7 +26,7 @@ fn synapse_log_level_changes_at_run_time() {
         "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{}\", zk_path: /services/web, listen: {listen}}}\n",
         zk.connect_string()
     );
-    let synapse = Agent::start_with_env("synapse", &config, &[("RUST_LOG", "warn")]);
+    let mut synapse = Agent::start_with_env("synapse", &config, &[("RUST_LOG", "warn")]);
     eventually("synapse admin", WAIT, || {
         (http_get(admin, "/log-level").ok()? == (200, "warn\n".to_string())).then_some(())
     });
@@ -48,6 +48,15 @@ fn synapse_log_level_changes_at_run_time() {
     let (status, body) = http_request(admin, "PUT", "/log-level", "info,synapse=nonsense").unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid log level"), "{body}");
+    assert_eq!(http_get(admin, "/log-level").unwrap().1, "warn\n");
+    // Input that panicked tracing-subscriber's parser (found by a property test of the
+    // config), and a typo that it would take as a target name: refused, the agent lives on.
+    for bad in ["\u{2000}\u{1e800}=", "verbose"] {
+        let (status, body) = http_request(admin, "PUT", "/log-level", bad).unwrap();
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(body.contains("invalid log level"), "{body}");
+    }
+    assert!(synapse.is_running(), "{}", synapse.log());
     assert_eq!(http_get(admin, "/log-level").unwrap().1, "warn\n");
 
     let (status, body) = http_request(admin, "PUT", "/log-level", "info\n").unwrap();
