@@ -27,9 +27,13 @@ fuzz_target!(|data: &[u8]| {
         1 => Listener::Api,
         _ => Listener::Shared,
     };
-    let front = FRONT.get_or_init(HttpFront::new);
+    let front = FRONT
+        .get_or_init(|| HttpFront::new().expect("the fuzzing front starts (loopback sockets, a temp file)"));
     let x = front.exchange(listener, rest);
-    assert!(x.ended, "the connection did not end after the client's input ended");
+    assert!(
+        x.ended,
+        "the connection did not end after the client's input ended"
+    );
     let out = &x.output;
     if rest.starts_with(b"PRI * HTTP/2.0") {
         return;
@@ -73,6 +77,9 @@ fn route(data: &[u8]) {
     let host = (host != "-").then_some(host.as_bytes());
     if let Some(&i) = router.route(host, path) {
         let (_, prefix) = lines[i].split_once(' ').unwrap_or((lines[i], ""));
-        assert!(path.starts_with(prefix), "route {i} ({prefix:?}) chosen for {path:?}");
+        assert!(
+            path.starts_with(prefix),
+            "route {i} ({prefix:?}) chosen for {path:?}"
+        );
     }
 }

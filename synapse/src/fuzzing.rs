@@ -13,8 +13,6 @@
 //!
 //! The backend answers `200 ok` (the status `NNN` for a path containing `/s/NNN`), with hop-by-hop
 //! headers synapse must remove; it answers an upgrade request with `101` and closes.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a broken setup fails loudly
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -69,6 +67,16 @@ pub struct Seen {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Why the front could not be set up (the runtime, a loopback socket, the temporary config
+/// file, metrics).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the fuzzing HTTP front: {0}")]
+pub struct SetupError(String);
+
+fn setup<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> SetupError {
+    move |e| SetupError(format!("{what}: {e}"))
+}
+
 /// The HTTP front and its backend, on a current-thread runtime.
 #[derive(Debug)]
 pub struct HttpFront {
@@ -103,25 +111,26 @@ http_listeners:
 
 impl HttpFront {
     /// Starts the backend and builds the routes (see the module docs).
-    pub fn new() -> HttpFront {
+    pub fn new() -> Result<HttpFront, SetupError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
+            .map_err(setup("runtime"))?;
         let file = std::env::temp_dir().join(format!("synapse-fuzz-{}.yaml", std::process::id()));
-        std::fs::write(&file, CONFIG).expect("write the config");
-        let config = Config::load(&file).expect("the fuzzing config loads");
+        std::fs::write(&file, CONFIG).map_err(setup("writing the config"))?;
+        let config = Config::load(&file);
         let _ = std::fs::remove_file(&file);
-        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let config = config.map_err(setup("the config"))?;
+        let metrics = Metrics::new(&prometheus::Registry::new()).map_err(setup("metrics"))?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let backends = [
-            rt.block_on(backend(seen.clone())),
-            rt.block_on(backend(seen.clone())),
+            rt.block_on(backend(seen.clone()))?,
+            rt.block_on(backend(seen.clone()))?,
         ];
         // Nothing listens there: a port bound then released refuses connections.
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .expect("a free port");
+            .map_err(setup("a free port"))?;
         let services: Vec<Arc<HttpService>> = config
             .services
             .iter()
@@ -137,23 +146,29 @@ impl HttpFront {
                     .enumerate()
                     .map(|(i, addr)| {
                         let data = format!("{{\"host\":\"127.0.0.1\",\"port\":{}}}", addr.port());
-                        let node = common::codec::decode(&format!("n{i}"), data.as_bytes()).expect("node");
+                        let node = common::codec::decode(&format!("n{i}"), data.as_bytes())
+                            .map_err(setup("a backend's payload"))?;
                         let key = addr.to_string();
                         let state =
                             Arc::new(BackendState::new(key.clone(), metrics.backend(&cfg.name, &key)));
-                        (format!("n{i}"), node, state)
+                        Ok((format!("n{i}"), node, state))
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>, SetupError>>()?;
                 let table = RouteTable::build(entries, cfg.balance.name(), cfg.default_weight);
                 service.table.store(Arc::new(table));
                 service.synced.store(true, std::sync::atomic::Ordering::Release);
                 service.first_sync.send_replace(true);
-                Arc::new(HttpService::new(Arc::new(service), &metrics))
+                Ok(Arc::new(HttpService::new(Arc::new(service), &metrics)))
             })
-            .collect();
-        let shared = Routes::shared(&config.http_listeners[0], &services, &metrics);
-        let api = Routes::Service(services[0].clone());
-        HttpFront {
+            .collect::<Result<_, SetupError>>()?;
+        let (Some(listener), Some(api)) = (config.http_listeners.first(), services.first()) else {
+            return Err(SetupError(
+                "the config has no shared listener or no service".into(),
+            ));
+        };
+        let shared = Routes::shared(listener, &services, &metrics);
+        let api = Routes::Service(api.clone());
+        Ok(HttpFront {
             rt,
             shared: Arc::new(ArcSwap::from_pointee(shared)),
             api: Arc::new(ArcSwap::from_pointee(api)),
@@ -164,7 +179,7 @@ impl HttpFront {
             },
             seen,
             one_at_a_time: Mutex::new(()),
-        }
+        })
     }
 
     /// Sends `input` on a new connection to `listener`, ends the client's side, and reads
@@ -177,7 +192,7 @@ impl HttpFront {
             Listener::Shared => self.shared.clone(),
             Listener::Api => self.api.clone(),
         };
-        let peer: SocketAddr = "192.0.2.7:40000".parse().expect("addr");
+        let peer = SocketAddr::from(([192, 0, 2, 7], 40000));
         let settings = self.settings;
         self.rt.block_on(async move {
             let (mut client, server) = tokio::io::duplex(64 * 1024);
@@ -205,16 +220,12 @@ impl HttpFront {
     }
 }
 
-impl Default for HttpFront {
-    fn default() -> Self {
-        HttpFront::new()
-    }
-}
-
 /// The in-process backend (see the module docs); returns its address.
-async fn backend(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the backend");
-    let addr = listener.local_addr().expect("backend addr");
+async fn backend(seen: Arc<Mutex<Vec<Seen>>>) -> Result<SocketAddr, SetupError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(setup("binding the backend"))?;
+    let addr = listener.local_addr().map_err(setup("the backend's address"))?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -233,7 +244,7 @@ async fn backend(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
             });
         }
     });
-    addr
+    Ok(addr)
 }
 
 async fn answer(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {

@@ -118,7 +118,7 @@ proptest! {
 
 fn front() -> &'static HttpFront {
     static FRONT: OnceLock<HttpFront> = OnceLock::new();
-    FRONT.get_or_init(HttpFront::new)
+    FRONT.get_or_init(|| HttpFront::new().expect("the fuzzing front starts"))
 }
 
 fn header_of<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
