@@ -395,6 +395,20 @@ impl Zk {
             .map(|(d, s)| (d, s.ephemeral_owner))
     }
 
+    /// Writes `/services/<service>/<id>` with a payload for 127.0.0.1:`port` plus `extra`
+    /// JSON members (e.g. `"\"weight\":10"`; empty for none).
+    pub fn put_backend(&self, service: &str, id: &str, port: u16, extra: &str) {
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(",{extra}")
+        };
+        self.create(
+            &format!("/services/{service}/{id}"),
+            format!("{{\"host\":\"127.0.0.1\",\"port\":{port}{extra}}}").as_bytes(),
+        );
+    }
+
     /// Creates `path` (persistent) with `data`, creating parents. Retries through a
     /// reconnection (e.g. right after the server this client used was killed).
     pub fn create(&self, path: &str, data: &[u8]) {

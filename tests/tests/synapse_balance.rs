@@ -96,20 +96,6 @@ impl Synapse {
     }
 }
 
-/// Writes `/services/<service>/<id>` with a payload for 127.0.0.1:`port` plus `extra` JSON
-/// members (e.g. `"\"weight\":10"`).
-fn put(zkc: &Zk, service: &str, id: &str, port: u16, extra: &str) {
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(",{extra}")
-    };
-    zkc.create(
-        &format!("/services/{service}/{id}"),
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{port}{extra}}}").as_bytes(),
-    );
-}
-
 /// Which backend answered each of `n` connections through `port` (`<failed>` when none).
 fn tally(port: u16, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -171,19 +157,18 @@ fn payload_weights_are_honoured() {
         Backend::start("main"),
         Backend::start("off"),
     );
-    put(&zkc, "w", "zero_0000000001", zero.port, "\"weight\":0");
-    put(&zkc, "w", "canary_0000000002", canary.port, "\"weight\":1");
-    put(&zkc, "w", "main_0000000003", main.port, "\"weight\":99");
-    put(
-        &zkc,
+    zkc.put_backend("w", "zero_0000000001", zero.port, "\"weight\":0");
+    zkc.put_backend("w", "canary_0000000002", canary.port, "\"weight\":1");
+    zkc.put_backend("w", "main_0000000003", main.port, "\"weight\":99");
+    zkc.put_backend(
         "w",
         "off_0000000004",
         off.port,
         "\"weight\":50,\"haproxy_server_options\":\"check disabled\"",
     );
     let (plain, full) = (Backend::start("plain"), Backend::start("full"));
-    put(&zkc, "mix", "plain_0000000001", plain.port, "");
-    put(&zkc, "mix", "full_0000000002", full.port, "\"weight\":255");
+    zkc.put_backend("mix", "plain_0000000001", plain.port, "");
+    zkc.put_backend("mix", "full_0000000002", full.port, "\"weight\":255");
 
     let synapse = start_synapse(&cs, &[("w", ""), ("mix", "")]);
     synapse.wait_routes("w", &[zero.port, canary.port, main.port, off.port]);
@@ -226,9 +211,8 @@ fn backup_is_used_only_while_the_primary_is_down() {
     let primary = Backend::start("primary");
     let backup = Backend::start("backup");
     let primary_port = primary.port;
-    put(&zkc, "web", "primary_0000000001", primary_port, "");
-    put(
-        &zkc,
+    zkc.put_backend("web", "primary_0000000001", primary_port, "");
+    zkc.put_backend(
         "web",
         "backup_0000000002",
         backup.port,
@@ -268,10 +252,10 @@ fn every_policy_is_selectable_and_routes() {
     let (x, y, z) = (Backend::start("x"), Backend::start("y"), Backend::start("z"));
     for svc in ["rnd", "hash", "p2c"] {
         for (i, b) in [&x, &y, &z].iter().enumerate() {
-            put(&zkc, svc, &format!("{}_000000000{i}", b.name), b.port, "");
+            zkc.put_backend(svc, &format!("{}_000000000{i}", b.name), b.port, "");
         }
     }
-    put(&zkc, "lc", "x_0000000001", x.port, "");
+    zkc.put_backend("lc", "x_0000000001", x.port, "");
     let synapse = start_synapse(
         &cs,
         &[
@@ -292,7 +276,7 @@ fn every_policy_is_selectable_and_routes() {
         (synapse.backend("lc", x.port)?["active_connections"] == 4).then_some(())
     });
     let updates = synapse.service_metric("synapse_route_updates_total", "lc");
-    put(&zkc, "lc", "y_0000000002", y.port, "");
+    zkc.put_backend("lc", "y_0000000002", y.port, "");
     synapse.wait_routes("lc", &[x.port, y.port]);
     assert!(synapse.service_metric("synapse_route_updates_total", "lc") > updates);
     assert_eq!(
@@ -349,8 +333,8 @@ fn consecutive_connect_failures_eject_for_a_growing_time() {
     let zkc = Zk::connect(&cs);
     let good = Backend::start("good");
     let dead = free_port(); // nothing listens there
-    put(&zkc, "web", "good_0000000001", good.port, "");
-    put(&zkc, "web", "dead_0000000002", dead, "");
+    zkc.put_backend("web", "good_0000000001", good.port, "");
+    zkc.put_backend("web", "dead_0000000002", dead, "");
     let synapse = start_synapse(
         &cs,
         &[(
@@ -415,13 +399,13 @@ fn panic_threshold_ignores_ejection_when_too_few_are_usable() {
     let alive = Backend::start("alive");
     let (dead1, dead2) = (free_port(), free_port());
     for svc in ["panic", "nopanic"] {
-        put(&zkc, svc, "alive_0000000001", alive.port, "");
-        put(&zkc, svc, "dead1_0000000002", dead1, "");
-        put(&zkc, svc, "dead2_0000000003", dead2, "");
+        zkc.put_backend(svc, "alive_0000000001", alive.port, "");
+        zkc.put_backend(svc, "dead1_0000000002", dead1, "");
+        zkc.put_backend(svc, "dead2_0000000003", dead2, "");
     }
     let (gone1, gone2) = (free_port(), free_port());
-    put(&zkc, "alldead", "gone1_0000000001", gone1, "");
-    put(&zkc, "alldead", "gone2_0000000002", gone2, "");
+    zkc.put_backend("alldead", "gone1_0000000001", gone1, "");
+    zkc.put_backend("alldead", "gone2_0000000002", gone2, "");
     let outlier = "consecutive_failures: 2, base_ejection: 30s, max_ejected_percent: 100";
     let synapse = start_synapse(
         &cs,
@@ -496,7 +480,7 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
     let echo = EchoBackend::start();
     let next = Backend::start("next");
     for svc in ["keep", "grace"] {
-        put(&zkc, svc, "echo_0000000001", echo.port, "");
+        zkc.put_backend(svc, "echo_0000000001", echo.port, "");
     }
     let synapse = start_synapse(&cs, &[("keep", ""), ("grace", "removal_grace: 1500ms")]);
     let mut conns = Vec::new();
@@ -510,7 +494,7 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
         conns.push(c);
     }
     for svc in ["keep", "grace"] {
-        put(&zkc, svc, "next_0000000002", next.port, "");
+        zkc.put_backend(svc, "next_0000000002", next.port, "");
         zkc.delete(&format!("/services/{svc}/echo_0000000001"));
     }
     synapse.wait_routes("keep", &[next.port]);
@@ -558,7 +542,7 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
     );
 
     // Back within its grace: it gets its state back, open connection included.
-    put(&zkc, "keep", "echo_0000000003", echo.port, "");
+    zkc.put_backend("keep", "echo_0000000003", echo.port, "");
     synapse.wait_routes("keep", &[echo.port, next.port]);
     let entry = synapse.backend("keep", echo.port).unwrap();
     assert_eq!(entry["active_connections"], 1, "{entry}");
@@ -576,7 +560,7 @@ fn membership_churn_under_load_fails_no_request() {
     let backends: Vec<Backend> = (0..8).map(|i| Backend::start(&format!("b{i}"))).collect();
     let id = |i: usize| format!("b{i}_{:010}", i + 1);
     for (i, b) in backends.iter().enumerate().take(4) {
-        put(&zkc, "churn", &id(i), b.port, "");
+        zkc.put_backend("churn", &id(i), b.port, "");
     }
     let synapse = start_synapse(&cs, &[("churn", "")]);
     let port = synapse.port("churn");
@@ -619,7 +603,7 @@ fn membership_churn_under_load_fails_no_request() {
         if member[i] {
             zkc.delete(&path);
         } else {
-            put(&zkc, "churn", &id(i), backends[i].port, "");
+            zkc.put_backend("churn", &id(i), backends[i].port, "");
         }
         member[i] = !member[i];
         changes += 1;

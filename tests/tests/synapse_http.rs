@@ -77,14 +77,6 @@ impl Synapse {
     }
 }
 
-/// Registers 127.0.0.1:`port` under `/services/<service>`.
-fn put(zk: &Zk, service: &str, id: &str, port: u16) {
-    zk.create(
-        &format!("/services/{service}/{id}"),
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{port}}}").as_bytes(),
-    );
-}
-
 fn get(port: u16, path: &str) -> h::Answer {
     h::get(port, path).unwrap_or_else(|e| panic!("GET {path} on {port}: {e}"))
 }
@@ -103,8 +95,8 @@ fn pooling_headers_and_own_answers() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let a = HttpBackend::start("a");
-    put(&zkc, "web", "a_0000000001", a.port);
-    put(&zkc, "slow", "a_0000000001", a.port);
+    zkc.put_backend("web", "a_0000000001", a.port, "");
+    zkc.put_backend("slow", "a_0000000001", a.port, "");
     zkc.create("/services/empty", b"");
     let synapse = start(
         &zk.connect_string(),
@@ -249,14 +241,14 @@ fn retries_and_their_limits() {
     let (u1, u2) = (HttpBackend::start("u1"), HttpBackend::start("u2"));
     u1.set_mode(Mode::Status(503));
     u2.set_mode(Mode::Status(503));
-    put(&zkc, "connfail", "dead_0000000001", dead_port());
-    put(&zkc, "connfail", "good_0000000002", good.port);
-    put(&zkc, "closing", "closer_0000000001", closer.port);
-    put(&zkc, "closing", "good_0000000002", good.port);
-    put(&zkc, "timing", "slow_0000000001", slow.port);
-    put(&zkc, "timing", "good_0000000002", good.port);
-    put(&zkc, "budget", "u1_0000000001", u1.port);
-    put(&zkc, "budget", "u2_0000000002", u2.port);
+    zkc.put_backend("connfail", "dead_0000000001", dead_port(), "");
+    zkc.put_backend("connfail", "good_0000000002", good.port, "");
+    zkc.put_backend("closing", "closer_0000000001", closer.port, "");
+    zkc.put_backend("closing", "good_0000000002", good.port, "");
+    zkc.put_backend("timing", "slow_0000000001", slow.port, "");
+    zkc.put_backend("timing", "good_0000000002", good.port, "");
+    zkc.put_backend("budget", "u1_0000000001", u1.port, "");
+    zkc.put_backend("budget", "u2_0000000002", u2.port, "");
     // Ejection off: every request's first pick alternates between the two backends.
     let no_eject = "outlier: {consecutive_failures: 0}";
     let synapse = start(
@@ -372,7 +364,7 @@ fn upgrades_and_streaming() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let a = HttpBackend::start("a");
-    put(&zkc, "ws", "a_0000000001", a.port);
+    zkc.put_backend("ws", "a_0000000001", a.port, "");
     let synapse = start(&zk.connect_string(), &[("ws", "")], "");
     synapse.wait_backends("ws", 1);
     let port = synapse.port("ws");
@@ -436,10 +428,10 @@ fn shared_listener_routes_by_host_and_path() {
         HttpBackend::start("web"),
         HttpBackend::start("fallback"),
     );
-    put(&zkc, "api", "api_0000000001", api.port);
-    put(&zkc, "apiv2", "v2_0000000001", v2.port);
-    put(&zkc, "web", "web_0000000001", web.port);
-    put(&zkc, "fallback", "fb_0000000001", fallback.port);
+    zkc.put_backend("api", "api_0000000001", api.port, "");
+    zkc.put_backend("apiv2", "v2_0000000001", v2.port, "");
+    zkc.put_backend("web", "web_0000000001", web.port, "");
+    zkc.put_backend("fallback", "fb_0000000001", fallback.port, "");
     let shared = free_port();
     // This one runs on a multi-thread runtime; the others on the default single thread.
     let top = format!(
@@ -502,13 +494,13 @@ fn hashing_ejection_and_metrics() {
     let zkc = Zk::connect(&zk.connect_string());
     let backends: Vec<HttpBackend> = (0..4).map(|i| HttpBackend::start(&format!("b{i}"))).collect();
     for (i, b) in backends.iter().enumerate() {
-        put(&zkc, "sticky", &format!("b{i}_000000000{i}"), b.port);
-        put(&zkc, "cookie", &format!("b{i}_000000000{i}"), b.port);
+        zkc.put_backend("sticky", &format!("b{i}_000000000{i}"), b.port, "");
+        zkc.put_backend("cookie", &format!("b{i}_000000000{i}"), b.port, "");
     }
     let (bad, fine) = (HttpBackend::start("bad"), HttpBackend::start("fine"));
     bad.set_mode(Mode::Status(500));
-    put(&zkc, "eject", "bad_0000000001", bad.port);
-    put(&zkc, "eject", "fine_0000000002", fine.port);
+    zkc.put_backend("eject", "bad_0000000001", bad.port, "");
+    zkc.put_backend("eject", "fine_0000000002", fine.port, "");
     let synapse = start(
         &zk.connect_string(),
         &[
@@ -637,7 +629,7 @@ fn membership_churn_fails_no_request() {
     let backends: Vec<HttpBackend> = (0..6).map(|i| HttpBackend::start(&format!("b{i}"))).collect();
     let id = |i: usize| format!("b{i}_{:010}", i + 1);
     for (i, b) in backends.iter().enumerate().take(3) {
-        put(&zkc, "churn", &id(i), b.port);
+        zkc.put_backend("churn", &id(i), b.port, "");
     }
     let synapse = start(&zk.connect_string(), &[("churn", "")], "");
     synapse.wait_backends("churn", 3);
@@ -682,7 +674,7 @@ fn membership_churn_fails_no_request() {
         if member[i] {
             zkc.delete(&format!("/services/churn/{}", id(i)));
         } else {
-            put(&zkc, "churn", &id(i), backends[i].port);
+            zkc.put_backend("churn", &id(i), backends[i].port, "");
         }
         member[i] = !member[i];
         changes += 1;
@@ -725,7 +717,7 @@ fn sigterm_answers_the_first_request_of_a_fresh_connection() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let b = HttpBackend::start("b1");
-    put(&zkc, "web", "b1_0000000001", b.port);
+    zkc.put_backend("web", "b1_0000000001", b.port, "");
     let mut s = start(&zk.connect_string(), &[("web", "")], "drain_timeout: 10s\n");
     s.wait_backends("web", 1);
     let port = s.port("web");

@@ -80,19 +80,6 @@ fn addrs(ports: &[u16]) -> Vec<String> {
     v
 }
 
-/// Writes `/services/<service>/<id>` for 127.0.0.1:`port` plus `extra` JSON members.
-fn put(zkc: &Zk, service: &str, id: &str, port: u16, extra: &str) {
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(",{extra}")
-    };
-    zkc.create(
-        &format!("/services/{service}/{id}"),
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{port}{extra}}}").as_bytes(),
-    );
-}
-
 /// Which backends answered `n` connections through `port`.
 fn tally(port: u16, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -120,7 +107,7 @@ fn debounce_folds_a_burst_and_keeps_a_lone_change_fast() {
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let first = Backend::start("first");
-    put(&zkc, "web", "first_0000000000", first.port, "");
+    zkc.put_backend("web", "first_0000000000", first.port, "");
     // A long window: a trailing-only debounce would hold the lone change 500 ms.
     let synapse = start(&cs, "", &[("web", "debounce: 500ms, debounce_max: 3s")], &[]);
     synapse.wait_routes("web", &[first.port]);
@@ -129,7 +116,7 @@ fn debounce_folds_a_burst_and_keeps_a_lone_change_fast() {
     // 50 registrations as fast as one client writes them (backends need not listen).
     let ports: Vec<u16> = (0..50).map(|i| 40_000 + i).collect();
     for (i, p) in ports.iter().enumerate() {
-        put(&zkc, "web", &format!("n{i}_{:010}", i + 1), *p, "");
+        zkc.put_backend("web", &format!("n{i}_{:010}", i + 1), *p, "");
     }
     let mut all = ports.clone();
     all.push(first.port);
@@ -145,7 +132,7 @@ fn debounce_folds_a_burst_and_keeps_a_lone_change_fast() {
     std::thread::sleep(Duration::from_millis(600));
     let lone = Backend::start("lone");
     let started = Instant::now();
-    put(&zkc, "web", "lone_0000009999", lone.port, "");
+    zkc.put_backend("web", "lone_0000009999", lone.port, "");
     all.push(lone.port);
     synapse.wait_routes("web", &all);
     let took = started.elapsed();
@@ -190,21 +177,19 @@ fn label_filters_each_condition() {
         ),
     ];
     for (svc, _) in services {
-        put(
-            &zkc,
+        zkc.put_backend(
             svc,
             "a_0000000001",
             a.port,
             r#""labels":{"az":"eu-1a","env":"prod"}"#,
         );
-        put(
-            &zkc,
+        zkc.put_backend(
             svc,
             "b_0000000002",
             b.port,
             r#""labels":{"az":"eu-1b","env":"canary"}"#,
         );
-        put(&zkc, svc, "c_0000000003", c.port, r#""labels":{"az":"eu-1a"}"#);
+        zkc.put_backend(svc, "c_0000000003", c.port, r#""labels":{"az":"eu-1a"}"#);
     }
     let synapse = start(&cs, "", &services, &[]);
     synapse.wait_routes("eq", &[a.port, c.port]);
@@ -241,10 +226,10 @@ fn locality_fails_over_below_the_threshold_and_back() {
         Backend::start("b1"),
         Backend::start("b2"),
     );
-    put(&zkc, "web", "a1_0000000001", a1.port, r#""labels":{"zone":"a"}"#);
-    put(&zkc, "web", "a2_0000000002", a2.port, r#""labels":{"zone":"a"}"#);
-    put(&zkc, "web", "b1_0000000003", b1.port, r#""labels":{"zone":"b"}"#);
-    put(&zkc, "web", "b2_0000000004", b2.port, r#""labels":{"zone":"b"}"#);
+    zkc.put_backend("web", "a1_0000000001", a1.port, r#""labels":{"zone":"a"}"#);
+    zkc.put_backend("web", "a2_0000000002", a2.port, r#""labels":{"zone":"a"}"#);
+    zkc.put_backend("web", "b1_0000000003", b1.port, r#""labels":{"zone":"b"}"#);
+    zkc.put_backend("web", "b2_0000000004", b2.port, r#""labels":{"zone":"b"}"#);
     let synapse = start(
         &cs,
         "locality: {label: zone, value: \"${ZONE}\", min_local: 2}\n",
@@ -271,7 +256,7 @@ fn locality_fails_over_below_the_threshold_and_back() {
     assert_eq!(names(&counts), set(&["a1", "b1", "b2"]), "failover: {counts:?}");
 
     // Back: local only again.
-    put(&zkc, "web", "a2_0000000005", a2.port, r#""labels":{"zone":"a"}"#);
+    zkc.put_backend("web", "a2_0000000005", a2.port, r#""labels":{"zone":"a"}"#);
     synapse.wait_routes("web", &[a1.port, a2.port, b1.port, b2.port]);
     assert_eq!(synapse.metric("synapse_locality_failover", "web"), 0.0);
     let counts = tally(port, 40);
@@ -315,8 +300,8 @@ fn default_servers_stand_in_and_can_be_kept() {
     assert_eq!(synapse.metric("synapse_using_default_servers", "web"), 1.0);
     assert_eq!(names(&tally(synapse.port("web"), 3)), set(&["fallback"]));
 
-    put(&zkc, "web", "found_0000000001", found.port, "");
-    put(&zkc, "both", "found_0000000001", found.port, "");
+    zkc.put_backend("web", "found_0000000001", found.port, "");
+    zkc.put_backend("both", "found_0000000001", found.port, "");
     synapse.wait_routes("web", &[found.port]);
     synapse.wait_routes("both", &[fallback.port, found.port]);
     assert_eq!(synapse.metric("synapse_using_default_servers", "web"), 0.0);
@@ -357,8 +342,8 @@ fn start_from_the_state_file_with_zookeeper_down() {
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let (one, two) = (Backend::start("one"), Backend::start("two"));
-    put(&zkc, "web", "one_0000000001", one.port, "");
-    put(&zkc, "web", "two_0000000002", two.port, "");
+    zkc.put_backend("web", "one_0000000001", one.port, "");
+    zkc.put_backend("web", "two_0000000002", two.port, "");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let head = format!("state_file: {}\nfirst_sync_timeout: 20s\n", state.display());
@@ -434,8 +419,7 @@ fn file_output_content_and_atomicity() {
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let a = Backend::start("a");
-    put(
-        &zkc,
+    zkc.put_backend(
         "web",
         "a_0000000007",
         a.port,
@@ -481,8 +465,7 @@ fn file_output_content_and_atomicity() {
         })
     };
     for i in 0..40u16 {
-        put(
-            &zkc,
+        zkc.put_backend(
             "web",
             &format!("n{i}_{:010}", 100 + i),
             41_000 + i,
@@ -520,7 +503,7 @@ fn max_connections_makes_the_excess_wait_not_fail() {
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let echo = EchoBackend::start();
-    put(&zkc, "web", "echo_0000000001", echo.port, "");
+    zkc.put_backend("web", "echo_0000000001", echo.port, "");
     let synapse = start(&cs, "", &[("web", "max_connections: 2")], &[]);
     synapse.wait_routes("web", &[echo.port]);
     let port = synapse.port("web");
@@ -606,7 +589,7 @@ fn propagation_latency_next_to_raw_zookeeper() {
                     started.elapsed()
                 })
             };
-            put(&zkc, svc, &format!("n_{:010}", i + 1), port, "");
+            zkc.put_backend(svc, &format!("n_{:010}", i + 1), port, "");
             ports.push(port);
             let want = addrs(&ports);
             while routed(synapse.admin, svc).as_ref() != Some(&want) {

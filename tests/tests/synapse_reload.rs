@@ -31,18 +31,6 @@ fn config(admin: u16, head: &str, services: &[String]) -> String {
     )
 }
 
-fn put(zkc: &Zk, service: &str, id: &str, port: u16, extra: &str) {
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(",{extra}")
-    };
-    zkc.create(
-        &format!("/services/{service}/{id}"),
-        format!("{{\"host\":\"127.0.0.1\",\"port\":{port}{extra}}}").as_bytes(),
-    );
-}
-
 fn reloads(admin: u16, result: &str) -> f64 {
     metric(
         admin,
@@ -131,10 +119,10 @@ fn reload_adds_a_listener_and_changes_a_service_without_a_failed_request() {
     let zkc = Zk::connect(&cs);
     let (w1, w2, api) = (Backend::start("w1"), Backend::start("w2"), Backend::start("api"));
     let echo = EchoBackend::start();
-    put(&zkc, "web", "w1_0000000001", w1.port, r#""labels":{"tier":"a"}"#);
-    put(&zkc, "web", "w2_0000000002", w2.port, r#""labels":{"tier":"b"}"#);
-    put(&zkc, "api", "api_0000000001", api.port, "");
-    put(&zkc, "echo", "echo_0000000001", echo.port, "");
+    zkc.put_backend("web", "w1_0000000001", w1.port, r#""labels":{"tier":"a"}"#);
+    zkc.put_backend("web", "w2_0000000002", w2.port, r#""labels":{"tier":"b"}"#);
+    zkc.put_backend("api", "api_0000000001", api.port, "");
+    zkc.put_backend("echo", "echo_0000000001", echo.port, "");
     let (admin, web, apiport, echoport) = (free_port(), free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let head = format!("file_output: {{dir: {}}}\n", dir.path().display());
@@ -213,8 +201,8 @@ fn reload_removes_a_listener_and_drains_its_connections() {
     let zkc = Zk::connect(&cs);
     let web = Backend::start("web");
     let echo = EchoBackend::start();
-    put(&zkc, "web", "web_0000000001", web.port, "");
-    put(&zkc, "echo", "echo_0000000001", echo.port, "");
+    zkc.put_backend("web", "web_0000000001", web.port, "");
+    zkc.put_backend("echo", "echo_0000000001", echo.port, "");
     let (admin, webport, echoport) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let head = format!(
@@ -270,7 +258,7 @@ fn reload_refuses_an_invalid_file_and_keeps_serving() {
     let cs = zk.connect_string();
     let zkc = Zk::connect(&cs);
     let web = Backend::start("web");
-    put(&zkc, "web", "web_0000000001", web.port, "");
+    zkc.put_backend("web", "web_0000000001", web.port, "");
     let (admin, webport) = (free_port(), free_port());
     let good = config(admin, "", &[service("web", &cs, webport, "")]);
     let agent = Agent::start("synapse", &good);
@@ -331,9 +319,9 @@ fn reload_http_services_and_shared_listeners_without_a_failed_request() {
         HttpBackend::start("h2"),
         HttpBackend::start("api"),
     );
-    put(&zkc, "web", "h1_0000000001", h1.port, r#""labels":{"tier":"a"}"#);
-    put(&zkc, "web", "h2_0000000002", h2.port, r#""labels":{"tier":"b"}"#);
-    put(&zkc, "api", "api_0000000001", api.port, "");
+    zkc.put_backend("web", "h1_0000000001", h1.port, r#""labels":{"tier":"a"}"#);
+    zkc.put_backend("web", "h2_0000000002", h2.port, r#""labels":{"tier":"b"}"#);
+    zkc.put_backend("api", "api_0000000001", api.port, "");
     let (admin, web, shared) = (free_port(), free_port(), free_port());
     let web_svc = |extra: &str| service("web", &cs, web, &format!(", mode: http{extra}"));
     let api_svc = format!("  - {{name: api, mode: http, zk_hosts: \"{cs}\", zk_path: /services/api}}\n");
