@@ -28,11 +28,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::backend::BackendState;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::http::{serve_stream, HttpService, ListenerSettings, Routes, SharedRoutes};
 use crate::service::Service;
-use crate::table::{BackendState, RouteTable};
+use crate::table::RouteTable;
 
 /// How long one exchange may take before it counts as hung: 10 s.
 pub const EXCHANGE_LIMIT: Duration = Duration::from_secs(10);

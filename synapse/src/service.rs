@@ -22,7 +22,7 @@
 //! A backend that leaves the table keeps its state while connections to it are open, for up
 //! to `removal_grace`: its connections go on (new ones go elsewhere at once), and if it comes
 //! back meanwhile it gets its state back (active counts, latency, ejection). At the end of
-//! the grace its remaining connections are closed ([`BackendState::closing`]).
+//! the grace its remaining connections are closed ([`crate::backend::BackendState::closing`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -36,12 +36,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backend::BackendState;
 use crate::balance::PolicyName;
 use crate::config::ServiceConfig;
 use crate::filter::{self, Fallback, LocalityState, Rules};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outlier::Detector;
-use crate::table::{BackendState, RouteTable};
+use crate::table::RouteTable;
 
 /// Tables with more backends than this, or balanced by `hash` (whose Maglev table has at
 /// least 65 537 slots), are built on a blocking thread rather than on the watcher's runtime

@@ -8,15 +8,13 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use common::codec::Node;
-use tokio_util::sync::CancellationToken;
 
-use crate::balance::{Balancer, Ctx, Live, Member, PolicyName};
-use crate::metrics::BackendMetrics;
-use crate::outlier::{Outlier, Panic};
-use crate::proxy::http::HttpBackend;
+use crate::backend::{now_ns, BackendState, OutlierConfig};
+use crate::balance::{Balancer, Ctx, Member, PolicyName};
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,39 +23,6 @@ pub enum Target {
     Addr(SocketAddr),
     /// A hostname, resolved at connect time.
     Host(String, u16),
-}
-
-/// Live state of one backend, shared by every table that contains it.
-#[derive(Debug)]
-pub struct BackendState {
-    /// `host:port`, the backend's identity.
-    pub key: String,
-    /// Metric handles, resolved once.
-    pub metrics: BackendMetrics,
-    /// Active connections, latency EWMA, ejection deadline; shared with the balancers.
-    pub live: Arc<Live>,
-    /// Consecutive failures and ejection history.
-    pub outlier: Outlier,
-    /// Cancelled when the backend has left the table and its `removal_grace` is over: its
-    /// remaining connections close.
-    pub closing: CancellationToken,
-    /// HTTP mode: keep-alive connection pool and HTTP metric handles, set up at the
-    /// backend's first request.
-    pub http: OnceLock<HttpBackend>,
-}
-
-impl BackendState {
-    /// Fresh state for the backend `key` (`host:port`).
-    pub fn new(key: String, metrics: BackendMetrics) -> BackendState {
-        BackendState {
-            key,
-            metrics,
-            live: Arc::new(Live::new()),
-            outlier: Outlier::default(),
-            closing: CancellationToken::new(),
-            http: OnceLock::new(),
-        }
-    }
 }
 
 /// One backend in a table.
@@ -166,7 +131,7 @@ impl RouteTable {
         self.balancer.policy()
     }
 
-    /// The panic state (see [`crate::outlier`]).
+    /// The panic state (see [`Panic`]).
     pub fn panic(&self) -> &Panic {
         &self.panic
     }
@@ -175,6 +140,47 @@ impl RouteTable {
     /// never a weight-0 one, backups only after every usable primary.
     pub fn pick(&self, ctx: Ctx) -> impl Iterator<Item = &Backend> {
         self.balancer.pick(ctx).filter_map(|i| self.backends.get(i))
+    }
+}
+
+/// Panic mode of one route table: until when picks ignore ejection (see [`crate::outlier`];
+/// computed by its `Detector`).
+#[derive(Debug, Default)]
+pub struct Panic {
+    /// [`now_ns`] deadline; 0 = not in panic.
+    until_ns: AtomicU64,
+}
+
+impl Panic {
+    /// True while too few backends are usable. HOT PATH: one relaxed load; the clock is read
+    /// only while a panic deadline is set.
+    pub fn active(&self) -> bool {
+        let until = self.until_ns.load(Ordering::Relaxed);
+        until != 0 && now_ns() < until
+    }
+
+    /// Recomputes the deadline from the ejections of `backends` (the table's).
+    pub(crate) fn refresh(&self, backends: &[Backend], config: &OutlierConfig) {
+        let now = now_ns();
+        let mut pickable = 0;
+        let mut ejected: Vec<u64> = Vec::new();
+        for b in backends.iter().filter(|b| b.weight > 0) {
+            pickable += 1;
+            let until = b.state.live.ejected_until();
+            if until > now {
+                ejected.push(until);
+            }
+        }
+        let allowed = config.ejected_before_panic(pickable);
+        let until = if ejected.len() > allowed {
+            // Panic lasts while more than `allowed` ejections run: until the (allowed+1)-th
+            // latest one ends.
+            ejected.sort_unstable_by(|a, b| b.cmp(a));
+            ejected[allowed]
+        } else {
+            0
+        };
+        self.until_ns.store(until, Ordering::Relaxed);
     }
 }
 

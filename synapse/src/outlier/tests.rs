@@ -3,8 +3,8 @@ use std::sync::Arc;
 use common::codec::Node;
 
 use super::*;
+use crate::backend::BackendState;
 use crate::balance::PolicyName;
-use crate::table::BackendState;
 
 fn table(n: usize) -> ArcSwap<RouteTable> {
     let Ok(metrics) = crate::metrics::Metrics::new(&prometheus::Registry::new()) else {

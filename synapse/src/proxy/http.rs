@@ -70,13 +70,14 @@ pub use pool::{HttpBackend, Pool};
 use self::body::Release;
 use self::budget::RetryBudget;
 use super::tcp;
+use crate::backend::BackendState;
 use crate::balance::{hash_bytes, hash_ip, now_ns, Ctx, HashOn, InFlight};
 use crate::config::HttpListenerConfig;
 use crate::metrics::{code_class, HttpMetrics, HttpServiceMetrics, Metrics, ProxyError, RetryReason};
 use crate::outlier::Failure;
 use crate::router::Router;
 use crate::service::Service;
-use crate::table::{Backend, BackendState};
+use crate::table::Backend;
 
 /// Largest request body (with a `Content-Length`) read whole so that an idempotent request
 /// can be retried: 64 KiB. Larger or chunked bodies are streamed and sent once.
@@ -162,19 +163,21 @@ impl HttpService {
     pub fn sweep(&self) {
         let table = self.service.table.load_full();
         for b in table.backends() {
-            if let Some(http) = b.state.http.get() {
+            if let Some(http) = b.state.slot.get::<HttpBackend>() {
                 http.pool.sweep();
             }
         }
         for d in self.service.draining() {
-            if let Some(http) = d.state.http.get() {
+            if let Some(http) = d.state.slot.get::<HttpBackend>() {
                 http.pool.sweep();
             }
         }
     }
 
-    fn backend<'a>(&self, state: &'a BackendState) -> &'a HttpBackend {
-        state.http.get_or_init(|| {
+    /// The backend's pool and HTTP metric handles, set up at its first request. None only
+    /// if the slot held something else (it cannot: only this proxy fills it).
+    fn backend<'a>(&self, state: &'a BackendState) -> Option<&'a HttpBackend> {
+        state.slot.get_or_init(|| {
             let c = &self.service.config.http;
             HttpBackend {
                 pool: Pool::new(c.pool_max_idle, c.pool_idle_timeout),
@@ -252,7 +255,9 @@ impl HttpService {
         // What the client gets when every candidate failed.
         let mut failure = ProxyError::NoBackend;
         'backends: while let Some(backend) = picks.next() {
-            let http = self.backend(&backend.state);
+            let Some(http) = self.backend(&backend.state) else {
+                continue 'backends;
+            };
             let in_flight = backend.state.live.begin_request();
             let mut fresh = false;
             loop {
