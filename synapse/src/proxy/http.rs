@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use common::net::{self, AcceptBackoff, AcceptRetry, Activity, Tracked};
+use common::net::{self, Activity, Tracked};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -69,7 +69,8 @@ pub use pool::{HttpBackend, Pool};
 
 use self::body::Release;
 use self::budget::RetryBudget;
-use super::tcp;
+use super::accept;
+use super::connect::{self, keepalive};
 use crate::backend::BackendState;
 use crate::balance::{hash_bytes, hash_ip, now_ns, Ctx, HashOn, InFlight};
 use crate::config::HttpListenerConfig;
@@ -222,7 +223,8 @@ impl HttpService {
         start: Instant,
     ) -> Response<RespBody> {
         let service = &*self.service;
-        if !service.synced.load(Ordering::Acquire) && tcp::first_sync(service, &client.cancel).await.is_err()
+        if !service.synced.load(Ordering::Acquire)
+            && connect::first_sync(service, &client.cancel).await.is_err()
         {
             return self.reply(ProxyError::NotSynced);
         }
@@ -443,7 +445,7 @@ impl HttpService {
         };
         let state = &backend.state;
         let started = Instant::now();
-        let stream = match tcp::connect(backend, timeout).await {
+        let stream = match connect::connect(backend, timeout).await {
             Ok(stream) => stream,
             Err(err) => {
                 state.metrics.failures.inc();
@@ -463,7 +465,7 @@ impl HttpService {
             .connect_time
             .observe(started.elapsed().as_secs_f64());
         let _ = stream.set_nodelay(true);
-        tcp::keepalive(&stream, self.service.config.tcp_keepalive);
+        keepalive(&stream, self.service.config.tcp_keepalive);
         // Heads and small bodies are copied into one buffer and written with one `write`:
         // cheaper than `writev` for the small messages that dominate.
         let handshake = hyper::client::conn::http1::Builder::new()
@@ -698,7 +700,7 @@ impl Listening {
     }
 }
 
-/// Serves the connections left in an HTTP listener's backlog ([`super::take_backlog`]):
+/// Serves the connections left in an HTTP listener's backlog ([`accept::take_backlog`]):
 /// each gets its first request answered (with `Connection: close` once `cancel` fired).
 pub(crate) fn drain_backlog(
     listener: &TcpListener,
@@ -707,7 +709,7 @@ pub(crate) fn drain_backlog(
     connections: &TaskTracker,
     cancel: &CancellationToken,
 ) {
-    let taken = super::take_backlog(listener);
+    let taken = accept::take_backlog(listener);
     if taken.is_empty() {
         return;
     }
@@ -742,37 +744,10 @@ pub async fn serve(
         connections,
         cancel,
     };
-    let mut backoff = AcceptBackoff::new("http");
-    loop {
-        let accepted = tokio::select! {
-            _ = l.cancel.cancelled() => {
-                drain_backlog(&listener, &l.routes, settings, &l.connections, &l.cancel);
-                return;
-            }
-            _ = stop.cancelled() => {
-                drain_backlog(&listener, &l.routes, settings, &l.connections, &l.cancel);
-                return;
-            }
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => {
-                backoff.on_success();
-                c
-            }
-            Err(err) => {
-                if let AcceptRetry::After(pause) = backoff.on_error(&err) {
-                    tokio::select! {
-                        _ = l.cancel.cancelled() => return,
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-                continue;
-            }
-        };
-        l.spawn(stream, peer);
-    }
+    accept::serve(&listener, "http", None, &l.cancel, &stop, |stream, peer, _| {
+        l.spawn(stream, peer)
+    })
+    .await;
 }
 
 async fn connection(
@@ -781,7 +756,7 @@ async fn connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     settings: ListenerSettings,
 ) {
-    tcp::keepalive(&stream, settings.tcp_keepalive);
+    keepalive(&stream, settings.tcp_keepalive);
     let _ = stream.set_nodelay(true);
     serve_connection(stream, client, builder, settings).await;
 }
