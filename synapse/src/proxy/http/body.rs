@@ -123,12 +123,13 @@ impl RespBody {
     }
 
     /// A backend's body; `release` goes back to the pool at its end.
-    pub fn backend(body: Incoming, release: Option<Release>, in_flight: InFlight) -> RespBody {
+    /// `in_flight` (if any) ends with it.
+    pub fn backend(body: Incoming, release: Option<Release>, in_flight: Option<InFlight>) -> RespBody {
         RespBody {
             inner: Inner::Backend {
                 body,
                 release,
-                _in_flight: Some(in_flight),
+                _in_flight: in_flight,
             },
         }
     }
