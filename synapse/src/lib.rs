@@ -3,8 +3,10 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
-//! - [`service`]: per service, the watcher task that builds route tables (single writer),
-//!   with the debounce of ZooKeeper events.
+//! - [`service`]: one routed service as everything shares it: config, published snapshot,
+//!   metric handles, outlier detector, connection limit.
+//! - [`service::watcher`]: per service, the watcher task (the single writer): ZooKeeper
+//!   updates, debounced, → a pure plan of the next snapshot → one apply.
 //! - [`filter`]: what a table is built from: label filters, default servers, previous
 //!   backends, locality (pure).
 //! - [`backend`]: the model's leaf: one backend's live state (active counts, latency,

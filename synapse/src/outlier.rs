@@ -32,7 +32,7 @@ pub use crate::backend::{
     DEFAULT_MAX_EJECTION, DEFAULT_PANIC_THRESHOLD_PERCENT,
 };
 pub use crate::table::Panic;
-use crate::table::{Backend, RouteTable};
+use crate::table::{Backend, RouteTable, Snapshot};
 
 /// What made an attempt count as failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,17 +77,18 @@ impl Detector {
         &self.config
     }
 
-    /// Reports a failed attempt on `backend`. `table` is the service's: the cap and the panic
+    /// Reports a failed attempt on `backend`. `snapshot` is the service's: the cap and the panic
     /// state are about its current table (perhaps newer than the one the attempt was picked
     /// from), loaded under the ejection lock so that a table being installed meanwhile is
     /// either seen here or refreshed after this ejection (see [`Detector::refresh`]).
-    pub fn on_failure(&self, backend: &Backend, failure: Failure, table: &ArcSwap<RouteTable>) -> Verdict {
+    pub fn on_failure(&self, backend: &Backend, failure: Failure, snapshot: &ArcSwap<Snapshot>) -> Verdict {
         let state = &backend.state;
         if !state.outlier.on_failure(&state.live, &self.config) {
             return Verdict::Counted;
         }
         let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = table.load();
+        let current = snapshot.load();
+        let current = &current.table;
         // Another failure may have ejected it while this one waited.
         if state.live.is_ejected() || !state.outlier.due(&self.config) {
             return Verdict::Counted;

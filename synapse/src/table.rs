@@ -5,16 +5,23 @@
 //! table owns its [`Balancer`], built with it. Per-backend live state ([`BackendState`]:
 //! active connections, latency EWMA, ejection, metric handles) is keyed by `host:port` and
 //! carried from one table to the next, so it survives membership changes.
+//!
+//! A service publishes one [`Snapshot`] (its table, what the filters made of the members,
+//! the members the state file keeps, where they came from, the draining backends), stored
+//! once per install in one `ArcSwap`: the data path, the admin API, the state file and
+//! `file_output` all read the same one, so none can disagree with what routes.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use common::codec::Node;
 
 use crate::backend::{now_ns, BackendState, OutlierConfig};
 use crate::balance::{Balancer, Ctx, Member, PolicyName};
+use crate::filter::{Fallback, LocalityState};
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +147,101 @@ impl RouteTable {
     /// never a weight-0 one, backups only after every usable primary.
     pub fn pick(&self, ctx: Ctx) -> impl Iterator<Item = &Backend> {
         self.balancer.pick(ctx).filter_map(|i| self.backends.get(i))
+    }
+}
+
+/// Where a service's route table came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncSource {
+    /// Nothing yet: connections wait for the first sync.
+    #[default]
+    None,
+    /// ZooKeeper listed the path (since start, or since the reload that created the
+    /// service's watcher).
+    Zookeeper,
+    /// The state file, until ZooKeeper lists the path.
+    Cache,
+    /// No ZooKeeper listing within `first_sync_timeout`: the default servers.
+    DefaultServers,
+}
+
+impl SyncSource {
+    /// The name in the admin API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncSource::None => "none",
+            SyncSource::Zookeeper => "zookeeper",
+            SyncSource::Cache => "cache",
+            SyncSource::DefaultServers => "default_servers",
+        }
+    }
+}
+
+/// What the filters and fallbacks made of the members (for the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    /// Default servers or previous backends standing in.
+    pub fallback: Fallback,
+    /// Locality's verdict.
+    pub locality: LocalityState,
+    /// Available nodes refused by the label filters.
+    pub filtered_out: usize,
+}
+
+impl Default for Selected {
+    fn default() -> Self {
+        Selected {
+            fallback: Fallback::None,
+            locality: LocalityState::Off,
+            filtered_out: 0,
+        }
+    }
+}
+
+/// The available members last seen in ZooKeeper with at least one backend: what the state
+/// file keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// `(znode id, node)`.
+    pub members: Arc<Vec<(String, Node)>>,
+    /// True while they are ZooKeeper's current listing (not kept over an empty path, not
+    /// read back from the state file).
+    pub current: bool,
+}
+
+/// A backend that left the table and still has connections, within its `removal_grace`.
+#[derive(Debug, Clone)]
+pub struct Draining {
+    /// The znode it came from last.
+    pub id: String,
+    /// Its state (active connections in `live`).
+    pub state: Arc<BackendState>,
+    /// When its remaining connections are closed.
+    pub closes_at: Instant,
+}
+
+/// Everything a service publishes, stored at once by its watcher (the single writer).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The route table. The data path loads it once per connection (TCP) or request (HTTP).
+    pub table: Arc<RouteTable>,
+    /// What the filters and fallbacks made of the members.
+    pub selected: Selected,
+    /// The members the state file should keep.
+    pub known: Known,
+    /// Where the table came from; [`SyncSource::None`] until the first sync.
+    pub source: SyncSource,
+    /// Removed backends still draining, by key, as of the watcher's last look.
+    pub draining: Arc<[Draining]>,
+    /// Last change of the backend set, in ms since the Unix epoch; 0 before the first.
+    pub last_change_ms: u64,
+}
+
+impl Snapshot {
+    /// True once a first table is installed (from ZooKeeper, the state file or the default
+    /// servers).
+    pub fn synced(&self) -> bool {
+        self.source != SyncSource::None
     }
 }
 

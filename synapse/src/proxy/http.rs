@@ -148,13 +148,13 @@ impl HttpService {
     /// Closes the idle pooled connections past `pool_idle_timeout`, of current and draining
     /// backends.
     pub fn sweep(&self) {
-        let table = self.service.table.load_full();
-        for b in table.backends() {
+        let snapshot = self.service.snapshot.load_full();
+        for b in snapshot.table.backends() {
             if let Some(http) = b.state.slot.get::<HttpBackend>() {
                 http.pool.sweep();
             }
         }
-        for d in self.service.draining() {
+        for d in snapshot.draining.iter() {
             if let Some(http) = d.state.slot.get::<HttpBackend>() {
                 http.pool.sweep();
             }

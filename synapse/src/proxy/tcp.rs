@@ -17,7 +17,6 @@
 //! hold descriptors forever.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -108,11 +107,11 @@ enum End {
 
 async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &CancellationToken) {
     keepalive(&client, service.config.tcp_keepalive);
-    if !service.synced.load(Ordering::Acquire) {
+    if !service.snapshot.load().synced() {
         let waited = first_sync(service, cancel).await;
         // The default servers stand in at the end of the same timeout: a tie goes to them.
         let waited = match waited {
-            Err(NotSynced::TimedOut) if service.synced.load(Ordering::Acquire) => Ok(()),
+            Err(NotSynced::TimedOut) if service.synced() => Ok(()),
             other => other,
         };
         if let Err(why) = waited {
@@ -130,7 +129,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
             return;
         }
     }
-    let table = service.table.load_full();
+    let table = service.table();
     let ctx = Ctx {
         attempts: service.config.connect_attempts.get() as usize,
         key: matches!(service.config.balance, Policy::Hash(HashOn::ClientIp)).then(|| hash_ip(peer.ip())),
@@ -154,7 +153,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
                 backend.state.metrics.failures.inc();
                 service
                     .outlier
-                    .on_failure(backend, Failure::Connect, &service.table);
+                    .on_failure(backend, Failure::Connect, &service.snapshot);
                 debug!(backend.addr = %backend.state.key, error = %err, "backend connect failed; trying the next");
             }
         }

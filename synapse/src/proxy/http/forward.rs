@@ -61,9 +61,7 @@ impl HttpService {
         start: Instant,
     ) -> Response<RespBody> {
         let service = &*self.service;
-        if !service.synced.load(std::sync::atomic::Ordering::Acquire)
-            && connect::first_sync(service, &client.cancel).await.is_err()
-        {
+        if !service.snapshot.load().synced() && connect::first_sync(service, &client.cancel).await.is_err() {
             return self.reply(ProxyError::NotSynced);
         }
         self.budget.on_request(now_ns());
@@ -86,7 +84,7 @@ impl HttpService {
             on_upgrade,
         };
 
-        let table = service.table.load_full();
+        let table = service.table();
         let ctx = Ctx {
             attempts: config.connect_attempts.get() as usize,
             key,
@@ -191,7 +189,7 @@ impl HttpService {
                 if status.is_server_error() {
                     self.service
                         .outlier
-                        .on_failure(backend, Failure::ServerError, &self.service.table);
+                        .on_failure(backend, Failure::ServerError, &self.service.snapshot);
                 } else {
                     backend.state.outlier.on_success();
                 }
@@ -256,7 +254,7 @@ impl HttpService {
         backend.state.live.on_failure(elapsed);
         self.service
             .outlier
-            .on_failure(backend, Failure::Connect, &self.service.table);
+            .on_failure(backend, Failure::Connect, &self.service.snapshot);
     }
 
     /// The body to send: empty, read whole when small and the request is replayable, else

@@ -54,7 +54,7 @@ impl HttpService {
                 state.live.on_failure(started.elapsed());
                 self.service
                     .outlier
-                    .on_failure(backend, Failure::Connect, &self.service.table);
+                    .on_failure(backend, Failure::Connect, &self.service.snapshot);
                 debug!(backend.addr = %state.key, error = %err, "backend connect failed; trying the next");
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(Acquire::Deadline);
