@@ -21,7 +21,8 @@
 //!   `max_connections`, per-connection TCP proxying) and [`proxy::http`] (HTTP server to
 //!   clients, pooled keep-alive connections to backends, retries, timeouts, upgrades).
 //! - [`router`]: Host / path-prefix routing of shared HTTP listeners (hot path).
-//! - [`reload`]: the running services and listeners; SIGHUP reloads as a diff.
+//! - [`reload`]: SIGHUP reloads as a pure diff of two configs (`plan(old, new)`).
+//! - [`supervisor`]: the running services, listeners and sockets; applies reload plans.
 //! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
 //! - [`file_output`]: per-service JSON backend lists.
 //! - [`metrics`]: Prometheus metrics.
@@ -51,6 +52,7 @@ pub mod reload;
 pub mod router;
 pub mod service;
 pub mod stats;
+pub mod supervisor;
 pub mod table;
 
 use std::collections::HashMap;
@@ -112,7 +114,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     let admin_listener = common::admin::bind(config.admin_listen).await?;
     let mut listeners = Vec::new();
     for svc in &config.services {
-        listeners.push(reload::bind(svc).await?);
+        listeners.push(supervisor::bind(svc).await?);
     }
     if let Some(out) = &config.file_output {
         file_output::prepare(&out.dir)?;
@@ -135,7 +137,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
             }
         }
     }
-    let http_listeners = reload::bind_shared(&config).await?;
+    let http_listeners = supervisor::bind_shared(&config).await?;
 
     let registry = Registry::new(
         RegistryOptions {
@@ -149,7 +151,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     let service_count = config.services.len();
     let state_file = config.state_file.clone();
     let output = config.file_output.clone();
-    let mut sup = reload::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
+    let mut sup = supervisor::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
     sup.start(listeners, http_listeners, cached);
     let writers_stop = CancellationToken::new();
     let mut writers = Vec::new();
