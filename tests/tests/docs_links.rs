@@ -15,8 +15,8 @@ fn markdown_files(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut files = BTreeMap::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
         for entry in entries {
             let path = entry
                 .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
@@ -389,18 +389,27 @@ mod checker {
         let files = docs(&[("README.md", "# Top\nSee [guide](docs/missing.md).\n")]);
         let problems = broken_links(&files, |_| false);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("README.md:2: docs/missing.md:"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("README.md:2: docs/missing.md:"),
+            "{problems:?}"
+        );
     }
 
     #[test]
     fn a_missing_anchor_fails_in_the_same_file_and_in_another() {
         let files = docs(&[
-            ("README.md", "# Top\n[a](#nowhere) [b](docs/guide.md#keys) [c](docs/guide.md#key)\n"),
+            (
+                "README.md",
+                "# Top\n[a](#nowhere) [b](docs/guide.md#keys) [c](docs/guide.md#key)\n",
+            ),
             ("docs/guide.md", "# Guide\n## Keys\n"),
         ]);
         let problems = broken_links(&files, |_| false);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("#nowhere") && problems[1].contains("#key"), "{problems:?}");
+        assert!(
+            problems[0].contains("#nowhere") && problems[1].contains("#key"),
+            "{problems:?}"
+        );
     }
 
     #[test]
