@@ -127,7 +127,9 @@ impl BackendProtocol {
             "http1" => Ok(BackendProtocol::Http1),
             "h2c" => Ok(BackendProtocol::H2c),
             "auto" => Ok(BackendProtocol::Auto),
-            other => Err(format!("unknown backend_protocol {other:?}: expected http1, h2c or auto")),
+            other => Err(format!(
+                "unknown backend_protocol {other:?}: expected http1, h2c or auto"
+            )),
         }
     }
 

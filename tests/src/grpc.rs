@@ -165,7 +165,11 @@ impl Outcome {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("client report {line:?}: {e}"));
         let counts = |v: &serde_json::Value| -> BTreeMap<String, u64> {
             v.as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         Outcome {

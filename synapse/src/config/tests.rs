@@ -709,11 +709,23 @@ fn backend_protocol_per_service_and_per_route() {
     let protocols: Vec<_> = c.services.iter().map(|s| s.http.backend_protocol).collect();
     assert_eq!(
         protocols,
-        [BackendProtocol::Http1, BackendProtocol::H2c, BackendProtocol::Auto]
+        [
+            BackendProtocol::Http1,
+            BackendProtocol::H2c,
+            BackendProtocol::Auto
+        ]
     );
-    let routes: Vec<_> = c.http_listeners[0].routes.iter().map(|r| r.backend_protocol).collect();
+    let routes: Vec<_> = c.http_listeners[0]
+        .routes
+        .iter()
+        .map(|r| r.backend_protocol)
+        .collect();
     assert_eq!(routes, [Some(BackendProtocol::H2c), None]);
-    for b in [BackendProtocol::Http1, BackendProtocol::H2c, BackendProtocol::Auto] {
+    for b in [
+        BackendProtocol::Http1,
+        BackendProtocol::H2c,
+        BackendProtocol::Auto,
+    ] {
         assert_eq!(BackendProtocol::parse(b.as_str()), Ok(b));
     }
 

@@ -8,8 +8,8 @@
 //! - [`replay`]: a streamed request body kept (up to a limit) for another try.
 
 pub mod grpc;
-pub mod replay;
 pub mod http;
+pub mod replay;
 pub mod tcp;
 
 use std::net::SocketAddr;

@@ -16,9 +16,23 @@ fn grpc_timeouts_parse_in_every_unit() {
     assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
     assert_eq!(parse_timeout(b"250m"), Some(ms(250)));
     assert_eq!(parse_timeout(b"1500u"), Some(Duration::from_micros(1500)));
-    assert_eq!(parse_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
+    assert_eq!(
+        parse_timeout(b"99999999n"),
+        Some(Duration::from_nanos(99_999_999))
+    );
     assert_eq!(parse_timeout(b"0m"), Some(Duration::ZERO));
-    for bad in [&b""[..], b"m", b"10", b"10s", b"10x", b"-1m", b"1.5S", b"123456789m", b" 1m", b"1 m"] {
+    for bad in [
+        &b""[..],
+        b"m",
+        b"10",
+        b"10s",
+        b"10x",
+        b"-1m",
+        b"1.5S",
+        b"123456789m",
+        b" 1m",
+        b"1 m",
+    ] {
         assert_eq!(parse_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
     }
     let mut h = HeaderMap::new();
@@ -91,7 +105,10 @@ fn grpc_status_is_read_and_unknown_values_are_unknown() {
         assert_eq!(c.header(), i.to_string().as_str());
     }
     assert_eq!(Code::Unavailable.as_str(), "UNAVAILABLE");
-    assert_eq!(Code::from_http(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+    assert_eq!(
+        Code::from_http(StatusCode::SERVICE_UNAVAILABLE),
+        Code::Unavailable
+    );
     assert_eq!(Code::from_http(StatusCode::NOT_FOUND), Code::Unimplemented);
     assert_eq!(Code::from_http(StatusCode::INTERNAL_SERVER_ERROR), Code::Unknown);
 }
@@ -160,7 +177,10 @@ async fn scripted(then: Then) -> u16 {
             }
         };
         match then {
-            Then::Reset(code) => s.write_all(&frame(3, 0, stream, &code.to_be_bytes())).await.unwrap(),
+            Then::Reset(code) => s
+                .write_all(&frame(3, 0, stream, &code.to_be_bytes()))
+                .await
+                .unwrap(),
             Then::GoAway(last) | Then::GoAwayThenClose(last) => {
                 let mut p = last.to_be_bytes().to_vec();
                 p.extend_from_slice(&0u32.to_be_bytes());
@@ -200,7 +220,10 @@ async fn failed_try(then: Then) -> hyper::Error {
 #[tokio::test]
 async fn refused_streams_and_streams_past_goaway_are_safe_to_send_again() {
     assert!(refused(&failed_try(Then::Reset(0x7)).await), "REFUSED_STREAM");
-    assert!(refused(&failed_try(Then::GoAway(0)).await), "stream 1 past GOAWAY(last 0)");
+    assert!(
+        refused(&failed_try(Then::GoAway(0)).await),
+        "stream 1 past GOAWAY(last 0)"
+    );
 }
 
 #[tokio::test]

@@ -22,7 +22,10 @@ fn next<B: Body<Data = Bytes> + Unpin>(b: &mut B) -> Option<Option<Result<Frame<
 }
 
 fn text(f: Option<Option<Result<Frame<Bytes>, &'static str>>>) -> String {
-    let f = f.expect("a frame is ready").expect("not the end").expect("not an error");
+    let f = f
+        .expect("a frame is ready")
+        .expect("not the end")
+        .expect("not an error");
     String::from_utf8(f.into_data().expect("data").to_vec()).unwrap()
 }
 
