@@ -1,5 +1,5 @@
 //! Not part of the API: synapse's HTTP front in one process, for the `http` fuzz target
-//! (`fuzz/`) and the property tests (`tests/tests/http_props.rs`). Bytes go in as one
+//! (`fuzz/`) and the property tests (`tests/tests/it/http_props.rs`). Bytes go in as one
 //! client connection's stream over an in-memory pipe; the real serving path runs (hyper's
 //! server, routing by Host and path, hashing on a cookie or a header, header rewriting,
 //! retries, pooled connections to an in-process HTTP/1.1 backend on loopback, upgrades), and
