@@ -4,8 +4,12 @@
 //!   ways.
 //! - [`http`]: `mode: http` services and shared HTTP listeners (`http_listeners`): hyper
 //!   server to clients, pooled keep-alive connections to backends, balanced per request.
+//! - [`grpc`]: the gRPC protocol as the HTTP proxy reads and writes it.
+//! - [`replay`]: a streamed request body kept (up to a limit) for another try.
 
+pub mod grpc;
 pub mod http;
+pub mod replay;
 pub mod tcp;
 
 use std::net::SocketAddr;

@@ -25,6 +25,7 @@
 
 mod config_errors;
 mod config_props;
+mod docs_links;
 mod e2e;
 mod faults;
 mod harness;
