@@ -16,7 +16,7 @@ use super::body::Release;
 use super::server::Client;
 use super::upstream::Acquire;
 use super::{headers, HttpBackend, HttpService, ReqBody, RespBody, REPLAY_MAX};
-use crate::balance::{now_ns, Ctx, InFlight};
+use crate::balance::{now_ns, ns_at, Ctx, InFlight};
 use crate::metrics::{code_class, ProxyError, RetryReason};
 use crate::outlier::Failure;
 use crate::proxy::connect;
@@ -64,7 +64,9 @@ impl HttpService {
         if !service.snapshot.load().synced() && connect::first_sync(service, &client.cancel).await.is_err() {
             return self.reply(ProxyError::NotSynced);
         }
-        self.budget.on_request(now_ns());
+        // The request's arrival on the `now_ns` clock, without another clock read.
+        let start_ns = ns_at(start.into_std());
+        self.budget.on_request(start_ns);
         let config = &service.config;
         let deadline = (!config.http.request_timeout.is_zero()).then(|| start + config.http.request_timeout);
         let upgrade = headers::upgrade(req.headers()).cloned();
@@ -90,10 +92,15 @@ impl HttpService {
             key,
             ignore_ejection: table.panic().active(),
         };
+        // At most this many backends are tried: whether another may follow is known without
+        // computing the next pick (it is computed only when a try failed).
+        let limit = ctx.attempts.min(table.backends().len());
         let mut picks = table.pick(ctx).peekable();
+        let mut tried = 0;
         // What the client gets when every candidate failed.
         let mut failure = ProxyError::NoBackend;
         'backends: while let Some(backend) = picks.next() {
+            tried += 1;
             let Some(http) = self.backend(&backend.state) else {
                 continue 'backends;
             };
@@ -104,14 +111,16 @@ impl HttpService {
                 fresh: false,
             };
             loop {
-                let again = msg.replayable && picks.peek().is_some();
-                match self
-                    .try_once(client, &mut attempt, &mut msg, again, deadline)
-                    .await
-                {
+                // A copy of the request is kept only when another try may follow.
+                let may_retry = msg.replayable && tried < limit;
+                let outcome = self
+                    .try_once(client, &mut attempt, &mut msg, may_retry, deadline, start_ns)
+                    .await;
+                let mut again = || may_retry && picks.peek().is_some();
+                match outcome {
                     Outcome::Response(resp) => return resp,
                     Outcome::RetryableStatus(resp) => {
-                        if again && self.retry(RetryReason::Status) {
+                        if again() && self.retry(RetryReason::Status) {
                             continue 'backends;
                         }
                         return resp;
@@ -128,7 +137,7 @@ impl HttpService {
                     }
                     Outcome::Failed(why, reason) => {
                         failure = why;
-                        if again && self.retry(reason) {
+                        if again() && self.retry(reason) {
                             continue 'backends;
                         }
                         return self.reply(failure);
@@ -151,10 +160,11 @@ impl HttpService {
         msg: &mut Message,
         again: bool,
         deadline: Option<Instant>,
+        start_ns: u64,
     ) -> Outcome {
         let (backend, http) = (at.backend, at.http);
         let config = &self.service.config;
-        let sender = match self.connection(backend, http, at.fresh, deadline).await {
+        let sender = match self.connection(backend, http, at.fresh, deadline, start_ns).await {
             Ok(sender) => sender,
             Err(Acquire::ConnectFailed) => return Outcome::Unreachable,
             Err(Acquire::Deadline) => return Outcome::Reply(ProxyError::Timeout),
@@ -179,11 +189,12 @@ impl HttpService {
             Some(at) => tokio::time::timeout_at(at, send).await.ok(),
             None => Some(send.await),
         };
-        let elapsed = sent_at.elapsed();
+        let done = Instant::now();
+        let elapsed = done.saturating_duration_since(sent_at);
         match result {
             Some(Ok(mut resp)) => {
                 let status = resp.status();
-                backend.state.live.on_complete(elapsed);
+                backend.state.live.on_complete_at(elapsed, ns_at(done.into_std()));
                 http.metrics.responses[code_class(status.as_u16())].inc();
                 http.metrics.response_time.observe(elapsed.as_secs_f64());
                 if status.is_server_error() {
