@@ -307,7 +307,7 @@ impl Nerve {
         &mut self.agent
     }
 
-    /// The config it runs (after the last [`reload`](Self::reload)).
+    /// The config last written (at start, or by the last [`reload`](Self::reload)).
     pub fn config(&self) -> &NerveBuilder {
         &self.config
     }
