@@ -356,6 +356,13 @@ impl Nerve {
         self.agent.signal("HUP");
     }
 
+    /// Replaces the config file with `text` (e.g. an invalid one) and sends SIGHUP; the
+    /// handle keeps the config it knew.
+    pub fn reload_raw(&self, text: &str) {
+        self.agent.rewrite_config(text);
+        self.agent.signal("HUP");
+    }
+
     /// The sample `name{labels}` of `/metrics` (labels exactly these, any order); `None`
     /// while the series is absent.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
