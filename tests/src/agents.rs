@@ -36,21 +36,32 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
-        Self::spawn(name, config, None, &[])
+        Self::spawn(name, config, None, &[], &[])
     }
 
     /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
     pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
-        Self::spawn(name, config, Some(nofile), &[])
+        Self::spawn(name, config, Some(nofile), &[], &[])
     }
 
     /// Like [`start`](Self::start), with extra environment variables (they win over the
     /// harness's own, e.g. `RUST_LOG`).
     pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
-        Self::spawn(name, config, None, env)
+        Self::spawn(name, config, None, env, &[])
     }
 
-    fn spawn(name: &'static str, config: &str, nofile: Option<u32>, env: &[(&str, &str)]) -> Agent {
+    /// Like [`start`](Self::start), with extra command-line arguments (e.g. `--takeover`).
+    pub fn start_with_args(name: &'static str, config: &str, args: &[&str]) -> Agent {
+        Self::spawn(name, config, None, &[], args)
+    }
+
+    fn spawn(
+        name: &'static str,
+        config: &str,
+        nofile: Option<u32>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&cfg, config).expect("write config");
@@ -69,6 +80,7 @@ impl Agent {
         let child = command
             .arg("-c")
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
