@@ -484,7 +484,10 @@ pub fn upgrade_socket(text: &str, p: &mut Problems) -> Option<PathBuf> {
         p.push("upgrade_socket", "must be an absolute path");
         None
     } else if text.len() > 107 {
-        p.push("upgrade_socket", "longer than a unix socket path may be (107 bytes)");
+        p.push(
+            "upgrade_socket",
+            "longer than a unix socket path may be (107 bytes)",
+        );
         None
     } else {
         Some(path)

@@ -33,7 +33,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -168,7 +171,9 @@ fn send_fds(stream: &UnixStream, fds: &[BorrowedFd<'_>]) -> Result<(), HandoffEr
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
-            return Err(HandoffError::Protocol("descriptor chunk does not fit".to_string()));
+            return Err(HandoffError::Protocol(
+                "descriptor chunk does not fit".to_string(),
+            ));
         }
         // One marker byte per chunk: the descriptors travel with it.
         let sent = rustix::net::sendmsg(stream, &[IoSlice::new(b"F")], &mut control, SendFlags::NOSIGNAL)
@@ -196,7 +201,10 @@ fn recv_fds(stream: &UnixStream, count: usize) -> Result<Vec<OwnedFd>, HandoffEr
         if got.bytes == 0 {
             return Err(HandoffError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("the other process closed the connection after {} of {count} descriptors", out.len()),
+                format!(
+                    "the other process closed the connection after {} of {count} descriptors",
+                    out.len()
+                ),
             )));
         }
         if byte != *b"F" {
@@ -209,11 +217,16 @@ fn recv_fds(stream: &UnixStream, count: usize) -> Result<Vec<OwnedFd>, HandoffEr
             }
         }
         if out.len() == before {
-            return Err(HandoffError::Protocol("a descriptor marker came without descriptors".to_string()));
+            return Err(HandoffError::Protocol(
+                "a descriptor marker came without descriptors".to_string(),
+            ));
         }
     }
     if out.len() > count {
-        return Err(HandoffError::Protocol(format!("{} descriptors received, {count} announced", out.len())));
+        return Err(HandoffError::Protocol(format!(
+            "{} descriptors received, {count} announced",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -242,7 +255,11 @@ impl UpgradeSocket {
         };
         if std::fs::symlink_metadata(path).is_ok() {
             match UnixStream::connect(path) {
-                Ok(_) => return Err(HandoffError::InUse { path: path.to_path_buf() }),
+                Ok(_) => {
+                    return Err(HandoffError::InUse {
+                        path: path.to_path_buf(),
+                    })
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     std::fs::remove_file(path).map_err(bind_err)?;
                 }
@@ -344,10 +361,18 @@ impl Successor {
             }
             Message::Hello { version, .. } => {
                 let reason = format!("protocol version {version} asked, this process speaks {VERSION}");
-                let _ = write_frame(&mut s.stream, &Message::Refused { reason: reason.clone() });
+                let _ = write_frame(
+                    &mut s.stream,
+                    &Message::Refused {
+                        reason: reason.clone(),
+                    },
+                );
                 Err(HandoffError::Protocol(reason))
             }
-            other => Err(HandoffError::Protocol(format!("expected hello, got {}", other.kind()))),
+            other => Err(HandoffError::Protocol(format!(
+                "expected hello, got {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -382,7 +407,10 @@ impl Successor {
         match expect_frame(&mut self.stream, "ready")? {
             Message::Ready => Ok(()),
             Message::Abort { reason } => Err(HandoffError::Refused { reason }),
-            other => Err(HandoffError::Protocol(format!("expected ready, got {}", other.kind()))),
+            other => Err(HandoffError::Protocol(format!(
+                "expected ready, got {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -454,7 +482,10 @@ impl Takeover {
                 Ok((Takeover { stream, old_pid: pid }, Offer { pid, state, fds }))
             }
             Message::Refused { reason } => Err(HandoffError::Refused { reason }),
-            other => Err(HandoffError::Protocol(format!("expected an offer, got {}", other.kind()))),
+            other => Err(HandoffError::Protocol(format!(
+                "expected an offer, got {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -463,7 +494,10 @@ impl Takeover {
         write_frame(&mut self.stream, &Message::Ready)?;
         match expect_frame(&mut self.stream, "stopping")? {
             Message::Stopping => Ok(()),
-            other => Err(HandoffError::Protocol(format!("expected stopping, got {}", other.kind()))),
+            other => Err(HandoffError::Protocol(format!(
+                "expected stopping, got {}",
+                other.kind()
+            ))),
         }
     }
 

@@ -85,7 +85,8 @@ impl Inherited {
 
     /// Adds what a predecessor handed over.
     fn absorb(&mut self, offer: common::handoff::Offer) -> Result<(), InheritError> {
-        let state: State = serde_json::from_value(offer.state).map_err(|e| InheritError::State(e.to_string()))?;
+        let state: State =
+            serde_json::from_value(offer.state).map_err(|e| InheritError::State(e.to_string()))?;
         if state.listeners.len() != offer.fds.len() {
             return Err(InheritError::State(format!(
                 "{} listeners named, {} descriptors received",
@@ -194,7 +195,11 @@ pub async fn take_over(
                 takeover.abort(&e.to_string());
                 return Err(crate::RunError::Takeover(e.to_string()));
             }
-            info!(old_pid = pid, sockets = fds, "takeover: received the running synapse's sockets and routes");
+            info!(
+                old_pid = pid,
+                sockets = fds,
+                "takeover: received the running synapse's sockets and routes"
+            );
             Ok(Some(takeover))
         }
         Err(common::handoff::HandoffError::NoPeer { path, source }) => {

@@ -116,7 +116,11 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
 /// [`run`], starting from inherited sockets (systemd) or a predecessor's (`--takeover`),
 /// and handing over to a successor that connects to `upgrade_socket` (then returning once
 /// the old connections are drained, as after a shutdown).
-pub async fn run_upgradable(config: Config, ctx: RunContext, upgrade: handoff::Upgrade) -> Result<(), RunError> {
+pub async fn run_upgradable(
+    config: Config,
+    ctx: RunContext,
+    upgrade: handoff::Upgrade,
+) -> Result<(), RunError> {
     let RunContext {
         shutdown,
         mut reload,
@@ -127,7 +131,10 @@ pub async fn run_upgradable(config: Config, ctx: RunContext, upgrade: handoff::U
         mut inherited,
     } = upgrade;
     if !inherited.is_empty() {
-        info!(sockets = inherited.len(), "using the listening sockets passed by the service manager");
+        info!(
+            sockets = inherited.len(),
+            "using the listening sockets passed by the service manager"
+        );
     }
     let mut predecessor = None;
     if takeover {
@@ -140,30 +147,37 @@ pub async fn run_upgradable(config: Config, ctx: RunContext, upgrade: handoff::U
     }
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
-    let admin_listener = inherited
-        .listener(config.admin_listen)
-        .await
-        .map_err(|source| common::admin::AdminBindError {
-            addr: config.admin_listen,
-            source,
-        })?;
+    let admin_listener =
+        inherited
+            .listener(config.admin_listen)
+            .await
+            .map_err(|source| common::admin::AdminBindError {
+                addr: config.admin_listen,
+                source,
+            })?;
     // Kept to hand over: the admin server owns the listener.
-    let admin_fd = admin_listener
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| common::admin::AdminBindError {
-            addr: config.admin_listen,
-            source,
-        })?;
+    let admin_fd =
+        admin_listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| common::admin::AdminBindError {
+                addr: config.admin_listen,
+                source,
+            })?;
     let mut listeners = Vec::new();
     for svc in &config.services {
         let listener = match svc.listen {
             None => None,
-            Some(addr) => Some(inherited.listener(addr).await.map_err(|source| RunError::Listen {
-                service: svc.name.clone(),
-                addr,
-                source,
-            })?),
+            Some(addr) => Some(
+                inherited
+                    .listener(addr)
+                    .await
+                    .map_err(|source| RunError::Listen {
+                        service: svc.name.clone(),
+                        addr,
+                        source,
+                    })?,
+            ),
         };
         listeners.push(listener);
     }
@@ -274,8 +288,13 @@ pub async fn run_upgradable(config: Config, ctx: RunContext, upgrade: handoff::U
     if let Some(mut p) = predecessor {
         let old_pid = p.old_pid;
         match tokio::task::spawn_blocking(move || p.ready()).await {
-            Ok(Ok(())) => info!(old_pid, "takeover done: the previous synapse stops accepting, drains and exits"),
-            Ok(Err(e)) => warn!(old_pid, error = %e, "takeover: the previous synapse did not confirm; serving anyway"),
+            Ok(Ok(())) => info!(
+                old_pid,
+                "takeover done: the previous synapse stops accepting, drains and exits"
+            ),
+            Ok(Err(e)) => {
+                warn!(old_pid, error = %e, "takeover: the previous synapse did not confirm; serving anyway")
+            }
             Err(e) => warn!(old_pid, error = %e, "takeover: confirmation task failed; serving anyway"),
         }
     }
@@ -311,14 +330,21 @@ struct Upgrades {
     socket: Option<Arc<common::handoff::UpgradeSocket>>,
     acceptor: Option<tokio::task::JoinHandle<()>>,
     /// The handoff under way.
-    handing: Option<tokio::task::JoinHandle<(common::handoff::Successor, Result<(), common::handoff::HandoffError>)>>,
+    handing: Option<
+        tokio::task::JoinHandle<(
+            common::handoff::Successor,
+            Result<(), common::handoff::HandoffError>,
+        )>,
+    >,
     /// The successor served: kept (connected) until this process ends, which it sees.
     handed: Option<common::handoff::Successor>,
 }
 
 impl Upgrades {
     /// Listens on `path` (if any); successors arrive on the receiver.
-    fn start(path: Option<&std::path::Path>) -> (Upgrades, tokio::sync::mpsc::Receiver<common::handoff::Successor>) {
+    fn start(
+        path: Option<&std::path::Path>,
+    ) -> (Upgrades, tokio::sync::mpsc::Receiver<common::handoff::Successor>) {
         let (tx, arrivals) = tokio::sync::mpsc::channel(1);
         let socket = path.and_then(|p| match common::handoff::UpgradeSocket::bind(p) {
             Ok(s) => {
@@ -359,13 +385,19 @@ impl Upgrades {
     ) {
         let pid = successor.pid;
         if self.handing.is_some() || self.handed.is_some() {
-            warn!(successor_pid = pid, "takeover refused: another takeover is in progress");
+            warn!(
+                successor_pid = pid,
+                "takeover refused: another takeover is in progress"
+            );
             tokio::task::spawn_blocking(move || {
                 successor.refuse("another takeover is in progress; this one loses");
             });
             return;
         }
-        info!(successor_pid = pid, "takeover requested: handing the listening sockets and routes over");
+        info!(
+            successor_pid = pid,
+            "takeover requested: handing the listening sockets and routes over"
+        );
         let held = sup.listeners();
         let mut fds: Vec<(SocketAddr, &dyn std::os::fd::AsFd)> = held
             .iter()
@@ -408,7 +440,10 @@ impl Upgrades {
         self.handing = None;
         match joined {
             Ok((successor, Ok(()))) => {
-                info!(successor_pid = successor.pid, "the successor serves: stopping accepting, draining, then exiting");
+                info!(
+                    successor_pid = successor.pid,
+                    "the successor serves: stopping accepting, draining, then exiting"
+                );
                 common::notify::main_pid(successor.pid);
                 self.handed = Some(successor);
                 true

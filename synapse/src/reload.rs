@@ -733,7 +733,11 @@ impl Supervisor {
         self.running
             .values()
             .filter_map(|r| Some((r.service.config.listen?, r.listener.clone()?)))
-            .chain(self.shared.values().map(|l| (l.config.listen, l.listener.clone())))
+            .chain(
+                self.shared
+                    .values()
+                    .map(|l| (l.config.listen, l.listener.clone())),
+            )
             .collect()
     }
 

@@ -394,7 +394,11 @@ impl Client {
     /// HTTP/1.1 requests: a new connection each (`keep == false`), or kept alive until the
     /// server says `Connection: close` (or every `KEEPALIVE_REQUESTS` requests).
     fn http(&self, keep: bool) {
-        let kind = if keep { "http keep-alive" } else { "http per-request" };
+        let kind = if keep {
+            "http keep-alive"
+        } else {
+            "http per-request"
+        };
         let mut n = 0u64;
         let mut conn: Option<(BufReader<TcpStream>, TcpStream, u64)> = None;
         while !self.stop.load(Ordering::Relaxed) {
@@ -481,7 +485,10 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool, Vec<u8
             break;
         }
         if let Some((name, value)) = header.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+            let (name, value) = (
+                name.trim().to_ascii_lowercase(),
+                value.trim().to_ascii_lowercase(),
+            );
             match name.as_str() {
                 "content-length" => length = value.parse::<usize>().ok(),
                 "transfer-encoding" => chunked = value.contains("chunked"),

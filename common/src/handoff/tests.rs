@@ -47,7 +47,9 @@ async fn many_descriptors_travel_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.sock");
     let socket = UpgradeSocket::bind(&path).unwrap();
-    let listeners: Vec<TcpListener> = (0..150).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let listeners: Vec<TcpListener> = (0..150)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let p = path.clone();
     let successor = std::thread::spawn(move || {
@@ -81,7 +83,10 @@ async fn a_refused_successor_learns_why() {
     let s = socket.accept().await;
     s.refuse("another takeover is in progress");
     let err = successor.join().unwrap().unwrap_err();
-    assert!(err.to_string().contains("another takeover is in progress"), "{err}");
+    assert!(
+        err.to_string().contains("another takeover is in progress"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +94,10 @@ async fn a_served_socket_is_not_stolen_and_a_stale_one_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.sock");
     let first = UpgradeSocket::bind(&path).unwrap();
-    assert!(matches!(UpgradeSocket::bind(&path), Err(HandoffError::InUse { .. })));
+    assert!(matches!(
+        UpgradeSocket::bind(&path),
+        Err(HandoffError::InUse { .. })
+    ));
     // A file left behind by a process that died: nobody listens on it.
     drop(std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap());
     let stale = dir.path().join("stale.sock");
