@@ -158,8 +158,9 @@ pub fn package(
     let members = services
         .iter()
         .map(|s| {
-            let known = s.known();
-            let list = known
+            let snapshot = s.snapshot();
+            let list = snapshot
+                .known
                 .members
                 .iter()
                 .filter_map(|(id, node)| {

@@ -24,5 +24,7 @@ pub mod targets;
 pub use targets::{GrpcHealth, HttpTarget, Redis, TestCert};
 pub mod load;
 pub use load::{Failure, LineBackend, Load, Tally};
+pub mod grpc;
 pub mod observe;
+pub use grpc::{GrpcLoad, GrpcServer};
 pub use observe::NodeCounter;
