@@ -45,6 +45,7 @@ mod recovery;
 mod registry;
 mod stats_page;
 mod synapse_balance;
+mod synapse_grpc;
 mod synapse_http;
 mod synapse_membership;
 mod synapse_proxy;

@@ -487,3 +487,32 @@ fn a_nerve_successor_that_never_comes_loses_the_node_within_the_session_timeout(
         "nerve's log mentions no password:\n{log}"
     );
 }
+
+/// The harness handles' `upgrade()` (what other topics use): a synapse built from data is
+/// upgraded twice; it serves the same port from the same routes each time, and the old
+/// processes exit cleanly.
+#[test]
+fn harness_upgrade_keeps_serving() {
+    let _serial = serial();
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let zkc = Zk::connect(&cs);
+    let backend = LineBackend::start("a");
+    zkc.put_backend("web", "web_0", backend.port, "");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("u.sock");
+    let mut synapse = integration_tests::synapse::SynapseBuilder::new(&cs)
+        .service(integration_tests::synapse::SynapseService::tcp("web"))
+        .top("upgrade_socket", socket.display().to_string())
+        .start();
+    synapse.wait_routed_to("web", &[backend.port]);
+    let port = synapse.port("web");
+    for _ in 0..2 {
+        let status = synapse.upgrade();
+        assert!(status.success(), "the old synapse exits cleanly: {status}");
+        assert_eq!(synapse.port("web"), port);
+        synapse.wait_routed_to("web", &[backend.port]);
+        let answer = integration_tests::agents::exchange(port, b"x\n").unwrap();
+        assert!(answer.starts_with("a:"), "{answer}");
+    }
+}
