@@ -37,7 +37,7 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, None, &[])
+        Self::spawn(name, &format!("{name}.yaml"), config, None, &[], &[])
     }
 
     /// Writes `config` to a temp file named `file_name` (its extension tells the agent
@@ -51,18 +51,35 @@ impl Agent {
         env: &[(&str, &str)],
         nofile: Option<u32>,
     ) -> Agent {
-        Self::spawn(name, file_name, config, nofile, env)
+        Self::spawn(name, file_name, config, nofile, env, &[])
+    }
+
+    /// [`start_file`](Self::start_file) with extra command-line arguments (`--takeover`).
+    pub fn start_file_with_args(
+        name: &'static str,
+        file_name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+        args: &[&str],
+    ) -> Agent {
+        Self::spawn(name, file_name, config, nofile, env, args)
     }
 
     /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
     pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, Some(nofile), &[])
+        Self::spawn(name, &format!("{name}.yaml"), config, Some(nofile), &[], &[])
     }
 
     /// Like [`start`](Self::start), with extra environment variables (they win over the
     /// harness's own, e.g. `RUST_LOG`).
     pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, None, env)
+        Self::spawn(name, &format!("{name}.yaml"), config, None, env, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra command-line arguments (e.g. `--takeover`).
+    pub fn start_with_args(name: &'static str, config: &str, args: &[&str]) -> Agent {
+        Self::spawn(name, &format!("{name}.yaml"), config, None, &[], args)
     }
 
     fn spawn(
@@ -71,6 +88,7 @@ impl Agent {
         config: &str,
         nofile: Option<u32>,
         env: &[(&str, &str)],
+        args: &[&str],
     ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join(file_name);
@@ -90,6 +108,7 @@ impl Agent {
         let child = command
             .arg("-c")
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())

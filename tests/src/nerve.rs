@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::agents::{http_get, metric_sample, Agent};
-use crate::free_port;
 use crate::synapse::{duration_text, AdminFile, ZookeeperFile, WAIT};
+use crate::{eventually, free_port};
 
 /// nerve's config file, as the builder writes it.
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +297,34 @@ pub struct Nerve {
 }
 
 impl Nerve {
+    /// Upgrades in place: starts a new nerve with the same config and `--takeover` (the
+    /// config must set `upgrade_socket`: `.top("upgrade_socket", path)`), waits until the
+    /// old one has handed over and exited and the new one confirms, and returns the old
+    /// one's exit status. The handle then drives the new process.
+    pub fn upgrade(&mut self) -> ExitStatus {
+        let env: Vec<(&str, &str)> = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let new = Agent::start_file_with_args(
+            "nerve",
+            "nerve.json",
+            &self.config.text(),
+            &env,
+            None,
+            &["--takeover"],
+        );
+        let mut old = std::mem::replace(&mut self.agent, new);
+        let status = old.wait_exit(WAIT);
+        let agent = &self.agent;
+        eventually("the new nerve confirms the takeover", WAIT, || {
+            agent.log().contains("takeover done").then_some(())
+        });
+        status
+    }
+
     /// The process.
     pub fn agent(&self) -> &Agent {
         &self.agent

@@ -359,6 +359,34 @@ pub struct Synapse {
 }
 
 impl Synapse {
+    /// Upgrades in place: starts a new synapse with the same config and `--takeover` (the
+    /// config must set `upgrade_socket`: `.top("upgrade_socket", path)`), waits until the
+    /// old one has handed over and exited and the new one confirms, and returns the old
+    /// one's exit status. The handle then drives the new process.
+    pub fn upgrade(&mut self) -> ExitStatus {
+        let env: Vec<(&str, &str)> = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let new = Agent::start_file_with_args(
+            "synapse",
+            "synapse.json",
+            &self.config.text(),
+            &env,
+            self.config.nofile,
+            &["--takeover"],
+        );
+        let mut old = std::mem::replace(&mut self.agent, new);
+        let status = old.wait_exit(WAIT);
+        let agent = &self.agent;
+        eventually("the new synapse confirms the takeover", WAIT, || {
+            agent.log().contains("takeover done").then_some(())
+        });
+        status
+    }
+
     /// The process.
     pub fn agent(&self) -> &Agent {
         &self.agent
