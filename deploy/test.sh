@@ -29,8 +29,24 @@ need=(
 )
 # gRPC health check tests: their packages go here (tools or Python modules the gRPC tests
 # run), as more COMMAND-or-PATH=PACKAGE entries.
-need+=()
+need+=(
+  python3=python3                             # real gRPC peers (synapse_grpc), see below
+)
 need_packages test.sh "${need[@]}"
+# Real gRPC servers and clients for the synapse gRPC tests (tests/grpc/peer.py): Python
+# grpcio and grpcio-health-checking from PyPI (prebuilt wheels, seconds), in a virtualenv in
+# the target directory, where the tests look for it (tests/src/grpc.rs).
+grpc_venv=${CARGO_TARGET_DIR:-target}/grpc-venv
+if ! "$grpc_venv/bin/python3" -c 'import grpc, grpc_health.v1.health' 2>/dev/null; then
+  # Debian's python3 makes virtualenvs only with python3-venv (ensurepip).
+  python3 -c 'import ensurepip' 2>/dev/null || need_packages test.sh /usr/lib/python3-venv-missing=python3-venv
+  echo "test.sh: installing grpcio and grpcio-health-checking into $grpc_venv (PyPI)" >&2
+  if ! { python3 -m venv "$grpc_venv" &&
+    "$grpc_venv/bin/pip" install -q 'grpcio>=1.60,<2' 'grpcio-health-checking>=1.60,<2'; }; then
+    echo "test.sh: could not install grpcio into $grpc_venv (PyPI); the synapse gRPC tests need it" >&2
+    exit 1
+  fi
+fi
 [ -z "${TEST_INSTALL_ONLY:-}" ] || exit 0
 
 # The end-to-end tests run the real binaries: build them first.
