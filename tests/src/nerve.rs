@@ -335,7 +335,7 @@ impl Nerve {
         &mut self.agent
     }
 
-    /// The config it runs (after the last [`reload`](Self::reload)).
+    /// The config last written (at start, or by the last [`reload`](Self::reload)).
     pub fn config(&self) -> &NerveBuilder {
         &self.config
     }
@@ -381,6 +381,13 @@ impl Nerve {
     pub fn reload(&mut self, change: impl FnOnce(NerveBuilder) -> NerveBuilder) {
         self.config = change(self.config.clone());
         self.agent.rewrite_config(&self.config.text());
+        self.agent.signal("HUP");
+    }
+
+    /// Replaces the config file with `text` (e.g. an invalid one) and sends SIGHUP; the
+    /// handle keeps the config it knew.
+    pub fn reload_raw(&self, text: &str) {
+        self.agent.rewrite_config(text);
         self.agent.signal("HUP");
     }
 
