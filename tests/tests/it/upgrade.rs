@@ -516,3 +516,54 @@ fn harness_upgrade_keeps_serving() {
         assert!(answer.starts_with("a:"), "{answer}");
     }
 }
+
+/// systemd socket activation (`LISTEN_FDS`, passed here by the harness as a `.socket` unit
+/// would, keeping its own copy): synapse serves the passed socket, and restarts (SIGTERM,
+/// then a new process) under load lose nothing and refuse nothing: clients that connect
+/// while no synapse runs wait in the socket's queue for the next one.
+#[test]
+fn socket_activated_restarts_lose_nothing() {
+    let _serial = serial();
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let zkc = Zk::connect(&cs);
+    let backends = [LineBackend::start("a"), LineBackend::start("b")];
+    for (i, b) in backends.iter().enumerate() {
+        zkc.put_backend("web", &format!("web_{i}"), b.port, "");
+    }
+    // The "socket unit": bound once, held for the whole test.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().port();
+    let admin = free_port();
+    let config = format!(
+        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 2s}}\n\
+         drain_timeout: 10s\nservices:\n  \
+         - {{name: web, zk_hosts: \"{cs}\", zk_path: /services/web, listen: \"127.0.0.1:{listen}\"}}\n"
+    );
+    let mut synapse = Agent::start_socket_activated("synapse", &config, &held);
+    eventually("synapse routes web", WAIT, || {
+        (routed(admin, "web")?.len() == 2).then_some(())
+    });
+    assert!(
+        synapse.log().contains("passed by the service manager"),
+        "{}",
+        synapse.log()
+    );
+    let load = Load::start(listen, 2, 2, PAUSE);
+    let settle = || {
+        let floor = load.answered() + 20;
+        eventually("load answered", WAIT, || (load.answered() >= floor).then_some(()));
+        load.take()
+    };
+    let _ = settle();
+    let restarts = 10;
+    for round in 1..=restarts {
+        synapse.signal("TERM");
+        assert!(synapse.wait_exit(WAIT).success());
+        synapse = Agent::start_socket_activated("synapse", &config, &held);
+        let t = settle();
+        assert_eq!(t.failed, 0, "restart {round}: requests failed: {:#?}", t.failures);
+        assert_eq!(t.refused, 0, "restart {round}: connects refused");
+    }
+    println!("{restarts} socket-activated restarts under load: no request failed, no connect refused");
+}
