@@ -29,6 +29,8 @@ use tracing::{info, warn};
 
 use crate::config::{Reporter, ServiceConfig};
 use crate::maintenance::Services;
+// Defined with the service wiring that takes it; named here too, where it is made.
+pub use crate::service::Inherit;
 
 /// How long a successor may take to resume the sessions and start its services.
 const SUCCESSOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,16 +86,6 @@ pub struct Inheritance {
     pub admin: Option<std::net::TcpListener>,
     /// Handed nodes of configured services that no reporter of theirs claims.
     unclaimed: Vec<HandedNode>,
-}
-
-/// How a service starts when it replaces a running one (a reload's old form, or a
-/// predecessor's service).
-#[derive(Debug, Clone, Default)]
-pub struct Inherit {
-    /// Starts healthy (its checks then run as usual).
-    pub healthy: bool,
-    /// Its reporters whose node was left in place, to adopt.
-    pub kept: Vec<Reporter>,
 }
 
 impl Inheritance {
