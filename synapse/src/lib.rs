@@ -3,16 +3,20 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
-//! - [`service`]: per service, the watcher task that builds route tables (single writer),
-//!   with the debounce of ZooKeeper events.
+//! - [`service`]: one routed service as everything shares it: config, published snapshot,
+//!   metric handles, outlier detector, connection limit.
+//! - [`service::watcher`]: per service, the watcher task (the single writer): ZooKeeper
+//!   updates, debounced, → a pure plan of the next snapshot → one apply.
 //! - [`filter`]: what a table is built from: label filters, default servers, previous
 //!   backends, locality (pure).
-//! - [`table`]: immutable route tables (backends + balancer) and per-backend live state
-//!   carried across tables (hot path).
+//! - [`backend`]: the model's leaf: one backend's live state (active counts, latency,
+//!   ejection, closing token, metric handles, the data path's opaque slot), carried across
+//!   tables (hot path).
+//! - [`table`]: immutable route tables (backends + balancer + panic state) (hot path).
 //! - [`balance`]: balancing policies (round-robin, least-conn, random, p2c-EWMA, Maglev
 //!   hash), weights, backups, per-backend live state (hot path, pure).
 //! - [`outlier`]: passive outlier ejection (consecutive failures, growing capped ejection
-//!   time, maximum ejected share) and the panic threshold.
+//!   time, maximum ejected share) and the panic threshold: the `Detector`, above the table.
 //! - [`proxy`]: the data path (hot path): [`proxy::tcp`] (accept loop with
 //!   `max_connections`, per-connection TCP proxying) and [`proxy::http`] (HTTP server to
 //!   clients, pooled keep-alive connections to backends, retries, timeouts, upgrades).
@@ -32,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod cache;
 pub mod config;

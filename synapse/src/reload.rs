@@ -46,7 +46,8 @@ use tracing::{error, info, warn, Instrument};
 use crate::config::{Config, HttpListenerConfig, Mode, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::proxy::http::{self, HttpService, ListenerSettings, Routes, SharedRoutes};
-use crate::service::{self, Control, Service, WatchContext};
+use crate::service::watcher::{self, Control, WatchContext};
+use crate::service::Service;
 use crate::RunError;
 
 /// The services being routed, as the admin API and the file writers see them.
@@ -271,7 +272,7 @@ impl Supervisor {
             cached,
         };
         self.tasks
-            .spawn(service::watch_loop(service.clone(), ctx, watcher_stop.clone()).instrument(span));
+            .spawn(watcher::watch_loop(service.clone(), ctx, watcher_stop.clone()).instrument(span));
         let http = (svc.mode == Mode::Http).then(|| self.http_parts(&service));
         let mut running = Running {
             service,
@@ -645,11 +646,11 @@ impl Supervisor {
             // A later reload may have brought the name back: its series are live again.
             let back = services.load().iter().any(|s| s.config.name == name);
             if forget && !back {
-                let table = r.service.table.load();
-                for b in table.backends() {
+                let snapshot = r.service.snapshot.load_full();
+                for b in snapshot.table.backends() {
                     metrics.forget_backend(&name, &b.state.key);
                 }
-                for d in r.service.draining() {
+                for d in snapshot.draining.iter() {
                     metrics.forget_backend(&name, &d.state.key);
                 }
                 metrics.forget_service(&name);
