@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::balance::now_ns;
 use crate::filter::{Fallback, LocalityState};
-use crate::reload::Services;
 use crate::service::Service;
+use crate::supervisor::Services;
 use crate::table::Backend;
 use crate::table::SyncSource;
 
