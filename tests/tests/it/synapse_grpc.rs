@@ -210,10 +210,11 @@ fn membership_changes_under_load_fail_no_call() {
     );
 }
 
-/// A backend shutting down gracefully (grpcio's GOAWAY, then it stops listening) under
-/// load: streams it refused go elsewhere, nothing fails.
+/// A backend shutting down the way nerve takes one down (deregistered, then stopped
+/// gracefully: grpcio's GOAWAY, calls finished, listener closed) under load: nothing fails,
+/// and synapse's connection to it is replaced by none (it is no longer in the table).
 #[test]
-fn a_backend_shutting_down_gracefully_fails_no_call() {
+fn a_backend_deregistered_then_stopped_fails_no_call() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let mut servers = three_backends(&zkc);
@@ -221,6 +222,8 @@ fn a_backend_shutting_down_gracefully_fails_no_call() {
     synapse.wait_backends(3);
     let mut load = GrpcLoad::start(synapse.port, 500, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
+    zkc.delete(&format!("/services/g/{}_0000000001", servers[1].id));
+    synapse.wait_ports(&[servers[0].port, servers[2].port]);
     servers[1].stop();
     load.mark();
     std::thread::sleep(Duration::from_secs(2));

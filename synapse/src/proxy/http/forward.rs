@@ -118,9 +118,9 @@ impl HttpService {
         let trailers = headers::accepts_trailers(req.headers());
         let (mut parts, body) = req.into_parts();
         headers::prepare_request(&mut parts, &client.xff, upgrade.as_ref());
-        if trailers {
-            // A hop-by-hop header, but what it says holds end to end: trailers are passed
-            // through (gRPC servers require it).
+        if trailers && call.h2 {
+            // A hop-by-hop header, but what it says holds end to end over HTTP/2: trailers
+            // are passed through (gRPC servers require it).
             parts.headers.insert(TE, HeaderValue::from_static("trailers"));
         }
         let retryable = upgrade.is_none() && headers::idempotent(&parts.method);

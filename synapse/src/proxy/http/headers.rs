@@ -16,8 +16,8 @@
 //! - The request goes to an HTTP/1.1 backend in origin form (`/path?query`); an HTTP/2
 //!   request's `:authority` becomes its `Host` when it has none. To an HTTP/2 backend
 //!   ([`to_h2`]) it goes in absolute form, `Host` becoming `:authority`.
-//! - `TE: trailers` is kept ([`accepts_trailers`]): trailers are passed through, and gRPC
-//!   servers require it.
+//! - `TE: trailers` is kept for HTTP/2 backends ([`accepts_trailers`]): trailers are passed
+//!   through, and gRPC servers require it.
 
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, EXPECT, HOST, PROXY_AUTHENTICATE,
