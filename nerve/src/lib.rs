@@ -181,21 +181,18 @@ pub fn start_service_from(
                 );
             }
             config::Reporter::File { path } => {
-                tracker.spawn(
-                    report::file_loop(
-                        svc.name.clone(),
-                        path.clone(),
-                        desired_rx.clone(),
-                        report_tx,
-                        rcancel.clone(),
-                    )
-                    .instrument(rspan),
+                let run = report::file_loop(
+                    svc.name.clone(),
+                    path.clone(),
+                    desired_rx.clone(),
+                    report_tx,
+                    rcancel.clone(),
                 );
+                tracker.spawn(unless_kept(run, rcancel.clone(), keep.clone()).instrument(rspan));
             }
             config::Reporter::Console => {
-                tracker.spawn(
-                    report::console_loop(desired_rx.clone(), report_tx, rcancel.clone()).instrument(rspan),
-                );
+                let run = report::console_loop(desired_rx.clone(), report_tx, rcancel.clone());
+                tracker.spawn(unless_kept(run, rcancel.clone(), keep.clone()).instrument(rspan));
             }
         }
         reports.push(service::ReporterHandle {
@@ -229,6 +226,30 @@ pub fn start_service_from(
         cancel,
         stopping,
         drain: drain_rx,
+    }
+}
+
+/// Runs a file or console reporter; when it is stopped with `keep` set (handed to a
+/// successor process, which writes from then on), it ends at once, without writing the
+/// "absent" state it writes when stopped otherwise.
+async fn unless_kept(
+    run: impl std::future::Future<Output = ()>,
+    cancel: CancellationToken,
+    keep: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::pin!(run);
+    let mut cancelled = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if !cancelled => {
+                if keep.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                cancelled = true;
+            }
+            _ = &mut run => return,
+        }
     }
 }
 

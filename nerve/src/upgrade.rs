@@ -297,19 +297,18 @@ pub async fn serve(
     }
 }
 
-/// Stops every ZooKeeper reporter without deleting its node, lets go of the sessions without
+/// Stops every reporter without deleting its node (or emptying its file), lets go of the sessions without
 /// closing them, and says what was left.
 async fn stop_for_handoff(services: &Services, registry: &Registry) -> State {
     let handles = services.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut ended = Vec::new();
     for h in &handles {
+        // Every reporter: ZooKeeper ones leave their node, file ones their file, as they are.
         for r in &h.reports {
-            if matches!(r.config, Reporter::Zookeeper(_)) {
-                r.keep.store(true, Ordering::Release);
-                r.cancel.cancel();
-                let mut status = r.status.clone();
-                ended.push(async move { while status.changed().await.is_ok() {} });
-            }
+            r.keep.store(true, Ordering::Release);
+            r.cancel.cancel();
+            let mut status = r.status.clone();
+            ended.push(async move { while status.changed().await.is_ok() {} });
         }
     }
     if tokio::time::timeout(STOP_TIMEOUT, futures::future::join_all(ended))

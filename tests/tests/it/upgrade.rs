@@ -308,9 +308,11 @@ fn nerve_config(zk: &str, b: &LineBackend, admin: u16, socket: &Path) -> String 
         "instance_id: a-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
          zookeeper: {{session_timeout: 2s}}\nupgrade_socket: {}\nservices:\n  \
          - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{zk}\", zk_path: {NERVE_PATH}, \
-         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
+         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}], \
+         reporters: [{{type: file, path: {}}}]}}\n",
         socket.display(),
-        b.port
+        b.port,
+        socket.with_file_name("web.json").display()
     )
 }
 
@@ -401,6 +403,24 @@ fn nerve_upgrades_keep_the_node() {
         _ => None,
     });
     let watcher = DeletionWatcher::start(&rig.cs, NERVE_PATH);
+    // What a reader of the file reporter's file sees, polled every millisecond.
+    let file = rig._dir.path().join("web.json");
+    let stop_polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (file, stop) = (file.clone(), stop_polling.clone());
+        std::thread::spawn(move || {
+            let mut not_available = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(text) = std::fs::read_to_string(&file) {
+                    if !text.contains("\"available\"") {
+                        not_available += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            not_available
+        })
+    };
     let rounds = nerve_upgrades();
     let started = Instant::now();
     let mut answered = 0;
@@ -438,6 +458,13 @@ fn nerve_upgrades_keep_the_node() {
             "upgrade {round}: a reader saw a deletion"
         );
     }
+    // The file reporter's file too: the old nerve leaves it to its successor, as it is.
+    stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        poller.join().unwrap(),
+        0,
+        "a reader of the file reporter's file saw another state"
+    );
     // The last nerve still maintains the node: it goes down the usual way on SIGTERM.
     nerve.signal("TERM");
     assert!(nerve.wait_exit(WAIT).success());
@@ -515,4 +542,55 @@ fn harness_upgrade_keeps_serving() {
         let answer = integration_tests::agents::exchange(port, b"x\n").unwrap();
         assert!(answer.starts_with("a:"), "{answer}");
     }
+}
+
+/// systemd socket activation (`LISTEN_FDS`, passed here by the harness as a `.socket` unit
+/// would, keeping its own copy): synapse serves the passed socket, and restarts (SIGTERM,
+/// then a new process) under load lose nothing and refuse nothing: clients that connect
+/// while no synapse runs wait in the socket's queue for the next one.
+#[test]
+fn socket_activated_restarts_lose_nothing() {
+    let _serial = serial();
+    let zk = ZkCluster::standalone();
+    let cs = zk.connect_string();
+    let zkc = Zk::connect(&cs);
+    let backends = [LineBackend::start("a"), LineBackend::start("b")];
+    for (i, b) in backends.iter().enumerate() {
+        zkc.put_backend("web", &format!("web_{i}"), b.port, "");
+    }
+    // The "socket unit": bound once, held for the whole test.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().port();
+    let admin = free_port();
+    let config = format!(
+        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 2s}}\n\
+         drain_timeout: 10s\nservices:\n  \
+         - {{name: web, zk_hosts: \"{cs}\", zk_path: /services/web, listen: \"127.0.0.1:{listen}\"}}\n"
+    );
+    let mut synapse = Agent::start_socket_activated("synapse", &config, &held);
+    eventually("synapse routes web", WAIT, || {
+        (routed(admin, "web")?.len() == 2).then_some(())
+    });
+    assert!(
+        synapse.log().contains("passed by the service manager"),
+        "{}",
+        synapse.log()
+    );
+    let load = Load::start(listen, 2, 2, PAUSE);
+    let settle = || {
+        let floor = load.answered() + 20;
+        eventually("load answered", WAIT, || (load.answered() >= floor).then_some(()));
+        load.take()
+    };
+    let _ = settle();
+    let restarts = 10;
+    for round in 1..=restarts {
+        synapse.signal("TERM");
+        assert!(synapse.wait_exit(WAIT).success());
+        synapse = Agent::start_socket_activated("synapse", &config, &held);
+        let t = settle();
+        assert_eq!(t.failed, 0, "restart {round}: requests failed: {:#?}", t.failures);
+        assert_eq!(t.refused, 0, "restart {round}: connects refused");
+    }
+    println!("{restarts} socket-activated restarts under load: no request failed, no connect refused");
 }
