@@ -7,12 +7,14 @@
 //! direct / HAProxy / synapse), `propagation` (ZooKeeper change → synapse routing, beside the
 //! raw watch latency, with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse
 //! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
-//! RSS, idle CPU). Prints one table and writes a JSON file.
+//! RSS, idle CPU), `h2` (h2load through HAProxy and synapse, HTTP/2 both sides: see
+//! [`h2`]). Prints one table and writes a JSON file.
 
 #![forbid(unsafe_code)]
 // A command-line tool: failing loudly on a broken setup is the right thing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod h2;
 mod procs;
 
 use std::collections::BTreeSet;
@@ -28,13 +30,21 @@ use procs::{Frontend, Proc, SynapseService};
 use serde_json::{json, Value};
 use zookeeper_client as zkc;
 
-const PHASES: &[&str] = &["keepalive", "close", "redis", "propagation", "churn", "cost"];
+const PHASES: &[&str] = &[
+    "keepalive",
+    "close",
+    "redis",
+    "propagation",
+    "churn",
+    "cost",
+    "h2",
+];
 
 #[derive(Debug, Parser)]
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
 struct Args {
     /// Comma-separated phases to run (default: all): keepalive, close, redis, propagation,
-    /// churn, cost.
+    /// churn, cost, h2.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// CPUs (taskset list) of the load generators, the driver and ZooKeeper.
@@ -150,6 +160,21 @@ fn main() -> Result<()> {
     }
     if run("cost") {
         b.cost()?;
+    }
+    if run("h2") {
+        let (rows, section) = h2::run(&h2::Settings {
+            client_cpus: &b.args.client_cpus,
+            server_cpus: &b.args.server_cpus,
+            rounds: b.args.rounds,
+            secs: b.args.duration,
+            synapse_bin: &b.synapse_bin,
+            zk: &b.cs,
+            dir: b.dir.path(),
+        })?;
+        for (what, value) in rows {
+            b.row("HTTP/2 end to end (h2load)", what, value);
+        }
+        b.json.insert("h2".into(), section);
     }
     b.json
         .insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));

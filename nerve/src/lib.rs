@@ -4,11 +4,14 @@
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
 //! - [`check`]: tcp, http/https, exec, redis and grpc checks; rise/fall hysteresis.
-//! - [`service`]: per service, a check loop (each check on its own schedule and
-//!   hysteresis) publishing the desired state, and a reporter reconciling ZooKeeper with it.
+//! - [`service`]: per service, the wiring: a check loop (each check on its own schedule and
+//!   hysteresis), the desire loop publishing the desired state (warm-up ramp included).
+//! - [`report`]: the reporters (zookeeper, file, console) and the write limiter.
 //! - [`hooks`]: hook commands and the disable sequence (on_disable, drained, min time).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /status`, `GET /metrics`.
+//! - [`upgrade`]: `--takeover`: the ZooKeeper sessions (and so the nodes) handed from the
+//!   running nerve to its successor.
 //!
 //! Data flow: check result → hysteresis → desired state (watch channel) → reporter →
 //! ZooKeeper create/set/delete (through `common::registry`).
@@ -25,14 +28,14 @@ pub mod metrics;
 pub mod reload;
 pub mod report;
 pub mod service;
+pub mod upgrade;
 
 use std::sync::Arc;
 
-use common::registry::{NodeOptions, Registration, Registry, RegistryOptions};
-use tokio::sync::watch;
+use common::registry::{Registry, RegistryOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, Instrument};
+use tracing::{info, warn};
 
 pub use config::Config;
 
@@ -45,196 +48,90 @@ pub enum RunError {
     /// Metrics could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-/// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
-/// task per reporter), stopped by `cancel` (each reporter deregisters).
-pub fn start_service(
-    svc: &config::ServiceConfig,
-    registry: &Registry,
-    metrics: &metrics::Metrics,
-    tracker: &TaskTracker,
-    operator: desired::Operator,
-    takeover: Option<&service::ServiceHandle>,
-    cancel: CancellationToken,
-) -> service::ServiceHandle {
-    let initially_up = takeover.is_some_and(|old| old.check.borrow().healthy);
-    let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
-    let m = metrics.service(&svc.name, &names);
-    // Every channel starts with the state the service starts in, so that no task ever acts
-    // on a placeholder: a reloaded healthy service must not be "absent" for an instant.
-    let initial = desired::Desired::new(
-        desired::desired(&desired::Inputs {
-            healthy: initially_up,
-            down_checks: &[],
-            operator: &operator,
-            weight: svc.weight,
-            expose_unavailable: svc.expose_unavailable,
-            warmup: None,
-            held: None,
-        }),
-        svc,
-    );
-    let (raw_tx, raw_rx) = watch::channel(initial.clone());
-    let (desired_tx, desired_rx) = watch::channel(initial);
-    let (operator_tx, operator_rx) = watch::channel(operator);
-    let (check_tx, check_rx) = watch::channel(service::CheckStatus {
-        healthy: initially_up,
-        checks: Vec::new(),
-    });
-    let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
-    let (drain_tx, drain_rx) = watch::channel(hooks::DrainStatus::default());
-    // `cancel` stops everything; `stopping` (fired by `cancel` too) only takes the service
-    // down, its reporters writing that.
-    let stopping = cancel.child_token();
-    let span = tracing::info_span!("service", service = %svc.name);
-    tracker.spawn(
-        service::desire_loop(
-            svc.clone(),
-            check_rx.clone(),
-            operator_rx.clone(),
-            raw_tx,
-            m.clone(),
-            stopping.clone(),
-        )
-        .instrument(span.clone()),
-    );
-    let bucket = report::TokenBucket::new(
-        svc.max_writes_per_second,
-        svc.write_burst,
-        std::time::Instant::now(),
-    );
-    tracker.spawn(
-        report::limit_loop(raw_rx, desired_tx, bucket, limit_tx, stopping.clone()).instrument(span.clone()),
-    );
-    tracker.spawn(
-        service::check_loop(svc.clone(), initially_up, check_tx, m.clone(), stopping.clone())
-            .instrument(span.clone()),
-    );
-    let mut reports = Vec::new();
-    for reporter in &svc.reporters {
-        let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
-        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let rcancel = cancel.child_token();
-        // The node of the service this one replaces, left in place for us.
-        let inherited = takeover.is_some_and(|old| {
-            old.reports
-                .iter()
-                .any(|r| r.config == *reporter && r.keep.load(std::sync::atomic::Ordering::Acquire))
-        });
-        let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
-        match reporter {
-            config::Reporter::Zookeeper(z) => {
-                let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
-                let name = format!("{}_{}", svc.instance_id, svc.name);
-                let mut registration = Registration::with_options(
-                    session.clone(),
-                    &z.zk_path,
-                    &name,
-                    NodeOptions {
-                        sequential: z.node_type == config::NodeType::EphemeralSequential,
-                        path_encoding: z.use_path_encoding.then(|| svc.instance_id.clone()),
-                        protected: z.zk_auth.is_some(),
-                    },
-                );
-                if inherited {
-                    registration.take_over();
-                }
-                tracker.spawn(
-                    service::report_loop(
-                        registration,
-                        keep.clone(),
-                        session,
-                        desired_rx.clone(),
-                        report_tx,
-                        m.clone(),
-                        rcancel.clone(),
-                        stopping.clone(),
-                    )
-                    .instrument(rspan),
-                );
-            }
-            config::Reporter::File { path } => {
-                tracker.spawn(
-                    report::file_loop(
-                        svc.name.clone(),
-                        path.clone(),
-                        desired_rx.clone(),
-                        report_tx,
-                        rcancel.clone(),
-                    )
-                    .instrument(rspan),
-                );
-            }
-            config::Reporter::Console => {
-                tracker.spawn(
-                    report::console_loop(desired_rx.clone(), report_tx, rcancel.clone()).instrument(rspan),
-                );
-            }
-        }
-        reports.push(service::ReporterHandle {
-            config: reporter.clone(),
-            keep,
-            cancel: rcancel,
-            kind: reporter.kind(),
-            target: reporter.target(),
-            status: report_rx,
-        });
-    }
-    tracker.spawn(
-        hooks::disable_loop(
-            svc.hooks.clone(),
-            operator_rx,
-            reports.iter().map(|r| r.status.clone()).collect(),
-            stopping.clone(),
-            cancel.clone(),
-            drain_tx,
-            m,
-        )
-        .instrument(span),
-    );
-    service::ServiceHandle {
-        config: svc.clone(),
-        check: check_rx,
-        reports,
-        desired: desired_rx,
-        limit: limit_rx,
-        operator: operator_tx,
-        cancel,
-        stopping,
-        drain: drain_rx,
-    }
+    /// `--takeover` failed: this process exits (the running nerve goes on if it had not
+    /// handed anything over yet).
+    #[error("takeover failed: {0}")]
+    Takeover(String),
 }
 
 /// Runs nerve until `shutdown` fires, then takes every service down (see [`go_down`]),
 /// deletes what is left and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    run_with_reload(config, shutdown, None).await
+    run_with_reload(config, shutdown, None, false).await
 }
 
 /// [`run`], reloading the config file on each reload request (SIGHUP).
 pub async fn run_reloadable(config: Config, ctx: common::cli::RunContext) -> Result<(), RunError> {
-    run_with_reload(config, ctx.shutdown, Some((ctx.config_file, ctx.reload))).await
+    run_upgradable(config, ctx, false).await
+}
+
+/// [`run_reloadable`]; with `takeover`, first resumes the ZooKeeper sessions of the nerve
+/// serving `upgrade_socket` (see [`upgrade`]).
+pub async fn run_upgradable(
+    config: Config,
+    ctx: common::cli::RunContext,
+    takeover: bool,
+) -> Result<(), RunError> {
+    run_with_reload(
+        config,
+        ctx.shutdown,
+        Some((ctx.config_file, ctx.reload)),
+        takeover,
+    )
+    .await
 }
 
 async fn run_with_reload(
     config: Config,
     shutdown: CancellationToken,
     reload: Option<(std::path::PathBuf, common::shutdown::ReloadRequests)>,
+    takeover: bool,
 ) -> Result<(), RunError> {
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
-    let admin_listener = common::admin::bind(config.admin_listen).await?;
 
     // ZooKeeper sessions outlive `shutdown`: they are needed to deregister.
     let zk_cancel = CancellationToken::new();
-    let registry = Registry::new(
+    let registry = Arc::new(Registry::new(
         RegistryOptions {
             session_timeout: config.zk_session_timeout,
             ..Default::default()
         },
         zk_cancel.clone(),
-    );
+    ));
+    let mut predecessor = None;
+    let mut inheritance = upgrade::Inheritance::default();
+    if takeover {
+        let Some(path) = &config.upgrade_socket else {
+            return Err(RunError::Takeover(
+                "--takeover needs `upgrade_socket` in the config (the running nerve's)".to_string(),
+            ));
+        };
+        if let Some((t, i)) = upgrade::take_over(path, &registry)
+            .await
+            .map_err(|e| RunError::Takeover(e.to_string()))?
+        {
+            predecessor = Some(t);
+            inheritance = i;
+        }
+    }
+    let admin_listener = match inheritance.admin.take() {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(|source| common::admin::AdminBindError {
+                addr: config.admin_listen,
+                source,
+            })?,
+        None => common::admin::bind(config.admin_listen).await?,
+    };
+    // Kept to hand over: the admin server owns the listener.
+    let admin_fd = std::os::fd::AsFd::as_fd(&admin_listener)
+        .try_clone_to_owned()
+        .map_err(|source| common::admin::AdminBindError {
+            addr: config.admin_listen,
+            source,
+        })?;
     let tracker = TaskTracker::new();
     // Parent of every service's token, cancelled last on shutdown: the reporters then
     // delete what the shutdown sequence left (unavailable nodes).
@@ -248,15 +145,27 @@ async fn run_with_reload(
     // Each service starts with the operator state restored: a service disabled before a
     // restart never shows up, not even briefly.
     for svc in &config.services {
-        handles.push(start_service(
+        handles.push(service::start_service_from(
             svc,
             &registry,
             &metrics,
             &tracker,
             maintenance.effective(&svc.name),
-            None,
+            inheritance.take(svc),
             services_root.child_token(),
         ));
+    }
+    inheritance.delete_orphans(&config.services, &registry, &tracker);
+    if let Some(mut p) = predecessor {
+        let old_pid = p.old_pid;
+        match tokio::task::spawn_blocking(move || p.ready()).await {
+            Ok(Ok(())) => info!(
+                old_pid,
+                "takeover done: the previous nerve exits; its nodes are ours"
+            ),
+            Ok(Err(e)) => warn!(old_pid, error = %e, "takeover: the previous nerve did not confirm"),
+            Err(e) => warn!(old_pid, error = %e, "takeover: confirmation task failed"),
+        }
     }
     let zk = config
         .services
@@ -312,7 +221,7 @@ async fn run_with_reload(
     if let Some((file, signal)) = reload {
         let running = reload::Running {
             config: config.clone(),
-            registry,
+            registry: registry.clone(),
             metrics,
             tracker: tracker.clone(),
             maintenance: maintenance.clone(),
@@ -322,8 +231,17 @@ async fn run_with_reload(
         tracker.spawn(reload::reload_loop(file, signal, running));
     }
     tracker.close();
-    shutdown.cancelled().await;
-    go_down(&services, config.drain_time).await;
+    let upgrade_socket = config.upgrade_socket.clone();
+    let handed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        s = upgrade::serve(upgrade_socket.as_deref(), services.clone(), registry.clone(), admin_fd) => Some(s),
+    };
+    if handed.is_some() {
+        // The nodes are the successor's now: nothing goes down.
+        shutdown.cancel();
+    } else {
+        go_down(&services, config.drain_time).await;
+    }
     services_root.cancel();
     tracker.wait().await;
     zk_cancel.cancel();

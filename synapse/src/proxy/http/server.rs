@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +27,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
 use super::{text_response, HttpService, RespBody};
-use crate::config::HttpListenerConfig;
+use crate::config::{BackendProtocol, HttpListenerConfig};
 use crate::metrics::{code_class, Metrics};
 use crate::proxy::accept;
 use crate::proxy::connect::{prepare_client, prepare_listener};
+use crate::proxy::grpc;
 use crate::router::Router;
 
 /// Where a listener sends requests.
@@ -40,8 +41,8 @@ pub enum Routes {
     Service(Arc<HttpService>),
     /// A shared listener.
     Shared {
-        /// Host / path → service.
-        router: Router<Arc<HttpService>>,
+        /// Host / path → service, and the route's `backend_protocol` if it sets one.
+        router: Router<(Arc<HttpService>, Option<BackendProtocol>)>,
         /// 404s.
         unrouted: IntCounter,
     },
@@ -54,7 +55,7 @@ impl Routes {
         let mut router = Router::new();
         for r in &config.routes {
             if let Some(s) = services.iter().find(|s| s.service.config.name == r.service) {
-                router.add(r.host.as_ref(), &r.path_prefix, s.clone());
+                router.add(r.host.as_ref(), &r.path_prefix, (s.clone(), r.backend_protocol));
             }
         }
         Routes::Shared {
@@ -93,14 +94,25 @@ pub(super) struct Client {
     pub(super) tasks: TaskTracker,
     /// Shutdown (a request waiting for the first sync gives up).
     pub(super) cancel: CancellationToken,
-    /// Set by the connection's first request.
-    started: AtomicBool,
-    first_request: Notify,
+    /// Requests being handled (until their response head is ready).
+    in_flight: AtomicUsize,
+    /// Notified (to waiters only) when a request arrives.
+    request: Notify,
 }
 
-/// At shutdown, how long a connection that has not sent its first request yet (one taken
-/// from the listen backlog) may take to send it; it is then answered and closed.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// At shutdown (or when a successor took over), how long an idle connection may take to
+/// send its next request: one taken from the listen backlog, or a keep-alive connection
+/// between two requests. It is then answered with `Connection: close` and closed; closing it
+/// idle instead would race with a request the client may be sending (reset, or closed
+/// unanswered). A client silent for longer is closed idle.
+const NEXT_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Streams an HTTP/2 client may have open at once on one connection: more are refused
+/// (`REFUSED_STREAM`, which clients retry).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Largest request header list accepted from an HTTP/2 client: 64 KiB (more is answered
+/// 431).
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
 type ServerBuilder = Arc<auto::Builder<TokioExecutor>>;
 
@@ -119,7 +131,11 @@ fn builder(settings: ListenerSettings) -> ServerBuilder {
         // hyper applies this to idle keep-alive connections too; zero disables it (hyper
         // would otherwise use its own 30 s default).
         .header_read_timeout(Some(settings.keepalive_timeout).filter(|t| !t.is_zero()));
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
     Arc::new(builder)
 }
 
@@ -144,8 +160,8 @@ impl Listening {
             activity: Arc::new(Activity::default()),
             tasks: self.connections.clone(),
             cancel: self.cancel.clone(),
-            started: AtomicBool::new(false),
-            first_request: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            request: Notify::new(),
         };
         let span = tracing::debug_span!("conn", client.addr = %peer);
         self.connections.spawn(
@@ -229,8 +245,8 @@ where
         activity: Arc::new(Activity::default()),
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
-        started: AtomicBool::new(false),
-        first_request: Notify::new(),
+        in_flight: AtomicUsize::new(0),
+        request: Notify::new(),
     };
     serve_connection(stream, Arc::new(client), builder(settings), settings).await;
 }
@@ -263,15 +279,19 @@ async fn serve_connection<S>(
         _ = &mut idle => idled = true,
         _ = client.cancel.cancelled() => {
             let mut ended = false;
-            if !client.started.load(Ordering::Acquire) {
-                // Accepted but no request yet (e.g. taken from the backlog at shutdown):
-                // hyper's graceful shutdown would close it unanswered. Let the first
-                // request in; it is then answered with `Connection: close`.
-                tokio::select! {
-                    biased;
-                    _ = conn.as_mut() => ended = true,
-                    _ = client.first_request.notified() => {}
-                    _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+            if client.in_flight.load(Ordering::Acquire) == 0 {
+                // Idle: hyper's graceful shutdown would close it at once. Let the next
+                // request in; it is answered with `Connection: close`.
+                let next = client.request.notified();
+                tokio::pin!(next);
+                next.as_mut().enable();
+                if client.in_flight.load(Ordering::Acquire) == 0 {
+                    tokio::select! {
+                        biased;
+                        _ = conn.as_mut() => ended = true,
+                        _ = next => {}
+                        _ = tokio::time::sleep(NEXT_REQUEST_GRACE) => {}
+                    }
                 }
             }
             if !ended {
@@ -296,13 +316,22 @@ async fn serve_connection<S>(
     }
 }
 
+/// Counts a request out of [`Client::in_flight`] when its handling ends (or is dropped).
+struct Handling<'a>(&'a AtomicUsize);
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
     let start = Instant::now();
-    if !client.started.load(Ordering::Relaxed) && !client.started.swap(true, Ordering::AcqRel) {
-        client.first_request.notify_one();
-    }
-    let service = match &**client.routes.load() {
-        Routes::Service(s) => s.clone(),
+    client.in_flight.fetch_add(1, Ordering::AcqRel);
+    client.request.notify_waiters();
+    let _handling = Handling(&client.in_flight);
+    let (service, protocol) = match &**client.routes.load() {
+        Routes::Service(s) => (s.clone(), None),
         Routes::Shared { router, unrouted } => {
             let host = req
                 .headers()
@@ -310,9 +339,13 @@ async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
                 .map(HeaderValue::as_bytes)
                 .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
             match router.route(host, req.uri().path()) {
-                Some(s) => s.clone(),
+                Some((s, protocol)) => (s.clone(), *protocol),
                 None => {
                     unrouted.inc();
+                    if grpc::is_grpc(req.headers()) {
+                        let message = grpc::encode_message("synapse: no route for this method");
+                        return grpc::trailers_only(grpc::Code::Unimplemented, &message, RespBody::empty());
+                    }
                     let host = host.map(String::from_utf8_lossy).unwrap_or_default();
                     let body = format!(
                         "synapse: no route for host {host:?} and path {:?}\n",
@@ -323,7 +356,7 @@ async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
             }
         }
     };
-    let resp = service.forward(client, req, start).await;
+    let resp = service.forward(client, req, start, protocol).await;
     let m = &service.metrics;
     m.requests[code_class(resp.status().as_u16())].inc();
     m.response_time.observe(start.elapsed().as_secs_f64());
