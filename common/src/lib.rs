@@ -11,9 +11,11 @@
 //! - [`shutdown`]: signals to a `CancellationToken`.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`, ...).
 //! - [`cli`]: what both `main`s do once their CLI is parsed.
+//! - [`alloc_count`]: heap allocation counts (feature `count-alloc`, bench only).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alloc_count;
 pub mod cli;
 pub mod codec;
 pub mod config;
