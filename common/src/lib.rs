@@ -12,6 +12,7 @@
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`, ...).
 //! - [`cli`]: what both `main`s do once their CLI is parsed.
 //! - [`alloc_count`]: heap allocation counts (feature `count-alloc`, bench only).
+//! - [`handoff`]: the upgrade handoff to a successor process (unix socket, `SCM_RIGHTS`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod alloc_count;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod handoff;
 pub mod metrics;
 pub mod net;
 pub mod notify;

@@ -40,6 +40,10 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The services to check and register.
     pub services: Vec<ServiceConfig>,
+    /// `upgrade_socket`: the unix socket a successor started with `--takeover` connects to,
+    /// to resume this process's ZooKeeper sessions (its nodes never disappear; see
+    /// `docs/upgrades.md`). Default none: no handoff.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// One service instance on this host.
@@ -102,6 +106,7 @@ struct RawConfig {
     drain_time: Option<Duration>,
     state_file: Option<PathBuf>,
     services: Vec<serde_json::Value>,
+    upgrade_socket: Option<String>,
 }
 
 /// nerve's `zookeeper:` section: synapse's plus the credentials nerve registers with.
@@ -354,6 +359,7 @@ impl Config {
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
             state_file: raw.state_file,
             services: services.into_iter().map(|(_, s)| s).collect(),
+            upgrade_socket: raw.upgrade_socket.and_then(|path| cc::upgrade_socket(&path, p)),
         })
     }
 }
