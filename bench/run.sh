@@ -5,7 +5,7 @@
 #   bench/run.sh --only keepalive,close,redis     # some phases
 #   bench/run.sh --help                           # phases and knobs (rounds, durations, CPUs)
 #
-# Installs what is missing (Debian packages: nginx, haproxy, wrk, redis, ZooKeeper), builds
+# Installs what is missing (Debian packages: nginx, haproxy, wrk, h2load, redis, ZooKeeper), builds
 # the release binaries, then runs the driver (bench/src/main.rs): the load generators on one
 # CPU, proxies and backends on another (BENCH_CLIENT_CPUS / BENCH_SERVER_CPUS, taskset lists;
 # default 0 and 1). Prints one table and writes bench/results.json (--out to change).
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pair in nginx:nginx-light haproxy:haproxy wrk:wrk redis-server:redis-server redis-benchmark:redis-tools taskset:util-linux strace:strace; do
+for pair in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client redis-server:redis-server redis-benchmark:redis-tools taskset:util-linux strace:strace; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
 done

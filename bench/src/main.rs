@@ -7,7 +7,8 @@
 //! direct / HAProxy / synapse), `propagation` (ZooKeeper change → synapse routing, beside the
 //! raw watch latency, with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse
 //! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
-//! RSS, idle CPU). Prints one table and writes a JSON file. Only when named: `count` (heap
+//! RSS, idle CPU), `h2` (h2load through HAProxy and synapse, HTTP/2 both sides: see
+//! [`h2`]). Prints one table and writes a JSON file. Only when named: `count` (heap
 //! allocations and system calls per request, synapse beside HAProxy; see `count.rs`).
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod count;
+mod h2;
 mod procs;
 
 use std::collections::BTreeSet;
@@ -30,7 +32,15 @@ use procs::{Frontend, Proc, SynapseService};
 use serde_json::{json, Value};
 use zookeeper_client as zkc;
 
-const PHASES: &[&str] = &["keepalive", "close", "redis", "propagation", "churn", "cost"];
+const PHASES: &[&str] = &[
+    "keepalive",
+    "close",
+    "redis",
+    "propagation",
+    "churn",
+    "cost",
+    "h2",
+];
 /// Phases run only when named in `--only`.
 const OPTIONAL_PHASES: &[&str] = &["count"];
 
@@ -38,7 +48,7 @@ const OPTIONAL_PHASES: &[&str] = &["count"];
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
 struct Args {
     /// Comma-separated phases to run (default: all but count): keepalive, close, redis,
-    /// propagation, churn, cost; count (allocations and system calls per request: needs
+    /// propagation, churn, cost, h2; count (allocations and system calls per request: needs
     /// target/release/synapse-count-alloc, which bench/run.sh builds, and strace).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -167,6 +177,21 @@ fn main() -> Result<()> {
     }
     if run("cost") {
         b.cost()?;
+    }
+    if run("h2") {
+        let (rows, section) = h2::run(&h2::Settings {
+            client_cpus: &b.args.client_cpus,
+            server_cpus: &b.args.server_cpus,
+            rounds: b.args.rounds,
+            secs: b.args.duration,
+            synapse_bin: &b.synapse_bin,
+            zk: &b.cs,
+            dir: b.dir.path(),
+        })?;
+        for (what, value) in rows {
+            b.row("HTTP/2 end to end (h2load)", what, value);
+        }
+        b.json.insert("h2".into(), section);
     }
     if run("count") {
         b.count()?;

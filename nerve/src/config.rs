@@ -126,7 +126,10 @@ struct RawAuth {
 }
 
 /// After a service turns healthy, its weight goes from 1 to the configured weight in `steps`
-/// equal steps over `duration` (`steps + 1` writes at most).
+/// equal steps over `duration` (`steps + 1` writes at most). Each step is taken only once
+/// due and once the stability command (if any) passed; the ramp counts from the moment the
+/// service becomes available (after its `pre_available` hook), and a service disabled or
+/// held back mid-ramp starts again from 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Warmup {
     /// Time from healthy to full weight.

@@ -1,17 +1,21 @@
-//! One service: a check loop that feeds the hysteresis and publishes the desired state, and
-//! a reporter that reconciles ZooKeeper with it (DESIGN §3.4).
+//! One service: its wiring ([`start_service`]: checks, desired state, write limiter,
+//! reporters, disable sequence), the check loop that feeds the hysteresis, and the desire
+//! loop that turns health, operator state and warm-up into the desired state (DESIGN §3.4).
+//! The reporters live in [`crate::report`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::registry::{EnsureOutcome, Registration, RegistryError, Session};
+use common::registry::{NodeOptions, Registration, Registry};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
 
 use crate::check::{Check, Hysteresis, Report};
 use crate::config::ServiceConfig;
 use crate::metrics::ServiceMetrics;
+use crate::report::ReportStatus;
 
 pub use crate::desired::Desired;
 use crate::desired::{Inputs, Operator, State};
@@ -80,20 +84,6 @@ impl CheckStatus {
             .collect();
         (!list.is_empty()).then(|| list.join("; "))
     }
-}
-
-/// Reporter-side state, for the admin API.
-#[derive(Debug, Clone, Default)]
-pub struct ReportStatus {
-    /// Full path of our node, when registered.
-    pub node: Option<String>,
-    /// The last reconcile error, cleared on success.
-    pub last_error: Option<String>,
-    /// The desired state last written successfully.
-    pub applied: Option<State>,
-    /// True once ZooKeeper was connected and matched the desired state (systemd readiness
-    /// waits for it; the file and console reporters leave it false).
-    pub reconciled: bool,
 }
 
 /// Live view of one service.
@@ -299,6 +289,10 @@ fn jittered(interval: Duration) -> Duration {
 /// Before each change to available (from absent or unavailable) the `pre_available` hook
 /// runs; while it fails the service stays down with the hook's error as the reason, and the
 /// hook runs again at the next evaluation (the next check run or operator change).
+///
+/// The warm-up ramp climbs one level per step wakeup, after the stability command passed;
+/// any other wakeup re-evaluates at the current level (the level is state, never derived
+/// from the time elapsed).
 pub async fn desire_loop(
     config: ServiceConfig,
     mut check: watch::Receiver<CheckStatus>,
@@ -310,7 +304,7 @@ pub async fn desire_loop(
     let mut eval = Evaluator {
         config: &config,
         was_healthy: check.borrow().healthy,
-        ramp_started: None,
+        ramp: None,
     };
     loop {
         if stopping.is_cancelled() {
@@ -322,7 +316,7 @@ pub async fn desire_loop(
         );
         metrics.disabled.set(i64::from(o.disabled));
         metrics.forced.set(i64::from(o.force));
-        let (mut state, mut next_step) = eval.evaluate(&c, &o, None);
+        let mut state = eval.evaluate(&c, &o, None);
         let was_available = matches!(desired.borrow().state, State::Available { .. });
         if let (State::Available { .. }, false, Some(hook)) =
             (&state, was_available, &config.hooks.pre_available)
@@ -333,24 +327,26 @@ pub async fn desire_loop(
                 r = crate::hooks::run("pre_available", hook, &metrics) => r,
             };
             match result {
-                Ok(()) => {
-                    // The ramp starts when the service actually becomes available.
-                    if eval.ramp_started.is_some() {
-                        eval.ramp_started = Some(Instant::now());
-                    }
-                    (state, next_step) = eval.evaluate(&c, &o, None);
-                }
+                Ok(()) => state = eval.evaluate(&c, &o, None),
                 Err(e) => {
                     warn!(hook = "pre_available", error = %e, "hook failed; the service stays unavailable and tries again at the next evaluation");
                     let why = format!("pre_available hook failed: {e}");
-                    (state, next_step) = eval.evaluate(&c, &o, Some(&why));
+                    state = eval.evaluate(&c, &o, Some(&why));
                 }
             }
         }
+        // The ramp runs while the service is available, from the moment it becomes so: held
+        // back by the hook or disabled, it waits at weight 1 (else a hook failing for longer
+        // than the warm-up would let the service in at full weight).
+        let available = matches!(state, State::Available { .. });
+        if !available || !was_available {
+            eval.restart_ramp();
+        }
+        let next_step = if available { eval.next_step() } else { None };
         publish(&desired, &config, &metrics, state);
         let step = async {
             match next_step {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -359,19 +355,30 @@ pub async fn desire_loop(
             _ = stopping.cancelled() => break,
             r = check.changed() => if r.is_err() { stopping.cancelled().await; break },
             r = operator.changed() => if r.is_err() { stopping.cancelled().await; break },
+            // The only place the ramp climbs: a check or operator wakeup past a step's due
+            // time re-evaluates at the current level, and this arm then runs at once.
             _ = step => {
-                if let Some(w) = &config.warmup {
-                    if let Some(cmd) = &w.stability_command {
+                let stable = match config.warmup.as_ref().and_then(|w| Some((w.stability_command.as_ref()?, w.stability_timeout))) {
+                    None => true,
+                    Some((cmd, timeout)) => {
                         let report = tokio::select! {
                             biased;
                             _ = stopping.cancelled() => break,
-                            r = crate::check::exec::run(cmd, w.stability_timeout) => r,
+                            r = crate::check::exec::run(cmd, timeout) => r,
                         };
-                        if let Err(e) = report.result {
-                            warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
-                            eval.ramp_started = eval.ramp_started.map(|_| Instant::now());
+                        match report.result {
+                            Ok(()) => true,
+                            Err(e) => {
+                                warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
+                                false
+                            }
                         }
                     }
+                };
+                if stable {
+                    eval.climb();
+                } else {
+                    eval.restart_ramp();
                 }
             }
         }
@@ -410,34 +417,46 @@ fn publish(desired: &watch::Sender<Desired>, config: &ServiceConfig, metrics: &S
 struct Evaluator<'a> {
     config: &'a ServiceConfig,
     was_healthy: bool,
-    /// When the current warm-up began.
-    ramp_started: Option<Instant>,
+    /// The warm-up in progress.
+    ramp: Option<Ramp>,
+}
+
+/// A warm-up in progress. Its level is state, not a function of the clock: it climbs only
+/// through [`Evaluator::climb`], on the step wakeup that ran the stability command, so that
+/// no other wakeup (a check run, an operator change) can raise the weight unchecked.
+#[derive(Debug, Clone, Copy)]
+struct Ramp {
+    /// Steps climbed so far (`0`: weight 1).
+    level: u32,
+    /// When this ramp (re)started; step `i` is due `step_due(w, i)` after it. Tokio's clock
+    /// (the runtime's timers use it; tests may pause it).
+    started: tokio::time::Instant,
 }
 
 impl Evaluator<'_> {
-    /// The desired state for check status `c` and operator state `o` (held back by `held`),
-    /// and when the ramp's next step is due.
-    fn evaluate(&mut self, c: &CheckStatus, o: &Operator, held: Option<&str>) -> (State, Option<Instant>) {
+    /// The desired state for check status `c` and operator state `o` (held back by `held`).
+    fn evaluate(&mut self, c: &CheckStatus, o: &Operator, held: Option<&str>) -> State {
         let config = self.config;
-        let mut next_step = None;
         if c.healthy && !self.was_healthy {
-            self.ramp_started = config.warmup.as_ref().map(|_| Instant::now());
-            if self.ramp_started.is_some() {
+            self.ramp = config.warmup.as_ref().map(|_| Ramp {
+                level: 0,
+                started: tokio::time::Instant::now(),
+            });
+            if self.ramp.is_some() {
                 info!("service turned healthy; warming up");
             }
         } else if !c.healthy {
-            self.ramp_started = None;
+            self.ramp = None;
         }
         self.was_healthy = c.healthy;
         let target = o.weight.unwrap_or(config.weight);
-        let warmup = match (&config.warmup, self.ramp_started) {
-            (Some(w), Some(started)) => {
-                let (ceiling, next) = ramp(w, target, started.elapsed());
-                next_step = next.map(|d| started + d);
-                if next.is_none() {
-                    self.ramp_started = None;
+        let warmup = match (&config.warmup, self.ramp) {
+            (Some(w), Some(r)) => {
+                let ceiling = ramp_ceiling(w, target, r.level);
+                if ceiling.is_none() {
+                    self.ramp = None;
                 }
-                Some(ceiling)
+                ceiling
             }
             _ => None,
         };
@@ -447,7 +466,7 @@ impl Evaluator<'_> {
             .filter(|c| !c.up)
             .map(|c| c.name.clone())
             .collect();
-        let state = crate::desired::desired(&Inputs {
+        crate::desired::desired(&Inputs {
             healthy: c.healthy,
             down_checks: &down,
             operator: o,
@@ -455,191 +474,258 @@ impl Evaluator<'_> {
             expose_unavailable: config.expose_unavailable,
             warmup,
             held,
-        });
-        (state, next_step)
+        })
     }
-}
 
-/// The warm-up ceiling `elapsed` into a ramp towards `target`, and when (from the start of
-/// the ramp) the next step is due (`None` once at full weight). Step `i` of `steps` (from
-/// `0` at the start) is `target * i / steps` (at least 1), reached at `duration * i / steps`.
-pub fn ramp(w: &crate::config::Warmup, target: u8, elapsed: Duration) -> (u8, Option<Duration>) {
-    let steps = w.steps.max(1);
-    if w.duration.is_zero() {
-        return (target, None);
+    /// When the ramp's next step is due (none when no ramp runs).
+    fn next_step(&self) -> Option<tokio::time::Instant> {
+        let (w, r) = (self.config.warmup.as_ref()?, self.ramp?);
+        Some(r.started + step_due(w, r.level + 1)?)
     }
-    let step = ((elapsed.as_secs_f64() / w.duration.as_secs_f64()) * f64::from(steps)).floor();
-    let i = (step.max(0.0) as u32).min(steps);
-    let ceiling = (u32::from(target) * i / steps).max(1);
-    let ceiling = u8::try_from(ceiling).unwrap_or(target);
-    if i >= steps {
-        (target, None)
-    } else {
-        (
-            ceiling,
-            Some(w.duration.mul_f64(f64::from(i + 1) / f64::from(steps))),
-        )
-    }
-}
 
-/// Time between two verifications that our node still exists, when nothing else happens.
-const REFRESH: Duration = Duration::from_secs(30);
-/// Longest pause between two failed reconcile attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Time allowed to delete our node on shutdown.
-pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Makes ZooKeeper match the desired state on every change of desired state and every
-/// session event, with backoff on errors, until `cancel` fires; then deregisters.
-/// `stopping` (the service going down) only names the deletions it causes in the log.
-#[allow(clippy::too_many_arguments)]
-pub async fn report_loop(
-    mut registration: Registration,
-    keep: Arc<std::sync::atomic::AtomicBool>,
-    session: Arc<Session>,
-    mut desired: watch::Receiver<Desired>,
-    status: watch::Sender<ReportStatus>,
-    metrics: ServiceMetrics,
-    cancel: CancellationToken,
-    stopping: CancellationToken,
-) {
-    let mut sessions = session.subscribe();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let target = desired.borrow_and_update().clone();
-        let want = target.payload.clone();
-        // A reconcile waiting on an unresponsive ZooKeeper must not hold up shutdown: the
-        // deregistration below has its own budget.
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            r = reconcile(&mut registration, want.as_deref(), &metrics, &stopping) => r,
-        };
-        if let Ok(true) = result {
-            metrics
-                .write_latency
-                .observe(target.since.elapsed().as_secs_f64());
+    /// The ramp's next step was due and the stability command (if any) passed: one level up.
+    fn climb(&mut self) {
+        if let Some(r) = &mut self.ramp {
+            r.level += 1;
         }
-        let wait = match result {
-            Ok(_) => {
-                backoff = Duration::from_millis(100);
-                // Removing a node never created needs no ZooKeeper: that is not "reconciled".
-                let connected = sessions.borrow().connected;
-                status.send_modify(|s| {
-                    s.node = registration.path().map(str::to_string);
-                    s.last_error = None;
-                    s.applied = Some(target.state.clone());
-                    s.reconciled |= connected;
-                });
-                REFRESH
+    }
+
+    /// Back to weight 1, the schedule counted from now (a failed stability command, or the
+    /// service not available, or only now becoming so).
+    fn restart_ramp(&mut self) {
+        if let Some(r) = &mut self.ramp {
+            *r = Ramp {
+                level: 0,
+                started: tokio::time::Instant::now(),
+            };
+        }
+    }
+}
+
+/// The warm-up ceiling at step `level` of a ramp towards `target`: `target * level / steps`
+/// (at least 1); `None` once the ramp is over (full weight).
+pub fn ramp_ceiling(w: &crate::config::Warmup, target: u8, level: u32) -> Option<u8> {
+    let steps = w.steps.max(1);
+    if w.duration.is_zero() || level >= steps {
+        return None;
+    }
+    let ceiling = (u32::from(target) * level / steps).max(1);
+    Some(u8::try_from(ceiling).unwrap_or(target))
+}
+
+/// When step `level` of a ramp is due, from its start: `duration * level / steps`; `None`
+/// past the last step.
+pub fn step_due(w: &crate::config::Warmup, level: u32) -> Option<Duration> {
+    let steps = w.steps.max(1);
+    (level <= steps && !w.duration.is_zero()).then(|| w.duration.mul_f64(f64::from(level) / f64::from(steps)))
+}
+
+/// How a service starts when it replaces a running one (a reload's old form, or a
+/// predecessor's service).
+#[derive(Debug, Clone, Default)]
+pub struct Inherit {
+    /// Starts healthy (its checks then run as usual).
+    pub healthy: bool,
+    /// Its reporters whose node was left in place, to adopt.
+    pub kept: Vec<crate::config::Reporter>,
+}
+
+/// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
+/// task per reporter), stopped by `cancel` (each reporter deregisters).
+pub fn start_service(
+    svc: &crate::config::ServiceConfig,
+    registry: &Registry,
+    metrics: &crate::metrics::Metrics,
+    tracker: &TaskTracker,
+    operator: crate::desired::Operator,
+    takeover: Option<&ServiceHandle>,
+    cancel: CancellationToken,
+) -> ServiceHandle {
+    let inherit = takeover.map(|old| Inherit {
+        healthy: old.check.borrow().healthy,
+        kept: old
+            .reports
+            .iter()
+            .filter(|r| r.keep.load(std::sync::atomic::Ordering::Acquire))
+            .map(|r| r.config.clone())
+            .collect(),
+    });
+    start_service_from(svc, registry, metrics, tracker, operator, inherit, cancel)
+}
+
+/// [`start_service`] for a service that replaces a running one described by `inherit` (a
+/// reload's old form, or the predecessor's service after `--takeover`).
+pub fn start_service_from(
+    svc: &crate::config::ServiceConfig,
+    registry: &Registry,
+    metrics: &crate::metrics::Metrics,
+    tracker: &TaskTracker,
+    operator: crate::desired::Operator,
+    inherit: Option<Inherit>,
+    cancel: CancellationToken,
+) -> ServiceHandle {
+    let initially_up = inherit.as_ref().is_some_and(|i| i.healthy);
+    let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
+    let m = metrics.service(&svc.name, &names);
+    // Every channel starts with the state the service starts in, so that no task ever acts
+    // on a placeholder: a reloaded healthy service must not be "absent" for an instant.
+    let initial = crate::desired::Desired::new(
+        crate::desired::desired(&crate::desired::Inputs {
+            healthy: initially_up,
+            down_checks: &[],
+            operator: &operator,
+            weight: svc.weight,
+            expose_unavailable: svc.expose_unavailable,
+            warmup: None,
+            held: None,
+        }),
+        svc,
+    );
+    let (raw_tx, raw_rx) = watch::channel(initial.clone());
+    let (desired_tx, desired_rx) = watch::channel(initial);
+    let (operator_tx, operator_rx) = watch::channel(operator);
+    let (check_tx, check_rx) = watch::channel(CheckStatus {
+        healthy: initially_up,
+        checks: Vec::new(),
+    });
+    let (limit_tx, limit_rx) = watch::channel(crate::report::LimitStatus::default());
+    let (drain_tx, drain_rx) = watch::channel(crate::hooks::DrainStatus::default());
+    // `cancel` stops everything; `stopping` (fired by `cancel` too) only takes the service
+    // down, its reporters writing that.
+    let stopping = cancel.child_token();
+    let span = tracing::info_span!("service", service = %svc.name);
+    tracker.spawn(
+        desire_loop(
+            svc.clone(),
+            check_rx.clone(),
+            operator_rx.clone(),
+            raw_tx,
+            m.clone(),
+            stopping.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let bucket = crate::report::TokenBucket::new(
+        svc.max_writes_per_second,
+        svc.write_burst,
+        std::time::Instant::now(),
+    );
+    tracker.spawn(
+        crate::report::limit_loop(raw_rx, desired_tx, bucket, limit_tx, stopping.clone())
+            .instrument(span.clone()),
+    );
+    tracker.spawn(
+        check_loop(svc.clone(), initially_up, check_tx, m.clone(), stopping.clone()).instrument(span.clone()),
+    );
+    let mut reports = Vec::new();
+    for reporter in &svc.reporters {
+        let (report_tx, report_rx) = watch::channel(ReportStatus::default());
+        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rcancel = cancel.child_token();
+        // The node of the service this one replaces, left in place for us.
+        let inherited = inherit.as_ref().is_some_and(|i| i.kept.contains(reporter));
+        let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
+        match reporter {
+            crate::config::Reporter::Zookeeper(z) => {
+                let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
+                let name = format!("{}_{}", svc.instance_id, svc.name);
+                let mut registration = Registration::with_options(
+                    session.clone(),
+                    &z.zk_path,
+                    &name,
+                    NodeOptions {
+                        sequential: z.node_type == crate::config::NodeType::EphemeralSequential,
+                        path_encoding: z.use_path_encoding.then(|| svc.instance_id.clone()),
+                        protected: z.zk_auth.is_some(),
+                    },
+                );
+                if inherited {
+                    registration.take_over();
+                }
+                tracker.spawn(
+                    crate::report::zookeeper::report_loop(
+                        registration,
+                        keep.clone(),
+                        session,
+                        desired_rx.clone(),
+                        report_tx,
+                        m.clone(),
+                        rcancel.clone(),
+                        stopping.clone(),
+                    )
+                    .instrument(rspan),
+                );
             }
-            Err(err) => {
-                metrics.zk_errors.inc();
-                let op = match &err {
-                    RegistryError::Zk { op, .. } => *op,
-                    RegistryError::NotConnected { .. } => "connect",
-                    RegistryError::Taken { .. } => "create",
-                    _ => "other",
-                };
-                metrics
-                    .zk_failures
-                    .with_label_values(&[metrics.service.as_str(), op])
-                    .inc();
-                warn!(error = %err, retry_in = ?backoff, "cannot reconcile ZooKeeper");
-                status.send_modify(|s| s.last_error = Some(err.to_string()));
-                let wait = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                wait
+            crate::config::Reporter::File { path } => {
+                let run = crate::report::file::file_loop(
+                    svc.name.clone(),
+                    path.clone(),
+                    desired_rx.clone(),
+                    report_tx,
+                    rcancel.clone(),
+                );
+                tracker.spawn(unless_kept(run, rcancel.clone(), keep.clone()).instrument(rspan));
             }
-        };
-        metrics.registered.set(i64::from(registration.path().is_some()));
+            crate::config::Reporter::Console => {
+                let run =
+                    crate::report::console::console_loop(desired_rx.clone(), report_tx, rcancel.clone());
+                tracker.spawn(unless_kept(run, rcancel.clone(), keep.clone()).instrument(rspan));
+            }
+        }
+        reports.push(ReporterHandle {
+            config: reporter.clone(),
+            keep,
+            cancel: rcancel,
+            kind: reporter.kind(),
+            target: reporter.target(),
+            status: report_rx,
+        });
+    }
+    tracker.spawn(
+        crate::hooks::disable_loop(
+            svc.hooks.clone(),
+            operator_rx,
+            reports.iter().map(|r| r.status.clone()).collect(),
+            stopping.clone(),
+            cancel.clone(),
+            drain_tx,
+            m,
+        )
+        .instrument(span),
+    );
+    ServiceHandle {
+        config: svc.clone(),
+        check: check_rx,
+        reports,
+        desired: desired_rx,
+        limit: limit_rx,
+        operator: operator_tx,
+        cancel,
+        stopping,
+        drain: drain_rx,
+    }
+}
+
+/// Runs a file or console reporter; when it is stopped with `keep` set (handed to a
+/// successor process, which writes from then on), it ends at once, without writing the
+/// "absent" state it writes when stopped otherwise.
+async fn unless_kept(
+    run: impl std::future::Future<Output = ()>,
+    cancel: CancellationToken,
+    keep: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::pin!(run);
+    let mut cancelled = false;
+    loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
-            r = desired.changed() => if r.is_err() { cancel.cancelled().await; break },
-            r = sessions.changed() => if r.is_err() { cancel.cancelled().await; break },
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    if keep.load(std::sync::atomic::Ordering::Acquire) {
-        // Handed over to the service that replaces this one on reload: it adopts the node.
-        info!(
-            zk.node = registration.path().unwrap_or(""),
-            "node handed over to the reloaded service"
-        );
-        return;
-    }
-    deregister(&mut registration, &metrics).await;
-    status.send_modify(|s| {
-        s.node = None;
-        s.applied = Some(State::Absent);
-    });
-}
-
-/// One "make ZooKeeper match `want`" step.
-async fn reconcile(
-    registration: &mut Registration,
-    want: Option<&Vec<u8>>,
-    metrics: &ServiceMetrics,
-    stopping: &CancellationToken,
-) -> Result<bool, RegistryError> {
-    let wrote = match want {
-        Some(data) => match registration.ensure(data).await? {
-            EnsureOutcome::Created => {
-                metrics.zk_created.inc();
-                info!(zk.node = registration.path().unwrap_or(""), "registered");
-                true
-            }
-            EnsureOutcome::Updated => {
-                metrics.zk_updated.inc();
-                info!(
-                    zk.node = registration.path().unwrap_or(""),
-                    "registration updated"
-                );
-                true
-            }
-            EnsureOutcome::Unchanged => false,
-        },
-        None => {
-            let deleted = registration.remove().await?;
-            if deleted {
-                metrics.zk_deleted.inc();
-                if stopping.is_cancelled() {
-                    info!("deregistered on shutdown");
-                } else {
-                    info!("deregistered");
+            _ = cancel.cancelled(), if !cancelled => {
+                if keep.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
                 }
+                cancelled = true;
             }
-            deleted
-        }
-    };
-    Ok(wrote)
-}
-
-async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {
-    let deadline = Instant::now() + DEREGISTER_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline.into(), registration.remove()).await {
-            Ok(Ok(existed)) => {
-                if existed {
-                    metrics.zk_deleted.inc();
-                    info!("deregistered on shutdown");
-                }
-                metrics.registered.set(0);
-                return;
-            }
-            Ok(Err(err)) if Instant::now() < deadline => {
-                debug!(error = %err, "deregistration failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(Err(err)) => {
-                warn!(error = %err, "could not deregister; the node goes when the session closes");
-                return;
-            }
-            Err(_) => {
-                warn!("deregistration timed out; the node goes when the session closes");
-                return;
-            }
+            _ = &mut run => return,
         }
     }
 }

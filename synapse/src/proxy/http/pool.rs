@@ -15,14 +15,17 @@ use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::SendRequest;
 
 use super::body::ReqBody;
+use super::multiplex::Multiplex;
 use crate::balance::now_ns;
 use crate::metrics::HttpBackendMetrics;
 
 /// What an HTTP service keeps per backend.
 #[derive(Debug)]
 pub struct HttpBackend {
-    /// Idle keep-alive connections.
+    /// Idle keep-alive connections (HTTP/1.1).
     pub pool: Pool,
+    /// The multiplexed HTTP/2 connection.
+    pub h2: Multiplex,
     /// Metric handles.
     pub metrics: HttpBackendMetrics,
 }
