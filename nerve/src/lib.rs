@@ -228,13 +228,12 @@ async fn run_with_reload(
 
     // ZooKeeper sessions outlive `shutdown`: they are needed to deregister.
     let zk_cancel = CancellationToken::new();
-    let registry = Registry::new(
-        RegistryOptions {
-            session_timeout: config.zk_session_timeout,
-            ..Default::default()
-        },
-        zk_cancel.clone(),
-    );
+    let mut options = RegistryOptions {
+        session_timeout: config.zk_session_timeout,
+        ..Default::default()
+    };
+    config.zk_session.apply(&mut options);
+    let registry = Registry::new(options, zk_cancel.clone());
     let tracker = TaskTracker::new();
     // Parent of every service's token, cancelled last on shutdown: the reporters then
     // delete what the shutdown sequence left (unavailable nodes).
