@@ -15,8 +15,9 @@
 # Everything it started is stopped on exit (also on failure or Ctrl-C); the logs stay.
 # Exits non-zero when an expectation fails.
 #
-# Needs: cargo, python3, curl; java + ZooKeeper (zk-local.sh installs them with apt-get when
-# missing). Environment knobs: DEMO_REQUESTS (default 20), DEMO_FAILOVER_LIMIT_S (default 10).
+# Needs cargo (the Rust toolchain). What else it needs (a C compiler and linker, python3, curl,
+# java + ZooKeeper) it installs from Debian packages with apt-get when missing, as
+# deploy/test.sh does. Environment knobs: DEMO_REQUESTS (default 20), DEMO_FAILOVER_LIMIT_S (default 10).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,9 +55,13 @@ now_ms() {
   fi
 }
 
-for tool in cargo python3 curl; do
-  command -v "$tool" >/dev/null 2>&1 || fail "'$tool' is required but not on PATH"
-done
+command -v cargo >/dev/null 2>&1 ||
+  fail "'cargo' is required but not on PATH: install the Rust toolchain (https://rustup.rs)"
+. deploy/packages.sh
+need_packages demo.sh cc=gcc /usr/include/stdio.h=libc6-dev \
+  /etc/ssl/certs/ca-certificates.crt=ca-certificates python3=python3 curl=curl kill=procps ||
+  fail "could not install what the demo needs"
+deploy/zk-local.sh --install-only || fail "could not install ZooKeeper"
 
 # ----------------------------------------------------------------------------------------------
 # State and cleanup
@@ -186,7 +191,7 @@ count_of() { grep -cx "$2" "$1" || true; }
 printf '%snerve + synapse demo%s (work dir: %s)\n' "$BOLD" "$RESET" "$WORK"
 
 section "Building nerve and synapse"
-cargo build --bins -q
+cargo build --locked --bins -q
 BIN=${CARGO_TARGET_DIR:-$repo/target}/debug
 [ -x "$BIN/nerve" ] && [ -x "$BIN/synapse" ] || fail "binaries not found in $BIN"
 ok "$BIN/nerve, $BIN/synapse"

@@ -4,7 +4,6 @@
 //! JSON), `GET /stats` (the same for a browser, HTML) and `GET /metrics`. The services are
 //! those of the running config (reloads included).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,9 +13,10 @@ use serde_json::json;
 
 use crate::balance::now_ns;
 use crate::filter::{Fallback, LocalityState};
-use crate::reload::Services;
-use crate::service::{Service, SyncSource};
+use crate::service::Service;
+use crate::supervisor::Services;
 use crate::table::Backend;
+use crate::table::SyncSource;
 
 /// Builds the admin handler.
 pub fn handler(services: Services, registry: prometheus::Registry) -> Handler {
@@ -48,7 +48,7 @@ fn route(services: &Services, registry: &prometheus::Registry, req: &AdminReques
 fn ready(services: &[Arc<Service>]) -> Reply {
     let waiting: Vec<&str> = services
         .iter()
-        .filter(|s| !s.synced.load(Ordering::Relaxed))
+        .filter(|s| !s.synced())
         .map(|s| s.config.name.as_str())
         .collect();
     if !waiting.is_empty() {
@@ -59,7 +59,7 @@ fn ready(services: &[Arc<Service>]) -> Reply {
     }
     let stand_ins: Vec<String> = services
         .iter()
-        .filter_map(|s| match s.source() {
+        .filter_map(|s| match s.snapshot.load().source {
             SyncSource::Cache => Some(format!(
                 "{}: synced from cache (state file), not from ZooKeeper yet\n",
                 s.config.name
@@ -78,7 +78,7 @@ fn ready(services: &[Arc<Service>]) -> Reply {
 /// to date when they are read.
 fn refresh_gauges(services: &[Arc<Service>]) {
     for s in services {
-        let table = s.table.load();
+        let table = s.table();
         for b in table.backends() {
             b.state.metrics.ejected.set(i64::from(b.state.live.is_ejected()));
         }
@@ -127,10 +127,11 @@ fn list(services: &[Arc<Service>]) -> Reply {
     let mut out = serde_json::Map::new();
     let now = Instant::now();
     for s in services {
-        let table = s.table.load();
+        let snapshot = s.snapshot.load_full();
+        let table = &snapshot.table;
         let backends: Vec<_> = table.backends().iter().map(backend_json).collect();
-        let draining: Vec<_> = s
-            .draining()
+        let draining: Vec<_> = snapshot
+            .draining
             .iter()
             .map(|d| {
                 json!({
@@ -143,7 +144,7 @@ fn list(services: &[Arc<Service>]) -> Reply {
             .collect();
         let c = &s.config;
         let o = &c.outlier;
-        let sel = s.selected();
+        let sel = snapshot.selected;
         let locality = c.locality.as_ref().map(|l| {
             let (state, local, usable) = match sel.locality {
                 LocalityState::Off => ("off", 0, 0),
@@ -173,8 +174,8 @@ fn list(services: &[Arc<Service>]) -> Reply {
                     crate::config::Mode::Http => "http",
                 },
                 "zk_path": c.zk_path,
-                "synced": s.synced.load(Ordering::Relaxed),
-                "synced_from": s.source().as_str(),
+                "synced": snapshot.synced(),
+                "synced_from": snapshot.source.as_str(),
                 "fallback": fallback,
                 "label_filters": c.label_filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "filtered_nodes": sel.filtered_out,

@@ -38,7 +38,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ServiceConfig, StateFile};
 use crate::metrics::Metrics;
-use crate::service::{Service, SyncSource};
+use crate::service::Service;
+use crate::table::SyncSource;
 
 /// Least time between two writes.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -241,13 +242,14 @@ impl Writer {
         let now_ms = unix_ms(now);
         let mut out = BTreeMap::new();
         for s in services {
-            let known = s.known();
+            let snapshot = s.snapshot.load_full();
+            let known = &snapshot.known;
             if known.members.is_empty() {
                 continue;
             }
             let connected = s.session.as_ref().is_some_and(|z| z.status().connected);
             let name = &s.config.name;
-            if known.current && connected && s.source() == SyncSource::Zookeeper {
+            if known.current && connected && snapshot.source == SyncSource::Zookeeper {
                 self.confirmed.insert(name.clone(), now_ms);
             }
             let Some(&confirmed) = self.confirmed.get(name) else {

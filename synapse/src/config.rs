@@ -71,6 +71,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// The `mode: http` service that serves it.
     pub service: String,
+    /// Protocol to the service's backends for requests of this route; None: the service's
+    /// `backend_protocol`.
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 /// `state_file` + `state_file_ttl`: where synapse keeps the backends it last knew from
@@ -106,6 +109,43 @@ pub enum Mode {
     Http,
 }
 
+/// The protocol a `mode: http` service speaks to its backends (`backend_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (h2c): a multiplexed connection per
+    /// backend, every request balanced on its own. What gRPC backends need.
+    H2c,
+    /// The client's protocol: requests from HTTP/2 clients go over h2c, requests from
+    /// HTTP/1.x clients (and upgrades, e.g. WebSocket) over HTTP/1.1.
+    Auto,
+}
+
+impl BackendProtocol {
+    /// The value for `s` (`http1`, `h2c`, `auto`); the error says what is accepted.
+    pub fn parse(s: &str) -> Result<BackendProtocol, String> {
+        match s {
+            "http1" => Ok(BackendProtocol::Http1),
+            "h2c" => Ok(BackendProtocol::H2c),
+            "auto" => Ok(BackendProtocol::Auto),
+            other => Err(format!(
+                "unknown backend_protocol {other:?}: expected http1, h2c or auto"
+            )),
+        }
+    }
+
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendProtocol::Http1 => "http1",
+            BackendProtocol::H2c => "h2c",
+            BackendProtocol::Auto => "auto",
+        }
+    }
+}
+
 /// HTTP settings of a `mode: http` service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpConfig {
@@ -122,6 +162,8 @@ pub struct HttpConfig {
     pub pool_max_idle: u32,
     /// An idle pooled connection unused for this long is closed. Default 30 s.
     pub pool_idle_timeout: Duration,
+    /// Protocol spoken to the backends. Default `http1`.
+    pub backend_protocol: BackendProtocol,
 }
 
 /// Retry budget (Finagle's): over any 10 s window, retries may add up to `percent` % of the
@@ -151,6 +193,7 @@ impl Default for HttpConfig {
             retry_budget: RetryBudgetConfig::default(),
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            backend_protocol: BackendProtocol::Http1,
         }
     }
 }
@@ -333,6 +376,7 @@ struct RawRoute {
     host: Option<String>,
     path_prefix: Option<String>,
     service: String,
+    backend_protocol: Option<String>,
 }
 
 /// `retry_budget:` of a service. Every key is optional.
@@ -404,6 +448,7 @@ struct RawService {
     pool_max_idle: Option<u32>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     pool_idle_timeout: Option<Duration>,
+    backend_protocol: Option<String>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     connect_timeout: Option<Duration>,
     connect_attempts: Option<u32>,
@@ -683,6 +728,11 @@ fn http_listeners(
                     format!("{path_prefix:?} must start with /"),
                 );
             }
+            let backend_protocol = r.backend_protocol.as_deref().and_then(|v| {
+                BackendProtocol::parse(v)
+                    .map_err(|e| p.push(format!("{rat}.backend_protocol"), e))
+                    .ok()
+            });
             match services.iter().find(|s| s.name == r.service) {
                 None => p.push(
                     format!("{rat}.service"),
@@ -721,6 +771,7 @@ fn http_listeners(
                 host,
                 path_prefix,
                 service: r.service,
+                backend_protocol,
             });
         }
         out.push(HttpListenerConfig {
@@ -754,6 +805,7 @@ fn validate_service(at: &str, mut s: RawService, conn: &RawConnDefaults, p: &mut
         retry_budget: s.retry_budget,
         pool_max_idle: s.pool_max_idle,
         pool_idle_timeout: s.pool_idle_timeout,
+        backend_protocol: s.backend_protocol.take(),
     };
     let zk_hosts = cc::zk_location(p, at, s.zk_hosts, &s.zk_path);
     let listen = s
@@ -1076,13 +1128,14 @@ fn balance(at: &str, name: Option<&str>, hash_on: Option<&str>, mode: Mode, p: &
 
 /// The HTTP keys of a service: checked, defaults filled in; refused in `mode: tcp`.
 /// The HTTP keys of a service, as written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RawHttpKeys {
     request_timeout: Option<Duration>,
     try_timeout: Option<Duration>,
     retry_budget: Option<RawRetryBudget>,
     pool_max_idle: Option<u32>,
     pool_idle_timeout: Option<Duration>,
+    backend_protocol: Option<String>,
 }
 
 fn http_config(at: &str, s: RawHttpKeys, mode: Mode, p: &mut Problems) -> HttpConfig {
@@ -1094,6 +1147,7 @@ fn http_config(at: &str, s: RawHttpKeys, mode: Mode, p: &mut Problems) -> HttpCo
             ("retry_budget", s.retry_budget.is_some()),
             ("pool_max_idle", s.pool_max_idle.is_some()),
             ("pool_idle_timeout", s.pool_idle_timeout.is_some()),
+            ("backend_protocol", s.backend_protocol.is_some()),
         ];
         for (key, _) in set.iter().filter(|(_, set)| *set) {
             p.push(format!("{at}.{key}"), "only used in mode: http");
@@ -1110,6 +1164,14 @@ fn http_config(at: &str, s: RawHttpKeys, mode: Mode, p: &mut Problems) -> HttpCo
         },
         pool_max_idle: s.pool_max_idle.unwrap_or(d.pool_max_idle),
         pool_idle_timeout: s.pool_idle_timeout.unwrap_or(d.pool_idle_timeout),
+        backend_protocol: match s.backend_protocol.as_deref().map(BackendProtocol::parse) {
+            None => d.backend_protocol,
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                p.push(format!("{at}.backend_protocol"), e);
+                d.backend_protocol
+            }
+        },
     };
     if !c.request_timeout.is_zero() && c.try_timeout > c.request_timeout {
         p.push(

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::cache::write_atomically;
 use crate::metrics::Metrics;
-use crate::service::{Service, SyncSource};
+use crate::service::Service;
 use crate::table::RouteTable;
 
 /// Why the output directory cannot be used.
@@ -88,10 +88,11 @@ pub async fn run_writer(
         let current = services.load_full();
         let mut jobs = Vec::new();
         for s in current.iter() {
-            if s.source() == SyncSource::None {
+            let snapshot = s.snapshot.load();
+            if !snapshot.synced() {
                 continue;
             }
-            let content = render(&s.table.load());
+            let content = render(&snapshot.table);
             if written.get(&s.config.name) != Some(&content) {
                 jobs.push((s.config.name.clone(), content));
             }

@@ -1,5 +1,5 @@
 //! Not part of the API: synapse's HTTP front in one process, for the `http` fuzz target
-//! (`fuzz/`) and the property tests (`tests/tests/http_props.rs`). Bytes go in as one
+//! (`fuzz/`) and the property tests (`tests/tests/it/http_props.rs`). Bytes go in as one
 //! client connection's stream over an in-memory pipe; the real serving path runs (hyper's
 //! server, routing by Host and path, hashing on a cookie or a header, header rewriting,
 //! retries, pooled connections to an in-process HTTP/1.1 backend on loopback, upgrades), and
@@ -28,11 +28,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::backend::BackendState;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::http::{serve_stream, HttpService, ListenerSettings, Routes, SharedRoutes};
 use crate::service::Service;
-use crate::table::{BackendState, RouteTable};
+use crate::table::{RouteTable, Snapshot, SyncSource};
 
 /// How long one exchange may take before it counts as hung: 10 s.
 pub const EXCHANGE_LIMIT: Duration = Duration::from_secs(10);
@@ -155,8 +156,11 @@ impl HttpFront {
                     })
                     .collect::<Result<Vec<_>, SetupError>>()?;
                 let table = RouteTable::build(entries, cfg.balance.name(), cfg.default_weight);
-                service.table.store(Arc::new(table));
-                service.synced.store(true, std::sync::atomic::Ordering::Release);
+                service.snapshot.store(Arc::new(Snapshot {
+                    table: Arc::new(table),
+                    source: SyncSource::Zookeeper,
+                    ..Snapshot::default()
+                }));
                 service.first_sync.send_replace(true);
                 Ok(Arc::new(HttpService::new(Arc::new(service), &metrics)))
             })

@@ -3,21 +3,26 @@
 //!
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
-//! - [`service`]: per service, the watcher task that builds route tables (single writer),
-//!   with the debounce of ZooKeeper events.
+//! - [`service`]: one routed service as everything shares it: config, published snapshot,
+//!   metric handles, outlier detector, connection limit.
+//! - [`service::watcher`]: per service, the watcher task (the single writer): ZooKeeper
+//!   updates, debounced, → a pure plan of the next snapshot → one apply.
 //! - [`filter`]: what a table is built from: label filters, default servers, previous
 //!   backends, locality (pure).
-//! - [`table`]: immutable route tables (backends + balancer) and per-backend live state
-//!   carried across tables (hot path).
+//! - [`backend`]: the model's leaf: one backend's live state (active counts, latency,
+//!   ejection, closing token, metric handles, the data path's opaque slot), carried across
+//!   tables (hot path).
+//! - [`table`]: immutable route tables (backends + balancer + panic state) (hot path).
 //! - [`balance`]: balancing policies (round-robin, least-conn, random, p2c-EWMA, Maglev
 //!   hash), weights, backups, per-backend live state (hot path, pure).
 //! - [`outlier`]: passive outlier ejection (consecutive failures, growing capped ejection
-//!   time, maximum ejected share) and the panic threshold.
+//!   time, maximum ejected share) and the panic threshold: the `Detector`, above the table.
 //! - [`proxy`]: the data path (hot path): [`proxy::tcp`] (accept loop with
 //!   `max_connections`, per-connection TCP proxying) and [`proxy::http`] (HTTP server to
 //!   clients, pooled keep-alive connections to backends, retries, timeouts, upgrades).
 //! - [`router`]: Host / path-prefix routing of shared HTTP listeners (hot path).
-//! - [`reload`]: the running services and listeners; SIGHUP reloads as a diff.
+//! - [`reload`]: SIGHUP reloads as a pure diff of two configs (`plan(old, new)`).
+//! - [`supervisor`]: the running services, listeners and sockets; applies reload plans.
 //! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
 //! - [`file_output`]: per-service JSON backend lists.
 //! - [`metrics`]: Prometheus metrics.
@@ -32,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod cache;
 pub mod config;
@@ -46,6 +52,7 @@ pub mod reload;
 pub mod router;
 pub mod service;
 pub mod stats;
+pub mod supervisor;
 pub mod table;
 
 use std::collections::HashMap;
@@ -107,7 +114,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     let admin_listener = common::admin::bind(config.admin_listen).await?;
     let mut listeners = Vec::new();
     for svc in &config.services {
-        listeners.push(reload::bind(svc).await?);
+        listeners.push(supervisor::bind(svc).await?);
     }
     if let Some(out) = &config.file_output {
         file_output::prepare(&out.dir)?;
@@ -130,7 +137,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
             }
         }
     }
-    let http_listeners = reload::bind_shared(&config).await?;
+    let http_listeners = supervisor::bind_shared(&config).await?;
 
     let mut options = RegistryOptions {
         session_timeout: config.zk_session_timeout,
@@ -143,7 +150,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     let service_count = config.services.len();
     let state_file = config.state_file.clone();
     let output = config.file_output.clone();
-    let mut sup = reload::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
+    let mut sup = supervisor::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
     sup.start(listeners, http_listeners, cached);
     let writers_stop = CancellationToken::new();
     let mut writers = Vec::new();

@@ -7,7 +7,6 @@
 //! Everything that comes from ZooKeeper is HTML-escaped.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -103,8 +102,9 @@ pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
         .iter()
         .map(|s| {
             let m = &s.metrics;
-            let table = s.table.load();
-            let fallback = match s.selected().fallback {
+            let snapshot = s.snapshot.load_full();
+            let table = &snapshot.table;
+            let fallback = match snapshot.selected.fallback {
                 Fallback::None => None,
                 Fallback::DefaultServers => Some("default_servers".to_string()),
                 Fallback::Previous => Some("previous_backends".to_string()),
@@ -116,8 +116,8 @@ pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
                     .listen
                     .map_or_else(|| "(http_listeners only)".to_string(), |l| l.to_string()),
                 zk_path: s.config.zk_path.clone(),
-                synced: s.synced.load(Ordering::Relaxed),
-                source: s.source().as_str().to_string(),
+                synced: snapshot.synced(),
+                source: snapshot.source.as_str().to_string(),
                 fallback,
                 panic: table.panic().active(),
                 balance: s.config.balance.name().as_str().to_string(),
@@ -130,7 +130,7 @@ pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
                 invalid_nodes: m.invalid_nodes.get(),
                 unavailable_nodes: m.unavailable_nodes.get(),
                 updates: m.updates.get(),
-                last_change_ms: s.last_change_ms.load(Ordering::Relaxed),
+                last_change_ms: snapshot.last_change_ms,
                 backends: table
                     .backends()
                     .iter()
@@ -157,8 +157,8 @@ pub fn view(services: &[Arc<Service>]) -> Vec<ServiceView> {
                             .join(", "),
                     })
                     .collect(),
-                draining: s
-                    .draining()
+                draining: snapshot
+                    .draining
                     .iter()
                     .map(|d| {
                         (

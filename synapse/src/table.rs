@@ -5,18 +5,23 @@
 //! table owns its [`Balancer`], built with it. Per-backend live state ([`BackendState`]:
 //! active connections, latency EWMA, ejection, metric handles) is keyed by `host:port` and
 //! carried from one table to the next, so it survives membership changes.
+//!
+//! A service publishes one [`Snapshot`] (its table, what the filters made of the members,
+//! the members the state file keeps, where they came from, the draining backends), stored
+//! once per install in one `ArcSwap`: the data path, the admin API, the state file and
+//! `file_output` all read the same one, so none can disagree with what routes.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use common::codec::Node;
-use tokio_util::sync::CancellationToken;
 
-use crate::balance::{Balancer, Ctx, Live, Member, PolicyName};
-use crate::metrics::BackendMetrics;
-use crate::outlier::{Outlier, Panic};
-use crate::proxy::http::HttpBackend;
+use crate::backend::{now_ns, BackendState, OutlierConfig};
+use crate::balance::{Balancer, Ctx, Member, PolicyName};
+use crate::filter::{Fallback, LocalityState};
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,39 +30,6 @@ pub enum Target {
     Addr(SocketAddr),
     /// A hostname, resolved at connect time.
     Host(String, u16),
-}
-
-/// Live state of one backend, shared by every table that contains it.
-#[derive(Debug)]
-pub struct BackendState {
-    /// `host:port`, the backend's identity.
-    pub key: String,
-    /// Metric handles, resolved once.
-    pub metrics: BackendMetrics,
-    /// Active connections, latency EWMA, ejection deadline; shared with the balancers.
-    pub live: Arc<Live>,
-    /// Consecutive failures and ejection history.
-    pub outlier: Outlier,
-    /// Cancelled when the backend has left the table and its `removal_grace` is over: its
-    /// remaining connections close.
-    pub closing: CancellationToken,
-    /// HTTP mode: keep-alive connection pool and HTTP metric handles, set up at the
-    /// backend's first request.
-    pub http: OnceLock<HttpBackend>,
-}
-
-impl BackendState {
-    /// Fresh state for the backend `key` (`host:port`).
-    pub fn new(key: String, metrics: BackendMetrics) -> BackendState {
-        BackendState {
-            key,
-            metrics,
-            live: Arc::new(Live::new()),
-            outlier: Outlier::default(),
-            closing: CancellationToken::new(),
-            http: OnceLock::new(),
-        }
-    }
 }
 
 /// One backend in a table.
@@ -166,7 +138,7 @@ impl RouteTable {
         self.balancer.policy()
     }
 
-    /// The panic state (see [`crate::outlier`]).
+    /// The panic state (see [`Panic`]).
     pub fn panic(&self) -> &Panic {
         &self.panic
     }
@@ -175,6 +147,142 @@ impl RouteTable {
     /// never a weight-0 one, backups only after every usable primary.
     pub fn pick(&self, ctx: Ctx) -> impl Iterator<Item = &Backend> {
         self.balancer.pick(ctx).filter_map(|i| self.backends.get(i))
+    }
+}
+
+/// Where a service's route table came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncSource {
+    /// Nothing yet: connections wait for the first sync.
+    #[default]
+    None,
+    /// ZooKeeper listed the path (since start, or since the reload that created the
+    /// service's watcher).
+    Zookeeper,
+    /// The state file, until ZooKeeper lists the path.
+    Cache,
+    /// No ZooKeeper listing within `first_sync_timeout`: the default servers.
+    DefaultServers,
+}
+
+impl SyncSource {
+    /// The name in the admin API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncSource::None => "none",
+            SyncSource::Zookeeper => "zookeeper",
+            SyncSource::Cache => "cache",
+            SyncSource::DefaultServers => "default_servers",
+        }
+    }
+}
+
+/// What the filters and fallbacks made of the members (for the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    /// Default servers or previous backends standing in.
+    pub fallback: Fallback,
+    /// Locality's verdict.
+    pub locality: LocalityState,
+    /// Available nodes refused by the label filters.
+    pub filtered_out: usize,
+}
+
+impl Default for Selected {
+    fn default() -> Self {
+        Selected {
+            fallback: Fallback::None,
+            locality: LocalityState::Off,
+            filtered_out: 0,
+        }
+    }
+}
+
+/// The available members last seen in ZooKeeper with at least one backend: what the state
+/// file keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// `(znode id, node)`.
+    pub members: Arc<Vec<(String, Node)>>,
+    /// True while they are ZooKeeper's current listing (not kept over an empty path, not
+    /// read back from the state file).
+    pub current: bool,
+}
+
+/// A backend that left the table and still has connections, within its `removal_grace`.
+#[derive(Debug, Clone)]
+pub struct Draining {
+    /// The znode it came from last.
+    pub id: String,
+    /// Its state (active connections in `live`).
+    pub state: Arc<BackendState>,
+    /// When its remaining connections are closed.
+    pub closes_at: Instant,
+}
+
+/// Everything a service publishes, stored at once by its watcher (the single writer).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The route table. The data path loads it once per connection (TCP) or request (HTTP).
+    pub table: Arc<RouteTable>,
+    /// What the filters and fallbacks made of the members.
+    pub selected: Selected,
+    /// The members the state file should keep.
+    pub known: Known,
+    /// Where the table came from; [`SyncSource::None`] until the first sync.
+    pub source: SyncSource,
+    /// Removed backends still draining, by key, as of the watcher's last look.
+    pub draining: Arc<[Draining]>,
+    /// Last change of the backend set, in ms since the Unix epoch; 0 before the first.
+    pub last_change_ms: u64,
+}
+
+impl Snapshot {
+    /// True once a first table is installed (from ZooKeeper, the state file or the default
+    /// servers).
+    pub fn synced(&self) -> bool {
+        self.source != SyncSource::None
+    }
+}
+
+/// Panic mode of one route table: until when picks ignore ejection (see [`crate::outlier`];
+/// computed by its `Detector`).
+#[derive(Debug, Default)]
+pub struct Panic {
+    /// [`now_ns`] deadline; 0 = not in panic.
+    until_ns: AtomicU64,
+}
+
+impl Panic {
+    /// True while too few backends are usable. HOT PATH: one relaxed load; the clock is read
+    /// only while a panic deadline is set.
+    pub fn active(&self) -> bool {
+        let until = self.until_ns.load(Ordering::Relaxed);
+        until != 0 && now_ns() < until
+    }
+
+    /// Recomputes the deadline from the ejections of `backends` (the table's).
+    pub(crate) fn refresh(&self, backends: &[Backend], config: &OutlierConfig) {
+        let now = now_ns();
+        let mut pickable = 0;
+        let mut ejected: Vec<u64> = Vec::new();
+        for b in backends.iter().filter(|b| b.weight > 0) {
+            pickable += 1;
+            let until = b.state.live.ejected_until();
+            if until > now {
+                ejected.push(until);
+            }
+        }
+        let allowed = config.ejected_before_panic(pickable);
+        let until = if ejected.len() > allowed {
+            // Panic lasts while more than `allowed` ejections run: until the (allowed+1)-th
+            // latest one ends.
+            ejected.sort_unstable_by(|a, b| b.cmp(a));
+            ejected[allowed]
+        } else {
+            0
+        };
+        self.until_ns.store(until, Ordering::Relaxed);
     }
 }
 

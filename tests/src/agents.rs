@@ -30,29 +30,50 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Agent {
     child: Child,
     dir: tempfile::TempDir,
+    config: PathBuf,
     name: &'static str,
 }
 
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
-        Self::spawn(name, config, None, &[])
+        Self::spawn(name, &format!("{name}.yaml"), config, None, &[])
+    }
+
+    /// Writes `config` to a temp file named `file_name` (its extension tells the agent
+    /// YAML from JSON) and starts `binary -c file`, with extra environment variables and
+    /// optionally an open-file limit. The builders ([`crate::synapse`], [`crate::nerve`])
+    /// start agents through this.
+    pub fn start_file(
+        name: &'static str,
+        file_name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> Agent {
+        Self::spawn(name, file_name, config, nofile, env)
     }
 
     /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
     pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
-        Self::spawn(name, config, Some(nofile), &[])
+        Self::spawn(name, &format!("{name}.yaml"), config, Some(nofile), &[])
     }
 
     /// Like [`start`](Self::start), with extra environment variables (they win over the
     /// harness's own, e.g. `RUST_LOG`).
     pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
-        Self::spawn(name, config, None, env)
+        Self::spawn(name, &format!("{name}.yaml"), config, None, env)
     }
 
-    fn spawn(name: &'static str, config: &str, nofile: Option<u32>, env: &[(&str, &str)]) -> Agent {
+    fn spawn(
+        name: &'static str,
+        file_name: &str,
+        config: &str,
+        nofile: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join(format!("{name}.yaml"));
+        let cfg = dir.path().join(file_name);
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log file");
         let mut command = match nofile {
@@ -76,7 +97,12 @@ impl Agent {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Agent { child, dir, name }
+        Agent {
+            child,
+            dir,
+            config: cfg,
+            name,
+        }
     }
 
     /// Process id.
@@ -86,8 +112,7 @@ impl Agent {
 
     /// Replaces the agent's config file (e.g. before a SIGHUP).
     pub fn rewrite_config(&self, config: &str) {
-        let cfg = self.dir.path().join(format!("{}.yaml", self.name));
-        std::fs::write(&cfg, config).expect("rewrite config");
+        std::fs::write(&self.config, config).expect("rewrite config");
     }
 
     /// Everything the agent logged so far.
@@ -97,7 +122,7 @@ impl Agent {
 
     /// The config file it was started with (rewrite it, then send `HUP`, to reload).
     pub fn config_file(&self) -> PathBuf {
-        self.dir.path().join(format!("{}.yaml", self.name))
+        self.config.clone()
     }
 
     /// Sends a signal by name (`TERM`, `STOP`, `CONT`, `KILL`).
@@ -341,6 +366,69 @@ pub fn metric(admin_port: u16, prefix: &str) -> Option<f64> {
         .ok()
 }
 
+/// The value of the sample `name{labels}` on the admin API's `/metrics`, the labels exactly
+/// these (in any order; none for an unlabelled series). `None` while the series is absent.
+pub fn metric_sample(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (status, body) = http_get(admin_port, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    find_sample(&body, name, labels)
+}
+
+/// [`metric_sample`] on a Prometheus text exposition already read.
+pub fn find_sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, inner) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let mut got = parse_labels(inner)?;
+            got.sort();
+            if got == want {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+}
+
+/// `k="v",k2="v2"` (values with Prometheus' escapes) into pairs.
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let mut chars = after.strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        out.push((key.trim().to_string(), value));
+        rest = after[end + 2..].trim_start_matches(',').trim();
+    }
+    Some(out)
+}
+
 /// A blocking ZooKeeper client for assertions (its own small runtime).
 pub struct Zk {
     rt: tokio::runtime::Runtime,
@@ -478,5 +566,27 @@ impl Zk {
                 .map_err(|_| zkc::Error::Timeout)
                 .and_then(|r| r)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_sample;
+
+    #[test]
+    fn samples_are_found_by_name_and_exact_labels() {
+        let text = "# HELP x_total X\n# TYPE x_total counter\nx_total 3\n\
+                    x_total{service=\"web\"} 1\n\
+                    x_total{backend=\"127.0.0.1:1\",service=\"web\"} 2\n\
+                    y{reason=\"a,b \\\"q\\\"\"} 4.5\n";
+        assert_eq!(find_sample(text, "x_total", &[]), Some(3.0));
+        assert_eq!(find_sample(text, "x_total", &[("service", "web")]), Some(1.0));
+        assert_eq!(
+            find_sample(text, "x_total", &[("service", "web"), ("backend", "127.0.0.1:1")]),
+            Some(2.0)
+        );
+        assert_eq!(find_sample(text, "x_total", &[("service", "db")]), None);
+        assert_eq!(find_sample(text, "x", &[("service", "web")]), None);
+        assert_eq!(find_sample(text, "y", &[("reason", "a,b \"q\"")]), Some(4.5));
     }
 }

@@ -1,9 +1,12 @@
 //! Test harness for the end-to-end tests: a real ZooKeeper ([`zk`]), real check targets
-//! ([`targets`]: HTTP/HTTPS, gRPC health, redis-server) and deadline-bounded waiting
-//! ([`wait`]).
+//! ([`targets`]: HTTP/HTTPS, gRPC health, redis-server), deadline-bounded waiting
+//! ([`wait`]), and the agents themselves: [`SynapseBuilder`] and [`NerveBuilder`] write a
+//! real config (as data, read by the agent's own loader) and start the binary, returning a
+//! handle ([`Synapse`], [`Nerve`]) with its ports, metrics, reload, log and stop.
 //!
 //! House rules: real parts (the Debian `zookeeper` package, run as child JVMs), no fixed ports
-//! ([`free_port`]), and no sleeping as synchronisation ([`eventually`] and friends).
+//! ([`free_port`]), and no sleeping as synchronisation ([`eventually`] and friends; for "this
+//! does not change for a while", [`consistently`]).
 //!
 //! [`ZkCluster`] and the sync waits block the calling thread: from async tests use
 //! `#[tokio::test(flavor = "multi_thread")]` (or `spawn_blocking`) so that clients' background
@@ -15,7 +18,7 @@
 pub mod wait;
 pub mod zk;
 
-pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_async};
+pub use wait::{consistently, eventually, eventually_async, eventually_ok, eventually_ok_async};
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
 pub mod http;
@@ -24,5 +27,11 @@ pub mod targets;
 pub use targets::{GrpcHealth, HttpTarget, Redis, TestCert};
 pub mod load;
 pub use load::{Failure, LineBackend, Load, Tally};
+pub mod grpc;
 pub mod observe;
+pub use grpc::{GrpcLoad, GrpcServer};
 pub use observe::NodeCounter;
+pub mod nerve;
+pub mod synapse;
+pub use nerve::{Nerve, NerveBuilder, NerveService};
+pub use synapse::{Synapse, SynapseBuilder, SynapseService};

@@ -4,6 +4,10 @@
 //! growing pause between attempts (5 ms doubling up to 100 ms). On timeout it panics with a message
 //! naming what was awaited, how long and how many attempts it took, and (for the `*_ok` variants)
 //! the last error seen, so a failing test says *why* it gave up.
+//!
+//! [`consistently`] is the opposite: a condition that must hold at every poll for a whole
+//! period ("nothing changes for this long"), failing at the first violation with what was
+//! seen, instead of a sleep followed by one check.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -94,6 +98,30 @@ pub fn eventually_ok<T, E: Debug>(what: &str, timeout: Duration, mut f: impl FnM
     }
 }
 
+/// Polls `f` for `period` (at the same pace as [`eventually`], and once more at the end):
+/// every call must return `Ok`. Panics at the first `Err`, naming `what`, when in the period
+/// it happened and what was seen. Returns the last `Ok` value.
+///
+/// For "nothing changes for this long" assertions: `consistently("the weight stays at 1",
+/// Duration::from_secs(3), || match weight() { Some(1) => Ok(()), w => Err(w) })`.
+#[track_caller]
+pub fn consistently<T, E: Debug>(what: &str, period: Duration, mut f: impl FnMut() -> Result<T, E>) -> T {
+    let mut poll = Poll::new(period);
+    loop {
+        match f() {
+            Ok(value) => match poll.next_pause() {
+                Some(pause) => std::thread::sleep(pause),
+                None => return value,
+            },
+            Err(seen) => panic!(
+                "{what} stopped holding after {:.1?} of {period:?} (attempt {}): saw {seen:?}",
+                poll.started.elapsed(),
+                poll.attempts + 1
+            ),
+        }
+    }
+}
+
 /// Async variant of [`eventually`] (requires a tokio runtime with the time driver).
 ///
 /// Each attempt is itself bounded by the time left, so an attempt that hangs (e.g. a ZooKeeper
@@ -170,6 +198,42 @@ mod tests {
         assert!(
             msg.contains("the impossible") && msg.contains("still no"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn consistently_holds_for_the_whole_period() {
+        let started = Instant::now();
+        let mut calls = 0;
+        let last = consistently("calls succeed", Duration::from_millis(120), || {
+            calls += 1;
+            Ok::<_, ()>(calls)
+        });
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        assert_eq!(last, calls);
+        assert!(calls >= 3, "{calls} polls");
+    }
+
+    #[test]
+    fn consistently_fails_at_the_first_violation_with_what_was_seen() {
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(|| {
+            let mut n = 0;
+            consistently("n stays below 3", Duration::from_secs(30), || {
+                n += 1;
+                if n < 3 {
+                    Ok(())
+                } else {
+                    Err(format!("n = {n}"))
+                }
+            })
+        });
+        let payload = result.expect_err("must fail");
+        let msg = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("n stays below 3") && msg.contains("n = 3"), "{msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "failed at once, not at the end"
         );
     }
 

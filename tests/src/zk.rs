@@ -203,7 +203,13 @@ impl PeerPorts {
     /// The `server.N=` line of a config: `host:quorum:election[:observer]`, and the client
     /// address after `;` when the ensemble is dynamically reconfigurable.
     fn server_line(&self, with_client: bool) -> String {
-        let role = if self.observer { ":observer" } else if with_client { ":participant" } else { "" };
+        let role = if self.observer {
+            ":observer"
+        } else if with_client {
+            ":participant"
+        } else {
+            ""
+        };
         let client = if with_client {
             format!(";127.0.0.1:{}", self.client)
         } else {
@@ -245,7 +251,10 @@ impl ZkTlsFiles {
     /// Makes the CA and the certificates.
     pub fn generate() -> ZkTlsFiles {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let dir = tempfile::Builder::new().prefix("zk-tls-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("zk-tls-")
+            .tempdir()
+            .expect("temp dir");
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -367,7 +376,8 @@ impl ZkServer {
             let _ = writeln!(cfg, "ssl.clientAuth=need");
             // TLS needs the Netty connection factory.
             jvm_extra.push(
-                "-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory".to_string(),
+                "-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory"
+                    .to_string(),
             );
             me.secure
         });
@@ -786,7 +796,10 @@ impl ZkCluster {
             .iter()
             .map(|s| match s.secure_port {
                 Some(port) => format!("127.0.0.1:{port}"),
-                None => panic!("{} has no TLS port: start the cluster with ZkOptions::tls", s.describe()),
+                None => panic!(
+                    "{} has no TLS port: start the cluster with ZkOptions::tls",
+                    s.describe()
+                ),
             })
             .collect();
         hosts.join(",")

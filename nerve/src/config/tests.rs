@@ -678,7 +678,10 @@ fn hooks_defaults_and_problems() {
 #[test]
 fn zookeeper_fleet_keys_read_only_is_refused_tls_is_read_at_load() {
     let service = "services:\n  - {name: web, host: 127.0.0.1, port: 80, zk_hosts: 'a:1', zk_path: /s/web, checks: [{type: tcp}]}\n";
-    let c = load(&format!("zookeeper: {{splay: 2s, follow_reconfig: false}}\n{service}")).unwrap();
+    let c = load(&format!(
+        "zookeeper: {{splay: 2s, follow_reconfig: false}}\n{service}"
+    ))
+    .unwrap();
     assert_eq!(c.zk_session.splay, Duration::from_secs(2));
     assert!(!c.zk_session.follow_reconfig && !c.zk_session.read_only);
     let c = load(service).unwrap();
@@ -692,7 +695,12 @@ fn zookeeper_fleet_keys_read_only_is_refused_tls_is_read_at_load() {
     got.sort();
     assert_eq!(
         got,
-        ["zookeeper.read_only", "zookeeper.splay", "zookeeper.tls.key_file", "zookeeper.tls_ca"],
+        [
+            "zookeeper.read_only",
+            "zookeeper.splay",
+            "zookeeper.tls.key_file",
+            "zookeeper.tls_ca"
+        ],
         "{err}"
     );
 }

@@ -33,7 +33,6 @@
 
 mod hash;
 mod least_conn;
-mod live;
 mod p2c;
 mod policy;
 mod random;
@@ -43,8 +42,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use crate::backend::{now_ns, Active, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
 pub use hash::{hash_bytes, hash_ip, mix64};
-pub use live::{now_ns, Active, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
 pub use policy::{HashOn, Policy, PolicyError, PolicyName, ServerOptions, DEFAULT_WEIGHT};
 pub use rr::SCHEDULE_CAP;
 

@@ -571,6 +571,7 @@ fn http_mode_defaults_and_keys() {
             },
             pool_max_idle: 0,
             pool_idle_timeout: Duration::from_secs(5),
+            backend_protocol: BackendProtocol::Http1,
         }
     );
     assert_eq!(b.balance, Policy::Hash(HashOn::Header("x-user".into())));
@@ -625,17 +626,20 @@ fn http_listeners_route_to_http_services() {
             RouteConfig {
                 host: Some(HostMatch::Exact("api.local".into())),
                 path_prefix: "/v1".into(),
-                service: "api".into()
+                service: "api".into(),
+                backend_protocol: None
             },
             RouteConfig {
                 host: Some(HostMatch::Wildcard(".web.local".into())),
                 path_prefix: String::new(),
-                service: "web".into()
+                service: "web".into(),
+                backend_protocol: None
             },
             RouteConfig {
                 host: None,
                 path_prefix: String::new(),
-                service: "web".into()
+                service: "web".into(),
+                backend_protocol: None
             },
         ]
     );
@@ -688,6 +692,69 @@ fn worker_threads_default_to_one() {
     assert_eq!(c.worker_threads, 0);
     let paths = problem_paths(&format!("worker_threads: 5000\n{}", one("")));
     assert_eq!(paths, ["worker_threads"]);
+}
+
+#[test]
+fn backend_protocol_per_service_and_per_route() {
+    let c = load(&format!(
+        "http_listeners:\n  - listen: 8080\n    routes:\n\
+         \x20     - {{path_prefix: /grpc, service: web, backend_protocol: h2c}}\n\
+         \x20     - {{service: web}}\n\
+         services:\n{}{}{}",
+        http_svc("web", ", listen: 4000"),
+        http_svc("g", ", listen: 4001, backend_protocol: h2c"),
+        http_svc("a", ", listen: 4002, backend_protocol: auto"),
+    ))
+    .unwrap();
+    let protocols: Vec<_> = c.services.iter().map(|s| s.http.backend_protocol).collect();
+    assert_eq!(
+        protocols,
+        [
+            BackendProtocol::Http1,
+            BackendProtocol::H2c,
+            BackendProtocol::Auto
+        ]
+    );
+    let routes: Vec<_> = c.http_listeners[0]
+        .routes
+        .iter()
+        .map(|r| r.backend_protocol)
+        .collect();
+    assert_eq!(routes, [Some(BackendProtocol::H2c), None]);
+    for b in [
+        BackendProtocol::Http1,
+        BackendProtocol::H2c,
+        BackendProtocol::Auto,
+    ] {
+        assert_eq!(BackendProtocol::parse(b.as_str()), Ok(b));
+    }
+
+    let err = load(&format!(
+        "http_listeners:\n  - {{listen: 8080, routes: [{{service: web, backend_protocol: h3}}]}}\n\
+         services:\n{}{}",
+        http_svc("web", ", backend_protocol: http2"),
+        "  - {name: t, zk_hosts: 'h:1', zk_path: /t, listen: 4001, backend_protocol: h2c}\n",
+    ))
+    .unwrap_err();
+    let problems: Vec<(&str, &str)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.as_str(), p.reason.as_str()))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            (
+                "services[0].backend_protocol",
+                "unknown backend_protocol \"http2\": expected http1, h2c or auto"
+            ),
+            ("services[1].backend_protocol", "only used in mode: http"),
+            (
+                "http_listeners[0].routes[0].backend_protocol",
+                "unknown backend_protocol \"h3\": expected http1, h2c or auto"
+            ),
+        ]
+    );
 }
 
 #[test]

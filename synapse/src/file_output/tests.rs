@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use common::codec::Node;
 
 use super::*;
+use crate::backend::BackendState;
 use crate::balance::PolicyName;
 use crate::metrics::Metrics;
-use crate::table::BackendState;
 
 fn node(port: u16, weight: Option<u32>) -> Node {
     Node {

@@ -3,10 +3,24 @@ use std::sync::Arc;
 use common::codec::Node;
 
 use super::*;
+use crate::backend::BackendState;
 use crate::balance::PolicyName;
-use crate::table::BackendState;
+use crate::table::Snapshot;
 
-fn table(n: usize) -> ArcSwap<RouteTable> {
+/// A service's snapshot cell, as the detector sees it.
+struct Tables(ArcSwap<Snapshot>);
+
+impl Tables {
+    fn load(&self) -> Arc<RouteTable> {
+        self.0.load().table.clone()
+    }
+
+    fn load_full(&self) -> Arc<RouteTable> {
+        self.load()
+    }
+}
+
+fn table(n: usize) -> Tables {
     let Ok(metrics) = crate::metrics::Metrics::new(&prometheus::Registry::new()) else {
         panic!("metrics")
     };
@@ -28,7 +42,10 @@ fn table(n: usize) -> ArcSwap<RouteTable> {
             (format!("n{i}"), node, state)
         })
         .collect();
-    ArcSwap::from_pointee(RouteTable::build(entries, PolicyName::RoundRobin, 1))
+    Tables(ArcSwap::from_pointee(Snapshot {
+        table: Arc::new(RouteTable::build(entries, PolicyName::RoundRobin, 1)),
+        ..Snapshot::default()
+    }))
 }
 
 fn config(consecutive_failures: u32) -> OutlierConfig {
@@ -39,11 +56,11 @@ fn config(consecutive_failures: u32) -> OutlierConfig {
 }
 
 /// Reports `n` connect failures on backend `i`; the last verdict.
-fn fail(d: &Detector, t: &ArcSwap<RouteTable>, i: usize, n: usize) -> Verdict {
+fn fail(d: &Detector, t: &Tables, i: usize, n: usize) -> Verdict {
     let table = t.load_full();
     let mut last = Verdict::Counted;
     for _ in 0..n {
-        last = d.on_failure(&table.backends()[i], Failure::Connect, t);
+        last = d.on_failure(&table.backends()[i], Failure::Connect, &t.0);
     }
     last
 }

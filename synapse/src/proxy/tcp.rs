@@ -17,12 +17,10 @@
 //! hold descriptors forever.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::net::{self, AcceptBackoff, AcceptRetry, Activity, Tracked};
-use socket2::{SockRef, TcpKeepalive};
+use common::net::{self, Activity, Tracked};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -32,26 +30,16 @@ use tracing::{debug, Instrument};
 use crate::balance::{hash_ip, Ctx, HashOn, Policy};
 use crate::outlier::Failure;
 use crate::service::Service;
-use crate::table::{Backend, Target};
 
-/// Interval between keepalive probes once the first one is sent.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Unanswered probes before the kernel drops the connection.
-const KEEPALIVE_RETRIES: u32 = 6;
+use super::accept::{self, Limit};
+use super::connect::{connect, first_sync, keepalive, NotSynced};
 
-/// Accepts connections until `cancel` fires. Accept errors (e.g. too many open files) back
-/// off through [`AcceptBackoff`] (rate-limited warnings); the loop never dies. Connections
-/// are tracked in `connections` so shutdown can wait for them, and see `cancel` (a
-/// connection waiting for the first sync gives up when it fires).
-///
-/// With `max_connections`, a permit is taken *before* `accept`: past the limit, clients wait
-/// in the listen backlog (not accepted, not reset) until a connection ends.
-///
-/// The listener is shared so that a config reload can stop this loop (`stop`) and serve the
-/// same socket with a new loop. When `stop` or `cancel` fires, the connections already
-/// completed in the listen backlog are taken and served before the loop returns
-/// ([`drain_backlog`]): on shutdown or when a service is removed, they would otherwise be
-/// reset with the socket.
+/// Accepts connections until `cancel` or `stop` fires ([`accept::serve`]: backoff on
+/// errors, `max_connections` permits taken before `accept`, backlog served at the end).
+/// Connections are tracked in `connections` so shutdown can wait for them, and see `cancel`
+/// (a connection waiting for the first sync gives up when it fires). The listener is shared
+/// so that a config reload can stop this loop (`stop`) and serve the same socket with a new
+/// one.
 pub async fn serve(
     listener: Arc<TcpListener>,
     service: Arc<Service>,
@@ -59,55 +47,21 @@ pub async fn serve(
     cancel: CancellationToken,
     stop: CancellationToken,
 ) {
-    let mut backoff = AcceptBackoff::new("proxy");
-    let mut permit = None;
-    loop {
-        if let (Some(limit), None) = (&service.conn_limit, &permit) {
-            permit = match limit.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    service.metrics.limited.inc();
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = stop.cancelled() => return,
-                        p = limit.clone().acquire_owned() => match p {
-                            Ok(p) => Some(p),
-                            // Never closed: the semaphore lives as long as the service.
-                            Err(_) => return,
-                        },
-                    }
-                }
-            };
-        }
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => {
-                drain_backlog(&listener, &service, &connections, &cancel);
-                return;
-            }
-            _ = stop.cancelled() => {
-                drain_backlog(&listener, &service, &connections, &cancel);
-                return;
-            }
-            r = listener.accept() => r,
-        };
-        let (client, peer) = match accepted {
-            Ok(c) => {
-                backoff.on_success();
-                c
-            }
-            Err(err) => {
-                if let AcceptRetry::After(pause) = backoff.on_error(&err) {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-                continue;
-            }
-        };
-        spawn_connection(client, peer, &service, &connections, &cancel, permit.take());
-    }
+    let limit = service.conn_limit.as_ref().map(|permits| Limit {
+        permits,
+        limited: &service.metrics.limited,
+    });
+    accept::serve(
+        &listener,
+        "proxy",
+        limit,
+        &cancel,
+        &stop,
+        |client, peer, permit| {
+            spawn_connection(client, peer, &service, &connections, &cancel, permit);
+        },
+    )
+    .await;
 }
 
 fn spawn_connection(
@@ -132,36 +86,15 @@ fn spawn_connection(
     );
 }
 
-/// Serves the connections left in the listen backlog ([`super::take_backlog`]).
+/// Serves the connections left in the listen backlog ([`accept::take_backlog`]).
 pub(crate) fn drain_backlog(
     listener: &TcpListener,
     service: &Arc<Service>,
     connections: &TaskTracker,
     cancel: &CancellationToken,
 ) {
-    for (client, peer) in super::take_backlog(listener) {
+    for (client, peer) in accept::take_backlog(listener) {
         spawn_connection(client, peer, service, connections, cancel, None);
-    }
-}
-
-/// Why a connection that arrived before the first sync was not served.
-pub(crate) enum NotSynced {
-    TimedOut,
-    Shutdown,
-}
-
-/// Waits until the service's first route table is installed, up to `first_sync_timeout`.
-pub(crate) async fn first_sync(service: &Service, cancel: &CancellationToken) -> Result<(), NotSynced> {
-    let mut synced = service.first_sync.subscribe();
-    let wait = tokio::time::timeout(service.config.first_sync_timeout, synced.wait_for(|s| *s));
-    tokio::select! {
-        _ = cancel.cancelled() => Err(NotSynced::Shutdown),
-        r = wait => match r {
-            Ok(Ok(_)) => Ok(()),
-            // The sender lives in the service, so a closed channel only happens at teardown.
-            Ok(Err(_)) => Err(NotSynced::Shutdown),
-            Err(_) => Err(NotSynced::TimedOut),
-        },
     }
 }
 
@@ -174,11 +107,11 @@ enum End {
 
 async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &CancellationToken) {
     keepalive(&client, service.config.tcp_keepalive);
-    if !service.synced.load(Ordering::Acquire) {
+    if !service.snapshot.load().synced() {
         let waited = first_sync(service, cancel).await;
         // The default servers stand in at the end of the same timeout: a tie goes to them.
         let waited = match waited {
-            Err(NotSynced::TimedOut) if service.synced.load(Ordering::Acquire) => Ok(()),
+            Err(NotSynced::TimedOut) if service.synced() => Ok(()),
             other => other,
         };
         if let Err(why) = waited {
@@ -196,7 +129,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
             return;
         }
     }
-    let table = service.table.load_full();
+    let table = service.table();
     let ctx = Ctx {
         attempts: service.config.connect_attempts.get() as usize,
         key: matches!(service.config.balance, Policy::Hash(HashOn::ClientIp)).then(|| hash_ip(peer.ip())),
@@ -220,7 +153,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
                 backend.state.metrics.failures.inc();
                 service
                     .outlier
-                    .on_failure(backend, Failure::Connect, &service.table);
+                    .on_failure(backend, Failure::Connect, &service.snapshot);
                 debug!(backend.addr = %backend.state.key, error = %err, "backend connect failed; trying the next");
             }
         }
@@ -272,35 +205,5 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
             service.metrics.grace_closed.inc();
             debug!(backend.addr = %backend.state.key, "backend removed and its removal grace over; closed both sides");
         }
-    }
-}
-
-/// Turns TCP keepalive on (`idle` before the first probe; zero leaves it off).
-pub(crate) fn keepalive(stream: &TcpStream, idle: Duration) {
-    if idle.is_zero() {
-        return;
-    }
-    let params = TcpKeepalive::new()
-        .with_time(idle)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&params) {
-        debug!(error = %err, "cannot set TCP keepalive");
-    }
-}
-
-pub(crate) async fn connect(backend: &Backend, timeout: Duration) -> std::io::Result<TcpStream> {
-    let fut = async {
-        match &backend.target {
-            Target::Addr(addr) => TcpStream::connect(addr).await,
-            Target::Host(host, port) => TcpStream::connect((host.as_str(), *port)).await,
-        }
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("connect timed out after {timeout:?}"),
-        )),
     }
 }

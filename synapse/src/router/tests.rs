@@ -82,7 +82,7 @@ fn host_match_parsing() {
     assert!(HostMatch::parse("a b").is_err());
     assert!(HostMatch::parse("*.").is_err());
     assert!(HostMatch::parse("").is_err());
-    // An empty label before the trailing dot (found by tests/tests/http_props.rs).
+    // An empty label before the trailing dot (found by tests/tests/it/http_props.rs).
     assert!(HostMatch::parse("a..").is_err());
     assert!(HostMatch::parse("*.a..").is_err());
     assert_eq!(HostMatch::parse("a.").unwrap(), HostMatch::Exact("a".into()));

@@ -1,4 +1,5 @@
 use super::*;
+use crate::backend::BackendState;
 
 fn node(host: &str, port: u16, weight: Option<u32>, options: Option<&str>) -> Node {
     Node {

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 
+use crate::backend::BackendState;
 use crate::balance::InFlight;
-use crate::table::BackendState;
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
@@ -75,13 +75,13 @@ impl Body for ReqBody {
 pub struct Release {
     /// The request sender of the connection.
     pub sender: SendRequest<ReqBody>,
-    /// The backend (its pool is in [`BackendState::http`]).
+    /// The backend (its pool is in [`BackendState::slot`]).
     pub state: Arc<BackendState>,
 }
 
 impl Release {
     fn give_back(self) {
-        if let Some(http) = self.state.http.get() {
+        if let Some(http) = self.state.slot.get::<super::HttpBackend>() {
             http.pool.checkin(self.sender);
         }
     }
@@ -123,12 +123,13 @@ impl RespBody {
     }
 
     /// A backend's body; `release` goes back to the pool at its end.
-    pub fn backend(body: Incoming, release: Option<Release>, in_flight: InFlight) -> RespBody {
+    /// `in_flight` (if any) ends with it.
+    pub fn backend(body: Incoming, release: Option<Release>, in_flight: Option<InFlight>) -> RespBody {
         RespBody {
             inner: Inner::Backend {
                 body,
                 release,
-                _in_flight: Some(in_flight),
+                _in_flight: in_flight,
             },
         }
     }

@@ -1,7 +1,7 @@
 //! Keep-alive connections to one backend. HOT PATH: a checkout and a checkin per request,
 //! each a lock-free queue operation (`crossbeam_queue::ArrayQueue`), no allocation.
 //!
-//! The pool lives in the backend's [`crate::table::BackendState`] (created at the backend's
+//! The pool lives in the backend's [`crate::backend::BackendState`] (its `slot`) (created at the backend's
 //! first request), so it is carried from one route table to the next like the rest of the
 //! backend's live state, and dropped with it: the connections of a backend that left the
 //! table and drained close then, or at the end of its `removal_grace`.

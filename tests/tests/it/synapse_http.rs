@@ -10,71 +10,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{http_get, metric};
 use integration_tests::http::{self as h, HttpBackend, HttpConn, Mode, TestBody};
-use integration_tests::{eventually, free_port, Agent, Zk, ZkCluster};
+use integration_tests::{eventually, free_port, SynapseBuilder, SynapseService, Zk, ZkCluster};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A running synapse.
-struct Synapse {
-    agent: Agent,
-    admin: u16,
-    ports: HashMap<String, u16>,
-}
-
-/// Starts synapse for `zk` with one `mode: http` service per `(name, extra)`, each on its
-/// own port and `/services/<name>`, plus `top` (top-level YAML, e.g. `http_listeners`).
-/// `extra`: YAML flow-map entries; `listen: none` in it leaves the service without a port.
-fn start(zk: &str, services: &[(&str, &str)], top: &str) -> Synapse {
-    let admin = free_port();
-    let mut ports = HashMap::new();
-    let mut config = format!("admin: {{listen: \"127.0.0.1:{admin}\"}}\n{top}\nservices:\n");
-    for (name, extra) in services {
-        let listen = if extra.contains("listen: none") {
-            String::new()
-        } else {
-            let port = free_port();
-            ports.insert(name.to_string(), port);
-            format!(", listen: {port}")
-        };
-        let extra = extra.replace("listen: none", "");
-        let extra = extra.trim().trim_matches(',');
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {extra}")
-        };
-        config += &format!(
-            "  - {{name: {name}, mode: http, zk_hosts: \"{zk}\", zk_path: /services/{name}, \
-             connect_timeout: 500ms{listen}{extra}}}\n"
-        );
-    }
-    Synapse {
-        agent: Agent::start("synapse", &config),
-        admin,
-        ports,
-    }
-}
-
-impl Synapse {
-    fn port(&self, service: &str) -> u16 {
-        self.ports[service]
-    }
-
-    /// Waits until `service` routes to `n` backends.
-    fn wait_backends(&self, service: &str, n: usize) {
-        eventually(&format!("{service} routes to {n} backends"), WAIT, || {
-            let (status, body) = http_get(self.admin, "/services").ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let synced = v[service]["synced"].as_bool()?;
-            (status == 200 && synced && v[service]["backends"].as_array()?.len() == n).then_some(())
-        });
-    }
-
-    fn metric(&self, sample: &str) -> f64 {
-        metric(self.admin, sample).unwrap_or(0.0)
-    }
+/// A `mode: http` service (connect timeout 500 ms) on `/services/<name>`, its own port.
+fn http(name: &str) -> SynapseService {
+    SynapseService::http(name)
 }
 
 fn get(port: u16, path: &str) -> h::Answer {
@@ -98,14 +42,14 @@ fn pooling_headers_and_own_answers() {
     zkc.put_backend("web", "a_0000000001", a.port, "");
     zkc.put_backend("slow", "a_0000000001", a.port, "");
     zkc.create("/services/empty", b"");
-    let synapse = start(
-        &zk.connect_string(),
-        &[("web", ""), ("empty", ""), ("slow", "request_timeout: 300ms")],
-        "",
-    );
-    synapse.wait_backends("web", 1);
-    synapse.wait_backends("slow", 1);
-    synapse.wait_backends("empty", 0);
+    let synapse = SynapseBuilder::new(&zk.connect_string())
+        .http("web")
+        .http("empty")
+        .service(http("slow").with("request_timeout", "300ms"))
+        .start();
+    synapse.wait_routes("web", 1);
+    synapse.wait_routes("slow", 1);
+    synapse.wait_routes("empty", 0);
     let web = synapse.port("web");
 
     // 40 requests, each on its own client connection, one after the other: one backend
@@ -217,11 +161,21 @@ fn pooling_headers_and_own_answers() {
     assert!(text.contains("\"backend\":\"a\""), "{text}");
 
     assert_eq!(
-        synapse.metric("synapse_http_proxy_errors_total{reason=\"no_backend\",service=\"empty\"}"),
+        synapse
+            .metric(
+                "synapse_http_proxy_errors_total",
+                &[("reason", "no_backend"), ("service", "empty")]
+            )
+            .unwrap_or(0.0),
         1.0
     );
     assert_eq!(
-        synapse.metric("synapse_http_proxy_errors_total{reason=\"timeout\",service=\"slow\"}"),
+        synapse
+            .metric(
+                "synapse_http_proxy_errors_total",
+                &[("reason", "timeout"), ("service", "slow")]
+            )
+            .unwrap_or(0.0),
         1.0
     );
 }
@@ -250,22 +204,15 @@ fn retries_and_their_limits() {
     zkc.put_backend("budget", "u1_0000000001", u1.port, "");
     zkc.put_backend("budget", "u2_0000000002", u2.port, "");
     // Ejection off: every request's first pick alternates between the two backends.
-    let no_eject = "outlier: {consecutive_failures: 0}";
-    let synapse = start(
-        &zk.connect_string(),
-        &[
-            ("connfail", no_eject),
-            ("closing", no_eject),
-            ("timing", &format!("{no_eject}, try_timeout: 300ms")),
-            (
-                "budget",
-                &format!("{no_eject}, retry_budget: {{percent: 0, min_per_second: 1}}"),
-            ),
-        ],
-        "",
-    );
+    let no_eject = |name: &str| http(name).with("outlier", json!({"consecutive_failures": 0}));
+    let synapse = SynapseBuilder::new(&zk.connect_string())
+        .service(no_eject("connfail"))
+        .service(no_eject("closing"))
+        .service(no_eject("timing").with("try_timeout", "300ms"))
+        .service(no_eject("budget").with("retry_budget", json!({"percent": 0, "min_per_second": 1})))
+        .start();
     for s in ["connfail", "closing", "timing", "budget"] {
-        synapse.wait_backends(s, 2);
+        synapse.wait_routes(s, 2);
     }
 
     // Connect failures: retried for GET and POST alike (nothing was sent).
@@ -292,7 +239,12 @@ fn retries_and_their_limits() {
         "round-robin sent {closed_gets} of 10 GETs to the closing backend first"
     );
     assert!(
-        synapse.metric("synapse_http_retries_total{reason=\"error\",service=\"closing\"}")
+        synapse
+            .metric(
+                "synapse_http_retries_total",
+                &[("reason", "error"), ("service", "closing")]
+            )
+            .unwrap_or(0.0)
             >= closed_gets as f64
     );
 
@@ -336,7 +288,15 @@ fn retries_and_their_limits() {
             started.elapsed()
         );
     }
-    assert!(synapse.metric("synapse_http_retries_total{reason=\"timeout\",service=\"timing\"}") >= 2.0);
+    assert!(
+        synapse
+            .metric(
+                "synapse_http_retries_total",
+                &[("reason", "timeout"), ("service", "timing")]
+            )
+            .unwrap_or(0.0)
+            >= 2.0
+    );
 
     // Budget: 1 retry/s over 10 s, no share of requests. Both backends answer 503: each
     // request could retry once, only the budget's worth do.
@@ -346,8 +306,13 @@ fn retries_and_their_limits() {
         assert_eq!(r.status, 503, "the backend's own 503 goes to the client");
         assert!(r.backend().is_some(), "a backend's answer, not synapse's");
     }
-    let retries = synapse.metric("synapse_http_retries_total{reason=\"status\",service=\"budget\"}");
-    let refused = synapse.metric("synapse_http_retry_budget_exhausted_total{service=\"budget\"}");
+    let retries = synapse
+        .metric(
+            "synapse_http_retries_total",
+            &[("reason", "status"), ("service", "budget")],
+        )
+        .unwrap_or(0.0);
+    let refused = synapse.service_metric("synapse_http_retry_budget_exhausted_total", "budget");
     println!("budget: {retries} retries, {refused} refused over 30 requests");
     assert!(
         (1.0..=12.0).contains(&retries),
@@ -365,8 +330,8 @@ fn upgrades_and_streaming() {
     let zkc = Zk::connect(&zk.connect_string());
     let a = HttpBackend::start("a");
     zkc.put_backend("ws", "a_0000000001", a.port, "");
-    let synapse = start(&zk.connect_string(), &[("ws", "")], "");
-    synapse.wait_backends("ws", 1);
+    let synapse = SynapseBuilder::new(&zk.connect_string()).http("ws").start();
+    synapse.wait_routes("ws", 1);
     let port = synapse.port("ws");
 
     // Upgrade, then bytes both ways on the same connection.
@@ -391,7 +356,7 @@ fn upgrades_and_streaming() {
 
     // 80 MB down then 80 MB up, each on one request.
     let size: u64 = 80 * 1024 * 1024;
-    let pid = synapse.agent.pid();
+    let pid = synapse.agent().pid();
     let before = vm_kb(pid, "VmRSS");
     let mut conn = HttpConn::open(port).unwrap();
     let r = conn
@@ -434,25 +399,22 @@ fn shared_listener_routes_by_host_and_path() {
     zkc.put_backend("fallback", "fb_0000000001", fallback.port, "");
     let shared = free_port();
     // This one runs on a multi-thread runtime; the others on the default single thread.
-    let top = format!(
-        "worker_threads: 2\nhttp_listeners:\n  - listen: {shared}\n    routes:\n\
-         \x20     - {{host: api.local, service: api}}\n\
-         \x20     - {{host: api.local, path_prefix: /v2, service: apiv2}}\n\
-         \x20     - {{host: \"*.web.local\", service: web}}\n\
-         \x20     - {{path_prefix: /static/, service: fallback}}\n"
-    );
-    let synapse = start(
-        &zk.connect_string(),
-        &[
-            ("api", ""),
-            ("apiv2", "listen: none"),
-            ("web", "listen: none"),
-            ("fallback", "listen: none"),
-        ],
-        &top,
-    );
+    let routes = json!([
+        {"host": "api.local", "service": "api"},
+        {"host": "api.local", "path_prefix": "/v2", "service": "apiv2"},
+        {"host": "*.web.local", "service": "web"},
+        {"path_prefix": "/static/", "service": "fallback"},
+    ]);
+    let synapse = SynapseBuilder::new(&zk.connect_string())
+        .top("worker_threads", 2)
+        .top("http_listeners", json!([{"listen": shared, "routes": routes}]))
+        .http("api")
+        .service(http("apiv2").no_listen())
+        .service(http("web").no_listen())
+        .service(http("fallback").no_listen())
+        .start();
     for s in ["api", "apiv2", "web", "fallback"] {
-        synapse.wait_backends(s, 1);
+        synapse.wait_routes(s, 1);
     }
     let mut conn = HttpConn::open(shared).unwrap();
     let mut who = |host: &str, path: &str| {
@@ -479,10 +441,11 @@ fn shared_listener_routes_by_host_and_path() {
         Some("api")
     );
     assert_eq!(
-        synapse.metric(&format!(
-            "synapse_http_unrouted_total{{listen=\"127.0.0.1:{shared}\"}}"
-        )),
-        1.0
+        synapse.metric(
+            "synapse_http_unrouted_total",
+            &[("listen", &format!("127.0.0.1:{shared}"))]
+        ),
+        Some(1.0)
     );
 }
 
@@ -501,18 +464,25 @@ fn hashing_ejection_and_metrics() {
     bad.set_mode(Mode::Status(500));
     zkc.put_backend("eject", "bad_0000000001", bad.port, "");
     zkc.put_backend("eject", "fine_0000000002", fine.port, "");
-    let synapse = start(
-        &zk.connect_string(),
-        &[
-            ("sticky", "balance: hash, hash_on: \"header:X-User\""),
-            ("cookie", "balance: hash, hash_on: \"cookie:session\""),
-            ("eject", "outlier: {consecutive_failures: 3, base_ejection: 30s}"),
-        ],
-        "",
-    );
-    synapse.wait_backends("sticky", 4);
-    synapse.wait_backends("cookie", 4);
-    synapse.wait_backends("eject", 2);
+    let synapse = SynapseBuilder::new(&zk.connect_string())
+        .service(
+            http("sticky")
+                .with("balance", "hash")
+                .with("hash_on", "header:X-User"),
+        )
+        .service(
+            http("cookie")
+                .with("balance", "hash")
+                .with("hash_on", "cookie:session"),
+        )
+        .service(http("eject").with(
+            "outlier",
+            json!({"consecutive_failures": 3, "base_ejection": "30s"}),
+        ))
+        .start();
+    synapse.wait_routes("sticky", 4);
+    synapse.wait_routes("cookie", 4);
+    synapse.wait_routes("eject", 2);
 
     let mut conn = HttpConn::open(synapse.port("sticky")).unwrap();
     let mut owner: HashMap<String, String> = HashMap::new();
@@ -560,34 +530,36 @@ fn hashing_ejection_and_metrics() {
     let errors = statuses.iter().filter(|s| **s == 500).count();
     assert_eq!(errors, 3, "exactly 3 × 500 before ejection: {statuses:?}");
     assert!(statuses[10..].iter().all(|s| *s == 200), "{statuses:?}");
-    let be =
-        |name: &str, b: &HttpBackend| format!("{name}{{backend=\"127.0.0.1:{}\",service=\"eject\"}}", b.port);
-    assert_eq!(synapse.metric(&be("synapse_backend_ejections_total", &bad)), 1.0);
+    let be = |name: &str, b: &HttpBackend| synapse.backend_metric(name, "eject", b.port);
+    assert_eq!(be("synapse_backend_ejections_total", &bad), 1.0);
 
     // Metrics by class, per service and per backend.
     let class = |c: &str| {
-        synapse.metric(&format!(
-            "synapse_http_requests_total{{code_class=\"{c}\",service=\"eject\"}}"
-        ))
+        synapse
+            .metric(
+                "synapse_http_requests_total",
+                &[("code_class", c), ("service", "eject")],
+            )
+            .unwrap_or(0.0)
     };
     assert_eq!(class("5xx"), 3.0);
     assert_eq!(class("2xx"), 17.0);
     let backend_class = |b: &HttpBackend, c: &str| {
-        synapse.metric(&format!(
-            "synapse_backend_http_responses_total{{backend=\"127.0.0.1:{}\",code_class=\"{c}\",service=\"eject\"}}",
-            b.port
-        ))
+        let backend = format!("127.0.0.1:{}", b.port);
+        synapse
+            .metric(
+                "synapse_backend_http_responses_total",
+                &[("backend", &backend), ("code_class", c), ("service", "eject")],
+            )
+            .unwrap_or(0.0)
     };
     assert_eq!(backend_class(&bad, "5xx"), 3.0);
     assert_eq!(backend_class(&fine, "2xx"), 17.0);
     assert_eq!(
-        synapse.metric("synapse_http_response_seconds_count{service=\"eject\"}"),
+        synapse.service_metric("synapse_http_response_seconds_count", "eject"),
         20.0
     );
-    assert_eq!(
-        synapse.metric(&be("synapse_backend_http_response_seconds_count", &fine)),
-        17.0
-    );
+    assert_eq!(be("synapse_backend_http_response_seconds_count", &fine), 17.0);
 }
 
 /// Reads an HTTP response head (up to the blank line) byte by byte.
@@ -631,8 +603,8 @@ fn membership_churn_fails_no_request() {
     for (i, b) in backends.iter().enumerate().take(3) {
         zkc.put_backend("churn", &id(i), b.port, "");
     }
-    let synapse = start(&zk.connect_string(), &[("churn", "")], "");
-    synapse.wait_backends("churn", 3);
+    let synapse = SynapseBuilder::new(&zk.connect_string()).http("churn").start();
+    synapse.wait_routes("churn", 3);
     let port = synapse.port("churn");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -718,15 +690,18 @@ fn sigterm_answers_the_first_request_of_a_fresh_connection() {
     let zkc = Zk::connect(&zk.connect_string());
     let b = HttpBackend::start("b1");
     zkc.put_backend("web", "b1_0000000001", b.port, "");
-    let mut s = start(&zk.connect_string(), &[("web", "")], "drain_timeout: 10s\n");
-    s.wait_backends("web", 1);
+    let mut s = SynapseBuilder::new(&zk.connect_string())
+        .drain_timeout(Duration::from_secs(10))
+        .http("web")
+        .start();
+    s.wait_routes("web", 1);
     let port = s.port("web");
-    let before = s.metric("synapse_connections_total{service=\"web\"}");
+    let before = s.service_metric("synapse_connections_total", "web");
     let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
     eventually("synapse accepted the connection", WAIT, || {
-        (s.metric("synapse_connections_total{service=\"web\"}") > before).then_some(())
+        (s.service_metric("synapse_connections_total", "web") > before).then_some(())
     });
-    s.agent.signal("TERM");
+    s.signal("TERM");
     eventually("the listener is closed", WAIT, || {
         TcpStream::connect(("127.0.0.1", port)).is_err().then_some(())
     });
@@ -741,6 +716,6 @@ fn sigterm_answers_the_first_request_of_a_fresh_connection() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer:?}"
     );
-    let status = s.agent.wait_exit(WAIT);
+    let status = s.wait_exit(WAIT);
     assert!(status.success(), "synapse exits cleanly: {status}");
 }

@@ -7,7 +7,10 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::routed;
-use integration_tests::{eventually, free_port, Agent, Backend, NodeCounter, Zk, ZkCluster};
+use integration_tests::{
+    eventually, Backend, Nerve, NerveBuilder, NerveService, NodeCounter, Synapse, SynapseBuilder,
+    SynapseService, Zk, ZkCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
@@ -16,27 +19,28 @@ const OUR_PREFIX: &str = "test-host_a_";
 /// How long recovery may take once the ensemble serves again (the target is 1 s; generous).
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3);
 
-fn start_nerve(zk: &str, b: &Backend, session_timeout: &str) -> Agent {
-    let admin = free_port();
-    let config = format!(
-        "instance_id: test-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
-         zookeeper: {{session_timeout: {session_timeout}}}\nservices:\n  \
-         - {{name: {}, host: 127.0.0.1, port: {}, zk_hosts: \"{zk}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-        b.name, b.port
-    );
-    Agent::start("nerve", &config)
+/// nerve of instance `test-host` registering `b` under [`PATH`] (tcp checks every 100 ms).
+fn start_nerve(zk: &str, b: &Backend, session_timeout: Duration) -> Nerve {
+    NerveBuilder::new(zk)
+        .instance_id("test-host")
+        .session_timeout(session_timeout)
+        .service(NerveService::tcp(&b.name, b.port).zk_path(PATH))
+        .start()
 }
 
-/// synapse routing service `web`; returns the agent and its admin port.
-fn start_synapse(zk: &str, session_timeout: &str) -> (Agent, u16) {
-    let (admin, listen) = (free_port(), free_port());
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: {session_timeout}}}\n\
-         services:\n  - {{name: web, zk_hosts: \"{zk}\", zk_path: {PATH}, listen: {listen}, \
-         use_previous_backends: false}}\n"
-    );
-    (Agent::start("synapse", &config), admin)
+/// synapse routing service `web` without previous backends; returns it and its admin port.
+fn start_synapse(zk: &str, session_timeout: Duration) -> (Synapse, u16) {
+    let synapse = SynapseBuilder::new(zk)
+        .session_timeout(session_timeout)
+        .service(
+            SynapseService::tcp("web")
+                .zk_path(PATH)
+                .connect_timeout(None)
+                .with("use_previous_backends", false),
+        )
+        .start();
+    let admin = synapse.admin();
+    (synapse, admin)
 }
 
 fn addr(b: &Backend) -> String {
@@ -77,8 +81,8 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
 fn full_outage(zk: &mut ZkCluster, round: usize, longer: Duration) -> (Duration, Duration) {
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let nerve = start_nerve(&cs, &a, "2s");
-    let (synapse, admin) = start_synapse(&cs, "2s");
+    let nerve = start_nerve(&cs, &a, Duration::from_secs(2));
+    let (synapse, admin) = start_synapse(&cs, Duration::from_secs(2));
     let zkc = Zk::connect(&cs);
     let old_owner = eventually("nerve registers", WAIT, || match ours(&zkc)?.as_slice() {
         [(_, owner)] => Some(*owner),
@@ -183,7 +187,7 @@ fn frozen_server_holding_the_session_never_leaves_two_nodes() {
     let mut zk = ZkCluster::ensemble(3);
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let nerve = start_nerve(&cs, &a, "1s");
+    let nerve = start_nerve(&cs, &a, Duration::from_secs(1));
     let zkc = Zk::connect(&cs);
     let owner = eventually("nerve registers", WAIT, || match ours(&zkc)?.as_slice() {
         [(_, owner)] => Some(*owner),
@@ -264,8 +268,8 @@ fn short_outage_within_the_session_timeout_keeps_nerve_s_node_and_synapse_recove
     let mut zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let _nerve = start_nerve(&cs, &a, "10s");
-    let (_synapse, admin) = start_synapse(&cs, "10s");
+    let _nerve = start_nerve(&cs, &a, Duration::from_secs(10));
+    let (_synapse, admin) = start_synapse(&cs, Duration::from_secs(10));
     let zkc = Zk::connect(&cs);
     eventually("nerve registers", WAIT, || (ours(&zkc)?.len() == 1).then_some(()));
     eventually("synapse routes to nerve's backend", WAIT, || {

@@ -9,60 +9,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{exchange, http_get, metric, who};
-use integration_tests::{eventually, free_port, Agent, Backend, EchoBackend, Zk, ZkCluster};
+use integration_tests::agents::{exchange, http_get, who};
+use integration_tests::{
+    consistently, eventually, free_port, Backend, EchoBackend, Synapse, SynapseBuilder, SynapseService, Zk,
+    ZkCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 const PATH: &str = "/services/web";
 
-/// A running synapse routing service `web` (from [`PATH`]).
-struct Synapse {
-    agent: Agent,
-    admin: u16,
-    listen: u16,
+/// synapse routing service `web` (from [`PATH`]).
+fn synapse(zk: &str) -> SynapseBuilder {
+    SynapseBuilder::new(zk).tcp("web")
 }
 
-/// Starts synapse for `zk` with `extra` keys added to the `web` service (YAML flow map
-/// entries, e.g. `"idle_timeout: 500ms"`), optionally under an open-file limit.
-fn start_synapse(zk: &str, extra: &str, nofile: Option<u32>) -> Synapse {
-    let (admin, listen) = (free_port(), free_port());
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {extra}")
-    };
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{zk}\", \
-         zk_path: {PATH}, listen: {listen}, connect_timeout: 500ms{extra}}}\n"
-    );
-    let agent = match nofile {
-        None => Agent::start("synapse", &config),
-        Some(n) => Agent::start_with_fd_limit("synapse", &config, n),
-    };
-    Synapse { agent, admin, listen }
+/// synapse routing `web` with one more key of the service (by its name in the file).
+fn synapse_with(zk: &str, key: &str, value: &str) -> SynapseBuilder {
+    SynapseBuilder::new(zk).service(SynapseService::tcp("web").with(key, value))
 }
 
-impl Synapse {
-    fn metric(&self, series: &str) -> Option<f64> {
-        metric(self.admin, series)
-    }
+/// `/ready`'s status, once the admin API answers.
+fn ready(synapse: &Synapse) -> Option<u16> {
+    http_get(synapse.admin(), "/ready").ok().map(|(status, _)| status)
+}
 
-    fn ready(&self) -> Option<u16> {
-        http_get(self.admin, "/ready").ok().map(|(status, _)| status)
-    }
-
-    /// Connects to the service port as soon as it is bound (retrying refused connects).
-    fn connect_when_bound(&self) -> TcpStream {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match TcpStream::connect(("127.0.0.1", self.listen)) {
-                Ok(s) => return s,
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
-                    // Polling for the bind: as tight as is reasonable, the race is the point.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => panic!("synapse's port {} never accepted: {e}", self.listen),
+/// Connects to the service port as soon as it is bound (retrying refused connects).
+fn connect_when_bound(synapse: &Synapse) -> TcpStream {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpStream::connect(("127.0.0.1", synapse.listen())) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                // Polling for the bind: as tight as is reasonable, the race is the point.
+                std::thread::sleep(Duration::from_millis(1));
             }
+            Err(e) => panic!("synapse's port {} never accepted: {e}", synapse.listen()),
         }
     }
 }
@@ -84,8 +65,12 @@ fn exchange_on(mut s: TcpStream, payload: &[u8], timeout: Duration) -> std::io::
     Ok(out)
 }
 
-fn rejected(reason: &str) -> String {
-    format!("synapse_connections_rejected_total{{reason=\"{reason}\",service=\"web\"}}")
+/// `synapse_connections_rejected_total` of `web` for `reason`.
+fn rejected(synapse: &Synapse, reason: &str) -> Option<f64> {
+    synapse.metric(
+        "synapse_connections_rejected_total",
+        &[("reason", reason), ("service", "web")],
+    )
 }
 
 /// Item: connections accepted in the first milliseconds after a restart were reset while
@@ -97,11 +82,11 @@ fn connections_from_the_moment_the_port_is_bound_are_routed() {
     let a = Backend::start("a");
     put_node(&Zk::connect(&cs), "a_0000000001", a.port);
 
-    let synapse = start_synapse(&cs, "", None);
+    let synapse = synapse(&cs).start();
     // A burst of connections the instant the port accepts, then one request on each.
-    let first = synapse.connect_when_bound();
+    let first = connect_when_bound(&synapse);
     let burst: Vec<TcpStream> = std::iter::once(first)
-        .chain((0..9).map(|_| TcpStream::connect(("127.0.0.1", synapse.listen)).unwrap()))
+        .chain((0..9).map(|_| TcpStream::connect(("127.0.0.1", synapse.listen())).unwrap()))
         .collect();
     let mut answers: Vec<Result<String, String>> = burst
         .into_iter()
@@ -110,10 +95,10 @@ fn connections_from_the_moment_the_port_is_bound_are_routed() {
     // Keep hammering through the first sync and a little after it.
     let mut after_ready = 0;
     while after_ready < 20 {
-        if synapse.ready() == Some(200) {
+        if ready(&synapse) == Some(200) {
             after_ready += 1;
         }
-        answers.push(exchange(synapse.listen, b"hello").map_err(|e| e.to_string()));
+        answers.push(exchange(synapse.listen(), b"hello").map_err(|e| e.to_string()));
         assert!(answers.len() < 10_000, "synapse never became ready");
     }
     let bad: Vec<_> = answers.iter().filter(|a| a.as_deref() != Ok("a:5")).collect();
@@ -123,7 +108,7 @@ fn connections_from_the_moment_the_port_is_bound_are_routed() {
         bad.len()
     );
     assert!(bad.is_empty(), "connections reset or unserved: {bad:?}");
-    assert_eq!(synapse.metric(&rejected("not_synced")), Some(0.0));
+    assert_eq!(rejected(&synapse, "not_synced"), Some(0.0));
 }
 
 /// A connection made while ZooKeeper is down waits for the first sync and is then routed.
@@ -135,13 +120,13 @@ fn a_connection_made_while_zookeeper_is_down_waits_for_the_first_sync() {
     put_node(&Zk::connect(&cs), "a_0000000001", a.port);
     zk.kill(0);
 
-    let synapse = start_synapse(&cs, "first_sync_timeout: 60s", None);
-    let conn = synapse.connect_when_bound();
+    let synapse = synapse_with(&cs, "first_sync_timeout", "60s").start();
+    let conn = connect_when_bound(&synapse);
     let client = std::thread::spawn(move || exchange_on(conn, b"hello", Duration::from_secs(90)));
     eventually("synapse accepted the connection", WAIT, || {
-        (synapse.metric("synapse_connections_total{service=\"web\"}")? == 1.0).then_some(())
+        (synapse.metric("synapse_connections_total", &[("service", "web")])? == 1.0).then_some(())
     });
-    assert_eq!(synapse.ready(), Some(503), "not synced while ZooKeeper is down");
+    assert_eq!(ready(&synapse), Some(503), "not synced while ZooKeeper is down");
     assert!(
         !client.is_finished(),
         "the early connection was closed: {:?}",
@@ -156,8 +141,8 @@ fn a_connection_made_while_zookeeper_is_down_waits_for_the_first_sync() {
         restarted.elapsed()
     );
     assert_eq!(answer.expect("exchange"), "a:5");
-    assert_eq!(synapse.ready(), Some(200));
-    assert_eq!(synapse.metric(&rejected("not_synced")), Some(0.0));
+    assert_eq!(ready(&synapse), Some(200));
+    assert_eq!(rejected(&synapse, "not_synced"), Some(0.0));
 }
 
 /// Past `first_sync_timeout` without a sync, the waiting connection is closed and counted.
@@ -165,8 +150,8 @@ fn a_connection_made_while_zookeeper_is_down_waits_for_the_first_sync() {
 fn without_a_first_sync_in_time_the_connection_is_closed_and_counted() {
     // Nothing listens there: the first sync never comes.
     let nowhere = format!("127.0.0.1:{}", free_port());
-    let synapse = start_synapse(&nowhere, "first_sync_timeout: 300ms", None);
-    let conn = synapse.connect_when_bound();
+    let synapse = synapse_with(&nowhere, "first_sync_timeout", "300ms").start();
+    let conn = connect_when_bound(&synapse);
     let started = Instant::now();
     let answer = exchange_on(conn, b"hello", WAIT).unwrap_or_default();
     let waited = started.elapsed();
@@ -176,9 +161,9 @@ fn without_a_first_sync_in_time_the_connection_is_closed_and_counted() {
         "closed before the bound: {waited:?}"
     );
     eventually("the rejection is counted", WAIT, || {
-        (synapse.metric(&rejected("not_synced"))? == 1.0).then_some(())
+        (rejected(&synapse, "not_synced")? == 1.0).then_some(())
     });
-    assert_eq!(synapse.ready(), Some(503));
+    assert_eq!(ready(&synapse), Some(503));
 }
 
 /// Once synced, a service with no backend at all closes connections at once, counted as
@@ -188,19 +173,19 @@ fn synced_without_backends_closes_at_once_as_no_backend() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     Zk::connect(&cs).create(PATH, b"");
-    let synapse = start_synapse(&cs, "first_sync_timeout: 60s", None);
-    eventually("ready", WAIT, || (synapse.ready()? == 200).then_some(()));
+    let synapse = synapse_with(&cs, "first_sync_timeout", "60s").start();
+    eventually("ready", WAIT, || (ready(&synapse)? == 200).then_some(()));
     let started = Instant::now();
-    assert_eq!(exchange(synapse.listen, b"hello").unwrap_or_default(), "");
+    assert_eq!(exchange(synapse.listen(), b"hello").unwrap_or_default(), "");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "did not wait for a sync it had"
     );
     eventually("counted", WAIT, || {
-        (synapse.metric(&rejected("no_backend"))? == 1.0).then_some(())
+        (rejected(&synapse, "no_backend")? == 1.0).then_some(())
     });
     assert_eq!(
-        synapse.metric("synapse_no_backend_total{service=\"web\"}"),
+        synapse.metric("synapse_no_backend_total", &[("service", "web")]),
         Some(1.0)
     );
 }
@@ -212,11 +197,11 @@ fn idle_connections_are_closed_both_sides_and_active_ones_are_not() {
     let cs = zk.connect_string();
     let echo = EchoBackend::start();
     put_node(&Zk::connect(&cs), "echo_0000000001", echo.port);
-    let synapse = start_synapse(&cs, "idle_timeout: 600ms", None);
-    eventually("ready", WAIT, || (synapse.ready()? == 200).then_some(()));
+    let synapse = synapse_with(&cs, "idle_timeout", "600ms").start();
+    eventually("ready", WAIT, || (ready(&synapse)? == 200).then_some(()));
 
     // Idle: one round trip, then silence.
-    let mut idle = TcpStream::connect(("127.0.0.1", synapse.listen)).unwrap();
+    let mut idle = TcpStream::connect(("127.0.0.1", synapse.listen())).unwrap();
     idle.set_read_timeout(Some(WAIT)).unwrap();
     idle.write_all(b"x").unwrap();
     let mut buf = [0u8; 16];
@@ -240,12 +225,12 @@ fn idle_connections_are_closed_both_sides_and_active_ones_are_not() {
     });
     println!("idle connection closed after {closed_after:?} (idle_timeout 600ms)");
     assert_eq!(
-        synapse.metric("synapse_idle_timeouts_total{service=\"web\"}"),
+        synapse.metric("synapse_idle_timeouts_total", &[("service", "web")]),
         Some(1.0)
     );
 
     // Active: a byte every 150 ms for 3 s (five idle timeouts) keeps it open.
-    let mut active = TcpStream::connect(("127.0.0.1", synapse.listen)).unwrap();
+    let mut active = TcpStream::connect(("127.0.0.1", synapse.listen())).unwrap();
     active.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
@@ -260,7 +245,7 @@ fn idle_connections_are_closed_both_sides_and_active_ones_are_not() {
         "the active connection's backend side is still open"
     );
     assert_eq!(
-        synapse.metric("synapse_idle_timeouts_total{service=\"web\"}"),
+        synapse.metric("synapse_idle_timeouts_total", &[("service", "web")]),
         Some(1.0)
     );
 }
@@ -293,10 +278,10 @@ fn client_and_backend_sockets_have_tcp_keepalive() {
     let cs = zk.connect_string();
     let echo = EchoBackend::start();
     put_node(&Zk::connect(&cs), "echo_0000000001", echo.port);
-    let synapse = start_synapse(&cs, "tcp_keepalive: 30s", None);
-    eventually("ready", WAIT, || (synapse.ready()? == 200).then_some(()));
+    let synapse = synapse_with(&cs, "tcp_keepalive", "30s").start();
+    eventually("ready", WAIT, || (ready(&synapse)? == 200).then_some(()));
 
-    let mut conn = TcpStream::connect(("127.0.0.1", synapse.listen)).unwrap();
+    let mut conn = TcpStream::connect(("127.0.0.1", synapse.listen())).unwrap();
     conn.write_all(b"x").unwrap();
     let mut buf = [0u8; 4];
     assert_eq!(conn.read(&mut buf).unwrap(), 1);
@@ -304,7 +289,7 @@ fn client_and_backend_sockets_have_tcp_keepalive() {
     // Established (1) with a keepalive timer (2) due within the configured 30 s (USER_HZ
     // is 100 on Linux: 3000 ticks).
     let client_side = eventually("synapse's client socket", WAIT, || {
-        tcp_timer(synapse.listen, client_port)
+        tcp_timer(synapse.listen(), client_port)
     });
     assert!(
         client_side.0 == 1 && client_side.1 == 2 && client_side.2 <= 3000,
@@ -337,13 +322,13 @@ fn out_of_file_descriptors_backs_off_quietly_and_recovers() {
     let cs = zk.connect_string();
     let a = Backend::start("a");
     put_node(&Zk::connect(&cs), "a_0000000001", a.port);
-    let synapse = start_synapse(&cs, "", Some(48));
-    eventually("routed", WAIT, || (who(synapse.listen)? == "a").then_some(()));
+    let mut synapse = synapse(&cs).fd_limit(48).start();
+    eventually("routed", WAIT, || (who(synapse.listen())? == "a").then_some(()));
 
     // Clients that keep connecting: each proxied connection takes two of synapse's 48
     // descriptors, so accepts fail with EMFILE, and succeed again as others finish.
     let stop = Arc::new(AtomicBool::new(false));
-    let port = synapse.listen;
+    let port = synapse.listen();
     let clients: Vec<_> = (0..40)
         .map(|_| {
             let stop = stop.clone();
@@ -359,20 +344,27 @@ fn out_of_file_descriptors_backs_off_quietly_and_recovers() {
         })
         .collect();
     eventually("synapse runs out of descriptors", WAIT, || {
-        synapse.agent.log().contains("Too many open files").then_some(())
+        synapse.log().contains("Too many open files").then_some(())
     });
-    let exhausted = Instant::now();
-    // The load goes on for 3 s of descriptor exhaustion.
-    while exhausted.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The load goes on for 3 s of descriptor exhaustion; synapse lives through it.
+    consistently(
+        "synapse runs through descriptor exhaustion",
+        Duration::from_secs(3),
+        || {
+            if synapse.is_running() {
+                Ok(())
+            } else {
+                Err("synapse exited")
+            }
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     let served: u32 = clients.into_iter().map(|c| c.join().unwrap()).sum();
 
     eventually("synapse serves again once descriptors are free", WAIT, || {
-        (who(synapse.listen)? == "a").then_some(())
+        (who(synapse.listen())? == "a").then_some(())
     });
-    let log = synapse.agent.log();
+    let log = synapse.log();
     let warnings = log.lines().filter(|l| l.contains("accept failed")).count();
     println!("EMFILE for 3 s under load: {warnings} accept warnings, {served} exchanges served");
     assert!(warnings >= 1, "the exhaustion was logged:\n{log}");

@@ -7,62 +7,38 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{exchange, http_get, metric, routed, who};
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::agents::{exchange, http_get, routed, who};
+use integration_tests::{
+    eventually, Backend, NerveBuilder, NerveService, Synapse, SynapseBuilder, Zk, ZkCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// The service path every test uses.
 const PATH: &str = "/services/web";
 
-/// Starts nerve registering each backend as a service of its own name under [`PATH`], with
-/// tcp checks every 100 ms (rise 2, fall 2), payload name (instance_id) `test-host-<name>`.
-/// `extra` is prepended top-level YAML.
-fn start_nerve(zk: &str, backends: &[&Backend], extra: &str) -> (Agent, u16) {
-    let admin = free_port();
-    let mut config =
-        format!("instance_id: test-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{extra}services:\n");
-    for b in backends {
-        config += &format!(
-            "  - {{name: {0}, instance_id: test-host-{0}, host: 127.0.0.1, port: {1}, \
-             zk_hosts: \"{zk}\", zk_path: {PATH}, check_interval: 100ms, rise: 2, fall: 2, \
-             checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-            b.name, b.port
-        );
-    }
-    (Agent::start("nerve", &config), admin)
+/// nerve registering each backend as a service of its own name under [`PATH`], with tcp
+/// checks every 100 ms (rise 2, fall 2), payload name (instance_id) `test-host-<name>`.
+fn nerve(zk: &str, backends: &[&Backend]) -> NerveBuilder {
+    backends
+        .iter()
+        .fold(NerveBuilder::new(zk).instance_id("test-host"), |n, b| {
+            n.service(
+                NerveService::tcp(&b.name, b.port)
+                    .instance_id(&format!("test-host-{}", b.name))
+                    .zk_path(PATH)
+                    .rise(2),
+            )
+        })
 }
 
-/// A running synapse routing service `web` (from [`PATH`]) on `listen`.
-struct Synapse {
-    agent: Agent,
-    admin: u16,
-    listen: u16,
-}
-
+/// A running synapse routing service `web` (from [`PATH`]).
 fn start_synapse(zk: &str) -> Synapse {
-    let (admin, listen) = (free_port(), free_port());
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{zk}\", \
-         zk_path: {PATH}, listen: {listen}, connect_timeout: 500ms}}\n"
-    );
-    Synapse {
-        agent: Agent::start("synapse", &config),
-        admin,
-        listen,
-    }
+    SynapseBuilder::new(zk).tcp("web").start()
 }
 
-impl Synapse {
-    /// Waits until synapse routes to exactly `backends`.
-    fn wait_routes(&self, what: &str, backends: &[&Backend]) {
-        let mut want: Vec<String> = backends.iter().map(|b| addr(b)).collect();
-        want.sort();
-        eventually(what, WAIT, || (routed(self.admin, "web")? == want).then_some(()));
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        metric(self.admin, &format!("{name}{{service=\"web\"}}"))
-    }
+/// The ports of `backends`.
+fn ports(backends: &[&Backend]) -> Vec<u16> {
+    backends.iter().map(|b| b.port).collect()
 }
 
 fn addr(b: &Backend) -> String {
@@ -92,16 +68,16 @@ fn register_route_and_spread_over_two_backends() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let _nerve = start_nerve(&cs, &[&a, &b], "");
+    let _nerve = nerve(&cs, &[&a, &b]).start();
     let synapse = start_synapse(&cs);
-    synapse.wait_routes("synapse routes to both backends", &[&a, &b]);
+    synapse.wait_routed_to("web", &ports(&[&a, &b]));
 
     // Bytes go through, both ways, with half-close: the backend answers after our EOF.
     let payload = vec![7u8; 100_000];
-    let answer = exchange(synapse.listen, &payload).expect("exchange through synapse");
+    let answer = exchange(synapse.listen(), &payload).expect("exchange through synapse");
     assert!(answer.ends_with(":100000"), "backend saw every byte: {answer}");
 
-    let counts = spread(synapse.listen, 20);
+    let counts = spread(synapse.listen(), 20);
     assert_eq!(
         counts.get("a"),
         Some(&10),
@@ -135,30 +111,30 @@ fn dead_backend_is_removed_and_comes_back() {
     let cs = zk.connect_string();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let a_port = a.port;
-    let (_nerve, nerve_admin) = start_nerve(&cs, &[&a, &b], "");
+    let nerve = nerve(&cs, &[&a, &b]).start();
     let synapse = start_synapse(&cs);
-    synapse.wait_routes("both routed", &[&a, &b]);
+    synapse.wait_routed_to("web", &ports(&[&a, &b]));
 
     let killed = Instant::now();
     drop(a);
-    synapse.wait_routes("synapse stops routing to the dead backend", &[&b]);
+    synapse.wait_routed_to("web", &ports(&[&b]));
     println!(
         "backend killed -> not routed: {:?} (tcp check every 100ms, fall 2)",
         killed.elapsed()
     );
-    let counts = spread(synapse.listen, 10);
+    let counts = spread(synapse.listen(), 10);
     assert_eq!(
         counts.get("b"),
         Some(&10),
         "all traffic on the live backend: {counts:?}"
     );
 
-    let (status, body) = http_get(nerve_admin, "/status").expect("status");
+    let (status, body) = http_get(nerve.admin(), "/status").expect("status");
     assert_eq!(status, 503, "a service is down: {body}");
 
     let a = Backend::start_on("a", a_port);
-    synapse.wait_routes("the backend is routed again", &[&a, &b]);
-    let counts = spread(synapse.listen, 10);
+    synapse.wait_routed_to("web", &ports(&[&a, &b]));
+    let counts = spread(synapse.listen(), 10);
     assert_eq!(
         counts.get("a"),
         Some(&5),
@@ -171,7 +147,7 @@ fn nerve_session_expiry_recreates_exactly_one_node() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let (mut nerve, _) = start_nerve(&cs, &[&a], "zookeeper: {session_timeout: 1s}\n");
+    let mut nerve = nerve(&cs, &[&a]).session_timeout(Duration::from_secs(1)).start();
     let zkc = Zk::connect(&cs);
     let node = |zkc: &Zk| -> Option<(String, i64)> {
         let children = zkc.children(PATH).ok()?;
@@ -212,7 +188,7 @@ fn watch_survives_losing_its_ensemble_server() {
     let a = Backend::start("a");
     put_node(&zkc, "a_0000000001", &a);
     let synapse = start_synapse(&cs);
-    synapse.wait_routes("synapse routes to a", &[&a]);
+    synapse.wait_routed_to("web", &ports(&[&a]));
 
     // The only sessions are ours and synapse's: find the server synapse is connected to.
     let mine = zkc.session_id();
@@ -230,10 +206,10 @@ fn watch_survives_losing_its_ensemble_server() {
     // Membership changes made after the failover still arrive.
     let b = Backend::start("b");
     put_node(&zkc, "b_0000000002", &b);
-    synapse.wait_routes("the new member arrives after failover", &[&a, &b]);
+    synapse.wait_routed_to("web", &ports(&[&a, &b]));
     zkc.delete(&format!("{PATH}/a_0000000001"));
-    synapse.wait_routes("the removal arrives too", &[&b]);
-    assert_eq!(who(synapse.listen).as_deref(), Some("b"));
+    synapse.wait_routed_to("web", &ports(&[&b]));
+    assert_eq!(who(synapse.listen()).as_deref(), Some("b"));
 }
 
 #[test]
@@ -262,22 +238,25 @@ fn malformed_and_unavailable_nodes_never_hide_good_ones() {
         format!("{{\"host\":\"127.0.0.1\",\"port\":\"{}\"}}", good.port).as_bytes(),
     );
     let synapse = start_synapse(&cs);
-    synapse.wait_routes("only the good node is routed", &[&good]);
-    assert_eq!(spread(synapse.listen, 4).get("good"), Some(&4));
+    synapse.wait_routed_to("web", &ports(&[&good]));
+    assert_eq!(spread(synapse.listen(), 4).get("good"), Some(&4));
     assert_eq!(
-        synapse.metric("synapse_invalid_nodes_total"),
+        synapse.metric("synapse_invalid_nodes_total", &[("service", "web")]),
         Some(2.0),
         "both malformed nodes counted once"
     );
-    assert_eq!(synapse.metric("synapse_unavailable_nodes"), Some(1.0));
+    assert_eq!(
+        synapse.metric("synapse_unavailable_nodes", &[("service", "web")]),
+        Some(1.0)
+    );
 
     // A good node whose data turns malformed keeps routing to what was last known good.
     zkc.set(&format!("{PATH}/good_0000000004"), b"{\"host\":");
     eventually("the now-malformed node is counted", WAIT, || {
-        (synapse.metric("synapse_invalid_nodes_total")? == 3.0).then_some(())
+        (synapse.metric("synapse_invalid_nodes_total", &[("service", "web")])? == 3.0).then_some(())
     });
-    assert_eq!(routed(synapse.admin, "web"), Some(vec![addr(&good)]));
-    assert_eq!(who(synapse.listen).as_deref(), Some("good"));
+    assert_eq!(routed(synapse.admin(), "web"), Some(vec![addr(&good)]));
+    assert_eq!(who(synapse.listen()).as_deref(), Some("good"));
 }
 
 #[test]
@@ -289,16 +268,16 @@ fn synapse_keeps_previous_backends_when_the_path_empties_and_is_ready_after_sync
     put_node(&zkc, "a_0000000001", &a);
     let synapse = start_synapse(&cs);
     eventually("ready", WAIT, || {
-        (http_get(synapse.admin, "/ready").ok()?.0 == 200).then_some(())
+        (http_get(synapse.admin(), "/ready").ok()?.0 == 200).then_some(())
     });
-    assert_eq!(routed(synapse.admin, "web"), Some(vec![addr(&a)]));
+    assert_eq!(routed(synapse.admin(), "web"), Some(vec![addr(&a)]));
     zkc.delete(&format!("{PATH}/a_0000000001"));
     eventually("the emptied path is noticed", WAIT, || {
-        (synapse.metric("synapse_using_previous_backends")? == 1.0).then_some(())
+        (synapse.metric("synapse_using_previous_backends", &[("service", "web")])? == 1.0).then_some(())
     });
     // The last backend is still served.
-    assert_eq!(routed(synapse.admin, "web"), Some(vec![addr(&a)]));
-    assert_eq!(who(synapse.listen).as_deref(), Some("a"));
+    assert_eq!(routed(synapse.admin(), "web"), Some(vec![addr(&a)]));
+    assert_eq!(who(synapse.listen()).as_deref(), Some("a"));
 }
 
 #[test]
@@ -306,7 +285,7 @@ fn sigterm_deregisters_before_nerve_exits() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let (mut nerve, _) = start_nerve(&cs, &[&a], "");
+    let mut nerve = nerve(&cs, &[&a]).start();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || {
         (zkc.children(PATH).ok()?.len() == 1).then_some(())
@@ -330,23 +309,22 @@ fn signal_storm_of_sighup_does_not_kill_or_unregister() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let (mut nerve, _) = start_nerve(&cs, &[&a], "");
+    let mut nerve = nerve(&cs, &[&a]).start();
     let mut synapse = start_synapse(&cs);
-    synapse.wait_routes("routed", &[&a]);
+    synapse.wait_routed_to("web", &ports(&[&a]));
     for _ in 0..50 {
         nerve.signal("HUP");
-        synapse.agent.signal("HUP");
+        synapse.signal("HUP");
     }
     // Both reload their (unchanged) config, storms folded into pending reloads.
     eventually("both reloaded", WAIT, || {
-        (nerve.log().contains("config reloaded") && synapse.agent.log().contains("config reloaded"))
-            .then_some(())
+        (nerve.log().contains("config reloaded") && synapse.log().contains("config reloaded")).then_some(())
     });
     assert!(
-        nerve.is_running() && synapse.agent.is_running(),
+        nerve.is_running() && synapse.is_running(),
         "SIGHUP must not kill an agent"
     );
-    assert_eq!(who(synapse.listen).as_deref(), Some("a"));
+    assert_eq!(who(synapse.listen()).as_deref(), Some("a"));
     let zkc = Zk::connect(&cs);
     assert_eq!(zkc.children(PATH).expect("list").len(), 1);
 }
@@ -356,21 +334,21 @@ fn zookeeper_outage_keeps_routing_and_recovers() {
     let mut zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let (mut nerve, _) = start_nerve(&cs, &[&a], "");
+    let mut nerve = nerve(&cs, &[&a]).start();
     let mut synapse = start_synapse(&cs);
-    synapse.wait_routes("routed", &[&a]);
+    synapse.wait_routed_to("web", &ports(&[&a]));
 
     zk.kill(0);
     eventually("synapse notices the outage", WAIT, || {
-        synapse.agent.log().contains("disconnected").then_some(())
+        synapse.log().contains("disconnected").then_some(())
     });
     assert_eq!(
-        spread(synapse.listen, 5).get("a"),
+        spread(synapse.listen(), 5).get("a"),
         Some(&5),
         "routing goes on from what synapse last knew"
     );
     assert!(
-        nerve.is_running() && synapse.agent.is_running(),
+        nerve.is_running() && synapse.is_running(),
         "no agent exits on a ZooKeeper fault"
     );
 
@@ -378,7 +356,7 @@ fn zookeeper_outage_keeps_routing_and_recovers() {
     let zkc = Zk::connect(&cs);
     let b = Backend::start("b");
     put_node(&zkc, "b_0000000001", &b);
-    synapse.wait_routes("changes flow again after the outage", &[&a, &b]);
+    synapse.wait_routed_to("web", &ports(&[&a, &b]));
     eventually("nerve's node is there", WAIT, || {
         let ours = zkc
             .children(PATH)

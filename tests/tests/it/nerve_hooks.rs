@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::metric;
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::{consistently, eventually, free_port, Agent, Backend, Zk, ZkCluster};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
@@ -233,8 +233,14 @@ fn pre_available_failure_holds_the_service_back_and_is_retried() {
     });
     // It ran before the change, not at each check run once available.
     let runs_then = tail(&runs).lines().count();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(tail(&runs).lines().count(), runs_then, "not run while available");
+    consistently(
+        "the hook not run while available",
+        Duration::from_millis(500),
+        || match tail(&runs).lines().count() {
+            n if n == runs_then => Ok(()),
+            n => Err(format!("{n} runs, {runs_then} before")),
+        },
+    );
 }
 
 /// An operator's disable: the node goes, then `on_disable` runs, then `drained` is polled

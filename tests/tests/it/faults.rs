@@ -13,13 +13,16 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{exchange, metric, routed};
-use integration_tests::{eventually, free_port, Agent, LineBackend, Load, NodeCounter, Tally, Zk, ZkCluster};
+use integration_tests::agents::{exchange, routed};
+use integration_tests::{
+    eventually, free_port, LineBackend, Load, Nerve, NerveBuilder, NerveService, NodeCounter, Synapse,
+    SynapseBuilder, SynapseService, Tally, Zk, ZkCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
 /// The agents' ZooKeeper session timeout.
-const SESSION: &str = "2s";
+const SESSION: Duration = Duration::from_secs(2);
 /// Target for nerve's nodes being back once the ensemble serves: 1 s. Asserted generously
 /// (a loaded 2-core CI machine); the measured value is printed.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3);
@@ -34,32 +37,27 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// nerve for one host: registers `b` as service `web` of instance `<b.name>-host`, tcp checks
 /// every 100 ms; `drain_time` on SIGTERM.
-fn start_nerve(zk: &str, b: &LineBackend, drain_time: &str) -> Agent {
-    let admin = free_port();
-    let config = format!(
-        "instance_id: {0}-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
-         zookeeper: {{session_timeout: {SESSION}}}\ndrain_time: {drain_time}\nservices:\n  \
-         - {{name: web, host: 127.0.0.1, port: {1}, zk_hosts: \"{zk}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-        b.name, b.port
-    );
-    Agent::start("nerve", &config)
+fn start_nerve(zk: &str, b: &LineBackend, drain_time: Duration) -> Nerve {
+    NerveBuilder::new(zk)
+        .instance_id(&format!("{}-host", b.name))
+        .session_timeout(SESSION)
+        .drain_time(drain_time)
+        .service(NerveService::tcp("web", b.port).zk_path(PATH))
+        .start()
 }
 
-/// synapse routing `web` on `listen`. `keep_previous`: `use_previous_backends` (the default,
-/// true: an empty path keeps the last backends); false makes a moment without any node a
-/// moment without any route.
-fn synapse_config(zk: &str, admin: u16, listen: u16, keep_previous: bool) -> String {
-    synapse_config_with(zk, admin, listen, keep_previous, "")
-}
-
-/// [`synapse_config`] followed by `more` (service lines).
-fn synapse_config_with(zk: &str, admin: u16, listen: u16, keep_previous: bool, more: &str) -> String {
-    format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: {SESSION}}}\n\
-         drain_timeout: 10s\nservices:\n  - {{name: web, zk_hosts: \"{zk}\", zk_path: {PATH}, \
-         listen: {listen}, connect_timeout: 500ms, use_previous_backends: {keep_previous}}}\n{more}"
-    )
+/// synapse routing `web`. `keep_previous`: `use_previous_backends` (the default, true: an
+/// empty path keeps the last backends); false makes a moment without any node a moment
+/// without any route.
+fn synapse_config(zk: &str, keep_previous: bool) -> SynapseBuilder {
+    SynapseBuilder::new(zk)
+        .session_timeout(SESSION)
+        .drain_timeout(Duration::from_secs(10))
+        .service(
+            SynapseService::tcp("web")
+                .zk_path(PATH)
+                .with("use_previous_backends", keep_previous),
+        )
 }
 
 fn addr(b: &LineBackend) -> String {
@@ -91,12 +89,9 @@ struct Rig {
     load: Load,
     a: LineBackend,
     b: LineBackend,
-    nerve_a: Agent,
-    _nerve_b: Agent,
-    synapse: Agent,
-    admin: u16,
-    listen: u16,
-    keep_previous: bool,
+    nerve_a: Nerve,
+    _nerve_b: Nerve,
+    synapse: Synapse,
 }
 
 impl Rig {
@@ -107,20 +102,16 @@ impl Rig {
 
     fn start_with(cs: &str, keep_previous: bool) -> Rig {
         let (a, b) = (LineBackend::start("a"), LineBackend::start("b"));
-        let nerve_a = start_nerve(cs, &a, "2s");
-        let nerve_b = start_nerve(cs, &b, "2s");
-        let (admin, listen) = (free_port(), free_port());
-        let synapse = Agent::start("synapse", &synapse_config(cs, admin, listen, keep_previous));
+        let nerve_a = start_nerve(cs, &a, Duration::from_secs(2));
+        let nerve_b = start_nerve(cs, &b, Duration::from_secs(2));
+        let synapse = synapse_config(cs, keep_previous).start();
         let rig = Rig {
-            load: Load::start(listen, 2, 2, PAUSE),
+            load: Load::start(synapse.port("web"), 2, 2, PAUSE),
             a,
             b,
             nerve_a,
             _nerve_b: nerve_b,
             synapse,
-            admin,
-            listen,
-            keep_previous,
         };
         // The load starts before synapse routes: clients wait (synapse holds connections until
         // its first sync) or retry a refused connect. That start is not under test.
@@ -132,7 +123,9 @@ impl Rig {
     fn wait_routes(&self, what: &str, backends: &[&LineBackend]) {
         let mut want: Vec<String> = backends.iter().map(|b| addr(b)).collect();
         want.sort();
-        eventually(what, WAIT, || (routed(self.admin, "web")? == want).then_some(()));
+        eventually(what, WAIT, || {
+            (routed(self.synapse.admin(), "web")? == want).then_some(())
+        });
     }
 
     /// Lets the load run until some more requests are answered (so a scenario's window is
@@ -388,10 +381,8 @@ fn synapse_restart_under_load() {
         rig.synapse.signal("TERM");
         let status = rig.synapse.wait_exit(WAIT);
         assert!(status.success(), "synapse exits cleanly: {status}");
-        rig.synapse = Agent::start(
-            "synapse",
-            &synapse_config(&cs, rig.admin, rig.listen, rig.keep_previous),
-        );
+        // The same config, ports included.
+        rig.synapse = rig.synapse.config().clone().start();
         rig.wait_routes("the new synapse routes to both hosts", &[&rig.a, &rig.b]);
         let floor = rig.load.answered() + 50;
         eventually("load answered after the restart", WAIT, || {
@@ -463,13 +454,11 @@ fn answered_by(port: u16) -> Option<String> {
     Some(answer.strip_suffix(":probe\n")?.to_string())
 }
 
-/// Reloads counted with `result` (`ok` or `failed`) by synapse's admin port `admin`.
-fn reloads(admin: u16, result: &str) -> f64 {
-    metric(
-        admin,
-        &format!("synapse_config_reloads_total{{result=\"{result}\"}}"),
-    )
-    .unwrap_or(0.0)
+/// Reloads counted with `result` (`ok` or `failed`) by `synapse`.
+fn reloads(synapse: &Synapse, result: &str) -> f64 {
+    synapse
+        .metric("synapse_config_reloads_total", &[("result", result)])
+        .unwrap_or(0.0)
 }
 
 /// synapse's config is rewritten and SIGHUP sent, eight times under load, each time changing
@@ -482,7 +471,7 @@ fn synapse_reload_under_load() {
     let _serial = serial();
     let zk = ZkCluster::ensemble(3);
     let cs = zk.connect_string();
-    let rig = Rig::start(&cs);
+    let mut rig = Rig::start(&cs);
     let zkc = Zk::connect(&cs);
     let (c, d) = (LineBackend::start("c"), LineBackend::start("d"));
     for (path, b) in [("/services/other", &c), ("/services/other2", &d)] {
@@ -492,14 +481,13 @@ fn synapse_reload_under_load() {
         );
     }
     let (p1, p2) = (free_port(), free_port());
-    let other = |path: &str, listen: u16| {
-        format!(
-            "  - {{name: other, zk_hosts: \"{cs}\", zk_path: {path}, listen: {listen}, \
-             connect_timeout: 500ms}}\n"
-        )
-    };
-    // (what, the other service's line, where it answers and from which backend).
-    type Step<'a> = (&'static str, String, Option<(u16, &'a LineBackend)>);
+    let other = |path: &str, listen: u16| Some(SynapseService::tcp("other").zk_path(path).listen_on(listen));
+    // (what, the other service, where it answers and from which backend).
+    type Step<'a> = (
+        &'static str,
+        Option<SynapseService>,
+        Option<(u16, &'a LineBackend)>,
+    );
     let steps: [Step; 4] = [
         ("service added", other("/services/other", p1), Some((p1, &c))),
         (
@@ -512,17 +500,18 @@ fn synapse_reload_under_load() {
             other("/services/other2", p2),
             Some((p2, &d)),
         ),
-        ("service removed", String::new(), None),
+        ("service removed", None, None),
     ];
     let mut reloaded = 0;
     for round in 1..=2 {
-        for (what, line, expect) in &steps {
-            let config = synapse_config_with(&cs, rig.admin, rig.listen, rig.keep_previous, line);
-            let before = reloads(rig.admin, "ok");
-            rig.synapse.rewrite_config(&config);
-            rig.synapse.signal("HUP");
+        for (what, other, expect) in &steps {
+            let before = reloads(&rig.synapse, "ok");
+            rig.synapse.reload(|c| match other {
+                Some(service) => c.set_service(service.clone()),
+                None => c.without("other"),
+            });
             eventually(&format!("reload {round}: {what}: counted"), WAIT, || {
-                (reloads(rig.admin, "ok") > before).then_some(())
+                (reloads(&rig.synapse, "ok") > before).then_some(())
             });
             reloaded += 1;
             match expect {
@@ -532,7 +521,7 @@ fn synapse_reload_under_load() {
                     });
                 }
                 None => eventually(&format!("reload {round}: {what}: takes effect"), WAIT, || {
-                    let gone = routed(rig.admin, "other").is_none();
+                    let gone = routed(rig.synapse.admin(), "other").is_none();
                     let closed = [p1, p2]
                         .iter()
                         .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err());
@@ -554,6 +543,6 @@ fn synapse_reload_under_load() {
         }
     }
     rig.wait_routes("web still routes to both hosts", &[&rig.a, &rig.b]);
-    assert_eq!(reloads(rig.admin, "failed"), 0.0, "no reload failed");
-    assert!(reloads(rig.admin, "ok") >= f64::from(reloaded));
+    assert_eq!(reloads(&rig.synapse, "failed"), 0.0, "no reload failed");
+    assert!(reloads(&rig.synapse, "ok") >= f64::from(reloaded));
 }

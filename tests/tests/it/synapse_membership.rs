@@ -12,67 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{http_get, metric, routed, who};
-use integration_tests::{eventually, free_port, Agent, Backend, EchoBackend, Zk, ZkCluster};
-use serde_json::Value;
+use integration_tests::agents::{http_get, routed, who};
+use integration_tests::{
+    consistently, eventually, free_port, Backend, EchoBackend, SynapseBuilder, SynapseService, Zk, ZkCluster,
+};
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A running synapse.
-struct Synapse {
-    agent: Agent,
-    admin: u16,
-    ports: HashMap<String, u16>,
-}
-
-/// Starts synapse: `head` is top-level YAML (may be empty); `services` are `(name, extra)`
-/// with `extra` YAML flow-map entries for the service, each on `/services/<name>` of `zk`.
-fn start(zk: &str, head: &str, services: &[(&str, &str)], env: &[(&str, &str)]) -> Synapse {
-    let admin = free_port();
-    let mut ports = HashMap::new();
-    let mut config = format!("admin: {{listen: \"127.0.0.1:{admin}\"}}\n{head}services:\n");
-    for (name, extra) in services {
-        let listen = free_port();
-        ports.insert(name.to_string(), listen);
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {extra}")
-        };
-        config += &format!(
-            "  - {{name: {name}, zk_hosts: \"{zk}\", zk_path: /services/{name}, listen: {listen}, \
-             connect_timeout: 500ms{extra}}}\n"
-        );
-    }
-    Synapse {
-        agent: Agent::start_with_env("synapse", &config, env),
-        admin,
-        ports,
-    }
-}
-
-impl Synapse {
-    fn port(&self, service: &str) -> u16 {
-        self.ports[service]
-    }
-
-    fn wait_routes(&self, service: &str, ports: &[u16]) {
-        let want = addrs(ports);
-        eventually(&format!("{service} routes to {want:?}"), WAIT, || {
-            (routed(self.admin, service)? == want).then_some(())
-        });
-    }
-
-    fn service(&self, service: &str) -> Value {
-        let (status, body) = http_get(self.admin, "/services").expect("GET /services");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str::<Value>(&body).expect("JSON")[service].clone()
-    }
-
-    fn metric(&self, name: &str, service: &str) -> f64 {
-        metric(self.admin, &format!("{name}{{service=\"{service}\"}}")).unwrap_or(0.0)
-    }
-}
 
 fn addrs(ports: &[u16]) -> Vec<String> {
     let mut v: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -109,9 +55,15 @@ fn debounce_folds_a_burst_and_keeps_a_lone_change_fast() {
     let first = Backend::start("first");
     zkc.put_backend("web", "first_0000000000", first.port, "");
     // A long window: a trailing-only debounce would hold the lone change 500 ms.
-    let synapse = start(&cs, "", &[("web", "debounce: 500ms, debounce_max: 3s")], &[]);
-    synapse.wait_routes("web", &[first.port]);
-    let builds_before = synapse.metric("synapse_route_updates_total", "web");
+    let synapse = SynapseBuilder::new(&cs)
+        .service(
+            SynapseService::tcp("web")
+                .with("debounce", "500ms")
+                .with("debounce_max", "3s"),
+        )
+        .start();
+    synapse.wait_routed_to("web", &[first.port]);
+    let builds_before = synapse.service_metric("synapse_route_updates_total", "web");
 
     // 50 registrations as fast as one client writes them (backends need not listen).
     let ports: Vec<u16> = (0..50).map(|i| 40_000 + i).collect();
@@ -120,21 +72,29 @@ fn debounce_folds_a_burst_and_keeps_a_lone_change_fast() {
     }
     let mut all = ports.clone();
     all.push(first.port);
-    synapse.wait_routes("web", &all);
-    let builds = synapse.metric("synapse_route_updates_total", "web") - builds_before;
-    let events = synapse.metric("synapse_watch_updates_total", "web");
+    synapse.wait_routed_to("web", &all);
+    let builds = synapse.service_metric("synapse_route_updates_total", "web") - builds_before;
+    let events = synapse.service_metric("synapse_watch_updates_total", "web");
     println!("burst of 50 registrations: {events} ZooKeeper updates, {builds} table builds");
     assert!(builds <= 5.0, "{builds} tables for one burst");
 
     // A quiet period, then a lone change: applied at once (the leading edge). Every
-    // registration is routed, so no build is pending; the quiet period is the test's input
-    // (the feature is defined by it), not a wait for synapse.
-    std::thread::sleep(Duration::from_millis(600));
+    // registration is routed, so no build is pending: no table is built during the quiet
+    // period (the test's input: the feature is defined by it).
+    let builds_then = synapse.service_metric("synapse_route_updates_total", "web");
+    consistently(
+        "no table built in the quiet period",
+        Duration::from_millis(600),
+        || match synapse.service_metric("synapse_route_updates_total", "web") {
+            n if n == builds_then => Ok(()),
+            n => Err(format!("{n} tables built, {builds_then} before")),
+        },
+    );
     let lone = Backend::start("lone");
     let started = Instant::now();
     zkc.put_backend("web", "lone_0000009999", lone.port, "");
     all.push(lone.port);
-    synapse.wait_routes("web", &all);
+    synapse.wait_routed_to("web", &all);
     let took = started.elapsed();
     println!("lone change after a quiet period routed in {took:?} (window 500 ms)");
     assert!(
@@ -156,27 +116,27 @@ fn label_filters_each_condition() {
     let services = [
         (
             "eq",
-            "label_filters: [{label: az, condition: equals, value: eu-1a}]",
+            json!([{"label": "az", "condition": "equals", "value": "eu-1a"}]),
         ),
         (
             "ne",
-            "label_filters: [{label: az, condition: not-equals, value: eu-1a}]",
+            json!([{"label": "az", "condition": "not-equals", "value": "eu-1a"}]),
         ),
         (
             "in",
-            "label_filters: [{label: env, op: in, values: [prod, canary]}]",
+            json!([{"label": "env", "op": "in", "values": ["prod", "canary"]}]),
         ),
         (
             "notin",
-            "label_filters: [{label: env, condition: not-in, values: [prod]}]",
+            json!([{"label": "env", "condition": "not-in", "values": ["prod"]}]),
         ),
         (
             "both",
-            "label_filters: [{label: az, condition: equals, value: eu-1a}, \
-             {label: env, condition: in, values: [canary]}]",
+            json!([{"label": "az", "condition": "equals", "value": "eu-1a"},
+                   {"label": "env", "condition": "in", "values": ["canary"]}]),
         ),
     ];
-    for (svc, _) in services {
+    for (svc, _) in &services {
         zkc.put_backend(
             svc,
             "a_0000000001",
@@ -191,15 +151,20 @@ fn label_filters_each_condition() {
         );
         zkc.put_backend(svc, "c_0000000003", c.port, r#""labels":{"az":"eu-1a"}"#);
     }
-    let synapse = start(&cs, "", &services, &[]);
-    synapse.wait_routes("eq", &[a.port, c.port]);
-    synapse.wait_routes("ne", &[b.port]);
-    synapse.wait_routes("in", &[a.port, b.port]);
-    synapse.wait_routes("notin", &[b.port, c.port]);
+    let synapse = services
+        .iter()
+        .fold(SynapseBuilder::new(&cs), |b, (svc, filters)| {
+            b.service(SynapseService::tcp(svc).with("label_filters", filters.clone()))
+        })
+        .start();
+    synapse.wait_routed_to("eq", &[a.port, c.port]);
+    synapse.wait_routed_to("ne", &[b.port]);
+    synapse.wait_routed_to("in", &[a.port, b.port]);
+    synapse.wait_routed_to("notin", &[b.port, c.port]);
     // Nothing passes both: with no default servers and no previous backends, nothing.
-    synapse.wait_routes("both", &[]);
+    synapse.wait_routed_to("both", &[]);
     assert_eq!(synapse.service("eq")["filtered_nodes"], 1);
-    assert_eq!(synapse.metric("synapse_filtered_nodes", "notin"), 1.0);
+    assert_eq!(synapse.service_metric("synapse_filtered_nodes", "notin"), 1.0);
     assert_eq!(names(&tally(synapse.port("ne"), 5)), set(&["b"]));
     // A label that changes moves the node in or out.
     zkc.set(
@@ -210,7 +175,7 @@ fn label_filters_each_condition() {
         )
         .as_bytes(),
     );
-    synapse.wait_routes("ne", &[a.port, b.port]);
+    synapse.wait_routed_to("ne", &[a.port, b.port]);
 }
 
 /// Locality: local backends preferred; below `min_local` every zone is used; back to the
@@ -230,14 +195,16 @@ fn locality_fails_over_below_the_threshold_and_back() {
     zkc.put_backend("web", "a2_0000000002", a2.port, r#""labels":{"zone":"a"}"#);
     zkc.put_backend("web", "b1_0000000003", b1.port, r#""labels":{"zone":"b"}"#);
     zkc.put_backend("web", "b2_0000000004", b2.port, r#""labels":{"zone":"b"}"#);
-    let synapse = start(
-        &cs,
-        "locality: {label: zone, value: \"${ZONE}\", min_local: 2}\n",
-        &[("web", "")],
-        &[("ZONE", "a")],
-    );
+    let synapse = SynapseBuilder::new(&cs)
+        .top(
+            "locality",
+            json!({"label": "zone", "value": "${ZONE}", "min_local": 2}),
+        )
+        .tcp("web")
+        .env("ZONE", "a")
+        .start();
     let port = synapse.port("web");
-    synapse.wait_routes("web", &[a1.port, a2.port, b1.port, b2.port]);
+    synapse.wait_routed_to("web", &[a1.port, a2.port, b1.port, b2.port]);
     let loc = &synapse.service("web")["locality"];
     assert_eq!(
         (loc["value"].as_str(), loc["state"].as_str()),
@@ -249,16 +216,16 @@ fn locality_fails_over_below_the_threshold_and_back() {
 
     // One local backend left (< 2): every zone.
     zkc.delete("/services/web/a2_0000000002");
-    synapse.wait_routes("web", &[a1.port, b1.port, b2.port]);
+    synapse.wait_routed_to("web", &[a1.port, b1.port, b2.port]);
     assert_eq!(synapse.service("web")["locality"]["state"], "failover");
-    assert_eq!(synapse.metric("synapse_locality_failover", "web"), 1.0);
+    assert_eq!(synapse.service_metric("synapse_locality_failover", "web"), 1.0);
     let counts = tally(port, 60);
     assert_eq!(names(&counts), set(&["a1", "b1", "b2"]), "failover: {counts:?}");
 
     // Back: local only again.
     zkc.put_backend("web", "a2_0000000005", a2.port, r#""labels":{"zone":"a"}"#);
-    synapse.wait_routes("web", &[a1.port, a2.port, b1.port, b2.port]);
-    assert_eq!(synapse.metric("synapse_locality_failover", "web"), 0.0);
+    synapse.wait_routed_to("web", &[a1.port, a2.port, b1.port, b2.port]);
+    assert_eq!(synapse.service_metric("synapse_locality_failover", "web"), 0.0);
     let counts = tally(port, 40);
     assert_eq!(names(&counts), set(&["a1", "a2"]), "local again: {counts:?}");
 
@@ -285,37 +252,48 @@ fn default_servers_stand_in_and_can_be_kept() {
     zkc.create("/services/web", b"");
     zkc.create("/services/both", b"");
     let (fallback, found) = (Backend::start("fallback"), Backend::start("found"));
-    let d = format!(
-        "default_servers: [{{name: fb, host: 127.0.0.1, port: {}}}]",
-        fallback.port
-    );
-    let synapse = start(
-        &cs,
-        "",
-        &[("web", &d), ("both", &format!("{d}, keep_default_servers: true"))],
-        &[],
-    );
-    synapse.wait_routes("web", &[fallback.port]);
+    let d = json!([{"name": "fb", "host": "127.0.0.1", "port": fallback.port}]);
+    let synapse = SynapseBuilder::new(&cs)
+        .service(SynapseService::tcp("web").with("default_servers", d.clone()))
+        .service(
+            SynapseService::tcp("both")
+                .with("default_servers", d.clone())
+                .with("keep_default_servers", true),
+        )
+        .start();
+    synapse.wait_routed_to("web", &[fallback.port]);
     assert_eq!(synapse.service("web")["fallback"], "default_servers");
-    assert_eq!(synapse.metric("synapse_using_default_servers", "web"), 1.0);
+    assert_eq!(
+        synapse.service_metric("synapse_using_default_servers", "web"),
+        1.0
+    );
     assert_eq!(names(&tally(synapse.port("web"), 3)), set(&["fallback"]));
 
     zkc.put_backend("web", "found_0000000001", found.port, "");
     zkc.put_backend("both", "found_0000000001", found.port, "");
-    synapse.wait_routes("web", &[found.port]);
-    synapse.wait_routes("both", &[fallback.port, found.port]);
-    assert_eq!(synapse.metric("synapse_using_default_servers", "web"), 0.0);
+    synapse.wait_routed_to("web", &[found.port]);
+    synapse.wait_routed_to("both", &[fallback.port, found.port]);
+    assert_eq!(
+        synapse.service_metric("synapse_using_default_servers", "web"),
+        0.0
+    );
     assert_eq!(synapse.service("web")["fallback"], Value::Null);
 
     // Gone from ZooKeeper: the default servers again, not the previous backends.
     zkc.delete("/services/web/found_0000000001");
-    synapse.wait_routes("web", &[fallback.port]);
-    assert_eq!(synapse.metric("synapse_using_previous_backends", "web"), 0.0);
+    synapse.wait_routed_to("web", &[fallback.port]);
+    assert_eq!(
+        synapse.service_metric("synapse_using_previous_backends", "web"),
+        0.0
+    );
     drop(synapse);
 
     // ZooKeeper unreachable at start: the default servers after first_sync_timeout.
     let dead = format!("127.0.0.1:{}", free_port());
-    let synapse = start(&dead, "first_sync_timeout: 500ms\n", &[("web", &d)], &[]);
+    let synapse = SynapseBuilder::new(&dead)
+        .top("first_sync_timeout", "500ms")
+        .service(SynapseService::tcp("web").with("default_servers", d))
+        .start();
     let waited = Instant::now();
     let answer = eventually("a first connection", WAIT, || who(synapse.port("web")));
     assert_eq!(answer, "fallback");
@@ -323,7 +301,7 @@ fn default_servers_stand_in_and_can_be_kept() {
         "ZooKeeper down at start: default servers after {:?}",
         waited.elapsed()
     );
-    let (status, body) = http_get(synapse.admin, "/ready").unwrap();
+    let (status, body) = http_get(synapse.admin(), "/ready").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("web: routing to default servers"), "{body}");
     assert_eq!(synapse.service("web")["synced_from"], "default_servers");
@@ -346,9 +324,14 @@ fn start_from_the_state_file_with_zookeeper_down() {
     zkc.put_backend("web", "two_0000000002", two.port, "");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    let head = format!("state_file: {}\nfirst_sync_timeout: 20s\n", state.display());
-    let synapse = start(&cs, &head, &[("web", "")], &[]);
-    synapse.wait_routes("web", &[one.port, two.port]);
+    let config = || {
+        SynapseBuilder::new(&cs)
+            .top("state_file", state.display().to_string())
+            .top("first_sync_timeout", "20s")
+            .tcp("web")
+    };
+    let synapse = config().start();
+    synapse.wait_routed_to("web", &[one.port, two.port]);
     eventually("the state file lists both backends", WAIT, || {
         let doc = state_doc(&state)?;
         (doc["services"]["web"]["members"].as_array()?.len() == 2).then_some(())
@@ -356,7 +339,7 @@ fn start_from_the_state_file_with_zookeeper_down() {
     drop(synapse);
     zk.kill_all();
 
-    let synapse = start(&cs, &head, &[("web", "")], &[]);
+    let synapse = config().start();
     let started = Instant::now();
     let answer = eventually("a first connection", WAIT, || who(synapse.port("web")));
     let took = started.elapsed();
@@ -366,21 +349,21 @@ fn start_from_the_state_file_with_zookeeper_down() {
         took < Duration::from_secs(10),
         "waited {took:?}: the cache did not end the first-sync wait"
     );
-    let (status, body) = http_get(synapse.admin, "/ready").unwrap();
+    let (status, body) = http_get(synapse.admin(), "/ready").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("web: synced from cache"), "{body}");
     assert_eq!(synapse.service("web")["synced_from"], "cache");
-    assert_eq!(synapse.metric("synapse_synced_from_cache", "web"), 1.0);
+    assert_eq!(synapse.service_metric("synapse_synced_from_cache", "web"), 1.0);
     assert_eq!(names(&tally(synapse.port("web"), 10)), set(&["one", "two"]));
 
     // ZooKeeper back, with one backend gone meanwhile: its listing replaces the cache.
     zk.restart_all();
     let zkc = Zk::connect(&cs);
     zkc.delete("/services/web/two_0000000002");
-    synapse.wait_routes("web", &[one.port]);
+    synapse.wait_routed_to("web", &[one.port]);
     assert_eq!(synapse.service("web")["synced_from"], "zookeeper");
-    assert_eq!(synapse.metric("synapse_synced_from_cache", "web"), 0.0);
-    let (_, body) = http_get(synapse.admin, "/ready").unwrap();
+    assert_eq!(synapse.service_metric("synapse_synced_from_cache", "web"), 0.0);
+    let (_, body) = http_get(synapse.admin(), "/ready").unwrap();
     assert_eq!(body, "ready\n");
     drop(synapse);
 
@@ -394,18 +377,19 @@ fn start_from_the_state_file_with_zookeeper_down() {
     doc["services"]["web"]["confirmed_at_unix_ms"] = two_hours_ago.into();
     std::fs::write(&state, doc.to_string()).unwrap();
     zk.kill_all();
-    let head = format!(
-        "state_file: {}\nstate_file_ttl: 1h\nfirst_sync_timeout: 300ms\n",
-        state.display()
-    );
-    let synapse = start(&cs, &head, &[("web", "")], &[]);
-    eventually("the admin API", WAIT, || http_get(synapse.admin, "/ready").ok());
+    let config = SynapseBuilder::new(&cs)
+        .top("state_file", state.display().to_string())
+        .top("state_file_ttl", "1h")
+        .top("first_sync_timeout", "300ms")
+        .tcp("web");
+    let synapse = config.start();
+    eventually("the admin API", WAIT, || http_get(synapse.admin(), "/ready").ok());
     assert!(
-        synapse.agent.log().contains("older than state_file_ttl"),
+        synapse.log().contains("older than state_file_ttl"),
         "{}",
-        synapse.agent.log()
+        synapse.log()
     );
-    let (status, body) = http_get(synapse.admin, "/ready").unwrap();
+    let (status, body) = http_get(synapse.admin(), "/ready").unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(who(synapse.port("web")), None, "an expired cache must not route");
     assert_eq!(synapse.service("web")["synced_from"], "none");
@@ -429,8 +413,13 @@ fn file_output_content_and_atomicity() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("gone.json"), "[]").unwrap();
-    let head = format!("file_output: {{output_directory: {}}}\n", out.display());
-    let synapse = start(&cs, &head, &[("web", "")], &[]);
+    let synapse = SynapseBuilder::new(&cs)
+        .top(
+            "file_output",
+            json!({"output_directory": out.display().to_string()}),
+        )
+        .tcp("web")
+        .start();
     let file = out.join("web.json");
     let read = |f: &Path| -> Option<Value> { serde_json::from_slice(&std::fs::read(f).ok()?).ok() };
     let first = eventually("web.json", WAIT, || read(&file));
@@ -492,7 +481,8 @@ fn file_output_content_and_atomicity() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["web.json"], "no temporary file left behind");
-    assert!(metric(synapse.admin, "synapse_file_output_writes_total{result=\"ok\"}").unwrap() >= 2.0);
+    let writes = synapse.metric("synapse_file_output_writes_total", &[("result", "ok")]);
+    assert!(writes.unwrap() >= 2.0, "{writes:?}");
 }
 
 /// `max_connections`: past the limit a client waits in the backlog (connected, not
@@ -504,8 +494,10 @@ fn max_connections_makes_the_excess_wait_not_fail() {
     let zkc = Zk::connect(&cs);
     let echo = EchoBackend::start();
     zkc.put_backend("web", "echo_0000000001", echo.port, "");
-    let synapse = start(&cs, "", &[("web", "max_connections: 2")], &[]);
-    synapse.wait_routes("web", &[echo.port]);
+    let synapse = SynapseBuilder::new(&cs)
+        .service(SynapseService::tcp("web").with("max_connections", 2))
+        .start();
+    synapse.wait_routed_to("web", &[echo.port]);
     let port = synapse.port("web");
     let open = |tag: &[u8]| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -521,7 +513,7 @@ fn max_connections_makes_the_excess_wait_not_fail() {
     let mut third = TcpStream::connect(("127.0.0.1", port)).expect("the backlog takes it");
     third.write_all(b"three").unwrap();
     eventually("the accept loop to wait for a slot", WAIT, || {
-        (synapse.metric("synapse_max_connections_reached_total", "web") >= 1.0).then_some(())
+        (synapse.service_metric("synapse_max_connections_reached_total", "web") >= 1.0).then_some(())
     });
     // Not served, and not reset either.
     third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -555,14 +547,13 @@ fn propagation_latency_next_to_raw_zookeeper() {
             continue;
         }
         let svc = if debounce.is_empty() { "dflt" } else { "zero" };
-        let extra = if debounce.is_empty() {
-            String::new()
-        } else {
-            format!("debounce: {debounce}")
-        };
+        let mut service = SynapseService::tcp(svc);
+        if !debounce.is_empty() {
+            service = service.with("debounce", debounce);
+        }
         zkc.create(&format!("/services/{svc}"), b"");
-        let synapse = start(&cs, "", &[(svc, &extra)], &[]);
-        synapse.wait_routes(svc, &[]);
+        let synapse = SynapseBuilder::new(&cs).service(service).start();
+        synapse.wait_routed_to(svc, &[]);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -592,7 +583,7 @@ fn propagation_latency_next_to_raw_zookeeper() {
             zkc.put_backend(svc, &format!("n_{:010}", i + 1), port, "");
             ports.push(port);
             let want = addrs(&ports);
-            while routed(synapse.admin, svc).as_ref() != Some(&want) {
+            while routed(synapse.admin(), svc).as_ref() != Some(&want) {
                 std::thread::sleep(Duration::from_micros(200));
             }
             routed_after.push(started.elapsed());
@@ -605,13 +596,11 @@ fn propagation_latency_next_to_raw_zookeeper() {
             v[((v.len() as f64 - 1.0) * p) as usize]
         };
         // synapse's own share: from the ZooKeeper update to the installed table.
-        let (_, text) = http_get(synapse.admin, "/metrics").unwrap();
+        let (_, text) = http_get(synapse.admin(), "/metrics").unwrap();
         let prefix = format!("synapse_route_update_delay_seconds_bucket{{service=\"{svc}\",le=\"");
-        let total = metric(
-            synapse.admin,
-            &format!("synapse_route_update_delay_seconds_count{{service=\"{svc}\"}}"),
-        )
-        .unwrap_or(f64::NAN);
+        let total = synapse
+            .metric("synapse_route_update_delay_seconds_count", &[("service", svc)])
+            .unwrap_or(f64::NAN);
         let buckets: Vec<(String, f64)> = text
             .lines()
             .filter_map(|l| {

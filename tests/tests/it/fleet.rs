@@ -72,7 +72,10 @@ impl View {
 async fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -162,7 +165,11 @@ async fn a_relist_that_finds_nothing_changed_costs_one_request() {
     let mut eleven = ten.clone();
     eleven.push("n_new");
     until("the new child", WAIT, || view.has(&eleven)).await;
-    assert_eq!(session.requests() - before, 2, "a new child: a listing and a read");
+    assert_eq!(
+        session.requests() - before,
+        2,
+        "a new child: a listing and a read"
+    );
 
     let before = session.requests();
     w.delete(&format!("{PATH}/n_new")).await;
@@ -194,7 +201,10 @@ async fn relists_per_window(sessions: &[Arc<Session>], base: &[u64], timeout: Du
         if done {
             return windows;
         }
-        assert!(Instant::now() < deadline, "not every session re-listed within {timeout:?}: {windows:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not every session re-listed within {timeout:?}: {windows:?}"
+        );
     }
 }
 
@@ -299,15 +309,21 @@ async fn an_observer_keeps_serving_membership_reads_in_a_minority_partition() {
     let reg2 = registry(read_only, &cancel);
     let fresh = reg2.session(&observer);
     let mut fresh_view = View::new(registry::watch(fresh.clone(), PATH.into(), cancel.clone()));
-    until("a new read-only session lists the members", Duration::from_secs(60), || {
-        fresh_view.has(&["n_1"])
-    })
+    until(
+        "a new read-only session lists the members",
+        Duration::from_secs(60),
+        || fresh_view.has(&["n_1"]),
+    )
     .await;
     // The first watcher re-synced over the read-only connection too.
-    until("the first watcher re-lists read-only", Duration::from_secs(60), || {
-        view.drain();
-        view.resets > resets && view.has(&["n_1"])
-    })
+    until(
+        "the first watcher re-lists read-only",
+        Duration::from_secs(60),
+        || {
+            view.drain();
+            view.resets > resets && view.has(&["n_1"])
+        },
+    )
     .await;
     // Without read_only, no session is to be had in the partition.
     let reg3 = registry(
@@ -436,7 +452,9 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
     };
     let owner = eventually("nerve registers", WAIT, || node(&zkc));
     let want_a = vec![format!("127.0.0.1:{}", a.port)];
-    eventually("synapse routes to a", WAIT, || (routed(admin, "web")? == want_a).then_some(()));
+    eventually("synapse routes to a", WAIT, || {
+        (routed(admin, "web")? == want_a).then_some(())
+    });
     let mut load = Load::start(listen, 2, 2, Duration::from_millis(20));
 
     let joining = zk.add_server(false);
@@ -454,7 +472,11 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
     zk.kill(0);
     // Answers the load's lines as `a` does.
     let b = LineBackend::start("b");
-    let zkc = Zk::connect(&format!("{},{}", zk.server_address(1), zk.server_address(joining)));
+    let zkc = Zk::connect(&format!(
+        "{},{}",
+        zk.server_address(1),
+        zk.server_address(joining)
+    ));
     zkc.put_backend("web", "b_0000000001", b.port, "");
     let mut want = vec![format!("127.0.0.1:{}", a.port), format!("127.0.0.1:{}", b.port)];
     want.sort();
@@ -465,6 +487,10 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
     let tally = load.take();
     assert!(tally.ok > 0, "the load ran: {tally:?}");
     assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
-    assert_eq!(node(&zkc), Some(owner), "nerve's node is the one it had (same session)");
+    assert_eq!(
+        node(&zkc),
+        Some(owner),
+        "nerve's node is the one it had (same session)"
+    );
     drop((nerve, synapse));
 }

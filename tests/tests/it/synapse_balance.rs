@@ -12,89 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::{exchange, http_get, metric, routed, who};
-use integration_tests::{eventually, free_port, Agent, Backend, EchoBackend, Zk, ZkCluster};
-use serde_json::Value;
+use integration_tests::agents::{exchange, who};
+use integration_tests::{
+    eventually, free_port, Backend, EchoBackend, Synapse, SynapseBuilder, SynapseService, Zk, ZkCluster,
+};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A running synapse with one service per `(name, extra keys)`, each on `/services/<name>`.
-struct Synapse {
-    _agent: Agent,
-    admin: u16,
-    ports: HashMap<String, u16>,
-}
-
-/// Starts synapse for `zk`. `services`: `(name, extra)` where `extra` is YAML flow-map
-/// entries added to the service, e.g. `"balance: least_conn"`.
-fn start_synapse(zk: &str, services: &[(&str, &str)]) -> Synapse {
-    let admin = free_port();
-    let mut ports = HashMap::new();
-    let mut config = format!("admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n");
-    for (name, extra) in services {
-        let listen = free_port();
-        ports.insert(name.to_string(), listen);
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {extra}")
-        };
-        config += &format!(
-            "  - {{name: {name}, zk_hosts: \"{zk}\", zk_path: /services/{name}, listen: {listen}, \
-             connect_timeout: 500ms{extra}}}\n"
-        );
-    }
-    Synapse {
-        _agent: Agent::start("synapse", &config),
-        admin,
-        ports,
-    }
-}
-
-impl Synapse {
-    fn port(&self, service: &str) -> u16 {
-        self.ports[service]
-    }
-
-    /// Waits until `service` routes to exactly `ports` (all on 127.0.0.1).
-    fn wait_routes(&self, service: &str, ports: &[u16]) {
-        let mut want: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        want.sort();
-        eventually(&format!("{service} routes to {want:?}"), WAIT, || {
-            (routed(self.admin, service)? == want).then_some(())
-        });
-    }
-
-    /// `/services` for one service.
-    fn service(&self, service: &str) -> Value {
-        let (status, body) = http_get(self.admin, "/services").expect("GET /services");
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("JSON");
-        v[service].clone()
-    }
-
-    /// `/services` entry of the backend on `port` of `service`.
-    fn backend(&self, service: &str, port: u16) -> Option<Value> {
-        self.service(service)["backends"]
-            .as_array()?
-            .iter()
-            .find(|b| b["port"] == port)
-            .cloned()
-    }
-
-    /// A per-backend metric sample (0 when the series does not exist yet).
-    fn backend_metric(&self, name: &str, service: &str, port: u16) -> f64 {
-        metric(
-            self.admin,
-            &format!("{name}{{backend=\"127.0.0.1:{port}\",service=\"{service}\"}}"),
-        )
-        .unwrap_or(0.0)
-    }
-
-    fn service_metric(&self, name: &str, service: &str) -> f64 {
-        metric(self.admin, &format!("{name}{{service=\"{service}\"}}")).unwrap_or(0.0)
-    }
-}
 
 /// Which backend answered each of `n` connections through `port` (`<failed>` when none).
 fn tally(port: u16, n: usize) -> HashMap<String, usize> {
@@ -170,9 +94,9 @@ fn payload_weights_are_honoured() {
     zkc.put_backend("mix", "plain_0000000001", plain.port, "");
     zkc.put_backend("mix", "full_0000000002", full.port, "\"weight\":255");
 
-    let synapse = start_synapse(&cs, &[("w", ""), ("mix", "")]);
-    synapse.wait_routes("w", &[zero.port, canary.port, main.port, off.port]);
-    synapse.wait_routes("mix", &[plain.port, full.port]);
+    let synapse = SynapseBuilder::new(&cs).tcp("w").tcp("mix").start();
+    synapse.wait_routed_to("w", &[zero.port, canary.port, main.port, off.port]);
+    synapse.wait_routed_to("mix", &[plain.port, full.port]);
 
     let n = 2000;
     let counts = tally(synapse.port("w"), n);
@@ -218,9 +142,9 @@ fn backup_is_used_only_while_the_primary_is_down() {
         backup.port,
         "\"haproxy_server_options\":\"backup\"",
     );
-    let synapse = start_synapse(&cs, &[("web", "")]);
+    let synapse = SynapseBuilder::new(&cs).tcp("web").start();
     let port = synapse.port("web");
-    synapse.wait_routes("web", &[primary_port, backup.port]);
+    synapse.wait_routed_to("web", &[primary_port, backup.port]);
 
     let counts = tally(port, 50);
     assert_eq!(count(&counts, "primary"), 50, "primary up: {counts:?}");
@@ -256,28 +180,29 @@ fn every_policy_is_selectable_and_routes() {
         }
     }
     zkc.put_backend("lc", "x_0000000001", x.port, "");
-    let synapse = start_synapse(
-        &cs,
-        &[
-            ("lc", "balance: least_conn"),
-            ("rnd", "balance: random"),
-            ("hash", "balance: hash, hash_on: client_ip"),
-            ("p2c", "balance: p2c_ewma"),
-        ],
-    );
+    let synapse = SynapseBuilder::new(&cs)
+        .service(SynapseService::tcp("lc").with("balance", "least_conn"))
+        .service(SynapseService::tcp("rnd").with("balance", "random"))
+        .service(
+            SynapseService::tcp("hash")
+                .with("balance", "hash")
+                .with("hash_on", "client_ip"),
+        )
+        .service(SynapseService::tcp("p2c").with("balance", "p2c_ewma"))
+        .start();
     for svc in ["rnd", "hash", "p2c"] {
-        synapse.wait_routes(svc, &[x.port, y.port, z.port]);
+        synapse.wait_routed_to(svc, &[x.port, y.port, z.port]);
     }
 
     // least_conn: four long connections on x, then y joins.
-    synapse.wait_routes("lc", &[x.port]);
+    synapse.wait_routed_to("lc", &[x.port]);
     let held: Vec<TcpStream> = (0..4).map(|_| hold(synapse.port("lc"))).collect();
     eventually("four connections open on x", WAIT, || {
         (synapse.backend("lc", x.port)?["active_connections"] == 4).then_some(())
     });
     let updates = synapse.service_metric("synapse_route_updates_total", "lc");
     zkc.put_backend("lc", "y_0000000002", y.port, "");
-    synapse.wait_routes("lc", &[x.port, y.port]);
+    synapse.wait_routed_to("lc", &[x.port, y.port]);
     assert!(synapse.service_metric("synapse_route_updates_total", "lc") > updates);
     assert_eq!(
         synapse.backend("lc", x.port).unwrap()["active_connections"],
@@ -335,15 +260,14 @@ fn consecutive_connect_failures_eject_for_a_growing_time() {
     let dead = free_port(); // nothing listens there
     zkc.put_backend("web", "good_0000000001", good.port, "");
     zkc.put_backend("web", "dead_0000000002", dead, "");
-    let synapse = start_synapse(
-        &cs,
-        &[(
-            "web",
-            "outlier: {consecutive_failures: 3, base_ejection: 4s, max_ejection: 30s}",
-        )],
-    );
+    let synapse = SynapseBuilder::new(&cs)
+        .service(SynapseService::tcp("web").with(
+            "outlier",
+            json!({"consecutive_failures": 3, "base_ejection": "4s", "max_ejection": "30s"}),
+        ))
+        .start();
     let port = synapse.port("web");
-    synapse.wait_routes("web", &[good.port, dead]);
+    synapse.wait_routed_to("web", &[good.port, dead]);
     let ejections = |s: &Synapse| s.backend_metric("synapse_backend_ejections_total", "web", dead);
     let failures = |s: &Synapse| s.backend_metric("synapse_backend_connect_failures_total", "web", dead);
 
@@ -406,24 +330,21 @@ fn panic_threshold_ignores_ejection_when_too_few_are_usable() {
     let (gone1, gone2) = (free_port(), free_port());
     zkc.put_backend("alldead", "gone1_0000000001", gone1, "");
     zkc.put_backend("alldead", "gone2_0000000002", gone2, "");
-    let outlier = "consecutive_failures: 2, base_ejection: 30s, max_ejected_percent: 100";
-    let synapse = start_synapse(
-        &cs,
-        &[
-            (
-                "panic",
-                &format!("outlier: {{{outlier}, panic_threshold_percent: 50}}"),
-            ),
-            (
-                "nopanic",
-                &format!("outlier: {{{outlier}, panic_threshold_percent: 0}}"),
-            ),
-            ("alldead", &format!("outlier: {{{outlier}}}")),
-        ],
-    );
-    synapse.wait_routes("panic", &[alive.port, dead1, dead2]);
-    synapse.wait_routes("nopanic", &[alive.port, dead1, dead2]);
-    synapse.wait_routes("alldead", &[gone1, gone2]);
+    let outlier = |panic: Option<u32>| {
+        let mut o = json!({"consecutive_failures": 2, "base_ejection": "30s", "max_ejected_percent": 100});
+        if let Some(p) = panic {
+            o["panic_threshold_percent"] = p.into();
+        }
+        o
+    };
+    let synapse = SynapseBuilder::new(&cs)
+        .service(SynapseService::tcp("panic").with("outlier", outlier(Some(50))))
+        .service(SynapseService::tcp("nopanic").with("outlier", outlier(Some(0))))
+        .service(SynapseService::tcp("alldead").with("outlier", outlier(None)))
+        .start();
+    synapse.wait_routed_to("panic", &[alive.port, dead1, dead2]);
+    synapse.wait_routed_to("nopanic", &[alive.port, dead1, dead2]);
+    synapse.wait_routed_to("alldead", &[gone1, gone2]);
 
     for svc in ["panic", "nopanic"] {
         let counts = tally(synapse.port(svc), 60);
@@ -482,10 +403,13 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
     for svc in ["keep", "grace"] {
         zkc.put_backend(svc, "echo_0000000001", echo.port, "");
     }
-    let synapse = start_synapse(&cs, &[("keep", ""), ("grace", "removal_grace: 1500ms")]);
+    let synapse = SynapseBuilder::new(&cs)
+        .tcp("keep")
+        .service(SynapseService::tcp("grace").with("removal_grace", "1500ms"))
+        .start();
     let mut conns = Vec::new();
     for svc in ["keep", "grace"] {
-        synapse.wait_routes(svc, &[echo.port]);
+        synapse.wait_routed_to(svc, &[echo.port]);
         let mut c = TcpStream::connect(("127.0.0.1", synapse.port(svc))).unwrap();
         c.set_read_timeout(Some(WAIT)).unwrap();
         c.write_all(b"a").unwrap();
@@ -497,8 +421,8 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
         zkc.put_backend(svc, "next_0000000002", next.port, "");
         zkc.delete(&format!("/services/{svc}/echo_0000000001"));
     }
-    synapse.wait_routes("keep", &[next.port]);
-    synapse.wait_routes("grace", &[next.port]);
+    synapse.wait_routed_to("keep", &[next.port]);
+    synapse.wait_routed_to("grace", &[next.port]);
     let removed = Instant::now();
     for svc in ["keep", "grace"] {
         assert_eq!(
@@ -543,7 +467,7 @@ fn connections_to_a_removed_backend_finish_within_the_grace() {
 
     // Back within its grace: it gets its state back, open connection included.
     zkc.put_backend("keep", "echo_0000000003", echo.port, "");
-    synapse.wait_routes("keep", &[echo.port, next.port]);
+    synapse.wait_routed_to("keep", &[echo.port, next.port]);
     let entry = synapse.backend("keep", echo.port).unwrap();
     assert_eq!(entry["active_connections"], 1, "{entry}");
     assert_eq!(synapse.service("keep")["draining"], serde_json::json!([]));
@@ -562,10 +486,10 @@ fn membership_churn_under_load_fails_no_request() {
     for (i, b) in backends.iter().enumerate().take(4) {
         zkc.put_backend("churn", &id(i), b.port, "");
     }
-    let synapse = start_synapse(&cs, &[("churn", "")]);
+    let synapse = SynapseBuilder::new(&cs).tcp("churn").start();
     let port = synapse.port("churn");
     let first: Vec<u16> = backends.iter().take(4).map(|b| b.port).collect();
-    synapse.wait_routes("churn", &first);
+    synapse.wait_routed_to("churn", &first);
     let updates_before = synapse.service_metric("synapse_route_updates_total", "churn");
 
     let stop = Arc::new(AtomicBool::new(false));
