@@ -7,12 +7,14 @@
 //! direct / HAProxy / synapse), `propagation` (ZooKeeper change → synapse routing, beside the
 //! raw watch latency, with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse
 //! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
-//! RSS, idle CPU). Prints one table and writes a JSON file.
+//! RSS, idle CPU), `fleet` (N watchers and M registrations on a 3-server ensemble: propagation,
+//! requests per change, storms; see `fleet.rs`). Prints one table and writes a JSON file.
 
 #![forbid(unsafe_code)]
 // A command-line tool: failing loudly on a broken setup is the right thing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fleet;
 mod procs;
 
 use std::collections::BTreeSet;
@@ -28,13 +30,21 @@ use procs::{Frontend, Proc, SynapseService};
 use serde_json::{json, Value};
 use zookeeper_client as zkc;
 
-const PHASES: &[&str] = &["keepalive", "close", "redis", "propagation", "churn", "cost"];
+const PHASES: &[&str] = &[
+    "keepalive",
+    "close",
+    "redis",
+    "propagation",
+    "churn",
+    "cost",
+    "fleet",
+];
 
 #[derive(Debug, Parser)]
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
 struct Args {
     /// Comma-separated phases to run (default: all): keepalive, close, redis, propagation,
-    /// churn, cost.
+    /// churn, cost, fleet.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// CPUs (taskset list) of the load generators, the driver and ZooKeeper.
@@ -64,6 +74,9 @@ struct Args {
     /// Seconds over which idle CPU is measured.
     #[arg(long, default_value_t = 60)]
     idle_secs: u64,
+    /// Fleet sizes (watchers) of the fleet phase.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000,2000")]
+    fleet_sizes: Vec<usize>,
     /// JSON results file.
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -150,6 +163,11 @@ fn main() -> Result<()> {
     }
     if run("cost") {
         b.cost()?;
+    }
+    if run("fleet") {
+        let (table, json) = fleet::run(&b.args.out, &b.args.fleet_sizes)?;
+        println!("\n== fleet ==\n{table}");
+        b.json.insert("fleet".into(), json);
     }
     b.json
         .insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));

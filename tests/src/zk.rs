@@ -849,6 +849,13 @@ impl ZkCluster {
         index
     }
 
+    /// Process id of server `i`'s JVM while it runs (CPU accounting from `/proc`).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        let server = self.server(i);
+        let child = server.child();
+        child.as_ref().map(Child::id)
+    }
+
     /// `myid` of server `i` (ensembles).
     pub fn myid(&self, i: usize) -> usize {
         self.peers[i].id
