@@ -478,6 +478,23 @@ pub fn admin_listen(p: &mut Problems, admin: Option<RawAdminConfig>, default: So
     }
 }
 
+/// `upgrade_socket`: an absolute path that fits a unix socket address (at most 107 bytes).
+pub fn upgrade_socket(text: &str, p: &mut Problems) -> Option<PathBuf> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        p.push("upgrade_socket", "must be an absolute path");
+        None
+    } else if text.len() > 107 {
+        p.push(
+            "upgrade_socket",
+            "longer than a unix socket path may be (107 bytes)",
+        );
+        None
+    } else {
+        Some(path)
+    }
+}
+
 /// Longest duration any key accepts (24 h): far beyond any sensible timeout or interval,
 /// and far from the overflows of `Instant + Duration` that an absurd value would cause.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);

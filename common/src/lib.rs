@@ -11,12 +11,14 @@
 //! - [`shutdown`]: signals to a `CancellationToken`.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`, ...).
 //! - [`cli`]: what both `main`s do once their CLI is parsed.
+//! - [`handoff`]: the upgrade handoff to a successor process (unix socket, `SCM_RIGHTS`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod handoff;
 pub mod metrics;
 pub mod net;
 pub mod notify;

@@ -222,6 +222,15 @@ pub fn reloaded(status: &str) {
     }
 }
 
+/// `MAINPID=<pid>`: the unit's main process is now `pid`, a successor this process handed
+/// its sockets to (see `synapse --takeover`); sent before this one drains and exits, so the
+/// service manager follows the successor instead of stopping the unit.
+pub fn main_pid(pid: u32) {
+    if let Some(n) = NOTIFIER.get() {
+        n.send_logged(&format!("MAINPID={pid}"));
+    }
+}
+
 /// `STOPPING=1` with `STATUS=<status>`: shutdown has begun.
 pub fn stopping(status: &str) {
     if let Some(n) = NOTIFIER.get() {

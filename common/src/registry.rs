@@ -29,8 +29,8 @@ mod session;
 mod watch;
 
 pub use fleet::ZkTls;
-pub use registration::{EnsureOutcome, NodeOptions, Registration};
-pub use session::{Registry, RegistryOptions, Session, SessionStatus, ZkAuth};
+pub use registration::{delete_own_node, EnsureOutcome, NodeOptions, Registration};
+pub use session::{Registry, RegistryOptions, Session, SessionSecret, SessionStatus, ZkAuth};
 pub use watch::{watch, Member, WatchUpdate};
 
 /// Why a registry operation failed. Every variant is retryable: the caller backs off and

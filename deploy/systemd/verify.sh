@@ -21,10 +21,11 @@ trap 'rm -rf "$work"' EXIT
 for unit in nerve synapse; do
   sed "s#/usr/local/bin/#$bin/#g" "$repo/deploy/systemd/$unit.service" >"$work/$unit.service"
 done
-out=$(cd "$work" && systemd-analyze verify nerve.service synapse.service 2>&1) || true
+cp "$repo/deploy/systemd/synapse.socket" "$work/"
+out=$(cd "$work" && systemd-analyze verify nerve.service synapse.service synapse.socket 2>&1) || true
 if [ -n "$out" ]; then
   echo "$out" >&2
-  echo "verify: systemd-analyze verify found problems in deploy/systemd/*.service" >&2
+  echo "verify: systemd-analyze verify found problems in deploy/systemd/" >&2
   exit 1
 fi
-echo "verify: deploy/systemd/{nerve,synapse}.service pass systemd-analyze verify ($(systemd-analyze --version | head -n1))"
+echo "verify: deploy/systemd/{nerve,synapse}.service and synapse.socket pass systemd-analyze verify ($(systemd-analyze --version | head -n1))"

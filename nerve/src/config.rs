@@ -43,6 +43,10 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// The services to check and register.
     pub services: Vec<ServiceConfig>,
+    /// `upgrade_socket`: the unix socket a successor started with `--takeover` connects to,
+    /// to resume this process's ZooKeeper sessions (its nodes never disappear; see
+    /// `docs/upgrades.md`). Default none: no handoff.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// One service instance on this host.
@@ -105,6 +109,7 @@ struct RawConfig {
     drain_time: Option<Duration>,
     state_file: Option<PathBuf>,
     services: Vec<serde_json::Value>,
+    upgrade_socket: Option<String>,
 }
 
 /// nerve's `zookeeper:` section: synapse's plus the credentials nerve registers with.
@@ -129,7 +134,10 @@ struct RawAuth {
 }
 
 /// After a service turns healthy, its weight goes from 1 to the configured weight in `steps`
-/// equal steps over `duration` (`steps + 1` writes at most).
+/// equal steps over `duration` (`steps + 1` writes at most). Each step is taken only once
+/// due and once the stability command (if any) passed; the ramp counts from the moment the
+/// service becomes available (after its `pre_available` hook), and a service disabled or
+/// held back mid-ramp starts again from 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Warmup {
     /// Time from healthy to full weight.
@@ -357,6 +365,7 @@ impl Config {
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
             state_file: raw.state_file,
             services: services.into_iter().map(|(_, s)| s).collect(),
+            upgrade_socket: raw.upgrade_socket.and_then(|path| cc::upgrade_socket(&path, p)),
         })
     }
 }

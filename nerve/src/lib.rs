@@ -9,6 +9,8 @@
 //! - [`hooks`]: hook commands and the disable sequence (on_disable, drained, min time).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /status`, `GET /metrics`.
+//! - [`upgrade`]: `--takeover`: the ZooKeeper sessions (and so the nodes) handed from the
+//!   running nerve to its successor.
 //!
 //! Data flow: check result → hysteresis → desired state (watch channel) → reporter →
 //! ZooKeeper create/set/delete (through `common::registry`).
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod reload;
 pub mod report;
 pub mod service;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -32,7 +35,7 @@ use common::registry::{NodeOptions, Registration, Registry, RegistryOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, Instrument};
+use tracing::{info, warn, Instrument};
 
 pub use config::Config;
 
@@ -45,6 +48,10 @@ pub enum RunError {
     /// Metrics could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// `--takeover` failed: this process exits (the running nerve goes on if it had not
+    /// handed anything over yet).
+    #[error("takeover failed: {0}")]
+    Takeover(String),
 }
 
 /// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
@@ -58,7 +65,30 @@ pub fn start_service(
     takeover: Option<&service::ServiceHandle>,
     cancel: CancellationToken,
 ) -> service::ServiceHandle {
-    let initially_up = takeover.is_some_and(|old| old.check.borrow().healthy);
+    let inherit = takeover.map(|old| upgrade::Inherit {
+        healthy: old.check.borrow().healthy,
+        kept: old
+            .reports
+            .iter()
+            .filter(|r| r.keep.load(std::sync::atomic::Ordering::Acquire))
+            .map(|r| r.config.clone())
+            .collect(),
+    });
+    start_service_from(svc, registry, metrics, tracker, operator, inherit, cancel)
+}
+
+/// [`start_service`] for a service that replaces a running one described by `inherit` (a
+/// reload's old form, or the predecessor's service after `--takeover`).
+pub fn start_service_from(
+    svc: &config::ServiceConfig,
+    registry: &Registry,
+    metrics: &metrics::Metrics,
+    tracker: &TaskTracker,
+    operator: desired::Operator,
+    inherit: Option<upgrade::Inherit>,
+    cancel: CancellationToken,
+) -> service::ServiceHandle {
+    let initially_up = inherit.as_ref().is_some_and(|i| i.healthy);
     let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
     let m = metrics.service(&svc.name, &names);
     // Every channel starts with the state the service starts in, so that no task ever acts
@@ -117,11 +147,7 @@ pub fn start_service(
         let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rcancel = cancel.child_token();
         // The node of the service this one replaces, left in place for us.
-        let inherited = takeover.is_some_and(|old| {
-            old.reports
-                .iter()
-                .any(|r| r.config == *reporter && r.keep.load(std::sync::atomic::Ordering::Acquire))
-        });
+        let inherited = inherit.as_ref().is_some_and(|i| i.kept.contains(reporter));
         let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
         match reporter {
             config::Reporter::Zookeeper(z) => {
@@ -209,22 +235,38 @@ pub fn start_service(
 /// Runs nerve until `shutdown` fires, then takes every service down (see [`go_down`]),
 /// deletes what is left and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    run_with_reload(config, shutdown, None).await
+    run_with_reload(config, shutdown, None, false).await
 }
 
 /// [`run`], reloading the config file on each reload request (SIGHUP).
 pub async fn run_reloadable(config: Config, ctx: common::cli::RunContext) -> Result<(), RunError> {
-    run_with_reload(config, ctx.shutdown, Some((ctx.config_file, ctx.reload))).await
+    run_upgradable(config, ctx, false).await
+}
+
+/// [`run_reloadable`]; with `takeover`, first resumes the ZooKeeper sessions of the nerve
+/// serving `upgrade_socket` (see [`upgrade`]).
+pub async fn run_upgradable(
+    config: Config,
+    ctx: common::cli::RunContext,
+    takeover: bool,
+) -> Result<(), RunError> {
+    run_with_reload(
+        config,
+        ctx.shutdown,
+        Some((ctx.config_file, ctx.reload)),
+        takeover,
+    )
+    .await
 }
 
 async fn run_with_reload(
     config: Config,
     shutdown: CancellationToken,
     reload: Option<(std::path::PathBuf, common::shutdown::ReloadRequests)>,
+    takeover: bool,
 ) -> Result<(), RunError> {
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
-    let admin_listener = common::admin::bind(config.admin_listen).await?;
 
     // ZooKeeper sessions outlive `shutdown`: they are needed to deregister.
     let zk_cancel = CancellationToken::new();
@@ -233,7 +275,40 @@ async fn run_with_reload(
         ..Default::default()
     };
     config.zk_session.apply(&mut options);
-    let registry = Registry::new(options, zk_cancel.clone());
+    let registry = Arc::new(Registry::new(options, zk_cancel.clone()));
+    let mut predecessor = None;
+    let mut inheritance = upgrade::Inheritance::default();
+    if takeover {
+        let Some(path) = &config.upgrade_socket else {
+            return Err(RunError::Takeover(
+                "--takeover needs `upgrade_socket` in the config (the running nerve's)".to_string(),
+            ));
+        };
+        if let Some((t, i)) = upgrade::take_over(path, &registry)
+            .await
+            .map_err(|e| RunError::Takeover(e.to_string()))?
+        {
+            predecessor = Some(t);
+            inheritance = i;
+        }
+    }
+    let admin_listener = match inheritance.admin.take() {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(|source| common::admin::AdminBindError {
+                addr: config.admin_listen,
+                source,
+            })?,
+        None => common::admin::bind(config.admin_listen).await?,
+    };
+    // Kept to hand over: the admin server owns the listener.
+    let admin_fd = std::os::fd::AsFd::as_fd(&admin_listener)
+        .try_clone_to_owned()
+        .map_err(|source| common::admin::AdminBindError {
+            addr: config.admin_listen,
+            source,
+        })?;
     let tracker = TaskTracker::new();
     // Parent of every service's token, cancelled last on shutdown: the reporters then
     // delete what the shutdown sequence left (unavailable nodes).
@@ -247,15 +322,27 @@ async fn run_with_reload(
     // Each service starts with the operator state restored: a service disabled before a
     // restart never shows up, not even briefly.
     for svc in &config.services {
-        handles.push(start_service(
+        handles.push(start_service_from(
             svc,
             &registry,
             &metrics,
             &tracker,
             maintenance.effective(&svc.name),
-            None,
+            inheritance.take(svc),
             services_root.child_token(),
         ));
+    }
+    inheritance.delete_orphans(&config.services, &registry, &tracker);
+    if let Some(mut p) = predecessor {
+        let old_pid = p.old_pid;
+        match tokio::task::spawn_blocking(move || p.ready()).await {
+            Ok(Ok(())) => info!(
+                old_pid,
+                "takeover done: the previous nerve exits; its nodes are ours"
+            ),
+            Ok(Err(e)) => warn!(old_pid, error = %e, "takeover: the previous nerve did not confirm"),
+            Err(e) => warn!(old_pid, error = %e, "takeover: confirmation task failed"),
+        }
     }
     let zk = config
         .services
@@ -311,7 +398,7 @@ async fn run_with_reload(
     if let Some((file, signal)) = reload {
         let running = reload::Running {
             config: config.clone(),
-            registry,
+            registry: registry.clone(),
             metrics,
             tracker: tracker.clone(),
             maintenance: maintenance.clone(),
@@ -321,8 +408,17 @@ async fn run_with_reload(
         tracker.spawn(reload::reload_loop(file, signal, running));
     }
     tracker.close();
-    shutdown.cancelled().await;
-    go_down(&services, config.drain_time).await;
+    let upgrade_socket = config.upgrade_socket.clone();
+    let handed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        s = upgrade::serve(upgrade_socket.as_deref(), services.clone(), registry.clone(), admin_fd) => Some(s),
+    };
+    if handed.is_some() {
+        // The nodes are the successor's now: nothing goes down.
+        shutdown.cancel();
+    } else {
+        go_down(&services, config.drain_time).await;
+    }
     services_root.cancel();
     tracker.wait().await;
     zk_cancel.cancel();

@@ -1,5 +1,6 @@
 //! `nerve -c FILE` runs the agent; `nerve --check-config -c FILE` only validates the file;
-//! `nerve ctl ...` talks to a running nerve's maintenance API.
+//! `nerve --takeover -c FILE` takes the running nerve's registrations over (an upgrade that
+//! keeps the nodes); `nerve ctl ...` talks to a running nerve's maintenance API.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -17,6 +18,10 @@ struct Cli {
     /// Validate the config and exit (status 2 and every problem when it is invalid).
     #[arg(long)]
     check_config: bool,
+    /// Resume the ZooKeeper sessions (and so keep the nodes) of the nerve serving the
+    /// config's `upgrade_socket`, which then exits. With no nerve there, start as usual.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -31,7 +36,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::Ctl(ctl)), _) => nerve::ctl::run(&ctl),
-        (None, Some(config)) => common::cli::main("nerve", &config, cli.check_config, nerve::run_reloadable),
+        (None, Some(config)) => {
+            let takeover = cli.takeover;
+            common::cli::main("nerve", &config, cli.check_config, move |c, ctx| {
+                nerve::run_upgradable(c, ctx, takeover)
+            })
+        }
         (None, None) => ExitCode::from(common::cli::EXIT_CONFIG),
     }
 }

@@ -40,7 +40,7 @@ pub struct Running {
     /// The config running now.
     pub config: Config,
     /// ZooKeeper sessions.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// Metrics.
     pub metrics: Metrics,
     /// Where service tasks run.

@@ -299,6 +299,10 @@ fn jittered(interval: Duration) -> Duration {
 /// Before each change to available (from absent or unavailable) the `pre_available` hook
 /// runs; while it fails the service stays down with the hook's error as the reason, and the
 /// hook runs again at the next evaluation (the next check run or operator change).
+///
+/// The warm-up ramp climbs one level per step wakeup, after the stability command passed;
+/// any other wakeup re-evaluates at the current level (the level is state, never derived
+/// from the time elapsed).
 pub async fn desire_loop(
     config: ServiceConfig,
     mut check: watch::Receiver<CheckStatus>,
@@ -310,7 +314,7 @@ pub async fn desire_loop(
     let mut eval = Evaluator {
         config: &config,
         was_healthy: check.borrow().healthy,
-        ramp_started: None,
+        ramp: None,
     };
     loop {
         if stopping.is_cancelled() {
@@ -322,7 +326,7 @@ pub async fn desire_loop(
         );
         metrics.disabled.set(i64::from(o.disabled));
         metrics.forced.set(i64::from(o.force));
-        let (mut state, mut next_step) = eval.evaluate(&c, &o, None);
+        let mut state = eval.evaluate(&c, &o, None);
         let was_available = matches!(desired.borrow().state, State::Available { .. });
         if let (State::Available { .. }, false, Some(hook)) =
             (&state, was_available, &config.hooks.pre_available)
@@ -333,24 +337,26 @@ pub async fn desire_loop(
                 r = crate::hooks::run("pre_available", hook, &metrics) => r,
             };
             match result {
-                Ok(()) => {
-                    // The ramp starts when the service actually becomes available.
-                    if eval.ramp_started.is_some() {
-                        eval.ramp_started = Some(Instant::now());
-                    }
-                    (state, next_step) = eval.evaluate(&c, &o, None);
-                }
+                Ok(()) => state = eval.evaluate(&c, &o, None),
                 Err(e) => {
                     warn!(hook = "pre_available", error = %e, "hook failed; the service stays unavailable and tries again at the next evaluation");
                     let why = format!("pre_available hook failed: {e}");
-                    (state, next_step) = eval.evaluate(&c, &o, Some(&why));
+                    state = eval.evaluate(&c, &o, Some(&why));
                 }
             }
         }
+        // The ramp runs while the service is available, from the moment it becomes so: held
+        // back by the hook or disabled, it waits at weight 1 (else a hook failing for longer
+        // than the warm-up would let the service in at full weight).
+        let available = matches!(state, State::Available { .. });
+        if !available || !was_available {
+            eval.restart_ramp();
+        }
+        let next_step = if available { eval.next_step() } else { None };
         publish(&desired, &config, &metrics, state);
         let step = async {
             match next_step {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -359,19 +365,30 @@ pub async fn desire_loop(
             _ = stopping.cancelled() => break,
             r = check.changed() => if r.is_err() { stopping.cancelled().await; break },
             r = operator.changed() => if r.is_err() { stopping.cancelled().await; break },
+            // The only place the ramp climbs: a check or operator wakeup past a step's due
+            // time re-evaluates at the current level, and this arm then runs at once.
             _ = step => {
-                if let Some(w) = &config.warmup {
-                    if let Some(cmd) = &w.stability_command {
+                let stable = match config.warmup.as_ref().and_then(|w| Some((w.stability_command.as_ref()?, w.stability_timeout))) {
+                    None => true,
+                    Some((cmd, timeout)) => {
                         let report = tokio::select! {
                             biased;
                             _ = stopping.cancelled() => break,
-                            r = crate::check::exec::run(cmd, w.stability_timeout) => r,
+                            r = crate::check::exec::run(cmd, timeout) => r,
                         };
-                        if let Err(e) = report.result {
-                            warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
-                            eval.ramp_started = eval.ramp_started.map(|_| Instant::now());
+                        match report.result {
+                            Ok(()) => true,
+                            Err(e) => {
+                                warn!(error = %e, output = report.output.as_deref().unwrap_or(""), "stability command failed during warm-up; restarting the ramp");
+                                false
+                            }
                         }
                     }
+                };
+                if stable {
+                    eval.climb();
+                } else {
+                    eval.restart_ramp();
                 }
             }
         }
@@ -410,34 +427,46 @@ fn publish(desired: &watch::Sender<Desired>, config: &ServiceConfig, metrics: &S
 struct Evaluator<'a> {
     config: &'a ServiceConfig,
     was_healthy: bool,
-    /// When the current warm-up began.
-    ramp_started: Option<Instant>,
+    /// The warm-up in progress.
+    ramp: Option<Ramp>,
+}
+
+/// A warm-up in progress. Its level is state, not a function of the clock: it climbs only
+/// through [`Evaluator::climb`], on the step wakeup that ran the stability command, so that
+/// no other wakeup (a check run, an operator change) can raise the weight unchecked.
+#[derive(Debug, Clone, Copy)]
+struct Ramp {
+    /// Steps climbed so far (`0`: weight 1).
+    level: u32,
+    /// When this ramp (re)started; step `i` is due `step_due(w, i)` after it. Tokio's clock
+    /// (the runtime's timers use it; tests may pause it).
+    started: tokio::time::Instant,
 }
 
 impl Evaluator<'_> {
-    /// The desired state for check status `c` and operator state `o` (held back by `held`),
-    /// and when the ramp's next step is due.
-    fn evaluate(&mut self, c: &CheckStatus, o: &Operator, held: Option<&str>) -> (State, Option<Instant>) {
+    /// The desired state for check status `c` and operator state `o` (held back by `held`).
+    fn evaluate(&mut self, c: &CheckStatus, o: &Operator, held: Option<&str>) -> State {
         let config = self.config;
-        let mut next_step = None;
         if c.healthy && !self.was_healthy {
-            self.ramp_started = config.warmup.as_ref().map(|_| Instant::now());
-            if self.ramp_started.is_some() {
+            self.ramp = config.warmup.as_ref().map(|_| Ramp {
+                level: 0,
+                started: tokio::time::Instant::now(),
+            });
+            if self.ramp.is_some() {
                 info!("service turned healthy; warming up");
             }
         } else if !c.healthy {
-            self.ramp_started = None;
+            self.ramp = None;
         }
         self.was_healthy = c.healthy;
         let target = o.weight.unwrap_or(config.weight);
-        let warmup = match (&config.warmup, self.ramp_started) {
-            (Some(w), Some(started)) => {
-                let (ceiling, next) = ramp(w, target, started.elapsed());
-                next_step = next.map(|d| started + d);
-                if next.is_none() {
-                    self.ramp_started = None;
+        let warmup = match (&config.warmup, self.ramp) {
+            (Some(w), Some(r)) => {
+                let ceiling = ramp_ceiling(w, target, r.level);
+                if ceiling.is_none() {
+                    self.ramp = None;
                 }
-                Some(ceiling)
+                ceiling
             }
             _ => None,
         };
@@ -447,7 +476,7 @@ impl Evaluator<'_> {
             .filter(|c| !c.up)
             .map(|c| c.name.clone())
             .collect();
-        let state = crate::desired::desired(&Inputs {
+        crate::desired::desired(&Inputs {
             healthy: c.healthy,
             down_checks: &down,
             operator: o,
@@ -455,31 +484,50 @@ impl Evaluator<'_> {
             expose_unavailable: config.expose_unavailable,
             warmup,
             held,
-        });
-        (state, next_step)
+        })
+    }
+
+    /// When the ramp's next step is due (none when no ramp runs).
+    fn next_step(&self) -> Option<tokio::time::Instant> {
+        let (w, r) = (self.config.warmup.as_ref()?, self.ramp?);
+        Some(r.started + step_due(w, r.level + 1)?)
+    }
+
+    /// The ramp's next step was due and the stability command (if any) passed: one level up.
+    fn climb(&mut self) {
+        if let Some(r) = &mut self.ramp {
+            r.level += 1;
+        }
+    }
+
+    /// Back to weight 1, the schedule counted from now (a failed stability command, or the
+    /// service not available, or only now becoming so).
+    fn restart_ramp(&mut self) {
+        if let Some(r) = &mut self.ramp {
+            *r = Ramp {
+                level: 0,
+                started: tokio::time::Instant::now(),
+            };
+        }
     }
 }
 
-/// The warm-up ceiling `elapsed` into a ramp towards `target`, and when (from the start of
-/// the ramp) the next step is due (`None` once at full weight). Step `i` of `steps` (from
-/// `0` at the start) is `target * i / steps` (at least 1), reached at `duration * i / steps`.
-pub fn ramp(w: &crate::config::Warmup, target: u8, elapsed: Duration) -> (u8, Option<Duration>) {
+/// The warm-up ceiling at step `level` of a ramp towards `target`: `target * level / steps`
+/// (at least 1); `None` once the ramp is over (full weight).
+pub fn ramp_ceiling(w: &crate::config::Warmup, target: u8, level: u32) -> Option<u8> {
     let steps = w.steps.max(1);
-    if w.duration.is_zero() {
-        return (target, None);
+    if w.duration.is_zero() || level >= steps {
+        return None;
     }
-    let step = ((elapsed.as_secs_f64() / w.duration.as_secs_f64()) * f64::from(steps)).floor();
-    let i = (step.max(0.0) as u32).min(steps);
-    let ceiling = (u32::from(target) * i / steps).max(1);
-    let ceiling = u8::try_from(ceiling).unwrap_or(target);
-    if i >= steps {
-        (target, None)
-    } else {
-        (
-            ceiling,
-            Some(w.duration.mul_f64(f64::from(i + 1) / f64::from(steps))),
-        )
-    }
+    let ceiling = (u32::from(target) * level / steps).max(1);
+    Some(u8::try_from(ceiling).unwrap_or(target))
+}
+
+/// When step `level` of a ramp is due, from its start: `duration * level / steps`; `None`
+/// past the last step.
+pub fn step_due(w: &crate::config::Warmup, level: u32) -> Option<Duration> {
+    let steps = w.steps.max(1);
+    (level <= steps && !w.duration.is_zero()).then(|| w.duration.mul_f64(f64::from(level) / f64::from(steps)))
 }
 
 /// Time between two verifications that our node still exists, when nothing else happens.

@@ -46,6 +46,10 @@ pub struct Config {
     /// On every HTTP listener: how long a client connection may wait for the headers of its
     /// next request, idle keep-alive time included; then it is closed. Default 60 s.
     pub http_keepalive_timeout: Duration,
+    /// `upgrade_socket`: the unix socket a successor started with `--takeover` connects to,
+    /// to receive the listening sockets and route members (see `docs/upgrades.md`). Default
+    /// none: no handoff.
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// A shared HTTP listener (`http_listeners[]`).
@@ -361,6 +365,7 @@ struct RawConfig {
     http_listeners: Vec<serde_json::Value>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     http_keepalive_timeout: Option<Duration>,
+    upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -652,6 +657,7 @@ impl Config {
             http_keepalive_timeout: raw
                 .http_keepalive_timeout
                 .unwrap_or(DEFAULT_HTTP_KEEPALIVE_TIMEOUT),
+            upgrade_socket: raw.upgrade_socket.and_then(|path| cc::upgrade_socket(&path, p)),
         })
     }
 }

@@ -23,6 +23,8 @@
 //! - [`router`]: Host / path-prefix routing of shared HTTP listeners (hot path).
 //! - [`reload`]: SIGHUP reloads as a pure diff of two configs (`plan(old, new)`).
 //! - [`supervisor`]: the running services, listeners and sockets; applies reload plans.
+//! - [`handoff`]: upgrades: sockets and routes taken from a predecessor (`--takeover`) or
+//!   systemd (`LISTEN_FDS`), and handed to a successor.
 //! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
 //! - [`file_output`]: per-service JSON backend lists.
 //! - [`metrics`]: Prometheus metrics.
@@ -45,6 +47,7 @@ pub mod file_output;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handoff;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
@@ -57,6 +60,8 @@ pub mod table;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use common::cli::RunContext;
@@ -98,23 +103,90 @@ pub enum RunError {
     /// The `file_output` directory cannot be created.
     #[error(transparent)]
     FileOutput(#[from] file_output::FileOutputError),
+    /// `--takeover` failed (refused by the running synapse, or its state was unusable): this
+    /// process exits, the running one serves on.
+    #[error("takeover failed: {0}")]
+    Takeover(String),
 }
+
+/// How long a running synapse waits for a successor it handed its sockets to to say it
+/// serves (its services start at once, from the handed-over routes).
+const SUCCESSOR_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs synapse until `ctx.shutdown` fires, reloading `ctx.config_file` on each reload
 /// request; then stops accepting, lets in-flight connections finish up to the drain
 /// timeout, and returns.
 pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
+    run_upgradable(config, ctx, handoff::Upgrade::default()).await
+}
+
+/// [`run`], starting from inherited sockets (systemd) or a predecessor's (`--takeover`),
+/// and handing over to a successor that connects to `upgrade_socket` (then returning once
+/// the old connections are drained, as after a shutdown).
+pub async fn run_upgradable(
+    config: Config,
+    ctx: RunContext,
+    upgrade: handoff::Upgrade,
+) -> Result<(), RunError> {
     let RunContext {
         shutdown,
         mut reload,
         config_file,
     } = ctx;
+    let handoff::Upgrade {
+        takeover,
+        mut inherited,
+    } = upgrade;
+    if !inherited.is_empty() {
+        info!(
+            sockets = inherited.len(),
+            "using the listening sockets passed by the service manager"
+        );
+    }
+    let mut predecessor = None;
+    if takeover {
+        let Some(path) = &config.upgrade_socket else {
+            return Err(RunError::Takeover(
+                "--takeover needs `upgrade_socket` in the config (the running synapse's)".to_string(),
+            ));
+        };
+        predecessor = handoff::take_over(path, &mut inherited).await?;
+    }
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
-    let admin_listener = common::admin::bind(config.admin_listen).await?;
+    let admin_listener =
+        inherited
+            .listener(config.admin_listen)
+            .await
+            .map_err(|source| common::admin::AdminBindError {
+                addr: config.admin_listen,
+                source,
+            })?;
+    // Kept to hand over: the admin server owns the listener.
+    let admin_fd =
+        admin_listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| common::admin::AdminBindError {
+                addr: config.admin_listen,
+                source,
+            })?;
     let mut listeners = Vec::new();
     for svc in &config.services {
-        listeners.push(supervisor::bind(svc).await?);
+        let listener = match svc.listen {
+            None => None,
+            Some(addr) => Some(
+                inherited
+                    .listener(addr)
+                    .await
+                    .map_err(|source| RunError::Listen {
+                        service: svc.name.clone(),
+                        addr,
+                        source,
+                    })?,
+            ),
+        };
+        listeners.push(listener);
     }
     if let Some(out) = &config.file_output {
         file_output::prepare(&out.dir)?;
@@ -137,7 +209,27 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
             }
         }
     }
-    let http_listeners = supervisor::bind_shared(&config).await?;
+    // The predecessor's members are fresher than the state file's.
+    for svc in &config.services {
+        if let Some(members) = inherited.members.remove(&svc.name) {
+            if !members.is_empty() {
+                cached.insert(svc.name.clone(), members);
+            }
+        }
+    }
+    let mut http_listeners = Vec::new();
+    for (index, l) in config.http_listeners.iter().enumerate() {
+        let listener = inherited
+            .listener(l.listen)
+            .await
+            .map_err(|source| RunError::HttpListen {
+                index,
+                addr: l.listen,
+                source,
+            })?;
+        http_listeners.push(listener);
+    }
+    inherited.close_unused();
 
     let mut options = RegistryOptions {
         session_timeout: config.zk_session_timeout,
@@ -150,6 +242,7 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     let service_count = config.services.len();
     let state_file = config.state_file.clone();
     let output = config.file_output.clone();
+    let (upgrade_socket, admin_listen) = (config.upgrade_socket.clone(), config.admin_listen);
     let mut sup = supervisor::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
     sup.start(listeners, http_listeners, cached);
     let writers_stop = CancellationToken::new();
@@ -198,6 +291,20 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
         admin_cancel.clone(),
     ));
     info!(services = service_count, "synapse started");
+    if let Some(mut p) = predecessor {
+        let old_pid = p.old_pid;
+        match tokio::task::spawn_blocking(move || p.ready()).await {
+            Ok(Ok(())) => info!(
+                old_pid,
+                "takeover done: the previous synapse stops accepting, drains and exits"
+            ),
+            Ok(Err(e)) => {
+                warn!(old_pid, error = %e, "takeover: the previous synapse did not confirm; serving anyway")
+            }
+            Err(e) => warn!(old_pid, error = %e, "takeover: confirmation task failed; serving anyway"),
+        }
+    }
+    let (mut upgrades, mut arrivals) = Upgrades::start(upgrade_socket.as_deref());
 
     loop {
         tokio::select! {
@@ -205,6 +312,10 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
             request = reload.next() => {
                 let outcome = sup.reload(&config_file).await.map_err(|e| e.to_string());
                 request.finish(outcome);
+            }
+            Some(successor) = arrivals.recv() => upgrades.offer(successor, &sup, admin_listen, &admin_fd),
+            handed = upgrades.finished() => if handed {
+                shutdown.cancel();
             }
         }
     }
@@ -215,6 +326,148 @@ pub async fn run(config: Config, ctx: RunContext) -> Result<(), RunError> {
     }
     admin_cancel.cancel();
     let _ = admin_task.await;
+    upgrades.stop();
     info!("synapse stopped");
     Ok(())
+}
+
+/// The upgrade socket's side of the main loop: successors arrive, one is served at a time.
+struct Upgrades {
+    socket: Option<Arc<common::handoff::UpgradeSocket>>,
+    acceptor: Option<tokio::task::JoinHandle<()>>,
+    /// The handoff under way.
+    handing: Option<
+        tokio::task::JoinHandle<(
+            common::handoff::Successor,
+            Result<(), common::handoff::HandoffError>,
+        )>,
+    >,
+    /// The successor served: kept (connected) until this process ends, which it sees.
+    handed: Option<common::handoff::Successor>,
+}
+
+impl Upgrades {
+    /// Listens on `path` (if any); successors arrive on the receiver.
+    fn start(
+        path: Option<&std::path::Path>,
+    ) -> (Upgrades, tokio::sync::mpsc::Receiver<common::handoff::Successor>) {
+        let (tx, arrivals) = tokio::sync::mpsc::channel(1);
+        let socket = path.and_then(|p| match common::handoff::UpgradeSocket::bind(p) {
+            Ok(s) => {
+                info!(upgrade_socket = %p.display(), "listening for a successor (--takeover)");
+                Some(Arc::new(s))
+            }
+            Err(e) => {
+                warn!(error = %e, "upgrades by --takeover are disabled");
+                None
+            }
+        });
+        let acceptor = socket.clone().map(|s| {
+            tokio::spawn(async move {
+                loop {
+                    let successor = s.accept().await;
+                    if tx.send(successor).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        let upgrades = Upgrades {
+            socket,
+            acceptor,
+            handing: None,
+            handed: None,
+        };
+        (upgrades, arrivals)
+    }
+
+    /// Hands the sockets and routes to `successor`, unless a handoff is under way or done.
+    fn offer(
+        &mut self,
+        mut successor: common::handoff::Successor,
+        sup: &supervisor::Supervisor,
+        admin_listen: SocketAddr,
+        admin: &std::os::fd::OwnedFd,
+    ) {
+        let pid = successor.pid;
+        if self.handing.is_some() || self.handed.is_some() {
+            warn!(
+                successor_pid = pid,
+                "takeover refused: another takeover is in progress"
+            );
+            tokio::task::spawn_blocking(move || {
+                successor.refuse("another takeover is in progress; this one loses");
+            });
+            return;
+        }
+        info!(
+            successor_pid = pid,
+            "takeover requested: handing the listening sockets and routes over"
+        );
+        let held = sup.listeners();
+        let mut fds: Vec<(SocketAddr, &dyn std::os::fd::AsFd)> = held
+            .iter()
+            .map(|(addr, l)| (*addr, &**l as &dyn std::os::fd::AsFd))
+            .collect();
+        fds.push((admin_listen, admin));
+        let services = sup.services().load_full();
+        let (state, fds) = match handoff::package(&fds, &services) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(successor_pid = pid, error = %e, "takeover refused: cannot duplicate the sockets");
+                let reason = format!("the running synapse cannot duplicate its sockets: {e}");
+                tokio::task::spawn_blocking(move || successor.refuse(&reason));
+                return;
+            }
+        };
+        let socket = self.socket.clone();
+        self.handing = Some(tokio::task::spawn_blocking(move || {
+            let result = successor
+                .offer(state, &common::handoff::borrow_all(&fds))
+                .and_then(|()| successor.wait_ready(SUCCESSOR_READY_TIMEOUT))
+                .and_then(|()| {
+                    // The successor binds the path once told we stop: it must be free then.
+                    if let Some(s) = &socket {
+                        s.unlink();
+                    }
+                    successor.stopping()
+                });
+            (successor, result)
+        }));
+    }
+
+    /// The handoff under way ended: true when the successor serves (this process must stop
+    /// accepting and drain).
+    async fn finished(&mut self) -> bool {
+        let Some(handing) = &mut self.handing else {
+            return std::future::pending().await;
+        };
+        let joined = handing.await;
+        self.handing = None;
+        match joined {
+            Ok((successor, Ok(()))) => {
+                info!(
+                    successor_pid = successor.pid,
+                    "the successor serves: stopping accepting, draining, then exiting"
+                );
+                common::notify::main_pid(successor.pid);
+                self.handed = Some(successor);
+                true
+            }
+            Ok((successor, Err(e))) => {
+                warn!(successor_pid = successor.pid, error = %e, "takeover abandoned: serving on");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "takeover task failed: serving on");
+                false
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        if let Some(a) = self.acceptor.take() {
+            a.abort();
+        }
+    }
 }

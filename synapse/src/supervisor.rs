@@ -685,6 +685,20 @@ impl Supervisor {
         }
     }
 
+    /// The listening sockets held (services' own, shared HTTP listeners) by address: what an
+    /// upgrade hands over (see [`crate::handoff`]).
+    pub fn listeners(&self) -> Vec<(SocketAddr, Arc<TcpListener>)> {
+        self.running
+            .values()
+            .filter_map(|r| Some((r.service.config.listen?, r.listener.clone()?)))
+            .chain(
+                self.shared
+                    .values()
+                    .map(|l| (l.config.listen, l.listener.clone())),
+            )
+            .collect()
+    }
+
     /// How long a drain may take (for the caller's logs).
     pub fn drain_timeout(&self) -> Duration {
         self.config.drain_timeout

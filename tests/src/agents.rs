@@ -37,7 +37,7 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (YAML) to a temp file and starts `binary -c file`, logging to a file.
     pub fn start(name: &'static str, config: &str) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, None, &[])
+        Self::spawn(name, &format!("{name}.yaml"), config, None, &[], &[], None)
     }
 
     /// Writes `config` to a temp file named `file_name` (its extension tells the agent
@@ -51,18 +51,59 @@ impl Agent {
         env: &[(&str, &str)],
         nofile: Option<u32>,
     ) -> Agent {
-        Self::spawn(name, file_name, config, nofile, env)
+        Self::spawn(name, file_name, config, nofile, env, &[], None)
+    }
+
+    /// Like [`start`](Self::start), socket-activated as systemd does it: `listener` is passed
+    /// as descriptor 3 with `LISTEN_FDS=1` and `LISTEN_PID` (the caller keeps its own copy,
+    /// like a `.socket` unit, so the socket outlives the agent).
+    pub fn start_socket_activated(
+        name: &'static str,
+        config: &str,
+        listener: &std::net::TcpListener,
+    ) -> Agent {
+        // A duplicate without close-on-exec, for this child only; closed here right after.
+        let passed = rustix::io::dup(listener).expect("dup the listening socket");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&passed);
+        let agent = Self::spawn(name, &format!("{name}.yaml"), config, None, &[], &[], Some(fd));
+        drop(passed);
+        agent
+    }
+
+    /// [`start_file`](Self::start_file) with extra command-line arguments (`--takeover`).
+    pub fn start_file_with_args(
+        name: &'static str,
+        file_name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+        args: &[&str],
+    ) -> Agent {
+        Self::spawn(name, file_name, config, nofile, env, args, None)
     }
 
     /// Like [`start`](Self::start), with the open-file limit (`ulimit -n`) set to `nofile`.
     pub fn start_with_fd_limit(name: &'static str, config: &str, nofile: u32) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, Some(nofile), &[])
+        Self::spawn(
+            name,
+            &format!("{name}.yaml"),
+            config,
+            Some(nofile),
+            &[],
+            &[],
+            None,
+        )
     }
 
     /// Like [`start`](Self::start), with extra environment variables (they win over the
     /// harness's own, e.g. `RUST_LOG`).
     pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, None, env)
+        Self::spawn(name, &format!("{name}.yaml"), config, None, env, &[], None)
+    }
+
+    /// Like [`start`](Self::start), with extra command-line arguments (e.g. `--takeover`).
+    pub fn start_with_args(name: &'static str, config: &str, args: &[&str]) -> Agent {
+        Self::spawn(name, &format!("{name}.yaml"), config, None, &[], args, None)
     }
 
     fn spawn(
@@ -71,25 +112,40 @@ impl Agent {
         config: &str,
         nofile: Option<u32>,
         env: &[(&str, &str)],
+        args: &[&str],
+        socket: Option<std::os::fd::RawFd>,
     ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join(file_name);
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log file");
-        let mut command = match nofile {
-            None => Command::new(binary(name)),
-            Some(n) => {
-                // `exec` keeps the pid, so signals and kill-on-drop reach the agent itself.
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(binary(name));
+        let mut command = match (nofile, socket) {
+            (None, None) => Command::new(binary(name)),
+            (nofile, socket) => {
+                // `exec` keeps the pid, so signals and kill-on-drop reach the agent itself
+                // (and LISTEN_PID=$$ names it).
+                let mut script = String::new();
+                if let Some(n) = nofile {
+                    script.push_str(&format!("ulimit -n {n} && "));
+                }
+                match socket {
+                    Some(3) => script.push_str("export LISTEN_PID=$$ LISTEN_FDS=1 && "),
+                    Some(fd) => script.push_str(&format!(
+                        "exec 3<&{fd} {fd}<&- && export LISTEN_PID=$$ LISTEN_FDS=1 && "
+                    )),
+                    None => {}
+                }
+                script.push_str("exec \"$0\" \"$@\"");
+                // bash: dash takes single-digit descriptors only in redirections.
+                let mut c = Command::new(if socket.is_some() { "bash" } else { "sh" });
+                c.arg("-c").arg(script).arg(binary(name));
                 c
             }
         };
         let child = command
             .arg("-c")
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info,common=debug,synapse=debug,nerve=debug")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())

@@ -7,6 +7,11 @@
 //! line on the same connection (and, like an HTTP client with a per-connection request cap,
 //! closes it cleanly and opens a new one every [`KEEPALIVE_REQUESTS`] requests).
 //!
+//! [`Load::start_http`] does the same over HTTP/1.1 (`GET /load/<id>`, to an HTTP backend
+//! that echoes the path, e.g. [`crate::http::HttpBackend`]): a new connection per request
+//! (`Connection: close`), and keep-alive connections that follow the server's
+//! `Connection: close` by opening a new one, as HTTP clients do.
+//!
 //! Every request that does not get its answer is a failure, recorded with its kind and time.
 //! A refused connect is counted apart ([`Tally::refused`]): tests decide whether it is allowed
 //! (it is while a restarted proxy's port is not bound yet); the client retries it.
@@ -149,8 +154,17 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts the clients.
+    /// Starts the clients (line protocol, see [`LineBackend`]).
     pub fn start(port: u16, per_request: usize, keep_alive: usize, pause: Duration) -> Load {
+        Self::start_with(port, per_request, keep_alive, pause, false)
+    }
+
+    /// Starts HTTP/1.1 clients (see the module docs).
+    pub fn start_http(port: u16, per_request: usize, keep_alive: usize, pause: Duration) -> Load {
+        Self::start_with(port, per_request, keep_alive, pause, true)
+    }
+
+    fn start_with(port: u16, per_request: usize, keep_alive: usize, pause: Duration, http: bool) -> Load {
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
@@ -168,7 +182,9 @@ impl Load {
                     stop,
                     id: i,
                 };
-                if keep {
+                if http {
+                    client.http(keep);
+                } else if keep {
                     client.keep_alive();
                 } else {
                     client.per_request();
@@ -372,6 +388,136 @@ impl Client {
             let _ = writer.shutdown(Shutdown::Both);
         }
     }
+}
+
+impl Client {
+    /// HTTP/1.1 requests: a new connection each (`keep == false`), or kept alive until the
+    /// server says `Connection: close` (or every `KEEPALIVE_REQUESTS` requests).
+    fn http(&self, keep: bool) {
+        let kind = if keep {
+            "http keep-alive"
+        } else {
+            "http per-request"
+        };
+        let mut n = 0u64;
+        let mut conn: Option<(BufReader<TcpStream>, TcpStream, u64)> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            if conn.is_none() {
+                match self.connect() {
+                    Ok(s) => match s.try_clone() {
+                        Ok(w) => conn = Some((BufReader::new(s), w, 0)),
+                        Err(e) => {
+                            self.record(kind, Outcome::Failed(describe(&e)));
+                            continue;
+                        }
+                    },
+                    Err(o) => {
+                        let pause = self.pause_after(&o);
+                        self.record(kind, o);
+                        std::thread::sleep(pause);
+                        continue;
+                    }
+                }
+            }
+            let Some((reader, writer, used)) = conn.as_mut() else {
+                continue;
+            };
+            n += 1;
+            *used += 1;
+            let id = format!("h{}-{n}", self.id);
+            let last = !keep || *used >= KEEPALIVE_REQUESTS;
+            let close = if last { "Connection: close\r\n" } else { "" };
+            let request = format!("GET /load/{id} HTTP/1.1\r\nHost: web\r\n{close}\r\n");
+            let outcome = match writer
+                .write_all(request.as_bytes())
+                .map_err(|e| describe(&e))
+                .and_then(|()| read_response(reader))
+            {
+                Err(what) => Outcome::Failed(what),
+                Ok((status, _, body)) if status != 200 => {
+                    Outcome::Failed(format!("status {status}: {}", String::from_utf8_lossy(&body)))
+                }
+                Ok((_, server_closes, body)) => {
+                    if server_closes {
+                        *used = KEEPALIVE_REQUESTS;
+                    }
+                    if String::from_utf8_lossy(&body).contains(&format!("/load/{id}")) {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Failed(format!("bad answer to {id}: {}", String::from_utf8_lossy(&body)))
+                    }
+                }
+            };
+            let broken = !matches!(outcome, Outcome::Ok);
+            if broken || last || *used >= KEEPALIVE_REQUESTS {
+                conn = None;
+            }
+            let pause = self.pause_after(&outcome);
+            self.record(kind, outcome);
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response: (status, whether the server closes the connection, body).
+/// The body is delimited by `Content-Length`, chunked encoding, or the end of the stream.
+fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool, Vec<u8>), String> {
+    let mut line = String::new();
+    let read_line = |reader: &mut BufReader<TcpStream>, line: &mut String| -> Result<(), String> {
+        line.clear();
+        match reader.read_line(line) {
+            Ok(0) => Err("closed without answer".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(describe(&e)),
+        }
+    };
+    read_line(reader, &mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let (mut length, mut chunked, mut closes) = (None, false, false);
+    loop {
+        read_line(reader, &mut line)?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let (name, value) = (
+                name.trim().to_ascii_lowercase(),
+                value.trim().to_ascii_lowercase(),
+            );
+            match name.as_str() {
+                "content-length" => length = value.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.contains("chunked"),
+                "connection" => closes = value.contains("close"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            read_line(reader, &mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| format!("bad chunk size {line:?}"))?;
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).map_err(|e| describe(&e))?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        reader.read_exact(&mut body).map_err(|e| describe(&e))?;
+    } else {
+        reader.read_to_end(&mut body).map_err(|e| describe(&e))?;
+        closes = true;
+    }
+    Ok((status, closes, body))
 }
 
 fn check(answer: &str, id: &str) -> Outcome {

@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::agents::{http_get, metric_sample, Agent};
-use crate::free_port;
-use crate::synapse::{duration_text, AdminFile, ZookeeperFile, WAIT};
+use crate::synapse::{duration_text, AdminFile, WAIT};
+use crate::{eventually, free_port};
 
 /// nerve's config file, as the builder writes it.
 #[derive(Debug, Clone, Serialize)]
@@ -34,7 +34,7 @@ pub struct NerveFile {
     pub admin: AdminFile,
     /// The ZooKeeper session.
     #[serde(skip_serializing_if = "is_default_zk")]
-    pub zookeeper: ZookeeperFile,
+    pub zookeeper: NerveZookeeperFile,
     /// `drain_time`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_time: Option<String>,
@@ -45,8 +45,28 @@ pub struct NerveFile {
     pub top: Map<String, Value>,
 }
 
-fn is_default_zk(z: &ZookeeperFile) -> bool {
-    z.session_timeout.is_none()
+fn is_default_zk(z: &NerveZookeeperFile) -> bool {
+    z.session_timeout.is_none() && z.auth.is_none()
+}
+
+/// `zookeeper:` of nerve's file: synapse's keys plus the credentials nerve registers with.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NerveZookeeperFile {
+    /// Requested session timeout, e.g. `"2s"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_timeout: Option<String>,
+    /// `auth: {scheme, credentials}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ZkAuthFile>,
+}
+
+/// ZooKeeper credentials (`zookeeper.auth`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ZkAuthFile {
+    /// e.g. `digest`.
+    pub scheme: String,
+    /// e.g. `user:password`.
+    pub credentials: String,
 }
 
 /// One entry of nerve's `services:`.
@@ -160,6 +180,7 @@ pub struct NerveBuilder {
     admin: u16,
     instance_id: Option<String>,
     session_timeout: Option<Duration>,
+    auth: Option<ZkAuthFile>,
     drain_time: Option<Duration>,
     top: Map<String, Value>,
     services: Vec<NerveService>,
@@ -174,6 +195,7 @@ impl NerveBuilder {
             admin: free_port(),
             instance_id: None,
             session_timeout: None,
+            auth: None,
             drain_time: None,
             top: Map::new(),
             services: Vec::new(),
@@ -218,6 +240,15 @@ impl NerveBuilder {
         self
     }
 
+    /// `zookeeper.auth`: the credentials nerve registers with (its nodes get ACLs).
+    pub fn zk_auth(mut self, scheme: &str, credentials: &str) -> Self {
+        self.auth = Some(ZkAuthFile {
+            scheme: scheme.to_string(),
+            credentials: credentials.to_string(),
+        });
+        self
+    }
+
     /// `drain_time`.
     pub fn drain_time(mut self, time: Duration) -> Self {
         self.drain_time = Some(time);
@@ -248,8 +279,9 @@ impl NerveBuilder {
             admin: AdminFile {
                 listen: format!("127.0.0.1:{}", self.admin),
             },
-            zookeeper: ZookeeperFile {
+            zookeeper: NerveZookeeperFile {
                 session_timeout: self.session_timeout.map(duration_text),
+                auth: self.auth.clone(),
             },
             drain_time: self.drain_time.map(duration_text),
             services: self
@@ -297,6 +329,34 @@ pub struct Nerve {
 }
 
 impl Nerve {
+    /// Upgrades in place: starts a new nerve with the same config and `--takeover` (the
+    /// config must set `upgrade_socket`: `.top("upgrade_socket", path)`), waits until the
+    /// old one has handed over and exited and the new one confirms, and returns the old
+    /// one's exit status. The handle then drives the new process.
+    pub fn upgrade(&mut self) -> ExitStatus {
+        let env: Vec<(&str, &str)> = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let new = Agent::start_file_with_args(
+            "nerve",
+            "nerve.json",
+            &self.config.text(),
+            &env,
+            None,
+            &["--takeover"],
+        );
+        let mut old = std::mem::replace(&mut self.agent, new);
+        let status = old.wait_exit(WAIT);
+        let agent = &self.agent;
+        eventually("the new nerve confirms the takeover", WAIT, || {
+            agent.log().contains("takeover done").then_some(())
+        });
+        status
+    }
+
     /// The process.
     pub fn agent(&self) -> &Agent {
         &self.agent
@@ -307,7 +367,7 @@ impl Nerve {
         &mut self.agent
     }
 
-    /// The config it runs (after the last [`reload`](Self::reload)).
+    /// The config last written (at start, or by the last [`reload`](Self::reload)).
     pub fn config(&self) -> &NerveBuilder {
         &self.config
     }
@@ -356,6 +416,13 @@ impl Nerve {
         self.agent.signal("HUP");
     }
 
+    /// Replaces the config file with `text` (e.g. an invalid one) and sends SIGHUP; the
+    /// handle keeps the config it knew.
+    pub fn reload_raw(&self, text: &str) {
+        self.agent.rewrite_config(text);
+        self.agent.signal("HUP");
+    }
+
     /// The sample `name{labels}` of `/metrics` (labels exactly these, any order); `None`
     /// while the series is absent.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -381,6 +448,7 @@ mod tests {
         let b = NerveBuilder::new("127.0.0.1:2181")
             .instance_id("host-a")
             .session_timeout(Duration::from_secs(2))
+            .zk_auth("digest", "nerve:s3cret")
             .drain_time(Duration::from_secs(1))
             .service(NerveService::tcp("web", 8080).rise(2).with("weight", 10))
             .service(NerveService::tcp("db", 5432).instance_id("db-a").zk_path("/db"));

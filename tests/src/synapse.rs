@@ -276,6 +276,12 @@ impl SynapseBuilder {
         self
     }
 
+    /// Removes a top-level key set with [`top`](Self::top).
+    pub fn without_top(mut self, key: &str) -> Self {
+        self.top.remove(key);
+        self
+    }
+
     /// An environment variable for the process (wins over the harness's, e.g. `RUST_LOG`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
@@ -353,6 +359,34 @@ pub struct Synapse {
 }
 
 impl Synapse {
+    /// Upgrades in place: starts a new synapse with the same config and `--takeover` (the
+    /// config must set `upgrade_socket`: `.top("upgrade_socket", path)`), waits until the
+    /// old one has handed over and exited and the new one confirms, and returns the old
+    /// one's exit status. The handle then drives the new process.
+    pub fn upgrade(&mut self) -> ExitStatus {
+        let env: Vec<(&str, &str)> = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let new = Agent::start_file_with_args(
+            "synapse",
+            "synapse.json",
+            &self.config.text(),
+            &env,
+            self.config.nofile,
+            &["--takeover"],
+        );
+        let mut old = std::mem::replace(&mut self.agent, new);
+        let status = old.wait_exit(WAIT);
+        let agent = &self.agent;
+        eventually("the new synapse confirms the takeover", WAIT, || {
+            agent.log().contains("takeover done").then_some(())
+        });
+        status
+    }
+
     /// The process.
     pub fn agent(&self) -> &Agent {
         &self.agent
@@ -363,7 +397,8 @@ impl Synapse {
         &mut self.agent
     }
 
-    /// The config it runs (after the last [`reload`](Self::reload)).
+    /// The config last written (at start, or by the last [`reload`](Self::reload), whether
+    /// synapse took it or refused it).
     pub fn config(&self) -> &SynapseBuilder {
         &self.config
     }
@@ -536,7 +571,7 @@ mod tests {
 
         // A reload keeps the ports of the services it does not touch.
         let web = b.port("web");
-        let b = b.without("api").top("http_listeners", json!([])).tcp("more");
+        let b = b.without("api").without_top("http_listeners").tcp("more");
         assert_eq!(b.port("web"), web);
         std::fs::write(&file, b.text()).unwrap();
         synapse::config::Config::load(&file).unwrap_or_else(|e| panic!("{e}\n{}", b.text()));

@@ -250,11 +250,22 @@ impl Registration {
         let (path, outcome) = match keep {
             Some(i) => {
                 let path = ours.current.remove(i);
-                client
-                    .set_data(&path, data, None)
-                    .await
-                    .map_err(zk_err("set", &path))?;
-                (path, EnsureOutcome::Updated)
+                // Adopted as it is when it already says the right thing (a node handed over
+                // by a reload or by the previous process): readers see no change at all.
+                let same = match client.get_data(&path).await {
+                    Ok((current, _)) => current == data,
+                    Err(zk::Error::NoNode) => false,
+                    Err(e) => return Err(zk_err("get", &path)(e)),
+                };
+                if same {
+                    (path, EnsureOutcome::Unchanged)
+                } else {
+                    client
+                        .set_data(&path, data, None)
+                        .await
+                        .map_err(zk_err("set", &path))?;
+                    (path, EnsureOutcome::Updated)
+                }
             }
             None => {
                 let persistent = zk::CreateMode::Persistent.with_acls(self.naming.acls());
@@ -361,6 +372,17 @@ impl Registration {
         }
         ours.current.sort();
         Ok(ours)
+    }
+}
+
+/// Deletes `path` if it is an ephemeral node of `session`'s current session: a node a
+/// predecessor handed over (with the session) that no service of ours claims any more. True
+/// if it was deleted.
+pub async fn delete_own_node(session: &Session, path: &str) -> Result<bool, RegistryError> {
+    let (client, _, session_id) = session.client()?;
+    match client.check_stat(path).await.map_err(zk_err("exists", path))? {
+        Some(stat) if stat.ephemeral_owner == session_id => delete_if_exists(&client, path).await,
+        _ => Ok(false),
     }
 }
 

@@ -161,12 +161,51 @@ impl fmt::Debug for ZkAuth {
 /// What identifies a session: connect string and credentials.
 type SessionKey = (String, Option<ZkAuth>);
 
+/// A live session, exported to be resumed by another process (an upgrade's successor): the
+/// ensemble, who it authenticates as, and the session id and password. Whoever holds the
+/// password can take the session (and its ephemeral nodes) over: it is never logged (the
+/// `Debug` output shows the id only) and travels only over the owner-only upgrade socket.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionSecret {
+    /// The connect string (`host:port,...[/chroot]`).
+    pub connect: String,
+    /// `scheme:user` of the session's `ZkAuth` (no credentials), to match it to the same
+    /// session of the successor's config.
+    pub auth: Option<String>,
+    /// The session id.
+    pub id: i64,
+    password: Vec<u8>,
+}
+
+impl fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSecret")
+            .field("connect", &self.connect)
+            .field("auth", &self.auth)
+            .field("id", &format_args!("{:#x}", self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme:user` of an auth (what [`SessionSecret::auth`] holds).
+fn auth_name(auth: Option<&ZkAuth>) -> Option<String> {
+    auth.map(|a| {
+        format!(
+            "{}:{}",
+            a.scheme,
+            a.credentials.split(':').next().unwrap_or_default()
+        )
+    })
+}
+
 /// One ZooKeeper session per ensemble (and auth) per process.
 #[derive(Debug)]
 pub struct Registry {
     options: RegistryOptions,
     cancel: CancellationToken,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    /// Sessions to resume instead of creating new ones (see [`Registry::resume`]).
+    resumes: Mutex<Vec<SessionSecret>>,
 }
 
 impl Registry {
@@ -179,6 +218,66 @@ impl Registry {
             options,
             cancel,
             sessions: Mutex::new(HashMap::new()),
+            resumes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sessions a predecessor handed over: each is resumed (its ephemeral nodes kept) by the
+    /// session of the same ensemble and auth when it starts, instead of a new session (one
+    /// that cannot be resumed any more, expired meanwhile, is replaced by a new one, and its
+    /// nodes are ours to clean up). Call before the sessions start.
+    pub fn resume(&self, secrets: Vec<SessionSecret>) {
+        self.resumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(secrets);
+    }
+
+    /// The live sessions, to hand to a successor. Only sessions connected right now are
+    /// exported (a disconnected one may be expiring).
+    pub fn export(&self) -> Vec<SessionSecret> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .filter_map(|((connect, auth), session)| {
+                let status = session.status();
+                let client = status.client.as_ref().filter(|_| status.connected)?;
+                let info = client.session();
+                Some(SessionSecret {
+                    connect: connect.clone(),
+                    auth: auth_name(auth.as_ref()),
+                    id: info.id().0,
+                    password: info.password().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Lets go of every session without closing it (for a successor to resume), then stops
+    /// them: their ephemeral nodes stay until the successor resumes the session, or it
+    /// expires. Waits (up to `timeout`) until every session's client is released.
+    pub async fn detach(&self, timeout: Duration) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in &sessions {
+            if let Some(client) = &s.status().client {
+                client.detach();
+            }
+        }
+        self.cancel.cancel();
+        let released = futures::future::join_all(sessions.iter().map(|s| {
+            let mut status = s.subscribe();
+            async move {
+                let _ = status.wait_for(|st| st.client.is_none()).await;
+            }
+        }));
+        if tokio::time::timeout(timeout, released).await.is_err() {
+            warn!("a ZooKeeper session was not released in time");
         }
     }
 
@@ -194,9 +293,18 @@ impl Registry {
         sessions
             .entry((connect.to_string(), auth.cloned()))
             .or_insert_with(|| {
+                let resume = {
+                    let mut resumes = self.resumes.lock().unwrap_or_else(|p| p.into_inner());
+                    let name = auth_name(auth);
+                    resumes
+                        .iter()
+                        .position(|r| r.connect == connect && r.auth == name)
+                        .map(|i| resumes.swap_remove(i))
+                };
                 Session::start(
                     connect.to_string(),
                     auth.cloned(),
+                    resume,
                     self.options.clone(),
                     self.cancel.clone(),
                 )
@@ -257,13 +365,14 @@ impl Session {
     fn start(
         connect: String,
         auth: Option<ZkAuth>,
+        resume: Option<SessionSecret>,
         options: RegistryOptions,
         cancel: CancellationToken,
     ) -> Arc<Session> {
         let (tx, rx) = tokio_watch::channel(SessionStatus::default());
         let span = tracing::info_span!("zk_session", zk.connect = %connect, zk.auth = ?auth);
         let splay = fleet::splay_bound(options.splay, options.session_timeout);
-        tokio::spawn(run_session(connect.clone(), auth, options, tx, cancel).instrument(span));
+        tokio::spawn(run_session(connect.clone(), auth, resume, options, tx, cancel).instrument(span));
         Arc::new(Session {
             connect,
             status: rx,
@@ -314,6 +423,7 @@ impl Session {
 async fn run_session(
     connect: String,
     auth: Option<ZkAuth>,
+    resume: Option<SessionSecret>,
     options: RegistryOptions,
     tx: tokio_watch::Sender<SessionStatus>,
     cancel: CancellationToken,
@@ -321,6 +431,16 @@ async fn run_session(
     let mut link = Link::new(connect, &options);
     link.auth = auth;
     let mut replacement = None;
+    if let Some(secret) = resume {
+        match link.resume(&secret, &cancel).await {
+            Some(client) => replacement = Some(client),
+            None if cancel.is_cancelled() => return,
+            None => {
+                // Its nodes, if the ensemble still holds it, are ours to replace.
+                tx.send_modify(|s| s.earlier_session_ids.push(secret.id));
+            }
+        }
+    }
     loop {
         let (client, waited) = match replacement.take() {
             Some(client) => (client, None),
@@ -406,6 +526,11 @@ impl Link {
             .with_connection_timeout(self.connection_timeout)
             .with_readonly(self.read_only)
             .with_fail_eagerly();
+        self.open(connector).await
+    }
+
+    /// Connects with `connector` to the current servers, over TLS when configured.
+    async fn open(&self, connector: zk::Connector) -> Result<zk::Client, zk::Error> {
         let servers = self.servers.current();
         match &self.tls {
             Some(tls) => connector.with_tls(tls.options()?).secure_connect(&servers).await,
@@ -434,6 +559,59 @@ impl Link {
             pause
         } else {
             MIN_BACKOFF / 2 + fleet::splay_delay(self.splay)
+        }
+    }
+
+    /// Resumes a predecessor's session: attempts until it is re-established, or the ensemble
+    /// says it expired, or its timeout has passed (`None`: a new session is needed).
+    async fn resume(&self, secret: &SessionSecret, cancel: &CancellationToken) -> Option<zk::Client> {
+        let id = format!("{:#x}", secret.id);
+        let deadline = Instant::now() + self.session_timeout;
+        let mut backoff = Backoff::new(MIN_BACKOFF, self.max_backoff);
+        loop {
+            let info = zk::SessionInfo::from_parts(zk::SessionId(secret.id), secret.password.clone());
+            let mut connector = zk::Client::connector().with_session(info);
+            if let Some(a) = &self.auth {
+                connector = connector.with_auth(&a.scheme, a.credentials.as_bytes());
+            }
+            let attempt = self.open(
+                connector
+                    .with_session_timeout(self.session_timeout)
+                    .with_connection_timeout(self.connection_timeout)
+                    .with_fail_eagerly(),
+            );
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                r = attempt => r,
+            };
+            match result {
+                Ok(client) => {
+                    info!(
+                        session_id = id,
+                        "resumed the ZooKeeper session handed over by the previous process"
+                    );
+                    return Some(client);
+                }
+                Err(zk::Error::SessionExpired) => {
+                    warn!(
+                        session_id = id,
+                        "the handed-over ZooKeeper session has expired; establishing a new one"
+                    );
+                    return None;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    warn!(session_id = id, error = %e, "cannot resume the handed-over ZooKeeper session within its timeout; establishing a new one");
+                    return None;
+                }
+                Err(e) => {
+                    let pause = backoff.pause();
+                    warn!(session_id = id, error = %e, retry_in = ?pause, "cannot resume the handed-over ZooKeeper session yet");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
         }
     }
 

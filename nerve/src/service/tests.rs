@@ -156,14 +156,162 @@ fn warmup_ramp_steps() {
         stability_command: None,
         stability_timeout: Duration::from_secs(5),
     };
-    let at = |s: f64| ramp(&w, 200, Duration::from_secs_f64(s));
-    assert_eq!(at(0.0), (1, Some(Duration::from_secs(2))));
-    assert_eq!(at(1.9), (1, Some(Duration::from_secs(2))));
-    assert_eq!(at(2.0), (40, Some(Duration::from_secs(4))));
-    assert_eq!(at(9.9), (160, Some(Duration::from_secs(10))));
-    assert_eq!(at(10.0), (200, None));
-    assert_eq!(at(99.0), (200, None));
+    assert_eq!(ramp_ceiling(&w, 200, 0), Some(1));
+    assert_eq!(step_due(&w, 1), Some(Duration::from_secs(2)));
+    assert_eq!(ramp_ceiling(&w, 200, 1), Some(40));
+    assert_eq!(ramp_ceiling(&w, 200, 4), Some(160));
+    assert_eq!(step_due(&w, 5), Some(Duration::from_secs(10)));
+    assert_eq!(ramp_ceiling(&w, 200, 5), None, "full weight");
+    assert_eq!(step_due(&w, 6), None);
     // At most `steps + 1` distinct weights.
-    let seen: std::collections::BTreeSet<u8> = (0..1000).map(|ms| at(f64::from(ms) / 50.0).0).collect();
+    let seen: std::collections::BTreeSet<u8> =
+        (0..10).map(|l| ramp_ceiling(&w, 200, l).unwrap_or(200)).collect();
     assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+/// Service `web` with weight 100 and the extra keys `keys` (a warm-up, hooks).
+fn warming_service(keys: &str) -> ServiceConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nerve.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  - {{name: web, host: 127.0.0.1, port: 1, zk_hosts: 'a:1', zk_path: /s/web, \
+             weight: 100, {keys}, checks: [{{type: tcp, port: 1}}]}}\n"
+        ),
+    )
+    .unwrap();
+    Config::load(&file).unwrap().services.remove(0)
+}
+
+/// Runs `desire_loop` for `config` (unhealthy at first); returns the check-status sender,
+/// the desired state, the stop token and a task collecting every available weight it
+/// publishes, in order. Tests run it on the current-thread runtime.
+async fn drive_desire_loop(
+    config: ServiceConfig,
+) -> (
+    watch::Sender<CheckStatus>,
+    watch::Receiver<Desired>,
+    CancellationToken,
+    tokio::task::JoinHandle<Vec<u8>>,
+) {
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    let m = metrics.service("web", &["0_tcp"]);
+    let (status_tx, status) = watch::channel(CheckStatus::default());
+    let (desired_tx, desired) = watch::channel(Desired::default());
+    let (operator_tx, operator) = watch::channel(Operator::default());
+    let stopping = CancellationToken::new();
+    let mut seen = desired.clone();
+    let weights = tokio::spawn(async move {
+        let _operator = operator_tx;
+        let mut weights = Vec::new();
+        while seen.changed().await.is_ok() {
+            if let State::Available { weight } = seen.borrow_and_update().state {
+                weights.push(weight);
+            }
+        }
+        weights
+    });
+    tokio::spawn(desire_loop(
+        config,
+        status,
+        operator,
+        desired_tx,
+        m,
+        stopping.clone(),
+    ));
+    // Lets the loop start and see the service unhealthy (a service healthy from the start
+    // does not warm up).
+    tokio::task::yield_now().await;
+    (status_tx, desired, stopping, weights)
+}
+
+/// The race of issue 14: a check run that wakes the loop after a step's due time, before the
+/// step itself ran, must not raise the weight: only the step (which runs the stability
+/// command, failing here) may. The test holds the (single-threaded) runtime past the first
+/// step's due time, then publishes a check run: at the loop's next wakeup both the check
+/// update and the step are ready, and the check arm goes first.
+#[tokio::test]
+async fn a_wakeup_past_a_step_never_raises_the_weight_unchecked() {
+    let (status, mut desired, stopping, weights) = drive_desire_loop(warming_service(
+        "warmup: {duration: 400ms, steps: 2, stability_command: [\"false\"]}",
+    ))
+    .await;
+    status.send_modify(|s| s.healthy = true);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        desired.wait_for(|d| d.state == State::Available { weight: 1 }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Blocks the runtime on purpose (not a wait for a condition): the first step falls due
+    // (at 200 ms) while no task can run.
+    std::thread::sleep(Duration::from_millis(300));
+    status.send_modify(|s| s.healthy = true);
+    // Several steps' worth, the stability command failing at each: weight 1 throughout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    stopping.cancel();
+    let weights = weights.await.unwrap();
+    assert!(weights.iter().all(|w| *w == 1), "{weights:?}");
+}
+
+/// Without a stability command, the ramp climbs one step per due time, every step written
+/// once, whatever wakes the loop in between.
+#[tokio::test(start_paused = true)]
+async fn the_ramp_climbs_one_step_at_a_time() {
+    let (status, mut desired, stopping, weights) =
+        drive_desire_loop(warming_service("warmup: {duration: 10s, steps: 5}")).await;
+    status.send_modify(|s| s.healthy = true);
+    desired
+        .wait_for(|d| d.state == State::Available { weight: 1 })
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        status.send_modify(|s| s.healthy = true);
+    }
+    desired
+        .wait_for(|d| d.state == State::Available { weight: 100 })
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    stopping.cancel();
+    assert_eq!(weights.await.unwrap(), [1, 20, 40, 60, 80, 100]);
+}
+
+/// A `pre_available` hook failing for longer than the warm-up does not use the warm-up up:
+/// the ramp starts when the service becomes available, at weight 1.
+#[tokio::test]
+async fn the_ramp_starts_when_the_hook_lets_the_service_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow");
+    let (status, mut desired, stopping, weights) = drive_desire_loop(warming_service(&format!(
+        "warmup: {{duration: 200ms, steps: 2}}, hooks: {{pre_available: {{command: [test, -f, '{}']}}}}",
+        allow.display()
+    )))
+    .await;
+    status.send_modify(|s| s.healthy = true);
+    // Held back well past the warm-up's duration, the hook retried at each check run.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status.send_modify(|s| s.healthy = true);
+    }
+    assert_eq!(desired.borrow().state, State::Absent);
+    std::fs::write(&allow, "").unwrap();
+    status.send_modify(|s| s.healthy = true);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        desired.wait_for(|d| d.state == State::Available { weight: 100 }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    stopping.cancel();
+    assert_eq!(weights.await.unwrap(), [1, 50, 100]);
 }

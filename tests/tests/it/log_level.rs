@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use integration_tests::agents::{http_get, http_request, routed};
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::{
+    eventually, Backend, NerveBuilder, NerveService, SynapseBuilder, SynapseService, Zk, ZkCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -21,12 +23,11 @@ fn put_node(zk: &Zk, id: &str, b: &Backend) {
 fn synapse_log_level_changes_at_run_time() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
-    let (admin, listen) = (free_port(), free_port());
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{}\", zk_path: /services/web, listen: {listen}}}\n",
-        zk.connect_string()
-    );
-    let mut synapse = Agent::start_with_env("synapse", &config, &[("RUST_LOG", "warn")]);
+    let mut synapse = SynapseBuilder::new(&zk.connect_string())
+        .service(SynapseService::tcp("web").connect_timeout(None))
+        .env("RUST_LOG", "warn")
+        .start();
+    let admin = synapse.admin();
     eventually("synapse admin", WAIT, || {
         (http_get(admin, "/log-level").ok()? == (200, "warn\n".to_string())).then_some(())
     });
@@ -77,13 +78,10 @@ fn synapse_log_level_changes_at_run_time() {
 #[test]
 fn nerve_log_level_changes_at_run_time() {
     let zk = ZkCluster::standalone();
-    let admin = free_port();
     let app = Backend::start("app");
-    let config = format!(
-        "instance_id: h\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{}\", zk_path: /services/app, check_interval: 100ms, rise: 1, fall: 1, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-        app.port,
-        zk.connect_string()
-    );
+    let config = NerveBuilder::new(&zk.connect_string())
+        .instance_id("h")
+        .service(NerveService::tcp("app", app.port).fall(1));
     // Watchdog pings every 50 ms, each one a debug line of `common::notify`.
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify");
@@ -92,12 +90,12 @@ fn nerve_log_level_changes_at_run_time() {
         let mut buf = [0u8; 4096];
         while systemd.recv(&mut buf).is_ok() {}
     });
-    let env = [
-        ("RUST_LOG", "info"),
-        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-        ("WATCHDOG_USEC", "100000"),
-    ];
-    let nerve = Agent::start_with_env("nerve", &config, &env);
+    let nerve = config
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", socket_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "100000")
+        .start();
+    let admin = nerve.admin();
     eventually("nerve admin", WAIT, || {
         (http_get(admin, "/log-level").ok()? == (200, "info\n".to_string())).then_some(())
     });

@@ -51,3 +51,4 @@ mod synapse_http;
 mod synapse_membership;
 mod synapse_proxy;
 mod synapse_reload;
+mod upgrade;

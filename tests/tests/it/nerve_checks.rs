@@ -359,8 +359,9 @@ async fn grpc_health_over_tls() {
 /// check only.
 #[test]
 fn one_failing_check_of_two_removes_the_node_and_is_the_only_one_shown() {
-    use integration_tests::agents::{http_get, metric};
-    use integration_tests::{eventually, Agent, Zk, ZkCluster};
+    use integration_tests::agents::http_get;
+    use integration_tests::{eventually, NerveBuilder, NerveService, Zk, ZkCluster};
+    use serde_json::json;
 
     const WAIT: Duration = Duration::from_secs(20);
     const PATH: &str = "/services/web";
@@ -370,15 +371,19 @@ fn one_failing_check_of_two_removes_the_node_and_is_the_only_one_shown() {
     web.route("/health", 200, "ok");
     let grpc = GrpcHealth::start();
     grpc.set("web", Some(SERVING));
-    let admin = free_port();
-    let config = format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  \
-         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 1, \
-         checks: [{{type: http, name: health, expect_body: ok}}, {{type: grpc, port: {}, service: web}}]}}\n",
-        web.port, grpc.port
-    );
-    let _nerve = Agent::start("nerve", &config);
+    let nerve = NerveBuilder::new(&cs)
+        .instance_id("host-1")
+        .service(
+            NerveService::tcp("web", web.port)
+                .zk_path(PATH)
+                .fall(1)
+                .checks(vec![
+                    json!({"type": "http", "name": "health", "expect_body": "ok"}),
+                    json!({"type": "grpc", "port": grpc.port, "service": "web"}),
+                ]),
+        )
+        .start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     eventually("nerve registers the service", WAIT, || {
         (zkc.children(PATH).ok()?.len() == 1).then_some(())
@@ -415,20 +420,16 @@ fn one_failing_check_of_two_removes_the_node_and_is_the_only_one_shown() {
     let summary = svc["last_check_error"].as_str().unwrap();
     assert!(summary.starts_with("health: http status 503"), "{summary}");
     assert!(!summary.contains("1_grpc"), "{summary}");
-    let up = |check: &str| {
-        metric(
-            admin,
-            &format!("nerve_check_up{{check=\"{check}\",service=\"web\"}}"),
-        )
-    };
+    let up = |check: &str| nerve.metric("nerve_check_up", &[("check", check), ("service", "web")]);
     assert_eq!(up("health"), Some(0.0));
     assert_eq!(up("1_grpc"), Some(1.0));
     assert!(
-        metric(
-            admin,
-            "nerve_checks_total{check=\"health\",result=\"fail\",service=\"web\"}"
-        )
-        .unwrap()
+        nerve
+            .metric(
+                "nerve_checks_total",
+                &[("check", "health"), ("result", "fail"), ("service", "web")]
+            )
+            .unwrap()
             >= 1.0
     );
 

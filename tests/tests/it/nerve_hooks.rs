@@ -12,18 +12,35 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::metric;
-use integration_tests::{consistently, eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::{consistently, eventually, Backend, NerveBuilder, NerveService, Zk, ZkCluster};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
 
-fn conf(cs: &str, admin: u16, port: u16, top: &str, extra: &str) -> String {
-    format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{top}services:\n\
-         - {{name: web, host: 127.0.0.1, port: {port}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 1, write_burst: 100, max_writes_per_second: 100, {extra}\
-         checks: [{{type: tcp}}]}}\n"
-    )
+/// nerve of instance `host-1`.
+fn nerve(cs: &str) -> NerveBuilder {
+    NerveBuilder::new(cs).instance_id("host-1")
+}
+
+/// Service `web` on `port` under [`PATH`]: tcp check every 100 ms, rise 1, fall 1, writes
+/// not rate-limited in practice.
+fn web(port: u16) -> NerveService {
+    NerveService::tcp("web", port)
+        .zk_path(PATH)
+        .fall(1)
+        .with("write_burst", 100)
+        .with("max_writes_per_second", 100)
+        .checks(vec![json!({"type": "tcp"})])
+}
+
+/// A hook running `command` with `sh -c`, plus `more` keys.
+fn shell_hook(command: String, more: serde_json::Value) -> serde_json::Value {
+    let mut hook = json!({"command": command, "shell": true});
+    if let (Some(h), Some(m)) = (hook.as_object_mut(), more.as_object()) {
+        h.extend(m.clone());
+    }
+    hook
 }
 
 fn payloads(zkc: &Zk) -> Vec<serde_json::Value> {
@@ -120,18 +137,11 @@ fn sigterm_with_expose_unavailable_marks_unavailable_drains_deletes_then_exits()
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let b = Backend::start("a");
-    let admin = free_port();
     let drain = Duration::from_secs(2);
-    let mut nerve = Agent::start(
-        "nerve",
-        &conf(
-            &cs,
-            admin,
-            b.port,
-            "drain_time: 2s\n",
-            "expose_unavailable: true, ",
-        ),
-    );
+    let mut nerve = nerve(&cs)
+        .drain_time(drain)
+        .service(web(b.port).with("expose_unavailable", true))
+        .start();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || {
         (payloads(&zkc).first()?["available"] == true).then_some(())
@@ -185,24 +195,24 @@ fn pre_available_failure_holds_the_service_back_and_is_retried() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let b = Backend::start("a");
-    let admin = free_port();
     let dir = tempfile::tempdir().unwrap();
     let (runs, allow) = (dir.path().join("runs"), dir.path().join("allow"));
-    let hook = format!(
-        "hooks: {{pre_available: {{command: 'echo \"$NERVE_HOOK\" >> {}; test -f {}', shell: true, timeout: 5s}}}}, ",
-        runs.display(),
-        allow.display()
-    );
-    let _nerve = Agent::start(
-        "nerve",
-        &conf(
-            &cs,
-            admin,
-            b.port,
-            "",
-            &format!("expose_unavailable: true, {hook}"),
+    let pre_available = shell_hook(
+        format!(
+            "echo \"$NERVE_HOOK\" >> {}; test -f {}",
+            runs.display(),
+            allow.display()
         ),
+        json!({"timeout": "5s"}),
     );
+    let nerve = nerve(&cs)
+        .service(
+            web(b.port)
+                .with("expose_unavailable", true)
+                .with("hooks", json!({ "pre_available": pre_available })),
+        )
+        .start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     let p = eventually("held back, unavailable, with the hook's error", WAIT, || {
         payloads(&zkc).into_iter().next().filter(|p| {
@@ -251,17 +261,18 @@ fn disable_runs_on_disable_then_waits_for_drained_and_min_disable_time() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let b = Backend::start("a");
-    let admin = free_port();
     let dir = tempfile::tempdir().unwrap();
     let (log, drained) = (dir.path().join("log"), dir.path().join("drained"));
-    let hooks = format!(
-        "hooks: {{on_disable: {{command: 'echo on_disable >> {0}', shell: true}}, \
-         drained: {{command: 'echo drained >> {0}; test -f {1}', shell: true, interval: 50ms}}, \
-         min_disable_time: 3s}}, ",
-        log.display(),
-        drained.display()
-    );
-    let _nerve = Agent::start("nerve", &conf(&cs, admin, b.port, "", &hooks));
+    let hooks = json!({
+        "on_disable": shell_hook(format!("echo on_disable >> {}", log.display()), json!({})),
+        "drained": shell_hook(
+            format!("echo drained >> {}; test -f {}", log.display(), drained.display()),
+            json!({"interval": "50ms"}),
+        ),
+        "min_disable_time": "3s",
+    });
+    let nerve = nerve(&cs).service(web(b.port).with("hooks", hooks)).start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || (payloads(&zkc).len() == 1).then_some(()));
 
@@ -311,16 +322,16 @@ fn sigterm_waits_for_drained() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let b = Backend::start("a");
-    let admin = free_port();
     let dir = tempfile::tempdir().unwrap();
     let (log, drained) = (dir.path().join("log"), dir.path().join("drained"));
-    let hooks = format!(
-        "hooks: {{on_disable: {{command: 'echo on_disable >> {0}', shell: true}}, \
-         drained: {{command: 'echo drained >> {0}; test -f {1}', shell: true, interval: 50ms}}}}, ",
-        log.display(),
-        drained.display()
-    );
-    let mut nerve = Agent::start("nerve", &conf(&cs, admin, b.port, "", &hooks));
+    let hooks = json!({
+        "on_disable": shell_hook(format!("echo on_disable >> {}", log.display()), json!({})),
+        "drained": shell_hook(
+            format!("echo drained >> {}; test -f {}", log.display(), drained.display()),
+            json!({"interval": "50ms"}),
+        ),
+    });
+    let mut nerve = nerve(&cs).service(web(b.port).with("hooks", hooks)).start();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || (payloads(&zkc).len() == 1).then_some(()));
     nerve.signal("TERM");
@@ -343,21 +354,16 @@ fn a_service_removed_by_reload_goes_down_through_its_disable_sequence() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let b = Backend::start("a");
-    let admin = free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let hooks = format!(
-        "expose_unavailable: true, hooks: {{on_disable: {{command: 'echo on_disable >> {0}', shell: true}}, \
-         min_disable_time: 1s}}, ",
-        log.display()
-    );
-    let other = format!(
-        "- {{name: other, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: /services/other, \
-         checks: [{{type: tcp}}]}}\n",
-        b.port
-    );
-    let first = format!("{}{other}", conf(&cs, admin, b.port, "", &hooks));
-    let mut nerve = Agent::start("nerve", &first);
+    let hooks = json!({
+        "on_disable": shell_hook(format!("echo on_disable >> {}", log.display()), json!({})),
+        "min_disable_time": "1s",
+    });
+    let mut nerve = nerve(&cs)
+        .service(web(b.port).with("expose_unavailable", true).with("hooks", hooks))
+        .service(NerveService::tcp("other", b.port).checks(vec![json!({"type": "tcp"})]))
+        .start();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || {
         (payloads(&zkc).first()?["available"] == true).then_some(())
@@ -367,10 +373,7 @@ fn a_service_removed_by_reload_goes_down_through_its_disable_sequence() {
         (watcher.states() == [Seen::Available]).then_some(())
     });
 
-    nerve.rewrite_config(&format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n{other}"
-    ));
-    nerve.signal("HUP");
+    nerve.reload(|c| c.without("web"));
     eventually("the watcher sees the node go", WAIT, || {
         (watcher.states().last() == Some(&Seen::Gone)).then_some(())
     });

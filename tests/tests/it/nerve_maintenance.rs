@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::agents::binary;
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::{eventually, Backend, NerveBuilder, NerveService, Zk, ZkCluster};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
@@ -49,15 +50,28 @@ fn ctl(admin: u16, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn conf(cs: &str, admin: u16, port: u16, flag: &Path, state: &Path, extra: &str) -> String {
-    format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nstate_file: \"{}\"\nservices:\n\
-         - {{name: web, host: 127.0.0.1, port: {port}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 1, write_burst: 100, max_writes_per_second: 100, {extra}\
-         checks: [{{type: exec, name: flag, command: [test, -f, \"{}\"]}}]}}\n",
-        state.display(),
-        flag.display()
-    )
+/// nerve of instance `host-1` keeping its operator state in `state`, with service `web`
+/// on `port` (healthy while `flag` exists) under [`PATH`].
+fn conf(
+    cs: &str,
+    port: u16,
+    flag: &Path,
+    state: &Path,
+    web: impl FnOnce(NerveService) -> NerveService,
+) -> NerveBuilder {
+    let service = NerveService::tcp("web", port)
+        .zk_path(PATH)
+        .fall(1)
+        .with("write_burst", 100)
+        .with("max_writes_per_second", 100)
+        .checks(vec![json!({
+            "type": "exec", "name": "flag",
+            "command": ["test", "-f", flag.display().to_string()]
+        })]);
+    NerveBuilder::new(cs)
+        .instance_id("host-1")
+        .top("state_file", state.display().to_string())
+        .service(web(service))
 }
 
 fn payloads(zkc: &Zk) -> Vec<serde_json::Value> {
@@ -83,9 +97,9 @@ fn disable_enable_force_weight_and_restart() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag, state) = setup();
-    let admin = free_port();
-    let config = conf(&cs, admin, b.port, &flag, &state, "");
-    let nerve = Agent::start("nerve", &config);
+    let config = conf(&cs, b.port, &flag, &state, |s| s);
+    let nerve = config.clone().start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || (payloads(&zkc).len() == 1).then_some(()));
 
@@ -101,13 +115,21 @@ fn disable_enable_force_weight_and_restart() {
     assert!(payloads(&zkc).is_empty(), "gone when the answer comes");
     let (_, status) = request(admin, "GET", "/status");
     assert_eq!(status["services"][0]["maintenance"]["disabled"], true, "{status}");
-    let m = |name: &str| integration_tests::agents::metric(admin, name);
     assert_eq!(
-        m("nerve_service_maintenance{service=\"web\",state=\"disabled\"}"),
+        nerve.metric(
+            "nerve_service_maintenance",
+            &[("service", "web"), ("state", "disabled")]
+        ),
         Some(1.0)
     );
-    assert_eq!(m("nerve_service_weight{service=\"web\"}"), Some(0.0));
-    assert!(m("nerve_desired_to_write_seconds_count{service=\"web\"}").unwrap() >= 2.0);
+    let web = [("service", "web")];
+    assert_eq!(nerve.metric("nerve_service_weight", &web), Some(0.0));
+    assert!(
+        nerve
+            .metric("nerve_desired_to_write_seconds_count", &web)
+            .unwrap()
+            >= 2.0
+    );
 
     // weight/N while disabled: kept for later.
     let (ok, _) = ctl(admin, &["weight", "web", "7"]);
@@ -117,7 +139,8 @@ fn disable_enable_force_weight_and_restart() {
     eventually("the killed nerve's node... there was none", WAIT, || {
         payloads(&zkc).is_empty().then_some(())
     });
-    let nerve = Agent::start("nerve", &config);
+    // The same config, admin port included.
+    let nerve = config.start();
     eventually("restarted nerve serves", WAIT, || {
         let (code, s) = request(admin, "GET", "/status");
         (code != 0 && s["services"][0]["checks"][0]["runs"].as_u64()? >= 3).then_some(())
@@ -171,11 +194,8 @@ fn disable_with_expose_unavailable_keeps_the_node_unavailable() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag, state) = setup();
-    let admin = free_port();
-    let _nerve = Agent::start(
-        "nerve",
-        &conf(&cs, admin, b.port, &flag, &state, "expose_unavailable: true, "),
-    );
+    let nerve = conf(&cs, b.port, &flag, &state, |s| s.with("expose_unavailable", true)).start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || (payloads(&zkc).len() == 1).then_some(()));
     let (code, body) = request(admin, "PUT", "/services/web/disable?wait=10s");

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::{eventually, Backend, NerveBuilder, NerveService, SynapseBuilder, Zk, ZkCluster};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 const PATH: &str = "/services/web";
@@ -18,16 +19,15 @@ fn per_service_instance_id_names_node_and_payload() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let admin = free_port();
-    let config = format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n\
-         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, checks: [{{type: tcp}}]}}\n\
-         - {{name: web-admin, instance_id: host-1-admin, host: 127.0.0.1, port: {}, \
-         zk_hosts: \"{cs}\", zk_path: {PATH}, check_interval: 100ms, rise: 1, checks: [{{type: tcp}}]}}\n",
-        a.port, b.port
-    );
-    let _nerve = Agent::start("nerve", &config);
+    let _nerve = NerveBuilder::new(&cs)
+        .instance_id("host-1")
+        .service(NerveService::tcp("web", a.port).zk_path(PATH))
+        .service(
+            NerveService::tcp("web-admin", b.port)
+                .instance_id("host-1-admin")
+                .zk_path(PATH),
+        )
+        .start();
     let zkc = Zk::connect(&cs);
     let children = eventually("both services registered", WAIT, || {
         let c = zkc.children(PATH).ok()?;
@@ -65,27 +65,25 @@ fn expose_unavailable_keeps_the_node_and_synapse_stops_routing() {
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("healthy");
     std::fs::write(&flag, "").unwrap();
-    let admin = free_port();
-    let config = format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n\
-         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         expose_unavailable: true, check_interval: 100ms, rise: 1, fall: 1, \
-         checks: [{{type: exec, name: flag, command: [test, -f, \"{}\"]}}]}}\n\
-         - {{name: web-b, instance_id: host-1-b, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", \
-         zk_path: {PATH}, check_interval: 100ms, rise: 1, checks: [{{type: tcp}}]}}\n",
-        backend.port,
-        flag.display(),
-        other.port
-    );
-    let _nerve = Agent::start("nerve", &config);
-    let (sadmin, listen) = (free_port(), free_port());
-    let _synapse = Agent::start(
-        "synapse",
-        &format!(
-            "admin: {{listen: \"127.0.0.1:{sadmin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{cs}\", \
-             zk_path: {PATH}, listen: {listen}, connect_timeout: 500ms}}\n"
-        ),
-    );
+    let _nerve = NerveBuilder::new(&cs)
+        .instance_id("host-1")
+        .service(
+            NerveService::tcp("web", backend.port)
+                .zk_path(PATH)
+                .fall(1)
+                .with("expose_unavailable", true)
+                .checks(vec![json!({
+                    "type": "exec", "name": "flag",
+                    "command": ["test", "-f", flag.display().to_string()]
+                })]),
+        )
+        .service(
+            NerveService::tcp("web-b", other.port)
+                .instance_id("host-1-b")
+                .zk_path(PATH),
+        )
+        .start();
+    let synapse = SynapseBuilder::new(&cs).tcp("web").start();
     let backend_addr = format!("127.0.0.1:{}", backend.port);
     let other_addr = format!("127.0.0.1:{}", other.port);
     let mut both = vec![backend_addr.clone(), other_addr.clone()];
@@ -107,7 +105,7 @@ fn expose_unavailable_keeps_the_node_and_synapse_stops_routing() {
     });
     assert_eq!(v["weight"], 255, "default weight always written: {v}");
     eventually("synapse routes to it", WAIT, || {
-        (integration_tests::agents::routed(sadmin, "web")? == both).then_some(())
+        (synapse.routes("web")? == both).then_some(())
     });
 
     std::fs::remove_file(&flag).unwrap();
@@ -117,7 +115,7 @@ fn expose_unavailable_keeps_the_node_and_synapse_stops_routing() {
     assert_eq!(down_node, node, "the same node is kept, not re-created");
     assert_eq!(v["unavailable_reason"], "checks failing: flag", "{v}");
     eventually("synapse stops routing to it", WAIT, || {
-        (integration_tests::agents::routed(sadmin, "web")? == [other_addr.clone()]).then_some(())
+        (synapse.routes("web")? == [other_addr.clone()]).then_some(())
     });
     // Still there: readers can tell "down" from "gone".
     assert!(zkc.children(PATH).unwrap().contains(&node));
@@ -127,6 +125,6 @@ fn expose_unavailable_keeps_the_node_and_synapse_stops_routing() {
         read(&zkc).filter(|(n, v)| v["available"] == true && *n == node)
     });
     eventually("synapse routes to it again", WAIT, || {
-        (integration_tests::agents::routed(sadmin, "web")? == both).then_some(())
+        (synapse.routes("web")? == both).then_some(())
     });
 }

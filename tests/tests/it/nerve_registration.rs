@@ -6,23 +6,33 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use integration_tests::{consistently, eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::{
+    consistently, eventually, Backend, Nerve, NerveBuilder, NerveService, Zk, ZkCluster,
+};
+use serde_json::json;
 use zookeeper_client as zkc;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
 
-/// nerve config with one service `web` (instance `host-1`) whose health is the existence of
-/// `flag`; `extra` goes into the service, `top` at the top level.
-fn config(cs: &str, port: u16, flag: &std::path::Path, top: &str, extra: &str) -> String {
-    let admin = free_port();
-    format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{top}services:\n\
-         - {{name: web, host: 127.0.0.1, port: {port}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 1, {extra}\
-         checks: [{{type: exec, name: flag, command: [test, -f, \"{}\"]}}]}}\n",
-        flag.display()
-    )
+/// nerve (instance `host-1`) with one service `web` whose health is the existence of `flag`
+/// (checked every 100 ms, rise 1, fall 1); `web` adds keys to the service.
+fn config(
+    cs: &str,
+    port: u16,
+    flag: &std::path::Path,
+    web: impl FnOnce(NerveService) -> NerveService,
+) -> NerveBuilder {
+    let service = NerveService::tcp("web", port)
+        .zk_path(PATH)
+        .fall(1)
+        .checks(vec![flag_check(flag)]);
+    NerveBuilder::new(cs).instance_id("host-1").service(web(service))
+}
+
+/// An exec check passing while `flag` exists.
+fn flag_check(flag: &std::path::Path) -> serde_json::Value {
+    json!({"type": "exec", "name": "flag", "command": ["test", "-f", flag.display().to_string()]})
 }
 
 fn flag() -> (tempfile::TempDir, PathBuf) {
@@ -47,21 +57,16 @@ fn plain_ephemeral_node_has_a_fixed_name_and_survives_a_crash_restart() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag) = flag();
-    let conf = config(
-        &cs,
-        b.port,
-        &flag,
-        "zookeeper: {session_timeout: 4s}\n",
-        "node_type: ephemeral, ",
-    );
-    let nerve = Agent::start("nerve", &conf);
+    let conf = config(&cs, b.port, &flag, |s| s.with("node_type", "ephemeral"))
+        .session_timeout(Duration::from_secs(4));
+    let nerve = conf.clone().start();
     let zkc = Zk::connect(&cs);
     let child = eventually("registered", WAIT, || only_child(&zkc));
     assert_eq!(child, "host-1_web");
     let (_, first_owner) = zkc.get(&format!("{PATH}/{child}")).unwrap();
 
     drop(nerve); // SIGKILL: the node stays until the session expires
-    let _nerve = Agent::start("nerve", &conf);
+    let _nerve = conf.start();
     eventually("the restarted nerve owns the node", WAIT, || {
         let child = only_child(&zkc)?;
         let (_, owner) = zkc.get(&format!("{PATH}/{child}")).ok()?;
@@ -77,14 +82,10 @@ fn path_encoded_node_is_renamed_when_the_payload_changes() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag) = flag();
-    let conf = config(
-        &cs,
-        b.port,
-        &flag,
-        "",
-        "use_path_encoding: true, expose_unavailable: true, ",
-    );
-    let _nerve = Agent::start("nerve", &conf);
+    let _nerve = config(&cs, b.port, &flag, |s| {
+        s.with("use_path_encoding", true).with("expose_unavailable", true)
+    })
+    .start();
     let zkc = Zk::connect(&cs);
     // With expose_unavailable the node exists (unavailable) before the checks pass.
     let first = eventually("registered available", WAIT, || {
@@ -115,14 +116,9 @@ fn digest_auth_protects_nodes_from_other_sessions() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag) = flag();
-    let conf = config(
-        &cs,
-        b.port,
-        &flag,
-        "zookeeper: {auth: {scheme: digest, credentials: \"nerve:s3cret\"}}\n",
-        "",
-    );
-    let _nerve = Agent::start("nerve", &conf);
+    let _nerve = config(&cs, b.port, &flag, |s| s)
+        .zk_auth("digest", "nerve:s3cret")
+        .start();
     let zkc = Zk::connect(&cs);
     let child = eventually("registered", WAIT, || only_child(&zkc));
     let path = format!("{PATH}/{child}");
@@ -139,15 +135,13 @@ fn digest_auth_protects_nodes_from_other_sessions() {
     assert_eq!(only_child(&zkc), Some(child));
 }
 
-fn zk_writes(admin: u16) -> f64 {
+fn zk_writes(nerve: &Nerve) -> f64 {
     ["create", "set", "delete"]
         .iter()
         .map(|op| {
-            integration_tests::agents::metric(
-                admin,
-                &format!("nerve_zk_writes_total{{op=\"{op}\",service=\"web\"}}"),
-            )
-            .unwrap_or(0.0)
+            nerve
+                .metric("nerve_zk_writes_total", &[("op", op), ("service", "web")])
+                .unwrap_or(0.0)
         })
         .sum()
 }
@@ -161,18 +155,17 @@ fn every_reporter_gets_the_state() {
     let b = Backend::start("a");
     let (dir, flag) = flag();
     let file = dir.path().join("web.json");
-    let conf = config(
-        &cs1,
-        b.port,
-        &flag,
-        "",
-        &format!(
-            "reporters: [{{type: zookeeper, zk_hosts: \"{cs2}\", zk_path: {PATH}}}, \
-             {{type: file, path: \"{}\"}}, {{type: console}}], ",
-            file.display()
-        ),
-    );
-    let nerve = Agent::start("nerve", &conf);
+    let nerve = config(&cs1, b.port, &flag, |s| {
+        s.with(
+            "reporters",
+            json!([
+                {"type": "zookeeper", "zk_hosts": cs2, "zk_path": PATH},
+                {"type": "file", "path": file.display().to_string()},
+                {"type": "console"},
+            ]),
+        )
+    })
+    .start();
     let (z1, z2) = (Zk::connect(&cs1), Zk::connect(&cs2));
     let c1 = eventually("registered in the first ensemble", WAIT, || only_child(&z1));
     let c2 = eventually("registered in the second ensemble", WAIT, || only_child(&z2));
@@ -214,19 +207,20 @@ fn flapping_check_is_rate_limited_and_the_last_state_wins() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag) = flag();
-    let admin = free_port();
-    let conf = format!(
-        "instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n\
-         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         max_writes_per_second: 2, write_burst: 2, \
-         checks: [{{type: exec, name: flag, interval: 20ms, rise: 1, fall: 1, command: [test, -f, \"{}\"]}}]}}\n",
-        b.port,
-        flag.display()
-    );
-    let _nerve = Agent::start("nerve", &conf);
+    let mut check = flag_check(&flag);
+    check["interval"] = json!("20ms");
+    check["rise"] = json!(1);
+    check["fall"] = json!(1);
+    let nerve = config(&cs, b.port, &flag, |s| {
+        s.with("max_writes_per_second", 2)
+            .with("write_burst", 2)
+            .checks(vec![check])
+    })
+    .start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || only_child(&zkc));
-    let before = zk_writes(admin);
+    let before = zk_writes(&nerve);
     let started = std::time::Instant::now();
     let mut flips = 0;
     while started.elapsed() < Duration::from_secs(3) {
@@ -242,7 +236,7 @@ fn flapping_check_is_rate_limited_and_the_last_state_wins() {
     let elapsed = started.elapsed().as_secs_f64();
     // End healthy.
     std::fs::write(&flag, "").unwrap();
-    let writes = zk_writes(admin) - before;
+    let writes = zk_writes(&nerve) - before;
     let allowed = 2.0 + 2.0 * elapsed + 1.0;
     println!("{flips} flips in {elapsed:.1}s -> {writes} ZooKeeper writes (allowed {allowed:.1})");
     assert!(writes <= allowed, "{writes} writes > {allowed}");
@@ -268,14 +262,11 @@ fn warmup_ramps_the_weight_in_steps() {
     let cs = zk.connect_string();
     let b = Backend::start("a");
     let (_dir, flag) = flag();
-    let conf = config(
-        &cs,
-        b.port,
-        &flag,
-        "",
-        "weight: 200, warmup: {duration: 2s, steps: 4}, ",
-    );
-    let _nerve = Agent::start("nerve", &conf);
+    let _nerve = config(&cs, b.port, &flag, |s| {
+        s.with("weight", 200)
+            .with("warmup", json!({"duration": "2s", "steps": 4}))
+    })
+    .start();
     let zkc = Zk::connect(&cs);
     let mut seen: Vec<u64> = Vec::new();
     eventually("full weight reached", WAIT, || {
@@ -307,17 +298,16 @@ fn failing_stability_command_restarts_the_warmup() {
     let b = Backend::start("a");
     let (dir, flag) = flag();
     let stable = dir.path().join("stable");
-    let conf = config(
-        &cs,
-        b.port,
-        &flag,
-        "",
-        &format!(
-            "weight: 100, warmup: {{duration: 1s, steps: 2, stability_command: [test, -f, \"{}\"]}}, ",
-            stable.display()
-        ),
-    );
-    let _nerve = Agent::start("nerve", &conf);
+    let _nerve = config(&cs, b.port, &flag, |s| {
+        s.with("weight", 100).with(
+            "warmup",
+            json!({
+                "duration": "1s", "steps": 2,
+                "stability_command": ["test", "-f", stable.display().to_string()]
+            }),
+        )
+    })
+    .start();
     let zkc = Zk::connect(&cs);
     let weight = |zkc: &Zk| -> Option<u64> {
         let child = only_child(zkc)?;

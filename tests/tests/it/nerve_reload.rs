@@ -7,17 +7,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use integration_tests::agents::{http_get, metric};
-use integration_tests::{eventually, free_port, Agent, Backend, Zk, ZkCluster};
+use integration_tests::agents::http_get;
+use integration_tests::{eventually, Backend, Nerve, NerveBuilder, NerveService, Zk, ZkCluster};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PATH: &str = "/services/web";
 
-fn service(cs: &str, name: &str, port: u16, extra: &str) -> String {
-    format!(
-        "  - {{name: {name}, instance_id: host-{name}, host: 127.0.0.1, port: {port}, zk_hosts: \"{cs}\", \
-         zk_path: {PATH}, check_interval: 100ms, rise: 2, fall: 2, {extra}checks: [{{type: tcp}}]}}\n"
-    )
+/// Service `name` of instance `host-<name>` on `port`, under [`PATH`].
+fn service(name: &str, port: u16) -> NerveService {
+    NerveService::tcp(name, port)
+        .instance_id(&format!("host-{name}"))
+        .zk_path(PATH)
+        .rise(2)
+        .checks(vec![json!({"type": "tcp"})])
 }
 
 /// Node name → payload, of every node under [`PATH`].
@@ -39,15 +42,10 @@ fn node_of<'a>(
     n.iter().find(|(_, v)| v["name"] == format!("host-{name}"))
 }
 
-fn writes(admin: u16, service: &str) -> f64 {
+fn writes(nerve: &Nerve, service: &str) -> f64 {
     ["create", "set", "delete"]
         .iter()
-        .filter_map(|op| {
-            metric(
-                admin,
-                &format!("nerve_zk_writes_total{{op=\"{op}\",service=\"{service}\"}}"),
-            )
-        })
+        .filter_map(|op| nerve.metric("nerve_zk_writes_total", &[("op", op), ("service", service)]))
         .sum()
 }
 
@@ -61,15 +59,13 @@ fn sighup_reload_diffs_services() {
         Backend::start("c"),
         Backend::start("d"),
     );
-    let admin = free_port();
-    let head = format!("instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n");
-    let first = format!(
-        "{head}{}{}{}",
-        service(&cs, "keep", a.port, ""),
-        service(&cs, "change", b.port, "weight: 10, "),
-        service(&cs, "gone", c.port, "")
-    );
-    let nerve = Agent::start("nerve", &first);
+    let mut nerve = NerveBuilder::new(&cs)
+        .instance_id("host-1")
+        .service(service("keep", a.port))
+        .service(service("change", b.port).with("weight", 10))
+        .service(service("gone", c.port))
+        .start();
+    let admin = nerve.admin();
     let zkc = Zk::connect(&cs);
     let before = eventually("three registered", WAIT, || {
         let n = nodes(&zkc);
@@ -78,7 +74,7 @@ fn sighup_reload_diffs_services() {
     let (keep_node, _) = node_of(&before, "keep").unwrap();
     let (change_node, v) = node_of(&before, "change").unwrap();
     assert_eq!(v["weight"], 10);
-    let keep_writes = writes(admin, "keep");
+    let keep_writes = writes(&nerve, "keep");
     assert!(keep_writes >= 1.0);
 
     // The operator's state survives the reload: `keep` gets weight 3.
@@ -87,24 +83,22 @@ fn sighup_reload_diffs_services() {
     eventually("operator weight written", WAIT, || {
         (node_of(&nodes(&zkc), "keep")?.1["weight"] == 3).then_some(())
     });
-    let keep_writes = writes(admin, "keep");
+    let keep_writes = writes(&nerve, "keep");
 
     // An invalid file is refused; everything keeps going.
-    nerve.rewrite_config(&format!("{head}  - {{name: broken, port: 0}}\n"));
-    nerve.signal("HUP");
+    let mut broken = serde_json::to_value(nerve.config().file()).unwrap();
+    broken["services"] = json!([{"name": "broken", "port": 0}]);
+    nerve.reload_raw(&broken.to_string());
     eventually("refusal logged", WAIT, || {
         nerve.log().contains("reload refused").then_some(())
     });
     assert_eq!(nodes(&zkc).len(), 3);
 
-    let second = format!(
-        "{head}{}{}{}",
-        service(&cs, "keep", a.port, ""),
-        service(&cs, "change", b.port, "weight: 20, "),
-        service(&cs, "added", d.port, "")
-    );
-    nerve.rewrite_config(&second);
-    nerve.signal("HUP");
+    nerve.reload(|c| {
+        c.edit("change", |s| s.with("weight", 20))
+            .without("gone")
+            .service(service("added", d.port))
+    });
     let after = eventually("reloaded", WAIT, || {
         let n = nodes(&zkc);
         let ok = n.len() == 3
@@ -120,7 +114,7 @@ fn sighup_reload_diffs_services() {
         "operator weight kept"
     );
     assert_eq!(
-        writes(admin, "keep"),
+        writes(&nerve, "keep"),
         keep_writes,
         "no ZooKeeper write for an unchanged service"
     );
@@ -147,16 +141,14 @@ fn moved_service_registers_before_the_old_node_goes() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let a = Backend::start("a");
-    let admin = free_port();
-    let head = format!("instance_id: host-1\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n");
-    let nerve = Agent::start("nerve", &format!("{head}{}", service(&cs, "web", a.port, "")));
+    let mut nerve = NerveBuilder::new(&cs)
+        .instance_id("host-1")
+        .service(service("web", a.port))
+        .start();
     let zkc = Zk::connect(&cs);
     eventually("registered", WAIT, || (nodes(&zkc).len() == 1).then_some(()));
-    let moved =
-        service(&cs, "web", a.port, "").replace(&format!("zk_path: {PATH}"), "zk_path: /services/web2");
-    nerve.rewrite_config(&format!("{head}{moved}"));
     // Watch both paths closely while the reload runs: at every sample at least one exists.
-    nerve.signal("HUP");
+    nerve.reload(|c| c.edit("web", |s| s.zk_path("/services/web2")));
     let started = std::time::Instant::now();
     loop {
         let old = zkc.children(PATH).unwrap_or_default().len();

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::{eventually, free_port, Agent, Zk, ZkCluster};
+use integration_tests::{eventually, NerveBuilder, NerveService, Zk, ZkCluster};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 const PATH: &str = "/services/hang";
@@ -65,16 +66,17 @@ fn sigterm_exits_promptly_while_a_check_hangs() {
     let zk = ZkCluster::standalone();
     let cs = zk.connect_string();
     let app = HangingHttp::start();
-    let admin = free_port();
     let drain = Duration::from_secs(2);
-    let config = format!(
-        "instance_id: hang-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\ndrain_time: 2s\nservices:\n  \
-         - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
-         check_interval: 100ms, rise: 1, fall: 3, \
-         checks: [{{type: http, uri: /health, timeout: 30s}}]}}\n",
-        app.port
-    );
-    let mut nerve = Agent::start("nerve", &config);
+    let mut nerve = NerveBuilder::new(&cs)
+        .instance_id("hang-host")
+        .drain_time(drain)
+        .service(
+            NerveService::tcp("app", app.port)
+                .zk_path(PATH)
+                .fall(3)
+                .checks(vec![json!({"type": "http", "uri": "/health", "timeout": "30s"})]),
+        )
+        .start();
     let zkc = Zk::connect(&cs);
     eventually("nerve registers the service", WAIT, || {
         (zkc.children(PATH).ok()?.len() == 1).then_some(())

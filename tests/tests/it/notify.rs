@@ -13,7 +13,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::http_get;
-use integration_tests::{free_port, Agent, Backend, ZkCluster};
+use integration_tests::agents::Agent;
+use integration_tests::{
+    free_port, Backend, NerveBuilder, NerveService, SynapseBuilder, SynapseService, ZkCluster,
+};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Asked of the agents: a ping every 150 ms.
@@ -115,8 +119,8 @@ fn status_of(msg: &str) -> &str {
     msg.lines().find_map(|l| l.strip_prefix("STATUS=")).unwrap_or("")
 }
 
-/// `new_config` + SIGHUP → RELOADING=1 (with MONOTONIC_USEC) → READY=1 only once the reload
-/// is applied (`applied` holds at once); SIGTERM → STOPPING=1 and a clean exit.
+/// `new_config` (the file's text) + SIGHUP → RELOADING=1 (with MONOTONIC_USEC) → READY=1 only
+/// once the reload is applied (`applied` holds at once); SIGTERM → STOPPING=1 and a clean exit.
 fn reload_then_stop(agent: &mut Agent, systemd: &mut Systemd, new_config: &str, applied: impl Fn() -> bool) {
     agent.rewrite_config(new_config);
     agent.signal("HUP");
@@ -142,11 +146,17 @@ fn synapse_is_ready_only_after_its_first_sync() {
     let connect = zk.connect_string();
     zk.kill(0);
     let mut systemd = Systemd::abstract_name();
-    let (admin, listen) = (free_port(), free_port());
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 4s}}\nservices:\n  - {{name: web, zk_hosts: \"{connect}\", zk_path: /services/web, listen: {listen}}}\n"
-    );
-    let mut synapse = Agent::start_with_env("synapse", &config, &systemd.env());
+    let mut synapse = systemd
+        .env()
+        .iter()
+        .fold(
+            SynapseBuilder::new(&connect)
+                .session_timeout(Duration::from_secs(4))
+                .service(SynapseService::tcp("web").connect_timeout(None)),
+            |b, (k, v)| b.env(k, v),
+        )
+        .start();
+    let admin = synapse.admin();
 
     // Running (watchdog pings come), but ZooKeeper is down: no first sync, so not ready.
     systemd.pings(5);
@@ -174,13 +184,14 @@ fn synapse_is_ready_only_after_its_first_sync() {
     systemd.pings(2);
 
     // The reload adds a service: READY=1 says it is routed.
-    let api = free_port();
-    let reloaded = format!(
-        "{config}  - {{name: api, zk_hosts: \"{connect}\", zk_path: /services/api, listen: {api}}}\n"
-    );
+    let reloaded = synapse
+        .config()
+        .clone()
+        .service(SynapseService::tcp("api").connect_timeout(None))
+        .text();
     let has_api = || http_get(admin, "/services").is_ok_and(|(_, body)| body.contains("\"api\""));
     assert!(!has_api());
-    reload_then_stop(&mut synapse, &mut systemd, &reloaded, has_api);
+    reload_then_stop(synapse.agent_mut(), &mut systemd, &reloaded, has_api);
 }
 
 #[test]
@@ -190,12 +201,18 @@ fn nerve_is_ready_only_after_its_first_reconcile() {
     zk.kill(0);
     let backend = Backend::start("app");
     let mut systemd = Systemd::path();
-    let admin = free_port();
-    let config = format!(
-        "instance_id: notify-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 4s}}\nservices:\n  - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{connect}\", zk_path: /services/app, check_interval: 100ms, rise: 1, fall: 1, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-        backend.port
-    );
-    let mut nerve = Agent::start_with_env("nerve", &config, &systemd.env());
+    let mut nerve = systemd
+        .env()
+        .iter()
+        .fold(
+            NerveBuilder::new(&connect)
+                .instance_id("notify-host")
+                .session_timeout(Duration::from_secs(4))
+                .service(NerveService::tcp("app", backend.port).fall(1)),
+            |b, (k, v)| b.env(k, v),
+        )
+        .start();
+    let admin = nerve.admin();
 
     // Healthy and running, but ZooKeeper is down: nothing reconciled, so not ready.
     systemd.pings(5);
@@ -222,13 +239,14 @@ fn nerve_is_ready_only_after_its_first_reconcile() {
     assert!(status["services"][0]["last_zk_error"].is_null(), "{status}");
 
     // The reload adds a service: READY=1 says it runs.
-    let reloaded = format!(
-        "{config}  - {{name: api, host: 127.0.0.1, port: {}, zk_hosts: \"{connect}\", zk_path: /services/api, checks: [{{type: tcp}}]}}\n",
-        backend.port
-    );
+    let reloaded = nerve
+        .config()
+        .clone()
+        .service(NerveService::tcp("api", backend.port).checks(vec![json!({"type": "tcp"})]))
+        .text();
     let has_api = || http_get(admin, "/status").is_ok_and(|(_, body)| body.contains("\"api\""));
     assert!(!has_api());
-    reload_then_stop(&mut nerve, &mut systemd, &reloaded, has_api);
+    reload_then_stop(nerve.agent_mut(), &mut systemd, &reloaded, has_api);
 }
 
 #[test]
@@ -236,14 +254,16 @@ fn no_watchdog_pings_for_another_process() {
     // WATCHDOG_PID names someone else (inherited from a parent, say): no pings, still ready.
     let zk = ZkCluster::standalone();
     let mut systemd = Systemd::path();
-    let (admin, listen) = (free_port(), free_port());
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{}\", zk_path: /services/web, listen: {listen}}}\n",
-        zk.connect_string()
-    );
     let mut env = systemd.env().to_vec();
     env.push(("WATCHDOG_PID", "1"));
-    let _synapse = Agent::start_with_env("synapse", &config, &env);
+    let _synapse = env
+        .iter()
+        .fold(
+            SynapseBuilder::new(&zk.connect_string())
+                .service(SynapseService::tcp("web").connect_timeout(None)),
+            |b, (k, v)| b.env(k, v),
+        )
+        .start();
     systemd.wait_for("READY=1");
     assert!(!systemd.any("WATCHDOG=1"), "{:#?}", systemd.seen);
 }
@@ -255,12 +275,16 @@ fn stopping_before_ready_never_says_ready() {
     let connect = zk.connect_string();
     zk.kill(0);
     let mut systemd = Systemd::path();
-    let admin = free_port();
-    let config = format!(
-        "instance_id: h\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{connect}\", zk_path: /services/app, checks: [{{type: tcp}}]}}\n",
-        free_port()
-    );
-    let mut nerve = Agent::start_with_env("nerve", &config, &systemd.env());
+    let mut nerve = systemd
+        .env()
+        .iter()
+        .fold(
+            NerveBuilder::new(&connect)
+                .instance_id("h")
+                .service(NerveService::tcp("app", free_port()).checks(vec![json!({"type": "tcp"})])),
+            |b, (k, v)| b.env(k, v),
+        )
+        .start();
     systemd.pings(2);
     nerve.signal("TERM");
     systemd.wait_for("STOPPING=1");

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::agents::{http_get, metric};
-use integration_tests::{eventually, free_port, Agent, Backend, ZkCluster};
+use integration_tests::agents::http_get;
+use integration_tests::{
+    eventually, free_port, Backend, NerveBuilder, NerveService, SynapseBuilder, SynapseService, ZkCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -174,25 +176,16 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn prometheus_scrapes_both_agents_and_the_rules_load() {
     let mut zk = ZkCluster::standalone();
     let app = Backend::start("app");
-    let nerve_admin = free_port();
-    let _nerve = Agent::start(
-        "nerve",
-        &format!(
-            "instance_id: prom-host\nadmin: {{listen: \"127.0.0.1:{nerve_admin}\"}}\nservices:\n  - {{name: app, host: 127.0.0.1, port: {}, zk_hosts: \"{}\", zk_path: /services/app, check_interval: 100ms, rise: 1, fall: 1, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-            app.port,
-            zk.connect_string()
-        ),
-    );
-    let (synapse_admin, listen) = (free_port(), free_port());
-    let _synapse = Agent::start(
-        "synapse",
-        &format!(
-            "admin: {{listen: \"127.0.0.1:{synapse_admin}\"}}\nservices:\n  - {{name: app, zk_hosts: \"{}\", zk_path: /services/app, listen: {listen}}}\n",
-            zk.connect_string()
-        ),
-    );
+    let nerve = NerveBuilder::new(&zk.connect_string())
+        .instance_id("prom-host")
+        .service(NerveService::tcp("app", app.port).fall(1))
+        .start();
+    let synapse = SynapseBuilder::new(&zk.connect_string())
+        .service(SynapseService::tcp("app").connect_timeout(None))
+        .start();
+    let (nerve_admin, synapse_admin) = (nerve.admin(), synapse.admin());
     eventually("synapse routes to the app", WAIT, || {
-        (metric(synapse_admin, "synapse_backends{service=\"app\"}")? == 1.0).then_some(())
+        (synapse.metric("synapse_backends", &[("service", "app")])? == 1.0).then_some(())
     });
 
     // What the alert rules and the dashboard name exists.

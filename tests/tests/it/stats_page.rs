@@ -10,7 +10,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::agents::{http_get, routed, who};
-use integration_tests::{eventually, free_port, Agent, Backend, ZkCluster};
+use integration_tests::{
+    eventually, Backend, NerveBuilder, NerveService, SynapseBuilder, SynapseService, ZkCluster,
+};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -68,28 +71,24 @@ fn browse(url: &str, args: &[&str]) -> Output {
 fn stats_page_shows_the_real_backends_in_a_browser() {
     let zk = ZkCluster::standalone();
     let (a, b) = (Backend::start("alpha"), Backend::start("beta"));
-    let nerve_admin = free_port();
-    let mut nerve_config =
-        format!("instance_id: stats-host\nadmin: {{listen: \"127.0.0.1:{nerve_admin}\"}}\nservices:\n");
-    for (backend, zone) in [(&a, "east"), (&b, "west")] {
-        nerve_config += &format!(
-            "  - {{name: {0}, instance_id: stats-host-{0}, host: 127.0.0.1, port: {1}, weight: 10, labels: {{zone: {zone}}}, \
-             zk_hosts: \"{2}\", zk_path: /services/web, check_interval: 100ms, rise: 1, fall: 1, \
-             checks: [{{type: tcp, timeout: 500ms}}]}}\n",
-            backend.name,
-            backend.port,
-            zk.connect_string()
-        );
-    }
-    let _nerve = Agent::start("nerve", &nerve_config);
-    let (admin, listen) = (free_port(), free_port());
-    let _synapse = Agent::start(
-        "synapse",
-        &format!(
-            "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: web, zk_hosts: \"{}\", zk_path: /services/web, listen: {listen}}}\n",
-            zk.connect_string()
-        ),
+    let nerve = [(&a, "east"), (&b, "west")].iter().fold(
+        NerveBuilder::new(&zk.connect_string()).instance_id("stats-host"),
+        |n, (backend, zone)| {
+            n.service(
+                NerveService::tcp(&backend.name, backend.port)
+                    .instance_id(&format!("stats-host-{}", backend.name))
+                    .zk_path("/services/web")
+                    .fall(1)
+                    .with("weight", 10)
+                    .with("labels", json!({"zone": zone})),
+            )
+        },
     );
+    let _nerve = nerve.start();
+    let synapse = SynapseBuilder::new(&zk.connect_string())
+        .service(SynapseService::tcp("web").connect_timeout(None))
+        .start();
+    let (admin, listen) = (synapse.admin(), synapse.port("web"));
     let addrs = [format!("127.0.0.1:{}", a.port), format!("127.0.0.1:{}", b.port)];
     let mut want = addrs.to_vec();
     want.sort();

@@ -11,41 +11,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::agents::{http_get, metric, routed, who};
-use integration_tests::{eventually, free_port, Agent, Backend, EchoBackend, Zk, ZkCluster};
+use integration_tests::agents::who;
+use integration_tests::{
+    eventually, free_port, Backend, EchoBackend, Synapse, SynapseBuilder, SynapseService, Zk, ZkCluster,
+};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A service line of the config.
-fn service(name: &str, zk: &str, listen: u16, extra: &str) -> String {
-    format!(
-        "  - {{name: {name}, zk_hosts: \"{zk}\", zk_path: /services/{name}, listen: {listen}, \
-         connect_timeout: 500ms{extra}}}\n"
-    )
+fn reloads(synapse: &Synapse, result: &str) -> f64 {
+    synapse
+        .metric("synapse_config_reloads_total", &[("result", result)])
+        .unwrap_or(0.0)
 }
 
-fn config(admin: u16, head: &str, services: &[String]) -> String {
-    format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\n{head}services:\n{}",
-        services.concat()
-    )
-}
-
-fn reloads(admin: u16, result: &str) -> f64 {
-    metric(
-        admin,
-        &format!("synapse_config_reloads_total{{result=\"{result}\"}}"),
-    )
-    .unwrap_or(0.0)
-}
-
-/// Rewrites the agent's config and sends SIGHUP; waits until the reload is counted.
-fn reload(agent: &Agent, admin: u16, text: &str, result: &str) {
-    let before = reloads(admin, result);
-    std::fs::write(agent.config_file(), text).unwrap();
-    agent.signal("HUP");
+/// Reloads `synapse` with `change` applied to its config; waits until the reload is counted
+/// as `result`.
+fn reload(synapse: &mut Synapse, result: &str, change: impl FnOnce(SynapseBuilder) -> SynapseBuilder) {
+    let before = reloads(synapse, result);
+    synapse.reload(change);
     eventually(&format!("a reload counted as {result}"), WAIT, || {
-        (reloads(admin, result) > before).then_some(())
+        (reloads(synapse, result) > before).then_some(())
     });
 }
 
@@ -123,18 +109,15 @@ fn reload_adds_a_listener_and_changes_a_service_without_a_failed_request() {
     zkc.put_backend("web", "w2_0000000002", w2.port, r#""labels":{"tier":"b"}"#);
     zkc.put_backend("api", "api_0000000001", api.port, "");
     zkc.put_backend("echo", "echo_0000000001", echo.port, "");
-    let (admin, web, apiport, echoport) = (free_port(), free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let head = format!("file_output: {{dir: {}}}\n", dir.path().display());
-    let web_line = service("web", &cs, web, "");
-    let echo_line = service("echo", &cs, echoport, "");
-    let agent = Agent::start(
-        "synapse",
-        &config(admin, &head, &[web_line.clone(), echo_line.clone()]),
-    );
-    eventually("web routed", WAIT, || {
-        (routed(admin, "web")?.len() == 2 && routed(admin, "echo")?.len() == 1).then_some(())
-    });
+    let mut synapse = SynapseBuilder::new(&cs)
+        .top("file_output", json!({"dir": dir.path().display().to_string()}))
+        .tcp("web")
+        .tcp("echo")
+        .start();
+    let (web, echoport) = (synapse.port("web"), synapse.port("echo"));
+    synapse.wait_routes("web", 2);
+    synapse.wait_routes("echo", 1);
     let mut held = TcpStream::connect(("127.0.0.1", echoport)).unwrap();
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     echo_round(&mut held, b"before").unwrap();
@@ -143,13 +126,8 @@ fn reload_adds_a_listener_and_changes_a_service_without_a_failed_request() {
     eventually("load flowing", WAIT, || (load.ok() >= 20).then_some(()));
 
     // Add a listener.
-    let api_line = service("api", &cs, apiport, "");
-    let two = config(
-        admin,
-        &head,
-        &[web_line.clone(), echo_line.clone(), api_line.clone()],
-    );
-    reload(&agent, admin, &two, "ok");
+    reload(&mut synapse, "ok", |c| c.tcp("api"));
+    let apiport = synapse.port("api");
     let answer = eventually("the new listener serves", WAIT, || who(apiport));
     assert_eq!(answer, "api");
     eventually("api.json written", WAIT, || {
@@ -161,21 +139,15 @@ fn reload_adds_a_listener_and_changes_a_service_without_a_failed_request() {
     });
 
     // Change the loaded service in place: a label filter keeps only w1.
-    let filtered = service(
-        "web",
-        &cs,
-        web,
-        ", label_filters: [{label: tier, condition: equals, value: a}]",
-    );
-    reload(
-        &agent,
-        admin,
-        &config(admin, &head, &[filtered, echo_line.clone(), api_line]),
-        "ok",
-    );
-    eventually("web filtered", WAIT, || {
-        (routed(admin, "web")? == [format!("127.0.0.1:{}", w1.port)]).then_some(())
+    reload(&mut synapse, "ok", |c| {
+        c.edit("web", |s| {
+            s.with(
+                "label_filters",
+                json!([{"label": "tier", "condition": "equals", "value": "a"}]),
+            )
+        })
     });
+    synapse.wait_routed_to("web", &[w1.port]);
     let served = load.ok();
     eventually("load goes on after the change", WAIT, || {
         (load.ok() >= served + 20).then_some(())
@@ -188,8 +160,8 @@ fn reload_adds_a_listener_and_changes_a_service_without_a_failed_request() {
     }
     // The connection opened before both reloads is still served.
     echo_round(&mut held, b"after").unwrap();
-    assert_eq!(reloads(admin, "failed"), 0.0);
-    assert!(agent.log().contains("config reloaded"), "{}", agent.log());
+    assert_eq!(reloads(&synapse, "failed"), 0.0);
+    assert!(synapse.log().contains("config reloaded"), "{}", synapse.log());
 }
 
 /// Removing a listener: it stops accepting, its open connection gets `drain_timeout` and is
@@ -203,24 +175,16 @@ fn reload_removes_a_listener_and_drains_its_connections() {
     let echo = EchoBackend::start();
     zkc.put_backend("web", "web_0000000001", web.port, "");
     zkc.put_backend("echo", "echo_0000000001", echo.port, "");
-    let (admin, webport, echoport) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let head = format!(
-        "drain_timeout: 1s\nfile_output: {{dir: {}}}\n",
-        dir.path().display()
-    );
-    let web_line = service("web", &cs, webport, "");
-    let agent = Agent::start(
-        "synapse",
-        &config(
-            admin,
-            &head,
-            &[web_line.clone(), service("echo", &cs, echoport, "")],
-        ),
-    );
-    eventually("both routed", WAIT, || {
-        (routed(admin, "web")?.len() == 1 && routed(admin, "echo")?.len() == 1).then_some(())
-    });
+    let mut synapse = SynapseBuilder::new(&cs)
+        .drain_timeout(Duration::from_secs(1))
+        .top("file_output", json!({"dir": dir.path().display().to_string()}))
+        .tcp("web")
+        .tcp("echo")
+        .start();
+    let (webport, echoport) = (synapse.port("web"), synapse.port("echo"));
+    synapse.wait_routes("web", 1);
+    synapse.wait_routes("echo", 1);
     eventually("echo.json written", WAIT, || {
         dir.path().join("echo.json").exists().then_some(())
     });
@@ -228,13 +192,13 @@ fn reload_removes_a_listener_and_drains_its_connections() {
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     echo_round(&mut held, b"x").unwrap();
 
-    reload(&agent, admin, &config(admin, &head, &[web_line]), "ok");
+    reload(&mut synapse, "ok", |c| c.without("echo"));
     eventually("the removed listener refuses", WAIT, || {
         TcpStream::connect(("127.0.0.1", echoport)).is_err().then_some(())
     });
     assert_eq!(who(webport).as_deref(), Some("web"));
-    let (_, services) = http_get(admin, "/services").unwrap();
-    assert!(!services.contains("\"echo\""), "{services}");
+    let services = synapse.services();
+    assert!(services.get("echo").is_none(), "{services}");
     eventually("echo.json removed", WAIT, || {
         (!dir.path().join("echo.json").exists()).then_some(())
     });
@@ -259,47 +223,52 @@ fn reload_refuses_an_invalid_file_and_keeps_serving() {
     let zkc = Zk::connect(&cs);
     let web = Backend::start("web");
     zkc.put_backend("web", "web_0000000001", web.port, "");
-    let (admin, webport) = (free_port(), free_port());
-    let good = config(admin, "", &[service("web", &cs, webport, "")]);
-    let agent = Agent::start("synapse", &good);
+    let good = SynapseBuilder::new(&cs).tcp("web");
+    let mut synapse = good.clone().start();
+    let webport = synapse.port("web");
     eventually("web routed", WAIT, || {
         (who(webport).as_deref() == Some("web")).then_some(())
     });
 
-    let bad = format!(
-        "{good}  - {{name: api, zk_hosts: \"{cs}\", zk_path: /services/api, listen: nope, \
-         balance: fastest}}\nsurprise: 1\n"
-    );
-    reload(&agent, admin, &bad, "failed");
-    let log = agent.log();
+    // Written as text: the builder cannot write these mistakes.
+    let mut bad = serde_json::to_value(good.file()).unwrap();
+    bad["services"].as_array_mut().unwrap().push(json!({
+        "name": "api", "zk_hosts": cs, "zk_path": "/services/api", "listen": "nope",
+        "balance": "fastest"
+    }));
+    bad["surprise"] = json!(1);
+    let before = reloads(&synapse, "failed");
+    synapse.reload_raw(&bad.to_string());
+    eventually("a reload counted as failed", WAIT, || {
+        (reloads(&synapse, "failed") > before).then_some(())
+    });
+    let log = synapse.log();
     for problem in ["services[1].listen", "services[1].balance", "surprise"] {
         assert!(log.contains(problem), "{problem} not logged:\n{log}");
     }
     assert_eq!(who(webport).as_deref(), Some("web"));
-    assert_eq!(reloads(admin, "ok"), 0.0);
+    assert_eq!(reloads(&synapse, "ok"), 0.0);
 
     // A listen address already taken: refused as a whole, nothing changes.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    let busy = config(
-        admin,
-        "",
-        &[
-            service("web", &cs, webport, ", balance: least_conn"),
-            service("api", &cs, taken_port, ""),
-        ],
-    );
-    reload(&agent, admin, &busy, "failed");
-    assert!(agent
+    reload(&mut synapse, "failed", |c| {
+        c.edit("web", |s| s.with("balance", "least_conn"))
+            .service(SynapseService::tcp("api").listen_on(taken_port))
+    });
+    assert!(synapse
         .log()
         .contains(&format!("cannot listen on 127.0.0.1:{taken_port}")));
-    let (_, services) = http_get(admin, "/services").unwrap();
-    assert!(services.contains("\"round_robin\""), "web unchanged: {services}");
-    assert!(!services.contains("\"api\""), "{services}");
+    let services = synapse.services();
+    assert_eq!(
+        services["web"]["balance"], "round_robin",
+        "web unchanged: {services}"
+    );
+    assert!(services.get("api").is_none(), "{services}");
     assert_eq!(who(webport).as_deref(), Some("web"));
 
     // SIGHUP with the file unchanged: a no-op reload, counted ok.
-    reload(&agent, admin, &good, "ok");
+    reload(&mut synapse, "ok", |_| good);
     assert_eq!(who(webport).as_deref(), Some("web"));
 }
 
@@ -322,14 +291,10 @@ fn reload_http_services_and_shared_listeners_without_a_failed_request() {
     zkc.put_backend("web", "h1_0000000001", h1.port, r#""labels":{"tier":"a"}"#);
     zkc.put_backend("web", "h2_0000000002", h2.port, r#""labels":{"tier":"b"}"#);
     zkc.put_backend("api", "api_0000000001", api.port, "");
-    let (admin, web, shared) = (free_port(), free_port(), free_port());
-    let web_svc = |extra: &str| service("web", &cs, web, &format!(", mode: http{extra}"));
-    let api_svc = format!("  - {{name: api, mode: http, zk_hosts: \"{cs}\", zk_path: /services/api}}\n");
-    let first = config(admin, "", &[web_svc("")]);
-    let agent = Agent::start("synapse", &first);
-    eventually("web routes both backends", WAIT, || {
-        (routed(admin, "web")?.len() == 2).then_some(())
-    });
+    let shared = free_port();
+    let mut synapse = SynapseBuilder::new(&cs).http("web").start();
+    let web = synapse.port("web");
+    synapse.wait_routes("web", 2);
 
     // A keep-alive connection opened before the reloads, and a keep-alive load beside it.
     let mut kept = HttpConn::open(web).unwrap();
@@ -359,13 +324,14 @@ fn reload_http_services_and_shared_listeners_without_a_failed_request() {
     };
 
     // 1. The service changes (a label filter keeps h2 only): the old connection follows.
-    let filtered = web_svc(", label_filters: [{label: tier, condition: equals, value: b}]");
-    reload(
-        &agent,
-        admin,
-        &config(admin, "", std::slice::from_ref(&filtered)),
-        "ok",
-    );
+    reload(&mut synapse, "ok", |c| {
+        c.edit("web", |s| {
+            s.with(
+                "label_filters",
+                json!([{"label": "tier", "condition": "equals", "value": "b"}]),
+            )
+        })
+    });
     eventually(
         "the connection opened before the reload routes to h2 only",
         WAIT,
@@ -378,15 +344,16 @@ fn reload_http_services_and_shared_listeners_without_a_failed_request() {
     );
 
     // 2. A shared listener appears, routing api.local to a service with no listener.
-    let head = format!(
-        "http_listeners:\n  - listen: {shared}\n    routes:\n      - {{host: api.local, service: api}}\n      - {{path_prefix: /web/, service: web}}\n"
-    );
-    reload(
-        &agent,
-        admin,
-        &config(admin, &head, &[filtered.clone(), api_svc.clone()]),
-        "ok",
-    );
+    reload(&mut synapse, "ok", |c| {
+        c.top(
+            "http_listeners",
+            json!([{"listen": shared, "routes": [
+                {"host": "api.local", "service": "api"},
+                {"path_prefix": "/web/", "service": "web"},
+            ]}]),
+        )
+        .service(SynapseService::http("api").no_listen().connect_timeout(None))
+    });
     let mut via_shared = eventually("the shared listener answers", WAIT, || {
         HttpConn::open(shared).ok()
     });
@@ -400,12 +367,9 @@ fn reload_http_services_and_shared_listeners_without_a_failed_request() {
     assert_eq!(a.status, 404, "no route: {}", a.text());
 
     // 3. The shared listener goes away; the service's own listener is untouched.
-    reload(
-        &agent,
-        admin,
-        &config(admin, "", std::slice::from_ref(&filtered)),
-        "ok",
-    );
+    reload(&mut synapse, "ok", |c| {
+        c.without("api").without_top("http_listeners")
+    });
     eventually("the shared listener is closed", WAIT, || {
         TcpStream::connect(("127.0.0.1", shared)).is_err().then_some(())
     });

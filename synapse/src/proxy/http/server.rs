@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,14 +93,18 @@ pub(super) struct Client {
     pub(super) tasks: TaskTracker,
     /// Shutdown (a request waiting for the first sync gives up).
     pub(super) cancel: CancellationToken,
-    /// Set by the connection's first request.
-    started: AtomicBool,
-    first_request: Notify,
+    /// Requests being handled (until their response head is ready).
+    in_flight: AtomicUsize,
+    /// Notified (to waiters only) when a request arrives.
+    request: Notify,
 }
 
-/// At shutdown, how long a connection that has not sent its first request yet (one taken
-/// from the listen backlog) may take to send it; it is then answered and closed.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// At shutdown (or when a successor took over), how long an idle connection may take to
+/// send its next request: one taken from the listen backlog, or a keep-alive connection
+/// between two requests. It is then answered with `Connection: close` and closed; closing it
+/// idle instead would race with a request the client may be sending (reset, or closed
+/// unanswered). A client silent for longer is closed idle.
+const NEXT_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 type ServerBuilder = Arc<auto::Builder<TokioExecutor>>;
 
@@ -144,8 +148,8 @@ impl Listening {
             activity: Arc::new(Activity::default()),
             tasks: self.connections.clone(),
             cancel: self.cancel.clone(),
-            started: AtomicBool::new(false),
-            first_request: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            request: Notify::new(),
         };
         let span = tracing::debug_span!("conn", client.addr = %peer);
         self.connections.spawn(
@@ -229,8 +233,8 @@ where
         activity: Arc::new(Activity::default()),
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
-        started: AtomicBool::new(false),
-        first_request: Notify::new(),
+        in_flight: AtomicUsize::new(0),
+        request: Notify::new(),
     };
     serve_connection(stream, Arc::new(client), builder(settings), settings).await;
 }
@@ -263,15 +267,19 @@ async fn serve_connection<S>(
         _ = &mut idle => idled = true,
         _ = client.cancel.cancelled() => {
             let mut ended = false;
-            if !client.started.load(Ordering::Acquire) {
-                // Accepted but no request yet (e.g. taken from the backlog at shutdown):
-                // hyper's graceful shutdown would close it unanswered. Let the first
-                // request in; it is then answered with `Connection: close`.
-                tokio::select! {
-                    biased;
-                    _ = conn.as_mut() => ended = true,
-                    _ = client.first_request.notified() => {}
-                    _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+            if client.in_flight.load(Ordering::Acquire) == 0 {
+                // Idle: hyper's graceful shutdown would close it at once. Let the next
+                // request in; it is answered with `Connection: close`.
+                let next = client.request.notified();
+                tokio::pin!(next);
+                next.as_mut().enable();
+                if client.in_flight.load(Ordering::Acquire) == 0 {
+                    tokio::select! {
+                        biased;
+                        _ = conn.as_mut() => ended = true,
+                        _ = next => {}
+                        _ = tokio::time::sleep(NEXT_REQUEST_GRACE) => {}
+                    }
                 }
             }
             if !ended {
@@ -296,11 +304,20 @@ async fn serve_connection<S>(
     }
 }
 
+/// Counts a request out of [`Client::in_flight`] when its handling ends (or is dropped).
+struct Handling<'a>(&'a AtomicUsize);
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
     let start = Instant::now();
-    if !client.started.load(Ordering::Relaxed) && !client.started.swap(true, Ordering::AcqRel) {
-        client.first_request.notify_one();
-    }
+    client.in_flight.fetch_add(1, Ordering::AcqRel);
+    client.request.notify_waiters();
+    let _handling = Handling(&client.in_flight);
     let service = match &**client.routes.load() {
         Routes::Service(s) => s.clone(),
         Routes::Shared { router, unrouted } => {
