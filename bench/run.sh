@@ -6,16 +6,28 @@
 #   bench/run.sh --only fleet                     # the fleet phase (N up to 2000: slow)
 #   bench/run.sh --help                           # phases and knobs (rounds, durations, CPUs)
 #
-# Installs what is missing (Debian packages: nginx, haproxy, wrk, redis, ZooKeeper), builds
+# Installs what is missing (Debian packages: nginx, haproxy, wrk, h2load, redis, ZooKeeper), builds
 # the release binaries, then runs the driver (bench/src/main.rs): the load generators on one
 # CPU, proxies and backends on another (BENCH_CLIENT_CPUS / BENCH_SERVER_CPUS, taskset lists;
 # default 0 and 1). Prints one table and writes bench/results.json (--out to change).
 # Not part of the test suite.
+#
+# Counting the work per request (for whoever changes the data path):
+#
+#   bench/run.sh --only count                     # allocations + system calls per request
+#
+# builds synapse a second time with `--features count-alloc` (a counting global allocator;
+# counts served as JSON on `GET /debug/alloc` of the admin port) into
+# target/release/synapse-count-alloc, then, for TCP and HTTP, keep-alive and a connection per
+# request: heap allocations, reallocations and bytes per request (counter deltas over a wrk
+# run / requests), and system calls per request by name, synapse beside HAProxy
+# (`strace -c -f -p PID` over another wrk run). By hand: build with the feature, start
+# synapse, `curl 127.0.0.1:3422/debug/alloc` before and after your load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pair in nginx:nginx-light haproxy:haproxy wrk:wrk redis-server:redis-server redis-benchmark:redis-tools taskset:util-linux; do
+for pair in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client redis-server:redis-server redis-benchmark:redis-tools taskset:util-linux strace:strace; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
 done
@@ -41,6 +53,12 @@ fi
 # and the ZooKeeper servers it starts inherit the limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# The count phase's synapse: the same code with a counting allocator. Cargo keeps both
+# feature sets' artefacts, so switching back and forth rebuilds nothing once both exist.
+if [[ " $* " =~ --only[=\ ]([a-z,]*,)?count(,|\ ) ]]; then
+  cargo build --release --locked -p synapse --features count-alloc
+  cp target/release/synapse target/release/synapse-count-alloc
+fi
 cargo build --release --locked -p nerve -p synapse -p bench
 client=${BENCH_CLIENT_CPUS:-0}
 server=${BENCH_SERVER_CPUS:-1}

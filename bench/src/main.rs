@@ -7,14 +7,19 @@
 //! direct / HAProxy / synapse), `propagation` (ZooKeeper change → synapse routing, beside the
 //! raw watch latency, with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse
 //! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
-//! RSS, idle CPU), `fleet` (N watchers and M registrations on a 3-server ensemble: propagation,
-//! requests per change, storms; see `fleet.rs`). Prints one table and writes a JSON file.
+//! RSS, idle CPU), `h2` (h2load through HAProxy and synapse, HTTP/2 both sides: see
+//! [`h2`]). Prints one table and writes a JSON file. Only when named: `count` (heap
+//! allocations and system calls per request, synapse beside HAProxy; see `count.rs`), `fleet` (N watchers
+//! and M registrations on a 3-server ensemble: propagation, requests per change, storms; see
+//! `fleet.rs`).
 
 #![forbid(unsafe_code)]
 // A command-line tool: failing loudly on a broken setup is the right thing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod count;
 mod fleet;
+mod h2;
 mod procs;
 
 use std::collections::BTreeSet;
@@ -37,14 +42,17 @@ const PHASES: &[&str] = &[
     "propagation",
     "churn",
     "cost",
-    "fleet",
+    "h2",
 ];
+/// Phases run only when named in `--only`.
+const OPTIONAL_PHASES: &[&str] = &["count", "fleet"];
 
 #[derive(Debug, Parser)]
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
 struct Args {
-    /// Comma-separated phases to run (default: all): keepalive, close, redis, propagation,
-    /// churn, cost, fleet.
+    /// Comma-separated phases to run (default: all but count and fleet): keepalive, close, redis,
+    /// propagation, churn, cost, h2; count (allocations and system calls per request: needs
+    /// target/release/synapse-count-alloc, which bench/run.sh builds, and strace); fleet (slow).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// CPUs (taskset list) of the load generators, the driver and ZooKeeper.
@@ -60,7 +68,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     duration: u64,
     /// wrk connections.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 32)]
     connections: usize,
     /// redis-benchmark requests per test and round.
     #[arg(long, default_value_t = 50_000)]
@@ -77,6 +85,9 @@ struct Args {
     /// Fleet sizes (watchers) of the fleet phase.
     #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000,2000")]
     fleet_sizes: Vec<usize>,
+    /// Seconds of each counted run of the count phase.
+    #[arg(long, default_value_t = 3)]
+    count_secs: u64,
     /// JSON results file.
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -113,13 +124,22 @@ struct Bench {
 fn main() -> Result<()> {
     let args = Args::parse();
     for p in &args.only {
-        if !PHASES.contains(&p.as_str()) {
-            bail!("unknown phase {p:?}: use {}", PHASES.join(","));
+        if !PHASES.contains(&p.as_str()) && !OPTIONAL_PHASES.contains(&p.as_str()) {
+            bail!(
+                "unknown phase {p:?}: use {},{}",
+                PHASES.join(","),
+                OPTIONAL_PHASES.join(",")
+            );
         }
     }
     let only = args.only.clone();
-    let run = |p: &str| only.is_empty() || only.iter().any(|o| o == p);
-    let selected: Vec<&str> = PHASES.iter().copied().filter(|p| run(p)).collect();
+    let run = |p: &str| (only.is_empty() && PHASES.contains(&p)) || only.iter().any(|o| o == p);
+    let selected: Vec<&str> = PHASES
+        .iter()
+        .chain(OPTIONAL_PHASES)
+        .copied()
+        .filter(|p| run(p))
+        .collect();
     let synapse_bin = args.bin_dir.join("synapse");
     let nerve_bin = args.bin_dir.join("nerve");
     for b in [&synapse_bin, &nerve_bin] {
@@ -168,6 +188,24 @@ fn main() -> Result<()> {
         let (table, json) = fleet::run(&b.args.out, &b.args.fleet_sizes)?;
         println!("\n== fleet ==\n{table}");
         b.json.insert("fleet".into(), json);
+    }
+    if run("h2") {
+        let (rows, section) = h2::run(&h2::Settings {
+            client_cpus: &b.args.client_cpus,
+            server_cpus: &b.args.server_cpus,
+            rounds: b.args.rounds,
+            secs: b.args.duration,
+            synapse_bin: &b.synapse_bin,
+            zk: &b.cs,
+            dir: b.dir.path(),
+        })?;
+        for (what, value) in rows {
+            b.row("HTTP/2 end to end (h2load)", what, value);
+        }
+        b.json.insert("h2".into(), section);
+    }
+    if run("count") {
+        b.count()?;
     }
     b.json
         .insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));

@@ -8,7 +8,9 @@
 //!
 //! Served here for both agents, before the agent's handler: `/log-level` (`GET` the filter
 //! in force, `PUT` new `EnvFilter` directives as the body, `DELETE` back to the configured
-//! ones; changes from loopback clients only).
+//! ones; changes from loopback clients only) and `GET /debug/alloc` (heap allocation counts
+//! as JSON when built with the `count-alloc` feature, see [`crate::alloc_count`]; 404
+//! otherwise).
 //!
 //! A local admin port is also a way to exhaust the process's file descriptors, so slow and
 //! idle clients are bounded ([`AdminLimits`]): header read timeout, idle timeout and a cap
@@ -257,6 +259,15 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) -> R
     };
     if parts.uri.path() == "/log-level" {
         return log_level(&parts.method, &body, peer);
+    }
+    if parts.uri.path() == "/debug/alloc" && is_get(&parts.method) {
+        return match crate::alloc_count::snapshot() {
+            Some(counts) => Reply::json(StatusCode::OK, &counts.to_json()),
+            None => Reply::text(
+                StatusCode::NOT_FOUND,
+                "allocation counts need a build with the count-alloc feature\n",
+            ),
+        };
     }
     handler(AdminRequest {
         path: parts.uri.path().to_string(),

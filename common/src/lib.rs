@@ -11,10 +11,12 @@
 //! - [`shutdown`]: signals to a `CancellationToken`.
 //! - [`notify`]: systemd notifications (`READY=1`, `STATUS=`, `WATCHDOG=1`, ...).
 //! - [`cli`]: what both `main`s do once their CLI is parsed.
+//! - [`alloc_count`]: heap allocation counts (feature `count-alloc`, bench only).
 //! - [`handoff`]: the upgrade handoff to a successor process (unix socket, `SCM_RIGHTS`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alloc_count;
 pub mod cli;
 pub mod codec;
 pub mod config;

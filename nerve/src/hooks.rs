@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::{Hook, Hooks};
 use crate::desired::{Operator, State};
 use crate::metrics::ServiceMetrics;
-use crate::service::ReportStatus;
+use crate::report::ReportStatus;
 
 /// Longest wait for the reporters to write the down state before the disable hooks run
 /// anyway (ZooKeeper unreachable: the node goes when the session expires).

@@ -4,8 +4,9 @@
 //! Layout:
 //! - [`config`]: the config file, raw → validated.
 //! - [`check`]: tcp, http/https, exec, redis and grpc checks; rise/fall hysteresis.
-//! - [`service`]: per service, a check loop (each check on its own schedule and
-//!   hysteresis) publishing the desired state, and a reporter reconciling ZooKeeper with it.
+//! - [`service`]: per service, the wiring: a check loop (each check on its own schedule and
+//!   hysteresis), the desire loop publishing the desired state (warm-up ramp included).
+//! - [`report`]: the reporters (zookeeper, file, console) and the write limiter.
 //! - [`hooks`]: hook commands and the disable sequence (on_disable, drained, min time).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: `GET /status`, `GET /metrics`.
@@ -31,11 +32,10 @@ pub mod upgrade;
 
 use std::sync::Arc;
 
-use common::registry::{NodeOptions, Registration, Registry, RegistryOptions};
-use tokio::sync::watch;
+use common::registry::{Registry, RegistryOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 pub use config::Config;
 
@@ -52,184 +52,6 @@ pub enum RunError {
     /// handed anything over yet).
     #[error("takeover failed: {0}")]
     Takeover(String),
-}
-
-/// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
-/// task per reporter), stopped by `cancel` (each reporter deregisters).
-pub fn start_service(
-    svc: &config::ServiceConfig,
-    registry: &Registry,
-    metrics: &metrics::Metrics,
-    tracker: &TaskTracker,
-    operator: desired::Operator,
-    takeover: Option<&service::ServiceHandle>,
-    cancel: CancellationToken,
-) -> service::ServiceHandle {
-    let inherit = takeover.map(|old| upgrade::Inherit {
-        healthy: old.check.borrow().healthy,
-        kept: old
-            .reports
-            .iter()
-            .filter(|r| r.keep.load(std::sync::atomic::Ordering::Acquire))
-            .map(|r| r.config.clone())
-            .collect(),
-    });
-    start_service_from(svc, registry, metrics, tracker, operator, inherit, cancel)
-}
-
-/// [`start_service`] for a service that replaces a running one described by `inherit` (a
-/// reload's old form, or the predecessor's service after `--takeover`).
-pub fn start_service_from(
-    svc: &config::ServiceConfig,
-    registry: &Registry,
-    metrics: &metrics::Metrics,
-    tracker: &TaskTracker,
-    operator: desired::Operator,
-    inherit: Option<upgrade::Inherit>,
-    cancel: CancellationToken,
-) -> service::ServiceHandle {
-    let initially_up = inherit.as_ref().is_some_and(|i| i.healthy);
-    let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
-    let m = metrics.service(&svc.name, &names);
-    // Every channel starts with the state the service starts in, so that no task ever acts
-    // on a placeholder: a reloaded healthy service must not be "absent" for an instant.
-    let initial = desired::Desired::new(
-        desired::desired(&desired::Inputs {
-            healthy: initially_up,
-            down_checks: &[],
-            operator: &operator,
-            weight: svc.weight,
-            expose_unavailable: svc.expose_unavailable,
-            warmup: None,
-            held: None,
-        }),
-        svc,
-    );
-    let (raw_tx, raw_rx) = watch::channel(initial.clone());
-    let (desired_tx, desired_rx) = watch::channel(initial);
-    let (operator_tx, operator_rx) = watch::channel(operator);
-    let (check_tx, check_rx) = watch::channel(service::CheckStatus {
-        healthy: initially_up,
-        checks: Vec::new(),
-    });
-    let (limit_tx, limit_rx) = watch::channel(report::LimitStatus::default());
-    let (drain_tx, drain_rx) = watch::channel(hooks::DrainStatus::default());
-    // `cancel` stops everything; `stopping` (fired by `cancel` too) only takes the service
-    // down, its reporters writing that.
-    let stopping = cancel.child_token();
-    let span = tracing::info_span!("service", service = %svc.name);
-    tracker.spawn(
-        service::desire_loop(
-            svc.clone(),
-            check_rx.clone(),
-            operator_rx.clone(),
-            raw_tx,
-            m.clone(),
-            stopping.clone(),
-        )
-        .instrument(span.clone()),
-    );
-    let bucket = report::TokenBucket::new(
-        svc.max_writes_per_second,
-        svc.write_burst,
-        std::time::Instant::now(),
-    );
-    tracker.spawn(
-        report::limit_loop(raw_rx, desired_tx, bucket, limit_tx, stopping.clone()).instrument(span.clone()),
-    );
-    tracker.spawn(
-        service::check_loop(svc.clone(), initially_up, check_tx, m.clone(), stopping.clone())
-            .instrument(span.clone()),
-    );
-    let mut reports = Vec::new();
-    for reporter in &svc.reporters {
-        let (report_tx, report_rx) = watch::channel(service::ReportStatus::default());
-        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let rcancel = cancel.child_token();
-        // The node of the service this one replaces, left in place for us.
-        let inherited = inherit.as_ref().is_some_and(|i| i.kept.contains(reporter));
-        let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
-        match reporter {
-            config::Reporter::Zookeeper(z) => {
-                let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
-                let name = format!("{}_{}", svc.instance_id, svc.name);
-                let mut registration = Registration::with_options(
-                    session.clone(),
-                    &z.zk_path,
-                    &name,
-                    NodeOptions {
-                        sequential: z.node_type == config::NodeType::EphemeralSequential,
-                        path_encoding: z.use_path_encoding.then(|| svc.instance_id.clone()),
-                        protected: z.zk_auth.is_some(),
-                    },
-                );
-                if inherited {
-                    registration.take_over();
-                }
-                tracker.spawn(
-                    service::report_loop(
-                        registration,
-                        keep.clone(),
-                        session,
-                        desired_rx.clone(),
-                        report_tx,
-                        m.clone(),
-                        rcancel.clone(),
-                        stopping.clone(),
-                    )
-                    .instrument(rspan),
-                );
-            }
-            config::Reporter::File { path } => {
-                tracker.spawn(
-                    report::file_loop(
-                        svc.name.clone(),
-                        path.clone(),
-                        desired_rx.clone(),
-                        report_tx,
-                        rcancel.clone(),
-                    )
-                    .instrument(rspan),
-                );
-            }
-            config::Reporter::Console => {
-                tracker.spawn(
-                    report::console_loop(desired_rx.clone(), report_tx, rcancel.clone()).instrument(rspan),
-                );
-            }
-        }
-        reports.push(service::ReporterHandle {
-            config: reporter.clone(),
-            keep,
-            cancel: rcancel,
-            kind: reporter.kind(),
-            target: reporter.target(),
-            status: report_rx,
-        });
-    }
-    tracker.spawn(
-        hooks::disable_loop(
-            svc.hooks.clone(),
-            operator_rx,
-            reports.iter().map(|r| r.status.clone()).collect(),
-            stopping.clone(),
-            cancel.clone(),
-            drain_tx,
-            m,
-        )
-        .instrument(span),
-    );
-    service::ServiceHandle {
-        config: svc.clone(),
-        check: check_rx,
-        reports,
-        desired: desired_rx,
-        limit: limit_rx,
-        operator: operator_tx,
-        cancel,
-        stopping,
-        drain: drain_rx,
-    }
 }
 
 /// Runs nerve until `shutdown` fires, then takes every service down (see [`go_down`]),
@@ -322,7 +144,7 @@ async fn run_with_reload(
     // Each service starts with the operator state restored: a service disabled before a
     // restart never shows up, not even briefly.
     for svc in &config.services {
-        handles.push(start_service_from(
+        handles.push(service::start_service_from(
             svc,
             &registry,
             &metrics,

@@ -155,9 +155,8 @@ impl Maintenance {
         let all = async {
             for s in services {
                 for mut r in s.reports.iter().map(|r| r.status.clone()) {
-                    let down = |s: &crate::service::ReportStatus| {
-                        !matches!(s.applied, Some(State::Available { .. }))
-                    };
+                    let down =
+                        |s: &crate::report::ReportStatus| !matches!(s.applied, Some(State::Available { .. }));
                     // An error: the reporter ended (its service stopped, deregistered).
                     let _ = r.wait_for(down).await;
                 }

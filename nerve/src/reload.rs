@@ -169,7 +169,7 @@ pub async fn apply(running: &mut Running, new: Config) -> Outcome {
 }
 
 fn start(running: &Running, svc: &ServiceConfig, takeover: Option<&ServiceHandle>) -> ServiceHandle {
-    let handle = crate::start_service(
+    let handle = crate::service::start_service(
         svc,
         &running.registry,
         &running.metrics,

@@ -1,17 +1,21 @@
-//! One service: a check loop that feeds the hysteresis and publishes the desired state, and
-//! a reporter that reconciles ZooKeeper with it (DESIGN §3.4).
+//! One service: its wiring ([`start_service`]: checks, desired state, write limiter,
+//! reporters, disable sequence), the check loop that feeds the hysteresis, and the desire
+//! loop that turns health, operator state and warm-up into the desired state (DESIGN §3.4).
+//! The reporters live in [`crate::report`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::registry::{EnsureOutcome, Registration, RegistryError, Session};
+use common::registry::{NodeOptions, Registration, Registry};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
 
 use crate::check::{Check, Hysteresis, Report};
 use crate::config::ServiceConfig;
 use crate::metrics::ServiceMetrics;
+use crate::report::ReportStatus;
 
 pub use crate::desired::Desired;
 use crate::desired::{Inputs, Operator, State};
@@ -80,20 +84,6 @@ impl CheckStatus {
             .collect();
         (!list.is_empty()).then(|| list.join("; "))
     }
-}
-
-/// Reporter-side state, for the admin API.
-#[derive(Debug, Clone, Default)]
-pub struct ReportStatus {
-    /// Full path of our node, when registered.
-    pub node: Option<String>,
-    /// The last reconcile error, cleared on success.
-    pub last_error: Option<String>,
-    /// The desired state last written successfully.
-    pub applied: Option<State>,
-    /// True once ZooKeeper was connected and matched the desired state (systemd readiness
-    /// waits for it; the file and console reporters leave it false).
-    pub reconciled: bool,
 }
 
 /// Live view of one service.
@@ -530,164 +520,212 @@ pub fn step_due(w: &crate::config::Warmup, level: u32) -> Option<Duration> {
     (level <= steps && !w.duration.is_zero()).then(|| w.duration.mul_f64(f64::from(level) / f64::from(steps)))
 }
 
-/// Time between two verifications that our node still exists, when nothing else happens.
-const REFRESH: Duration = Duration::from_secs(30);
-/// Longest pause between two failed reconcile attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Time allowed to delete our node on shutdown.
-pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How a service starts when it replaces a running one (a reload's old form, or a
+/// predecessor's service).
+#[derive(Debug, Clone, Default)]
+pub struct Inherit {
+    /// Starts healthy (its checks then run as usual).
+    pub healthy: bool,
+    /// Its reporters whose node was left in place, to adopt.
+    pub kept: Vec<crate::config::Reporter>,
+}
 
-/// Makes ZooKeeper match the desired state on every change of desired state and every
-/// session event, with backoff on errors, until `cancel` fires; then deregisters.
-/// `stopping` (the service going down) only names the deletions it causes in the log.
-#[allow(clippy::too_many_arguments)]
-pub async fn report_loop(
-    mut registration: Registration,
-    keep: Arc<std::sync::atomic::AtomicBool>,
-    session: Arc<Session>,
-    mut desired: watch::Receiver<Desired>,
-    status: watch::Sender<ReportStatus>,
-    metrics: ServiceMetrics,
+/// Starts the tasks of one service on `tracker` (checks, desired state, write limiter, one
+/// task per reporter), stopped by `cancel` (each reporter deregisters).
+pub fn start_service(
+    svc: &crate::config::ServiceConfig,
+    registry: &Registry,
+    metrics: &crate::metrics::Metrics,
+    tracker: &TaskTracker,
+    operator: crate::desired::Operator,
+    takeover: Option<&ServiceHandle>,
     cancel: CancellationToken,
-    stopping: CancellationToken,
-) {
-    let mut sessions = session.subscribe();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let target = desired.borrow_and_update().clone();
-        let want = target.payload.clone();
-        // A reconcile waiting on an unresponsive ZooKeeper must not hold up shutdown: the
-        // deregistration below has its own budget.
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            r = reconcile(&mut registration, want.as_deref(), &metrics, &stopping) => r,
-        };
-        if let Ok(true) = result {
-            metrics
-                .write_latency
-                .observe(target.since.elapsed().as_secs_f64());
+) -> ServiceHandle {
+    let inherit = takeover.map(|old| Inherit {
+        healthy: old.check.borrow().healthy,
+        kept: old
+            .reports
+            .iter()
+            .filter(|r| r.keep.load(std::sync::atomic::Ordering::Acquire))
+            .map(|r| r.config.clone())
+            .collect(),
+    });
+    start_service_from(svc, registry, metrics, tracker, operator, inherit, cancel)
+}
+
+/// [`start_service`] for a service that replaces a running one described by `inherit` (a
+/// reload's old form, or the predecessor's service after `--takeover`).
+pub fn start_service_from(
+    svc: &crate::config::ServiceConfig,
+    registry: &Registry,
+    metrics: &crate::metrics::Metrics,
+    tracker: &TaskTracker,
+    operator: crate::desired::Operator,
+    inherit: Option<Inherit>,
+    cancel: CancellationToken,
+) -> ServiceHandle {
+    let initially_up = inherit.as_ref().is_some_and(|i| i.healthy);
+    let names: Vec<&str> = svc.checks.iter().map(|c| c.name.as_str()).collect();
+    let m = metrics.service(&svc.name, &names);
+    // Every channel starts with the state the service starts in, so that no task ever acts
+    // on a placeholder: a reloaded healthy service must not be "absent" for an instant.
+    let initial = crate::desired::Desired::new(
+        crate::desired::desired(&crate::desired::Inputs {
+            healthy: initially_up,
+            down_checks: &[],
+            operator: &operator,
+            weight: svc.weight,
+            expose_unavailable: svc.expose_unavailable,
+            warmup: None,
+            held: None,
+        }),
+        svc,
+    );
+    let (raw_tx, raw_rx) = watch::channel(initial.clone());
+    let (desired_tx, desired_rx) = watch::channel(initial);
+    let (operator_tx, operator_rx) = watch::channel(operator);
+    let (check_tx, check_rx) = watch::channel(CheckStatus {
+        healthy: initially_up,
+        checks: Vec::new(),
+    });
+    let (limit_tx, limit_rx) = watch::channel(crate::report::LimitStatus::default());
+    let (drain_tx, drain_rx) = watch::channel(crate::hooks::DrainStatus::default());
+    // `cancel` stops everything; `stopping` (fired by `cancel` too) only takes the service
+    // down, its reporters writing that.
+    let stopping = cancel.child_token();
+    let span = tracing::info_span!("service", service = %svc.name);
+    tracker.spawn(
+        desire_loop(
+            svc.clone(),
+            check_rx.clone(),
+            operator_rx.clone(),
+            raw_tx,
+            m.clone(),
+            stopping.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let bucket = crate::report::TokenBucket::new(
+        svc.max_writes_per_second,
+        svc.write_burst,
+        std::time::Instant::now(),
+    );
+    tracker.spawn(
+        crate::report::limit_loop(raw_rx, desired_tx, bucket, limit_tx, stopping.clone())
+            .instrument(span.clone()),
+    );
+    tracker.spawn(
+        check_loop(svc.clone(), initially_up, check_tx, m.clone(), stopping.clone()).instrument(span.clone()),
+    );
+    let mut reports = Vec::new();
+    for reporter in &svc.reporters {
+        let (report_tx, report_rx) = watch::channel(ReportStatus::default());
+        let keep = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rcancel = cancel.child_token();
+        // The node of the service this one replaces, left in place for us.
+        let inherited = inherit.as_ref().is_some_and(|i| i.kept.contains(reporter));
+        let rspan = tracing::info_span!(parent: &span, "reporter", reporter = reporter.kind(), target = %reporter.target());
+        match reporter {
+            crate::config::Reporter::Zookeeper(z) => {
+                let session = registry.session_with_auth(&z.zk_hosts, z.zk_auth.as_ref());
+                let name = format!("{}_{}", svc.instance_id, svc.name);
+                let mut registration = Registration::with_options(
+                    session.clone(),
+                    &z.zk_path,
+                    &name,
+                    NodeOptions {
+                        sequential: z.node_type == crate::config::NodeType::EphemeralSequential,
+                        path_encoding: z.use_path_encoding.then(|| svc.instance_id.clone()),
+                        protected: z.zk_auth.is_some(),
+                    },
+                );
+                if inherited {
+                    registration.take_over();
+                }
+                tracker.spawn(
+                    crate::report::zookeeper::report_loop(
+                        registration,
+                        keep.clone(),
+                        session,
+                        desired_rx.clone(),
+                        report_tx,
+                        m.clone(),
+                        rcancel.clone(),
+                        stopping.clone(),
+                    )
+                    .instrument(rspan),
+                );
+            }
+            crate::config::Reporter::File { path } => {
+                let run = crate::report::file::file_loop(
+                    svc.name.clone(),
+                    path.clone(),
+                    desired_rx.clone(),
+                    report_tx,
+                    rcancel.clone(),
+                );
+                tracker.spawn(unless_kept(run, rcancel.clone(), keep.clone()).instrument(rspan));
+            }
+            crate::config::Reporter::Console => {
+                let run =
+                    crate::report::console::console_loop(desired_rx.clone(), report_tx, rcancel.clone());
+                tracker.spawn(unless_kept(run, rcancel.clone(), keep.clone()).instrument(rspan));
+            }
         }
-        let wait = match result {
-            Ok(_) => {
-                backoff = Duration::from_millis(100);
-                // Removing a node never created needs no ZooKeeper: that is not "reconciled".
-                let connected = sessions.borrow().connected;
-                status.send_modify(|s| {
-                    s.node = registration.path().map(str::to_string);
-                    s.last_error = None;
-                    s.applied = Some(target.state.clone());
-                    s.reconciled |= connected;
-                });
-                REFRESH
-            }
-            Err(err) => {
-                metrics.zk_errors.inc();
-                let op = match &err {
-                    RegistryError::Zk { op, .. } => *op,
-                    RegistryError::NotConnected { .. } => "connect",
-                    RegistryError::Taken { .. } => "create",
-                    _ => "other",
-                };
-                metrics
-                    .zk_failures
-                    .with_label_values(&[metrics.service.as_str(), op])
-                    .inc();
-                warn!(error = %err, retry_in = ?backoff, "cannot reconcile ZooKeeper");
-                status.send_modify(|s| s.last_error = Some(err.to_string()));
-                let wait = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                wait
-            }
-        };
-        metrics.registered.set(i64::from(registration.path().is_some()));
+        reports.push(ReporterHandle {
+            config: reporter.clone(),
+            keep,
+            cancel: rcancel,
+            kind: reporter.kind(),
+            target: reporter.target(),
+            status: report_rx,
+        });
+    }
+    tracker.spawn(
+        crate::hooks::disable_loop(
+            svc.hooks.clone(),
+            operator_rx,
+            reports.iter().map(|r| r.status.clone()).collect(),
+            stopping.clone(),
+            cancel.clone(),
+            drain_tx,
+            m,
+        )
+        .instrument(span),
+    );
+    ServiceHandle {
+        config: svc.clone(),
+        check: check_rx,
+        reports,
+        desired: desired_rx,
+        limit: limit_rx,
+        operator: operator_tx,
+        cancel,
+        stopping,
+        drain: drain_rx,
+    }
+}
+
+/// Runs a file or console reporter; when it is stopped with `keep` set (handed to a
+/// successor process, which writes from then on), it ends at once, without writing the
+/// "absent" state it writes when stopped otherwise.
+async fn unless_kept(
+    run: impl std::future::Future<Output = ()>,
+    cancel: CancellationToken,
+    keep: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::pin!(run);
+    let mut cancelled = false;
+    loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
-            r = desired.changed() => if r.is_err() { cancel.cancelled().await; break },
-            r = sessions.changed() => if r.is_err() { cancel.cancelled().await; break },
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    if keep.load(std::sync::atomic::Ordering::Acquire) {
-        // Handed over to the service that replaces this one on reload: it adopts the node.
-        info!(
-            zk.node = registration.path().unwrap_or(""),
-            "node handed over to the reloaded service"
-        );
-        return;
-    }
-    deregister(&mut registration, &metrics).await;
-    status.send_modify(|s| {
-        s.node = None;
-        s.applied = Some(State::Absent);
-    });
-}
-
-/// One "make ZooKeeper match `want`" step.
-async fn reconcile(
-    registration: &mut Registration,
-    want: Option<&Vec<u8>>,
-    metrics: &ServiceMetrics,
-    stopping: &CancellationToken,
-) -> Result<bool, RegistryError> {
-    let wrote = match want {
-        Some(data) => match registration.ensure(data).await? {
-            EnsureOutcome::Created => {
-                metrics.zk_created.inc();
-                info!(zk.node = registration.path().unwrap_or(""), "registered");
-                true
-            }
-            EnsureOutcome::Updated => {
-                metrics.zk_updated.inc();
-                info!(
-                    zk.node = registration.path().unwrap_or(""),
-                    "registration updated"
-                );
-                true
-            }
-            EnsureOutcome::Unchanged => false,
-        },
-        None => {
-            let deleted = registration.remove().await?;
-            if deleted {
-                metrics.zk_deleted.inc();
-                if stopping.is_cancelled() {
-                    info!("deregistered on shutdown");
-                } else {
-                    info!("deregistered");
+            _ = cancel.cancelled(), if !cancelled => {
+                if keep.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
                 }
+                cancelled = true;
             }
-            deleted
-        }
-    };
-    Ok(wrote)
-}
-
-async fn deregister(registration: &mut Registration, metrics: &ServiceMetrics) {
-    let deadline = Instant::now() + DEREGISTER_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline.into(), registration.remove()).await {
-            Ok(Ok(existed)) => {
-                if existed {
-                    metrics.zk_deleted.inc();
-                    info!("deregistered on shutdown");
-                }
-                metrics.registered.set(0);
-                return;
-            }
-            Ok(Err(err)) if Instant::now() < deadline => {
-                debug!(error = %err, "deregistration failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(Err(err)) => {
-                warn!(error = %err, "could not deregister; the node goes when the session closes");
-                return;
-            }
-            Err(_) => {
-                warn!("deregistration timed out; the node goes when the session closes");
-                return;
-            }
+            _ = &mut run => return,
         }
     }
 }

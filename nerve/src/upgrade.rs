@@ -29,6 +29,8 @@ use tracing::{info, warn};
 
 use crate::config::{Reporter, ServiceConfig};
 use crate::maintenance::Services;
+// Defined with the service wiring that takes it; named here too, where it is made.
+pub use crate::service::Inherit;
 
 /// How long a successor may take to resume the sessions and start its services.
 const SUCCESSOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,16 +86,6 @@ pub struct Inheritance {
     pub admin: Option<std::net::TcpListener>,
     /// Handed nodes of configured services that no reporter of theirs claims.
     unclaimed: Vec<HandedNode>,
-}
-
-/// How a service starts when it replaces a running one (a reload's old form, or a
-/// predecessor's service).
-#[derive(Debug, Clone, Default)]
-pub struct Inherit {
-    /// Starts healthy (its checks then run as usual).
-    pub healthy: bool,
-    /// Its reporters whose node was left in place, to adopt.
-    pub kept: Vec<Reporter>,
 }
 
 impl Inheritance {
@@ -297,19 +289,18 @@ pub async fn serve(
     }
 }
 
-/// Stops every ZooKeeper reporter without deleting its node, lets go of the sessions without
+/// Stops every reporter without deleting its node (or emptying its file), lets go of the sessions without
 /// closing them, and says what was left.
 async fn stop_for_handoff(services: &Services, registry: &Registry) -> State {
     let handles = services.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut ended = Vec::new();
     for h in &handles {
+        // Every reporter: ZooKeeper ones leave their node, file ones their file, as they are.
         for r in &h.reports {
-            if matches!(r.config, Reporter::Zookeeper(_)) {
-                r.keep.store(true, Ordering::Release);
-                r.cancel.cancel();
-                let mut status = r.status.clone();
-                ended.push(async move { while status.changed().await.is_ok() {} });
-            }
+            r.keep.store(true, Ordering::Release);
+            r.cancel.cancel();
+            let mut status = r.status.clone();
+            ended.push(async move { while status.changed().await.is_ok() {} });
         }
     }
     if tokio::time::timeout(STOP_TIMEOUT, futures::future::join_all(ended))

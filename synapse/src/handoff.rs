@@ -216,3 +216,6 @@ pub async fn take_over(
         Err(e) => Err(crate::RunError::Takeover(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,9 +2,32 @@
 //! resolved once per service and once per backend (when it joins a route table), never per
 //! connection.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+/// The `grpc_status` label values: gRPC status code names, index = code.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 /// Buckets of `synapse_backend_connect_seconds`: 100 µs to 2.5 s.
 const CONNECT_BUCKETS: &[f64] = &[
@@ -562,6 +585,9 @@ pub enum RetryReason {
     Error,
     /// `try_timeout` ran out.
     Timeout,
+    /// The backend refused the stream (HTTP/2 `REFUSED_STREAM`, or a stream past its
+    /// `GOAWAY`), or answered gRPC `UNAVAILABLE` before any message: it did not process it.
+    Refused,
 }
 
 /// HTTP-mode metrics.
@@ -575,6 +601,8 @@ pub struct HttpMetrics {
     unrouted: IntCounterVec,
     backend_responses: IntCounterVec,
     backend_response_time: HistogramVec,
+    backend_grpc: IntCounterVec,
+    backend_streams: IntGaugeVec,
 }
 
 /// HTTP handles of one service.
@@ -585,7 +613,7 @@ pub struct HttpServiceMetrics {
     /// From a request's arrival to its response headers, retries included.
     pub response_time: Histogram,
     /// Retries, by [`RetryReason`] (index = discriminant).
-    pub retries: [IntCounter; 3],
+    pub retries: [IntCounter; 4],
     /// Retries not made because the retry budget was spent.
     pub budget_exhausted: IntCounter,
     /// Answers made by synapse itself, by [`ProxyError`] (index = discriminant).
@@ -599,6 +627,32 @@ pub struct HttpBackendMetrics {
     pub responses: [IntCounter; 5],
     /// From sending the request to this backend to its response headers.
     pub response_time: Histogram,
+    /// Open HTTP/2 streams to this backend.
+    pub streams: IntGauge,
+    /// gRPC calls by `grpc-status` (index = code), resolved at the backend's first gRPC
+    /// answer so that plain HTTP backends get no such series.
+    pub grpc: GrpcCounters,
+}
+
+/// `synapse_backend_grpc_responses_total` of one backend, resolved on first use.
+#[derive(Debug, Clone)]
+pub struct GrpcCounters {
+    vec: IntCounterVec,
+    service: String,
+    backend: String,
+    cells: Arc<OnceLock<Arc<[IntCounter; 17]>>>,
+}
+
+impl GrpcCounters {
+    /// The counters, by code (index = the code's value).
+    pub fn get(&self) -> &Arc<[IntCounter; 17]> {
+        self.cells.get_or_init(|| {
+            Arc::new(GRPC_STATUS_NAMES.map(|c| {
+                self.vec
+                    .with_label_values(&[self.service.as_str(), self.backend.as_str(), c])
+            }))
+        })
+    }
 }
 
 impl HttpMetrics {
@@ -623,7 +677,7 @@ impl HttpMetrics {
             retries: IntCounterVec::new(
                 Opts::new(
                     "synapse_http_retries_total",
-                    "Requests sent again to another backend, by reason (status, error, timeout)",
+                    "Requests sent again to another backend, by reason (status, error, timeout, refused)",
                 ),
                 &["service", "reason"],
             )?,
@@ -664,6 +718,20 @@ impl HttpMetrics {
                 .buckets(RESPONSE_BUCKETS.to_vec()),
                 &["service", "backend"],
             )?,
+            backend_grpc: IntCounterVec::new(
+                Opts::new(
+                    "synapse_backend_grpc_responses_total",
+                    "gRPC calls per backend, by grpc-status (from the trailers, or a trailers-only answer)",
+                ),
+                &["service", "backend", "grpc_status"],
+            )?,
+            backend_streams: IntGaugeVec::new(
+                Opts::new(
+                    "synapse_backend_http2_streams",
+                    "HTTP/2 streams open to a backend (requests in flight on its multiplexed connection)",
+                ),
+                &["service", "backend"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.response_time.clone()))?;
@@ -673,6 +741,8 @@ impl HttpMetrics {
         registry.register(Box::new(m.unrouted.clone()))?;
         registry.register(Box::new(m.backend_responses.clone()))?;
         registry.register(Box::new(m.backend_response_time.clone()))?;
+        registry.register(Box::new(m.backend_grpc.clone()))?;
+        registry.register(Box::new(m.backend_streams.clone()))?;
         Ok(m)
     }
 
@@ -681,7 +751,8 @@ impl HttpMetrics {
         HttpServiceMetrics {
             requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[service, c])),
             response_time: self.response_time.with_label_values(&[service]),
-            retries: ["status", "error", "timeout"].map(|r| self.retries.with_label_values(&[service, r])),
+            retries: ["status", "error", "timeout", "refused"]
+                .map(|r| self.retries.with_label_values(&[service, r])),
             budget_exhausted: self.budget_exhausted.with_label_values(&[service]),
             errors: ProxyError::ALL.map(|e| self.errors.with_label_values(&[service, e.as_str()])),
         }
@@ -693,6 +764,13 @@ impl HttpMetrics {
         HttpBackendMetrics {
             responses: CODE_CLASSES.map(|c| self.backend_responses.with_label_values(&[service, backend, c])),
             response_time: self.backend_response_time.with_label_values(&[service, backend]),
+            streams: self.backend_streams.with_label_values(&[service, backend]),
+            grpc: GrpcCounters {
+                vec: self.backend_grpc.clone(),
+                service: service.to_string(),
+                backend: backend.to_string(),
+                cells: Arc::default(),
+            },
         }
     }
 
@@ -708,5 +786,9 @@ impl HttpMetrics {
         let _ = self
             .backend_response_time
             .remove_label_values(&[service, backend]);
+        let _ = self.backend_streams.remove_label_values(&[service, backend]);
+        for c in GRPC_STATUS_NAMES {
+            let _ = self.backend_grpc.remove_label_values(&[service, backend, c]);
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! HTTP test parts: a real HTTP/1.1 backend ([`HttpBackend`], hyper on its own runtime) that
-//! says who answered and what it saw and can be told to fail, delay, close or stream; and a
-//! small blocking keep-alive client ([`HttpConn`]).
+//! HTTP test parts: a real HTTP backend ([`HttpBackend`], hyper on its own runtime; HTTP/1.1, or
+//! HTTP/2 with prior knowledge) that says who answered and what it saw and can be told to fail,
+//! delay, close or stream; and a small blocking keep-alive client ([`HttpConn`]).
 //!
 //! Backend behaviour, by request path (any method):
 //! - `/status/<code>`: answers `<code>`.
@@ -10,7 +10,7 @@
 //! - `/hop`: answers with hop-by-hop headers (`Connection: x-private`, `X-Private`,
 //!   `Keep-Alive`) next to `X-Public: yes`.
 //! - anything else: reads the whole body (counting it, not keeping it) and answers 200 with
-//!   JSON `{"backend", "method", "path", "headers": {name: [values]}, "body_len"}`.
+//!   JSON `{"backend", "method", "path", "headers": {name: [values]}, "body_len", "version"}`.
 //! - a request with `Connection: upgrade`: answers `101` with the same `Upgrade`, then echoes
 //!   every byte back, prefixed once with `<name>:`.
 //!
@@ -60,6 +60,8 @@ pub struct Seen {
     pub path: String,
     /// Headers, lowercase names.
     pub headers: BTreeMap<String, Vec<String>>,
+    /// The HTTP version it came in (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: String,
 }
 
 #[derive(Debug)]
@@ -71,7 +73,7 @@ struct Shared {
     mode: Mutex<Mode>,
 }
 
-/// A real HTTP/1.1 backend on 127.0.0.1 (see the module docs). Dropping it stops it.
+/// A real HTTP/1.1 and h2c backend on 127.0.0.1 (see the module docs). Dropping it stops it.
 #[derive(Debug)]
 pub struct HttpBackend {
     /// Its name, in `x-backend` and in JSON answers.
@@ -114,10 +116,11 @@ impl HttpBackend {
                         let s = s.clone();
                         async move { answer(&s, req).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await;
                 });
             }
         });
@@ -184,10 +187,12 @@ async fn answer(s: &Shared, mut req: Request<Incoming>) -> Result<Response<TestB
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    let version = format!("{:?}", req.version());
     s.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: path.clone(),
         headers: headers.clone(),
+        version: version.clone(),
     });
     let mode = s.mode.lock().unwrap().clone();
     let reply = |status: u16, body: TestBody| {
@@ -270,6 +275,7 @@ async fn answer(s: &Shared, mut req: Request<Incoming>) -> Result<Response<TestB
                 "path": path,
                 "headers": headers,
                 "body_len": body_len,
+                "version": version,
             });
             let mut r = reply(200, TestBody::text(&v.to_string()));
             r.headers_mut()

@@ -39,17 +39,6 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The trust anchors of `certs`, refused if one is not a usable CA certificate.
-pub fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore, String> {
-    let mut store = RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        store
-            .add(cert.clone())
-            .map_err(|e| format!("certificate #{} is not usable as a trust anchor: {e}", i + 1))?;
-    }
-    Ok(store)
-}
-
 impl Client {
     /// Builds the client of one check; `alpn` is [`HTTP1`] or [`HTTP2`].
     pub fn new(tls: &TlsConfig, alpn: &[&[u8]]) -> Result<Client, String> {
@@ -62,15 +51,15 @@ impl Client {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
                 .with_no_client_auth()
-        } else if tls.ca_certs.is_empty() {
+        } else if let Some(roots) = &tls.roots {
+            builder
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth()
+        } else {
             let roots = RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
             builder.with_root_certificates(roots).with_no_client_auth()
-        } else {
-            builder
-                .with_root_certificates(root_store(&tls.ca_certs)?)
-                .with_no_client_auth()
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let server_name = ServerName::try_from(tls.server_name.clone())

@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::{self as cc, Problems};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::RootCertStore;
 use serde::Deserialize;
 
 /// Default time allowed for one run of a check (1 s).
@@ -117,18 +119,30 @@ pub struct HttpCheck {
 }
 
 /// TLS client settings of an `https` or `grpc` (`tls: true`) check.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// Certificates trusted instead of the built-in Mozilla roots (`tls_ca_file`, read at
     /// load). Default: none (the built-in roots).
     pub ca_file: Option<PathBuf>,
     /// The certificates of `ca_file`, DER.
     pub ca_certs: Vec<CertificateDer<'static>>,
+    /// The trust anchors made of `ca_certs`, checked at load (`None`: the built-in roots).
+    pub roots: Option<Arc<RootCertStore>>,
     /// Accept any certificate (`tls_skip_verify`). Default false.
     pub skip_verify: bool,
     /// Name sent as SNI (unless an IP address) and verified in the certificate
     /// (`tls_server_name`). Default: the checked host.
     pub server_name: String,
+}
+
+// By what the file says: `roots` is made of `ca_certs`.
+impl PartialEq for TlsConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_file == other.ca_file
+            && self.ca_certs == other.ca_certs
+            && self.skip_verify == other.skip_verify
+            && self.server_name == other.server_name
+    }
 }
 
 /// An `exec` check.
@@ -575,9 +589,13 @@ fn tls_config(
             Err(e) => p.push(format!("{at}.tls_ca_file"), e),
         }
     }
+    let roots = (!ca_certs.is_empty())
+        .then(|| root_store(&ca_certs).ok().map(Arc::new))
+        .flatten();
     TlsConfig {
         ca_file: ca_file.as_ref().map(PathBuf::from),
         ca_certs,
+        roots,
         skip_verify: skip_verify.unwrap_or(false),
         server_name: name,
     }
@@ -592,8 +610,19 @@ fn read_ca_file(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     if certs.is_empty() {
         return Err(format!("{file:?} holds no PEM certificate"));
     }
-    crate::check::tls::root_store(&certs).map_err(|e| format!("{file:?}: {e}"))?;
+    root_store(&certs).map_err(|e| format!("{file:?}: {e}"))?;
     Ok(certs)
+}
+
+/// The trust anchors of `certs`, refused if one is not a usable CA certificate.
+fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("certificate #{} is not usable as a trust anchor: {e}", i + 1))?;
+    }
+    Ok(store)
 }
 
 #[allow(clippy::too_many_arguments)]

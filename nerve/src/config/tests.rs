@@ -675,6 +675,81 @@ fn hooks_defaults_and_problems() {
     }
 }
 
+/// CPU time of this thread (not wall time: other work on the machine does not count).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// `n` services, each with its own name and ZooKeeper path, one tcp check each.
+fn many_services(n: usize) -> serde_json::Value {
+    let services: Vec<_> = (0..n)
+        .map(|i| {
+            serde_json::json!({"name": format!("s{i}"), "host": "127.0.0.1", "port": 8080,
+                "zk_hosts": "127.0.0.1:2181", "zk_path": format!("/services/s{i}"),
+                "checks": [{"type": "tcp"}]})
+        })
+        .collect();
+    serde_json::json!({"instance_id": "host-1", "services": services})
+}
+
+/// Validation time grows linearly with the services (it was quadratic: every service was
+/// compared with every earlier one, its ZooKeeper locations recomputed each time). Counted
+/// in CPU time of this thread, as a ratio between 8n and n services: linear work gives about
+/// 8 whatever the build or the machine's speed, quadratic work about 64 once it dominates.
+/// The bound (20) sits between; a slow moment of a shared machine can only spoil one
+/// attempt, so the best of three counts.
+#[test]
+fn validation_is_linear_in_the_services() {
+    let n = 1_000;
+    let (small, large) = (many_services(n), many_services(8 * n));
+    let time = |doc: &serde_json::Value| {
+        let start = thread_cpu();
+        let mut p = Problems::default();
+        let c = Config::from_value(doc.clone(), &mut p).unwrap();
+        let spent = thread_cpu() - start;
+        assert_eq!(c.services.len() % n, 0);
+        if let Err(e) = p.finish(Path::new("generated"), ()) {
+            panic!("{e}");
+        }
+        spent
+    };
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = (time(&small), time(&large));
+        let ratio = b.as_secs_f64() / a.as_secs_f64().max(1e-6);
+        eprintln!(
+            "validating {n} services: {a:?} CPU; {}: {b:?} ({ratio:.1}×)",
+            8 * n
+        );
+        if ratio < 20.0 {
+            return;
+        }
+        ratios.push(ratio);
+    }
+    panic!("8× the services took {ratios:.1?}× the CPU time: validation is not linear");
+}
+
+#[test]
+fn same_instance_on_the_same_path_is_refused_with_the_first_holder() {
+    let err = load(concat!(
+        "instance_id: host-1\nservices:\n",
+        "  - {name: a, host: 127.0.0.1, port: 1, zk_hosts: \"127.0.0.1:2181\", zk_path: /s/x, checks: [{type: tcp}]}\n",
+        "  - {name: b, host: 127.0.0.1, port: 2, zk_hosts: \"127.0.0.1:2181\", zk_path: /s/y, checks: [{type: tcp}]}\n",
+        "  - {name: c, host: 127.0.0.1, port: 3, zk_hosts: \"127.0.0.1:2181\", zk_path: /s/x, checks: [{type: tcp}]}\n",
+        "  - {name: a, host: 127.0.0.1, port: 4, zk_hosts: \"127.0.0.1:2181\", zk_path: /s/y, checks: [{type: tcp}]}\n",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("services[2].instance_id"), "{err}");
+    assert!(err.contains("services[0] (a) already registers"), "{err}");
+    assert!(
+        err.contains("services[3].name: duplicate service name \"a\""),
+        "{err}"
+    );
+    assert!(err.contains("services[1] (b) already registers"), "{err}");
+}
+
 #[test]
 fn zookeeper_fleet_keys_read_only_is_refused_tls_is_read_at_load() {
     let service = "services:\n  - {name: web, host: 127.0.0.1, port: 80, zk_hosts: 'a:1', zk_path: /s/web, checks: [{type: tcp}]}\n";

@@ -694,6 +694,109 @@ fn worker_threads_default_to_one() {
     assert_eq!(paths, ["worker_threads"]);
 }
 
+/// The index answers what a scan of the earlier addresses with `listen_conflict` would:
+/// the first conflicting one, wildcards and IPv4-mapped addresses included.
+#[test]
+fn listen_index_finds_the_first_conflict_like_a_scan() {
+    let addrs: Vec<SocketAddr> = [
+        "127.0.0.1:80",
+        "127.0.0.2:80",
+        "[::1]:80",
+        "[::ffff:127.0.0.3]:80",
+        "0.0.0.0:80",
+        "[::]:80",
+        "127.0.0.1:81",
+        "[::]:82",
+        "0.0.0.0:83",
+        "[fe80::1]:83",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    // Every order of insertion of every pair, then every prefix of the list as "earlier".
+    for earlier_len in 0..=addrs.len() {
+        for rotate in 0..addrs.len() {
+            let mut list = addrs.clone();
+            list.rotate_left(rotate);
+            let (earlier, later) = list.split_at(earlier_len);
+            let mut index = ListenIndex::default();
+            for (n, a) in earlier.iter().enumerate() {
+                index.insert(*a, n);
+            }
+            for a in later {
+                let scan = earlier
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| cc::listen_conflict(**e, *a))
+                    .map(|(n, e)| (*e, n));
+                assert_eq!(index.conflict(*a), scan, "{a} after {earlier:?}");
+            }
+        }
+    }
+}
+
+/// CPU time of this thread (not wall time: other work on the machine does not count).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// `n` services: each with its own name and listen port, and as many `mode: http` services
+/// without a listen address, routed by host through one shared listener.
+fn many_services(n: usize) -> serde_json::Value {
+    let mut services = Vec::new();
+    let mut routes = Vec::new();
+    for i in 0..n {
+        services.push(
+            serde_json::json!({"name": format!("tcp{i}"), "zk_hosts": "127.0.0.1:2181",
+            "zk_path": format!("/services/tcp{i}"), "listen": format!("127.0.0.1:{}", 10_000 + i)}),
+        );
+        services.push(
+            serde_json::json!({"name": format!("http{i}"), "zk_hosts": "127.0.0.1:2181",
+            "zk_path": format!("/services/http{i}"), "mode": "http"}),
+        );
+        routes.push(serde_json::json!({"host": format!("h{i}.example"), "service": format!("http{i}")}));
+    }
+    serde_json::json!({"services": services,
+        "http_listeners": [{"listen": "127.0.0.1:9000", "routes": routes}]})
+}
+
+/// Validation time grows linearly with the services (it was quadratic: every service was
+/// compared with every earlier one; 20,000 took 9.9 s). Counted in CPU time of this thread,
+/// as a ratio between 8n and n services: linear work gives about 8 whatever the build or the
+/// machine's speed, quadratic work about 64 once it dominates. The bound (20) sits between;
+/// a slow moment of a shared machine can only spoil one attempt, so the best of three counts.
+#[test]
+fn validation_is_linear_in_the_services() {
+    let n = 1_000;
+    let (small, large) = (many_services(n), many_services(8 * n));
+    let time = |doc: &serde_json::Value| {
+        let start = thread_cpu();
+        let mut p = Problems::default();
+        let c = Config::from_value(doc.clone(), &mut p).unwrap();
+        let spent = thread_cpu() - start;
+        assert_eq!(c.services.len() % (2 * n), 0);
+        if let Err(e) = p.finish(Path::new("generated"), ()) {
+            panic!("{e}");
+        }
+        spent
+    };
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = (time(&small), time(&large));
+        let ratio = b.as_secs_f64() / a.as_secs_f64().max(1e-6);
+        eprintln!(
+            "validating {n} services: {a:?} CPU; {}: {b:?} ({ratio:.1}×)",
+            8 * n
+        );
+        if ratio < 20.0 {
+            return;
+        }
+        ratios.push(ratio);
+    }
+    panic!("8× the services took {ratios:.1?}× the CPU time: validation is not linear");
+}
+
 #[test]
 fn backend_protocol_per_service_and_per_route() {
     let c = load(&format!(

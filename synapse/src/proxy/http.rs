@@ -41,6 +41,7 @@ mod body;
 mod budget;
 mod forward;
 mod headers;
+mod multiplex;
 mod pool;
 mod server;
 mod upgrade;
@@ -61,6 +62,8 @@ pub(crate) use server::drain_backlog;
 pub use server::{serve, serve_stream, ListenerSettings, Routes, SharedRoutes};
 
 use self::budget::RetryBudget;
+use self::multiplex::Multiplex;
+use super::grpc;
 use crate::backend::BackendState;
 use crate::balance::{hash_bytes, hash_ip, HashOn};
 use crate::metrics::{HttpMetrics, HttpServiceMetrics, Metrics, ProxyError};
@@ -90,6 +93,8 @@ struct Replies {
     timeout: Bytes,
     bad_request: Bytes,
     client_timeout: Bytes,
+    /// The same as `grpc-message` values, by [`ProxyError`] (index = discriminant).
+    grpc: [HeaderValue; 6],
 }
 
 /// A `mode: http` service as the HTTP proxy sees it; shared by its own listener and the
@@ -117,18 +122,36 @@ impl HttpService {
             HashOn::ClientIp => HashKey::ClientIp,
         });
         let text = |s: String| Bytes::from(format!("synapse: {s}\n"));
+        let grpc_text = |s: &Bytes| grpc::encode_message(String::from_utf8_lossy(s).trim_end());
         HttpService {
             hash,
             budget: RetryBudget::new(service.config.http.retry_budget),
             metrics: metrics.http().service(&name),
             http_metrics: metrics.http().clone(),
-            replies: Replies {
-                no_backend: text(format!("no backend available for service {name}")),
-                not_synced: text(format!("no backend list yet for service {name}")),
-                failed: text(format!("backend failed for service {name}")),
-                timeout: text(format!("backend timed out for service {name}")),
-                bad_request: text("could not read the request body".into()),
-                client_timeout: text("the request body did not arrive in time".into()),
+            replies: {
+                let no_backend = text(format!("no backend available for service {name}"));
+                let not_synced = text(format!("no backend list yet for service {name}"));
+                let failed = text(format!("backend failed for service {name}"));
+                let timeout = text(format!("backend timed out for service {name}"));
+                let bad_request = text("could not read the request body".into());
+                let client_timeout = text("the request body did not arrive in time".into());
+                Replies {
+                    grpc: [
+                        &no_backend,
+                        &not_synced,
+                        &failed,
+                        &timeout,
+                        &bad_request,
+                        &client_timeout,
+                    ]
+                    .map(grpc_text),
+                    no_backend,
+                    not_synced,
+                    failed,
+                    timeout,
+                    bad_request,
+                    client_timeout,
+                }
             },
             service,
         }
@@ -146,17 +169,20 @@ impl HttpService {
     }
 
     /// Closes the idle pooled connections past `pool_idle_timeout`, of current and draining
-    /// backends.
+    /// backends, and lets go of their HTTP/2 connections without a stream for as long.
     pub fn sweep(&self) {
         let snapshot = self.service.snapshot.load_full();
-        for b in snapshot.table.backends() {
-            if let Some(http) = b.state.slot.get::<HttpBackend>() {
+        let idle = self.service.config.http.pool_idle_timeout;
+        let states = snapshot
+            .table
+            .backends()
+            .iter()
+            .map(|b| &b.state)
+            .chain(snapshot.draining.iter().map(|d| &d.state));
+        for state in states {
+            if let Some(http) = state.slot.get::<HttpBackend>() {
                 http.pool.sweep();
-            }
-        }
-        for d in snapshot.draining.iter() {
-            if let Some(http) = d.state.slot.get::<HttpBackend>() {
-                http.pool.sweep();
+                http.h2.sweep(idle);
             }
         }
     }
@@ -168,6 +194,7 @@ impl HttpService {
             let c = &self.service.config.http;
             HttpBackend {
                 pool: Pool::new(c.pool_max_idle, c.pool_idle_timeout),
+                h2: Multiplex::default(),
                 metrics: self.http_metrics.backend(&self.service.config.name, &state.key),
             }
         })
@@ -181,10 +208,20 @@ impl HttpService {
         }
     }
 
-    /// synapse's own answer.
-    fn reply(&self, why: ProxyError) -> Response<RespBody> {
+    /// synapse's own answer: plain text, or a gRPC status for a gRPC call (`grpc`).
+    fn reply(&self, why: ProxyError, grpc: bool) -> Response<RespBody> {
         self.metrics.errors[why as usize].inc();
         let r = &self.replies;
+        if grpc {
+            let code = match why {
+                ProxyError::NoBackend | ProxyError::NotSynced | ProxyError::BackendFailed => {
+                    grpc::Code::Unavailable
+                }
+                ProxyError::Timeout | ProxyError::ClientTimeout => grpc::Code::DeadlineExceeded,
+                ProxyError::BadRequest => grpc::Code::Internal,
+            };
+            return grpc::trailers_only(code, &r.grpc[why as usize], RespBody::empty());
+        }
         let (status, body) = match why {
             ProxyError::NoBackend => (StatusCode::SERVICE_UNAVAILABLE, &r.no_backend),
             ProxyError::NotSynced => (StatusCode::SERVICE_UNAVAILABLE, &r.not_synced),

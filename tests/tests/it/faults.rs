@@ -366,8 +366,8 @@ fn nerve_faults_under_load() {
 /// At most 2 resets per run are tolerated, and why: a client whose handshake is half done
 /// when the socket closes (its `connect` returned on the SYN-ACK, the server has not
 /// processed the final ACK yet) is reset by the kernel whatever the process does. Seen: 0
-/// or 1 per run of 10 restarts. Zero needs the listening socket to outlive the process
-/// (systemd socket activation or a socket handed to the next process), not built yet.
+/// or 1 per run of 10 restarts. Zero needs the listening socket to outlive the process:
+/// systemd socket activation or `--takeover`, both tested with zero in `upgrade.rs`.
 #[test]
 fn synapse_restart_under_load() {
     let _serial = serial();

@@ -308,9 +308,11 @@ fn nerve_config(zk: &str, b: &LineBackend, admin: u16, socket: &Path) -> String 
         "instance_id: a-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
          zookeeper: {{session_timeout: 2s}}\nupgrade_socket: {}\nservices:\n  \
          - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{zk}\", zk_path: {NERVE_PATH}, \
-         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
+         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}], \
+         reporters: [{{type: file, path: {}}}]}}\n",
         socket.display(),
-        b.port
+        b.port,
+        socket.with_file_name("web.json").display()
     )
 }
 
@@ -401,6 +403,24 @@ fn nerve_upgrades_keep_the_node() {
         _ => None,
     });
     let watcher = DeletionWatcher::start(&rig.cs, NERVE_PATH);
+    // What a reader of the file reporter's file sees, polled every millisecond.
+    let file = rig._dir.path().join("web.json");
+    let stop_polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (file, stop) = (file.clone(), stop_polling.clone());
+        std::thread::spawn(move || {
+            let mut not_available = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(text) = std::fs::read_to_string(&file) {
+                    if !text.contains("\"available\"") {
+                        not_available += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            not_available
+        })
+    };
     let rounds = nerve_upgrades();
     let started = Instant::now();
     let mut answered = 0;
@@ -438,6 +458,13 @@ fn nerve_upgrades_keep_the_node() {
             "upgrade {round}: a reader saw a deletion"
         );
     }
+    // The file reporter's file too: the old nerve leaves it to its successor, as it is.
+    stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        poller.join().unwrap(),
+        0,
+        "a reader of the file reporter's file saw another state"
+    );
     // The last nerve still maintains the node: it goes down the usual way on SIGTERM.
     nerve.signal("TERM");
     assert!(nerve.wait_exit(WAIT).success());

@@ -39,3 +39,32 @@ fn backoff_jitter_spreads() {
     let pauses: std::collections::HashSet<Duration> = (0..20).map(|_| b.pause()).collect();
     assert!(pauses.len() > 10, "pauses are spread, not fixed: {pauses:?}");
 }
+
+#[test]
+fn a_session_secret_shows_its_id_but_never_its_password() {
+    let secret = SessionSecret {
+        connect: "zk:2181".to_string(),
+        auth: Some("digest:nerve".to_string()),
+        id: 0x1234,
+        password: b"hunter2-secret".to_vec(),
+    };
+    let shown = format!("{secret:?}");
+    assert!(shown.contains("0x1234"), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("104, 117"),
+        "{shown}"
+    );
+    // It travels as JSON (over the owner-only upgrade socket) and comes back whole.
+    let back: SessionSecret = serde_json::from_value(serde_json::to_value(&secret).unwrap()).unwrap();
+    assert_eq!(back, secret);
+}
+
+#[test]
+fn auth_names_carry_no_credentials() {
+    let auth = ZkAuth {
+        scheme: "digest".to_string(),
+        credentials: "nerve:s3cret".to_string(),
+    };
+    assert_eq!(auth_name(Some(&auth)).as_deref(), Some("digest:nerve"));
+    assert_eq!(auth_name(None), None);
+}

@@ -10,8 +10,13 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 
+use prometheus::IntCounter;
+
+use super::multiplex::Stream;
 use crate::backend::BackendState;
 use crate::balance::InFlight;
+use crate::proxy::grpc;
+use crate::proxy::replay::Replay;
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
@@ -23,6 +28,9 @@ pub enum ReqBody {
     Full(Option<Bytes>),
     /// The client's body, streamed.
     Stream(Incoming),
+    /// The client's body, streamed while a copy of its first [`super::REPLAY_MAX`] bytes is
+    /// kept, so that a try the backend refused can be made again elsewhere (HTTP/2 backends).
+    Replay(Replay<Incoming>),
 }
 
 impl ReqBody {
@@ -32,6 +40,7 @@ impl ReqBody {
             ReqBody::Empty => Some(ReqBody::Empty),
             ReqBody::Full(b) => Some(ReqBody::Full(b.clone())),
             ReqBody::Stream(_) => None,
+            ReqBody::Replay(r) => r.again().map(ReqBody::Replay),
         }
     }
 }
@@ -48,6 +57,7 @@ impl Body for ReqBody {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ReqBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            ReqBody::Replay(r) => Pin::new(r).poll_frame(cx),
         }
     }
 
@@ -56,6 +66,7 @@ impl Body for ReqBody {
             ReqBody::Empty => true,
             ReqBody::Full(b) => b.is_none(),
             ReqBody::Stream(s) => s.is_end_stream(),
+            ReqBody::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -64,6 +75,7 @@ impl Body for ReqBody {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Stream(s) => s.size_hint(),
+            ReqBody::Replay(r) => r.size_hint(),
         }
     }
 }
@@ -104,6 +116,10 @@ enum Inner {
         release: Option<Release>,
         /// The request stays counted on its backend until its body is done.
         _in_flight: Option<InFlight>,
+        /// The HTTP/2 stream it comes on, counted open until the body is done.
+        stream: Option<Stream>,
+        /// A gRPC call's status counters: `grpc-status` of the trailers is counted.
+        grpc: Option<Arc<[IntCounter; 17]>>,
     },
 }
 
@@ -130,8 +146,26 @@ impl RespBody {
                 body,
                 release,
                 _in_flight: in_flight,
+                stream: None,
+                grpc: None,
             },
         }
+    }
+
+    /// The HTTP/2 stream of a backend's body, closed at its end.
+    pub fn on_stream(mut self, s: Stream) -> RespBody {
+        if let Inner::Backend { stream, .. } = &mut self.inner {
+            *stream = Some(s);
+        }
+        self
+    }
+
+    /// Counts the `grpc-status` of the trailers in `counters` (index = code).
+    pub fn count_grpc(mut self, counters: Arc<[IntCounter; 17]>) -> RespBody {
+        if let Inner::Backend { grpc, .. } = &mut self.inner {
+            *grpc = Some(counters);
+        }
+        self
     }
 }
 
@@ -149,11 +183,20 @@ impl Body for RespBody {
                 body,
                 release,
                 _in_flight,
+                stream,
+                grpc,
             } => {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 let done = match &frame {
                     None => true,
-                    Some(Ok(_)) => body.is_end_stream(),
+                    Some(Ok(f)) => {
+                        if let (Some(counters), Some(t)) = (grpc.as_ref(), f.trailers_ref()) {
+                            if let Some(code) = grpc::status(t) {
+                                counters[code as usize].inc();
+                            }
+                        }
+                        body.is_end_stream()
+                    }
                     Some(Err(_)) => {
                         // A connection that failed mid-body is not reused.
                         release.take();
@@ -165,6 +208,7 @@ impl Body for RespBody {
                         r.give_back();
                     }
                     _in_flight.take();
+                    stream.take();
                 }
                 Poll::Ready(frame)
             }

@@ -13,15 +13,19 @@
 //!   of synapse knows better).
 //! - `Expect` is dropped: hyper already answered `100 Continue` to the client when the body
 //!   was first read, and the backend gets the body at once.
-//! - The request goes to the backend as HTTP/1.1 in origin form (`/path?query`); an HTTP/2
-//!   request's `:authority` becomes its `Host` when it has none.
+//! - The request goes to an HTTP/1.1 backend in origin form (`/path?query`); an HTTP/2
+//!   request's `:authority` becomes its `Host` when it has none. To an HTTP/2 backend
+//!   ([`to_h2`]) it goes in absolute form, `Host` becoming `:authority`.
+//! - `TE: trailers` is kept for HTTP/2 backends ([`accepts_trailers`]): trailers are passed
+//!   through, and gRPC servers require it.
 
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, EXPECT, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::request::Parts;
-use hyper::{Method, Uri, Version};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Method, Request, Uri, Version};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -155,6 +159,40 @@ pub fn prepare_request(parts: &mut Parts, xff: &HeaderValue, upgrade: Option<&He
         }
     }
     parts.version = Version::HTTP_11;
+}
+
+/// True when the request's `TE` says the client accepts trailers.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|v| {
+        tokens(v).any(|t| {
+            t.split(|&b| b == b';')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        })
+    })
+}
+
+/// Rewrites a request prepared for HTTP/1.1 ([`prepare_request`]) for an HTTP/2 backend:
+/// `http://<Host><path>`, the `Host` header moved into `:authority` (RFC 9113 §8.3.1).
+/// Without a usable `Host` it stays in origin form (`:scheme` http, no `:authority`).
+pub fn to_h2<B>(req: &mut Request<B>) {
+    *req.version_mut() = Version::HTTP_2;
+    let Some(host) = req.headers().get(HOST) else {
+        return;
+    };
+    let Ok(authority) = Authority::try_from(host.as_bytes()) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        req.headers_mut().remove(HOST);
+    }
 }
 
 /// Appends `xff` to `X-Forwarded-For`, joining earlier lines into one.

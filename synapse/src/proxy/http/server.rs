@@ -27,10 +27,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
 use super::{text_response, HttpService, RespBody};
-use crate::config::HttpListenerConfig;
+use crate::config::{BackendProtocol, HttpListenerConfig};
 use crate::metrics::{code_class, Metrics};
 use crate::proxy::accept;
-use crate::proxy::connect::keepalive;
+use crate::proxy::connect::{prepare_client, prepare_listener};
+use crate::proxy::grpc;
 use crate::router::Router;
 
 /// Where a listener sends requests.
@@ -40,8 +41,8 @@ pub enum Routes {
     Service(Arc<HttpService>),
     /// A shared listener.
     Shared {
-        /// Host / path → service.
-        router: Router<Arc<HttpService>>,
+        /// Host / path → service, and the route's `backend_protocol` if it sets one.
+        router: Router<(Arc<HttpService>, Option<BackendProtocol>)>,
         /// 404s.
         unrouted: IntCounter,
     },
@@ -54,7 +55,7 @@ impl Routes {
         let mut router = Router::new();
         for r in &config.routes {
             if let Some(s) = services.iter().find(|s| s.service.config.name == r.service) {
-                router.add(r.host.as_ref(), &r.path_prefix, s.clone());
+                router.add(r.host.as_ref(), &r.path_prefix, (s.clone(), r.backend_protocol));
             }
         }
         Routes::Shared {
@@ -106,6 +107,13 @@ pub(super) struct Client {
 /// unanswered). A client silent for longer is closed idle.
 const NEXT_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
+/// Streams an HTTP/2 client may have open at once on one connection: more are refused
+/// (`REFUSED_STREAM`, which clients retry).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Largest request header list accepted from an HTTP/2 client: 64 KiB (more is answered
+/// 431).
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
 type ServerBuilder = Arc<auto::Builder<TokioExecutor>>;
 
 /// The hyper server settings of a listener.
@@ -123,7 +131,11 @@ fn builder(settings: ListenerSettings) -> ServerBuilder {
         // hyper applies this to idle keep-alive connections too; zero disables it (hyper
         // would otherwise use its own 30 s default).
         .header_read_timeout(Some(settings.keepalive_timeout).filter(|t| !t.is_zero()));
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
     Arc::new(builder)
 }
 
@@ -195,6 +207,7 @@ pub async fn serve(
     cancel: CancellationToken,
     stop: CancellationToken,
 ) {
+    prepare_listener(&listener, settings.tcp_keepalive);
     let l = Listening {
         routes,
         settings,
@@ -214,8 +227,7 @@ async fn connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     settings: ListenerSettings,
 ) {
-    keepalive(&stream, settings.tcp_keepalive);
-    let _ = stream.set_nodelay(true);
+    prepare_client(&stream, settings.tcp_keepalive);
     serve_connection(stream, client, builder, settings).await;
 }
 
@@ -318,8 +330,8 @@ async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
     client.in_flight.fetch_add(1, Ordering::AcqRel);
     client.request.notify_waiters();
     let _handling = Handling(&client.in_flight);
-    let service = match &**client.routes.load() {
-        Routes::Service(s) => s.clone(),
+    let (service, protocol) = match &**client.routes.load() {
+        Routes::Service(s) => (s.clone(), None),
         Routes::Shared { router, unrouted } => {
             let host = req
                 .headers()
@@ -327,9 +339,13 @@ async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
                 .map(HeaderValue::as_bytes)
                 .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
             match router.route(host, req.uri().path()) {
-                Some(s) => s.clone(),
+                Some((s, protocol)) => (s.clone(), *protocol),
                 None => {
                     unrouted.inc();
+                    if grpc::is_grpc(req.headers()) {
+                        let message = grpc::encode_message("synapse: no route for this method");
+                        return grpc::trailers_only(grpc::Code::Unimplemented, &message, RespBody::empty());
+                    }
                     let host = host.map(String::from_utf8_lossy).unwrap_or_default();
                     let body = format!(
                         "synapse: no route for host {host:?} and path {:?}\n",
@@ -340,7 +356,7 @@ async fn handle(client: &Client, req: Request<Incoming>) -> Response<RespBody> {
             }
         }
     };
-    let resp = service.forward(client, req, start).await;
+    let resp = service.forward(client, req, start, protocol).await;
     let m = &service.metrics;
     m.requests[code_class(resp.status().as_u16())].inc();
     m.response_time.observe(start.elapsed().as_secs_f64());
