@@ -161,6 +161,17 @@ fn main() -> Result<()> {
             bail!("{} missing: cargo build --release --bins", b.display());
         }
     }
+    // The driver runs the rate phase's load generator and starts ZooKeeper: both belong on the
+    // client CPUs (bench/run.sh starts it there; this holds when it is run by hand too).
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", &args.client_cpus])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    if !pinned.success() {
+        bail!("taskset could not pin the driver to CPUs {}", args.client_cpus);
+    }
     let machine = machine(&args);
     println!("{}", machine["summary"].as_str().unwrap_or_default());
 
@@ -778,10 +789,14 @@ impl Bench {
                 section,
                 "(how)",
                 format!(
-                    "wrk -t1 -c{} -d{}s, {} round(s), targets interleaved; median (min–max) over rounds; \
-                     ratios per round; CPU per request: the proxy process's utime + stime (/proc/<pid>/stat, \
-                     all threads) over the run / requests completed",
-                    self.args.connections, self.args.duration, self.args.rounds
+                    "wrk -t1 -c{} -d{}s on CPU {}, nginx and the proxies on CPU {}; {} round(s), targets \
+                     interleaved; median (min–max) over rounds; ratios per round; CPU per request: the proxy \
+                     process's utime + stime (/proc/<pid>/stat, all threads) over the run / requests completed",
+                    self.args.connections,
+                    self.args.duration,
+                    self.args.client_cpus,
+                    self.args.server_cpus,
+                    self.args.rounds
                 ),
             );
             if !close_mode {

@@ -355,13 +355,13 @@ impl Bench {
             section_json.insert("synapse_minus_haproxy_p99_ms".into(), Spread::of(&v).json(&v));
             out.insert(proto.to_lowercase(), Value::Object(section_json));
         }
-        self.row(
-            "fixed rate, HTTP keep-alive (open loop)",
-            "(how)",
-            "open loop (bench/src/rate.rs): requests sent on a fixed schedule over a pool of keep-alive \
-             connections, latency from the INTENDED send time (no coordinated omission); median (min–max) \
-             over rounds; added = proxy − direct of the same round",
+        let how = format!(
+            "open loop (bench/src/rate.rs) on CPU {}, nginx and the proxies on CPU {}: requests sent on a \
+             fixed schedule over a pool of keep-alive connections, latency from the INTENDED send time (no \
+             coordinated omission); median (min–max) over rounds; added = proxy − direct of the same round",
+            self.args.client_cpus, self.args.server_cpus
         );
+        self.row("fixed rate, HTTP keep-alive (open loop)", "(how)", how);
         self.json.insert("rate".into(), Value::Object(out));
         Ok(())
     }
