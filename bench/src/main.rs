@@ -70,7 +70,7 @@ struct Args {
     /// Rounds of each throughput measurement (targets interleaved within a round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Seconds of each wrk run.
+    /// Seconds of each load run (wrk, the rate phase's generator, h2load).
     #[arg(long, default_value_t = 5)]
     duration: u64,
     /// wrk connections.
