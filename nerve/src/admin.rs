@@ -2,7 +2,8 @@
 //! `GET /metrics`, and the maintenance API (`PUT`/`POST` only):
 //! `/services/<name>/disable[?wait=<duration>]`, `/services/<name>/enable[?force=true]`,
 //! `/services/<name>/weight/<0..=255>`, `/services/<name>/weight/reset`, and the global
-//! `/disable[?wait=]`, `/enable`.
+//! `/disable[?wait=]`, `/enable`; `POST /park` (exit without deregistering, the sessions
+//! left for a nerve started with `--takeover`: see [`crate::upgrade`]).
 
 use std::sync::Arc;
 
@@ -12,17 +13,26 @@ use serde_json::json;
 
 use crate::maintenance::{parse_wait, query_param, Maintenance, MaintenanceError};
 use crate::service::{CheckState, ServiceHandle};
+use crate::upgrade::ParkRequest;
 
 /// Builds the admin handler.
 pub fn handler(
     instance_id: String,
     maintenance: Arc<Maintenance>,
     registry: prometheus::Registry,
+    park: tokio::sync::mpsc::Sender<ParkRequest>,
 ) -> Handler {
     Arc::new(move |req: AdminRequest| {
-        let (instance_id, maintenance, registry) =
-            (instance_id.clone(), maintenance.clone(), registry.clone());
+        let (instance_id, maintenance, registry, park) = (
+            instance_id.clone(),
+            maintenance.clone(),
+            registry.clone(),
+            park.clone(),
+        );
         Box::pin(async move {
+            if req.path == "/park" {
+                return park_reply(&req.method, &park).await;
+            }
             route(
                 &instance_id,
                 &maintenance,
@@ -69,6 +79,22 @@ async fn route(
             body: common::metrics::render(registry),
         },
         _ => Reply::not_found(),
+    }
+}
+
+/// `POST /park`: answered once the state is written (the process then exits).
+async fn park_reply(method: &Method, park: &tokio::sync::mpsc::Sender<ParkRequest>) -> Reply {
+    if method != Method::PUT && method != Method::POST {
+        return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "use PUT or POST\n");
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if park.try_send(tx).is_err() {
+        return Reply::text(StatusCode::CONFLICT, "already parking or handing over\n");
+    }
+    match rx.await {
+        Ok(Ok(text)) => Reply::text(StatusCode::OK, text),
+        Ok(Err(why)) => Reply::text(StatusCode::CONFLICT, why),
+        Err(_) => Reply::text(StatusCode::CONFLICT, "handing over to a successor already\n"),
     }
 }
 

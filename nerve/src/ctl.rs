@@ -47,6 +47,9 @@ pub enum Action {
     },
     /// Print the status.
     Status,
+    /// Exit without deregistering: the ZooKeeper sessions (and so the nodes) are left for
+    /// a nerve started with `--takeover` within the session timeout (needs `upgrade_socket`).
+    Park,
 }
 
 /// Runs the action; prints the answer.
@@ -69,6 +72,7 @@ pub fn run(ctl: &Ctl) -> ExitCode {
         }
         Action::Weight { service, weight } => ("POST", format!("/services/{service}/weight/{weight}")),
         Action::Status => ("GET", "/status".to_string()),
+        Action::Park => ("POST", "/park".to_string()),
     };
     match request(&ctl.admin, method, &path) {
         Ok((code, body)) => {

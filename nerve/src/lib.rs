@@ -110,9 +110,11 @@ async fn run_with_reload(
             .await
             .map_err(|e| RunError::Takeover(e.to_string()))?
         {
-            predecessor = Some(t);
+            predecessor = t;
             inheritance = i;
         }
+    } else if let Some(path) = &config.upgrade_socket {
+        upgrade::discard_parked(path);
     }
     let admin_listener = match inheritance.admin.take() {
         Some(l) => l
@@ -210,7 +212,13 @@ async fn run_with_reload(
     tokio::spawn(common::notify::ready_after("first reconcile", first_reconciles));
 
     let admin_cancel = CancellationToken::new();
-    let handler = admin::handler(config.instance_id.clone(), maintenance.clone(), prometheus);
+    let (park_tx, park_rx) = tokio::sync::mpsc::channel(1);
+    let handler = admin::handler(
+        config.instance_id.clone(),
+        maintenance.clone(),
+        prometheus,
+        park_tx,
+    );
     let admin_task = tokio::spawn(common::admin::serve(
         admin_listener,
         handler,
@@ -233,7 +241,14 @@ async fn run_with_reload(
     let upgrade_socket = config.upgrade_socket.clone();
     let handed = tokio::select! {
         _ = shutdown.cancelled() => None,
-        s = upgrade::serve(upgrade_socket.as_deref(), services.clone(), registry.clone(), admin_fd) => Some(s),
+        s = upgrade::serve(
+            upgrade_socket.as_deref(),
+            services.clone(),
+            registry.clone(),
+            admin_fd,
+            park_rx,
+            config.zk_session_timeout,
+        ) => Some(s),
     };
     if handed.is_some() {
         // The nodes are the successor's now: nothing goes down.

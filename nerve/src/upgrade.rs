@@ -14,10 +14,21 @@
 //! of the new config claims is deleted. If no successor resumes a session within its timeout,
 //! ZooKeeper expires it and its nodes go.
 //!
+//! A nerve can also hand over to a successor that starts after it has exited: `nerve ctl
+//! park` (`POST /park`) stops it the same way, but the state goes to a file beside the
+//! upgrade socket (`<upgrade_socket>.parked`, mode 0600, never logged) instead of a socket;
+//! a nerve started with `--takeover` that finds no running nerve resumes from that file
+//! (and removes it at once), so the nodes survive a restart that does not overlap, as long
+//! as it takes less than the session timeout. A nerve started without `--takeover` removes
+//! a parked file it finds (the nodes then expire with their sessions, as after a crash).
+//!
 //! A plain SIGTERM is not a handoff: nerve deregisters, drains and exits as always.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +36,8 @@ use std::time::Duration;
 use common::handoff::{Successor, Takeover};
 use common::registry::{Registry, SessionSecret};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
 
 use crate::config::{Reporter, ServiceConfig};
 use crate::maintenance::Services;
@@ -171,19 +183,43 @@ impl Inheritance {
 pub struct TakeoverError(String);
 
 /// Connects to the nerve serving `path`, receives its sessions (handed to `registry` to
-/// resume), its services' state and its admin listener. `Ok(None)` when no nerve serves it.
+/// resume), its services' state and its admin listener; with no nerve there, resumes from
+/// what a parked nerve left beside `path` (no predecessor to confirm to, then). `Ok(None)`
+/// when there is neither.
 pub async fn take_over(
     path: &std::path::Path,
     registry: &Registry,
-) -> Result<Option<(Takeover, Inheritance)>, TakeoverError> {
+) -> Result<Option<(Option<Takeover>, Inheritance)>, TakeoverError> {
     let p = path.to_path_buf();
     let joined = tokio::task::spawn_blocking(move || Takeover::connect(&p, "nerve")).await;
     let result = joined.map_err(|e| TakeoverError(format!("handoff task failed: {e}")))?;
     let (takeover, offer) = match result {
         Ok(r) => r,
         Err(common::handoff::HandoffError::NoPeer { path, source }) => {
-            warn!(upgrade_socket = %path.display(), error = %source, "takeover: no running nerve to take over; starting fresh");
-            return Ok(None);
+            let parked = parked_path(&path);
+            return match take_parked(&parked)? {
+                Some(state) => {
+                    info!(
+                        parked = %parked.display(),
+                        sessions = state.sessions.len(),
+                        services = state.services.len(),
+                        "takeover: no running nerve; resuming the sessions a parked nerve left"
+                    );
+                    registry.resume(state.sessions);
+                    Ok(Some((
+                        None,
+                        Inheritance {
+                            services: state.services,
+                            admin: None,
+                            unclaimed: Vec::new(),
+                        },
+                    )))
+                }
+                None => {
+                    warn!(upgrade_socket = %path.display(), error = %source, "takeover: no running nerve to take over and none parked; starting fresh");
+                    Ok(None)
+                }
+            };
         }
         Err(e) => return Err(TakeoverError(e.to_string())),
     };
@@ -205,7 +241,7 @@ pub async fn take_over(
     );
     registry.resume(state.sessions);
     Ok(Some((
-        takeover,
+        Some(takeover),
         Inheritance {
             services: state.services,
             admin,
@@ -214,25 +250,77 @@ pub async fn take_over(
     )))
 }
 
-/// The running nerve's side: serves successors on `path` one at a time; returns once one
-/// has taken over (the caller then exits without deregistering). Pends forever without a
-/// socket.
+/// A request to park (`POST /park`): answered with what was done, or why not.
+pub type ParkRequest = oneshot::Sender<Result<String, String>>;
+
+/// How the running nerve handed its registrations over (the caller then exits without
+/// deregistering).
+#[derive(Debug)]
+pub enum Handoff {
+    /// To a successor that connected to the upgrade socket (kept until exit).
+    Successor(Successor),
+    /// To whoever starts with `--takeover` before the sessions expire (parked in a file).
+    Parked,
+}
+
+/// The running nerve's side: serves successors on `path` one at a time, and park requests;
+/// returns once the registrations are handed over. Pends forever without a socket (park
+/// requests are then refused).
 pub async fn serve(
     path: Option<&std::path::Path>,
     services: Services,
     registry: Arc<Registry>,
     admin: OwnedFd,
-) -> Successor {
+    mut parks: mpsc::Receiver<ParkRequest>,
+    session_timeout: Duration,
+) -> Handoff {
     let socket = match path.map(common::handoff::UpgradeSocket::bind) {
-        None => return std::future::pending().await,
+        None => return refuse_parks(parks, "parking needs `upgrade_socket` in the config").await,
         Some(Err(e)) => {
             warn!(error = %e, "upgrades by --takeover are disabled");
-            return std::future::pending().await;
+            let why = format!("the upgrade socket is unusable: {e}");
+            return refuse_parks(parks, &why).await;
         }
         Some(Ok(s)) => Arc::new(s),
     };
     info!(upgrade_socket = %socket.path().display(), "listening for a successor (--takeover)");
-    let mut successor = socket.accept().await;
+    let parked = parked_path(socket.path());
+    let mut successor = loop {
+        let reply = tokio::select! {
+            s = socket.accept() => break s,
+            Some(reply) = parks.recv() => reply,
+        };
+        // The file is made before anything stops: a nerve that cannot park goes on serving.
+        let file = match ParkedFile::create(&parked) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(parked = %parked.display(), error = %e, "cannot park: going on");
+                let _ = reply.send(Err(format!("cannot write {}: {e}", parked.display())));
+                continue;
+            }
+        };
+        info!(parked = %parked.display(), "parking: handing the ZooKeeper sessions to the next nerve started with --takeover");
+        let state = stop_for_handoff(&services, &registry).await;
+        let answer = match file.finish(&state) {
+            Ok(()) => {
+                info!(parked = %parked.display(), "parked: exiting without deregistering (the nodes stay until the sessions expire unless a nerve started with --takeover resumes them)");
+                Ok(format!(
+                    "parked in {}: start nerve with --takeover within the session timeout ({session_timeout:?}) to keep the registrations\n",
+                    parked.display()
+                ))
+            }
+            Err(e) => {
+                error!(parked = %parked.display(), error = %e, "parking failed after the reporters stopped: exiting; the nodes go when the sessions expire");
+                Err(format!(
+                    "parking failed: {e}; nerve exits, the nodes go with their sessions"
+                ))
+            }
+        };
+        let _ = reply.send(answer);
+        // The successor finds no socket, then the file.
+        socket.unlink();
+        return Handoff::Parked;
+    };
     info!(
         successor_pid = successor.pid,
         "takeover requested: handing the ZooKeeper sessions over"
@@ -274,13 +362,13 @@ pub async fn serve(
                 "the successor resumed the sessions: exiting without deregistering"
             );
             common::notify::main_pid(successor.pid);
-            successor
+            Handoff::Successor(successor)
         }
         Ok((successor, Err(e))) => {
             // The sessions are let go: they expire (their nodes with them) unless the
             // successor resumed them before it failed.
             warn!(successor_pid = successor.pid, error = %e, "the successor did not confirm the takeover; exiting (the sessions expire unless it resumed them)");
-            successor
+            Handoff::Successor(successor)
         }
         Err(e) => {
             warn!(error = %e, "takeover task failed; exiting (the sessions expire unless resumed)");
@@ -334,4 +422,108 @@ async fn stop_for_handoff(services: &Services, registry: &Registry) -> State {
     state.sessions = registry.export();
     registry.detach(STOP_TIMEOUT).await;
     state
+}
+
+/// Answers every park request with `why`; never returns.
+async fn refuse_parks(mut parks: mpsc::Receiver<ParkRequest>, why: &str) -> Handoff {
+    while let Some(reply) = parks.recv().await {
+        let _ = reply.send(Err(format!("{why}\n")));
+    }
+    std::future::pending().await
+}
+
+/// Where a parked nerve leaves its state: `<upgrade_socket>.parked`.
+pub fn parked_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".parked");
+    PathBuf::from(name)
+}
+
+/// A parked state being written: a new file of mode 0600 (never one already there, never
+/// through a symlink), renamed into place once complete.
+struct ParkedFile {
+    file: std::fs::File,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl ParkedFile {
+    fn create(path: &Path) -> std::io::Result<ParkedFile> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        // A leftover of an interrupted park (ours: the directory is the operator's).
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        Ok(ParkedFile {
+            file,
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn finish(mut self, state: &State) -> std::io::Result<()> {
+        let written = serde_json::to_vec(state)
+            .map_err(std::io::Error::other)
+            .and_then(|json| self.file.write_all(&json))
+            .and_then(|()| self.file.sync_all())
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        written
+    }
+}
+
+/// Reads and removes what a parked nerve left at `path` (used once). `Ok(None)` when there
+/// is nothing. A file another user could have written or read is refused (and left there).
+fn take_parked(path: &Path) -> Result<Option<State>, TakeoverError> {
+    let refuse = |why: String| TakeoverError(format!("{}: {why}", path.display()));
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refuse(e.to_string())),
+    };
+    if !meta.file_type().is_file() {
+        return Err(refuse("not a regular file".to_string()));
+    }
+    let uid = rustix::process::geteuid();
+    if meta.uid() != uid.as_raw() && !uid.is_root() {
+        return Err(refuse(format!(
+            "owned by uid {}, not by this user: refused",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse(format!(
+            "mode {:o} lets other users read it: refused",
+            meta.mode() & 0o777
+        )));
+    }
+    let text = std::fs::read(path).map_err(|e| refuse(e.to_string()))?;
+    // Used once, whatever it holds: the secret does not outlive its reading.
+    if let Err(e) = std::fs::remove_file(path) {
+        warn!(parked = %path.display(), error = %e, "cannot remove the parked state");
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| refuse(format!("unusable parked state: {e}")))
+}
+
+/// At a start without `--takeover`: a parked state nobody will resume is removed (its
+/// sessions expire and their nodes go, as after a crash).
+pub fn discard_parked(socket: &Path) {
+    let parked = parked_path(socket);
+    if std::fs::symlink_metadata(&parked).is_ok() {
+        match std::fs::remove_file(&parked) {
+            Ok(()) => {
+                warn!(parked = %parked.display(), "a parked nerve's state was left; started without --takeover, so it is discarded (its nodes go when their sessions expire)")
+            }
+            Err(e) => warn!(parked = %parked.display(), error = %e, "cannot remove a parked nerve's state"),
+        }
+    }
 }

@@ -327,6 +327,7 @@ fn nodes(zkc: &Zk) -> Vec<(String, i64)> {
 
 struct NerveRig {
     load: Load,
+    admin: u16,
     _backend: LineBackend,
     _synapse: Agent,
     zkc: Zk,
@@ -343,7 +344,8 @@ impl NerveRig {
         let zkc = Zk::connect(&cs);
         let backend = LineBackend::start("a");
         let dir = tempfile::tempdir().unwrap();
-        let config = nerve_config(&cs, &backend, free_port(), &dir.path().join("nerve.sock"));
+        let nerve_admin = free_port();
+        let config = nerve_config(&cs, &backend, nerve_admin, &dir.path().join("nerve.sock"));
         let nerve = Agent::start("nerve", &config);
         let (admin, listen) = (free_port(), free_port());
         // No previous backends: a moment without the node is a moment without a route.
@@ -360,6 +362,7 @@ impl NerveRig {
         });
         let rig = NerveRig {
             load: Load::start(listen, 2, 2, PAUSE),
+            admin: nerve_admin,
             _backend: backend,
             _synapse: synapse,
             zkc,
@@ -477,6 +480,73 @@ fn nerve_upgrades_keep_the_node() {
         started.elapsed(),
         before.0,
         before.1
+    );
+}
+
+/// `nerve ctl park`, then a nerve started with `--takeover` after the old one has exited (a
+/// restart that does not overlap, e.g. a container's): it resumes the parked session, so a
+/// reader sees no deletion and the node keeps its owner. A nerve started without
+/// `--takeover` discards a parked state (the old node then expires with its session).
+#[test]
+fn a_parked_nerve_is_resumed_by_a_later_takeover() {
+    let _serial = serial();
+    let (rig, mut nerve) = NerveRig::start();
+    let before = eventually("one node", WAIT, || match nodes(&rig.zkc).as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    });
+    let socket = rig._dir.path().join("nerve.sock");
+    let parked = rig._dir.path().join("nerve.sock.parked");
+    eventually("the upgrade socket", WAIT, || socket.exists().then_some(()));
+    let watcher = DeletionWatcher::start(&rig.cs, NERVE_PATH);
+    let park = || {
+        let out = std::process::Command::new(integration_tests::agents::binary("nerve"))
+            .args(["ctl", "--admin", &format!("127.0.0.1:{}", rig.admin), "park"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "nerve ctl park: {text}");
+        text
+    };
+    let answer = park();
+    assert!(answer.contains("parked in"), "{answer}");
+    let status = nerve.wait_exit(WAIT);
+    assert!(status.success(), "a parked nerve exits cleanly: {status}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&parked).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the parked state is readable by its owner only"
+    );
+    let log = nerve.log();
+    assert!(!log.contains("password"), "no secret in the log:\n{log}");
+    let new = Agent::start_with_args("nerve", &rig.config, &["--takeover"]);
+    eventually("the new nerve resumed the parked session", WAIT, || {
+        let log = new.log();
+        (log.contains("resuming the sessions a parked nerve left")
+            && log.contains("resumed the ZooKeeper session"))
+        .then_some(())
+    });
+    assert!(!parked.exists(), "the parked state is used once");
+    let t = rig.settle();
+    assert_eq!(t.failed, 0, "requests failed: {:#?}", t.failures);
+    assert_eq!(nodes(&rig.zkc), vec![before.clone()], "the same node, same owner");
+    assert_eq!(watcher.deleted(), Vec::<String>::new(), "a reader saw a deletion");
+    // Parked again, but the next nerve starts plain: the state is discarded.
+    nerve = new;
+    park();
+    assert!(nerve.wait_exit(WAIT).success());
+    let plain = Agent::start("nerve", &rig.config);
+    eventually("the plain start discards the parked state", WAIT, || {
+        (plain.log().contains("is discarded") && !parked.exists()).then_some(())
+    });
+    eventually(
+        "a node of a new session replaces the expired one",
+        WAIT,
+        || match nodes(&rig.zkc).as_slice() {
+            [one] if one.1 != before.1 => Some(()),
+            _ => None,
+        },
     );
 }
 
