@@ -32,6 +32,7 @@ mod fleet;
 mod harness;
 mod http_props;
 mod log_level;
+mod memory;
 mod nerve_checks;
 mod nerve_exec;
 mod nerve_hooks;
