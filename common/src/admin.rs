@@ -13,12 +13,18 @@
 //! otherwise).
 //!
 //! A local admin port is also a way to exhaust the process's file descriptors, so slow and
-//! idle clients are bounded ([`AdminLimits`]): header read timeout, idle timeout and a cap
-//! on open connections. Accept errors back off through [`crate::net::AcceptBackoff`].
+//! idle clients are bounded ([`AdminLimits`]): a short timeout for a connection's first byte,
+//! header read timeout, idle timeout and a cap on open connections. The admin port also
+//! answers readiness probes, so a full house never makes a new client wait: at the cap, the
+//! oldest connection that is not inside a request (idle keep-alive, or headers unfinished)
+//! is closed to make room. Only when every connection is inside a request do new clients
+//! wait in the listen backlog. Accept errors back off through [`crate::net::AcceptBackoff`].
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +34,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
@@ -120,6 +126,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminBindError> {
 /// the process's file descriptors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminLimits {
+    /// Time a new connection has to send its first byte. Default 2 s. A probe or a `curl`
+    /// sends its request at once; a connection that sends nothing only holds a slot. Zero
+    /// disables it.
+    pub first_byte_timeout: Duration,
     /// Time a client has to send a request's complete headers, counted from the moment the
     /// server is ready to read them: from the accept for the first request, and from the
     /// end of the previous response on a keep-alive connection, so this is also how long an
@@ -129,14 +139,16 @@ pub struct AdminLimits {
     /// is doing (e.g. a client that stalls sending a body or stops reading the response).
     /// Default 30 s. Zero disables it.
     pub idle_timeout: Duration,
-    /// Connections served at once; further clients wait in the listen backlog until one
-    /// closes. Default 32.
+    /// Connections open at once. At the cap, a new client takes the place of the oldest
+    /// connection that is not inside a request (that one is closed); when every one is
+    /// inside a request, new clients wait in the listen backlog. Default 32.
     pub max_connections: usize,
 }
 
 impl Default for AdminLimits {
     fn default() -> Self {
         AdminLimits {
+            first_byte_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_connections: 32,
@@ -160,18 +172,21 @@ pub async fn serve_with(
         info!(%addr, max_connections = limits.max_connections, "admin server listening");
     }
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let conns = Arc::new(Connections::default());
+    let max = limits.max_connections.max(1);
     let mut backoff = AcceptBackoff::new("admin");
     loop {
-        // A slot is taken before accepting, so clients past the cap wait in the backlog
-        // instead of holding a descriptor each.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+        // At the cap with every connection inside a request, nothing can be closed to make
+        // room: clients wait in the backlog (without a descriptor each) until one is done.
+        while conns.is_full(max) && !conns.any_idle() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = conns.changed.notified() => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
@@ -190,15 +205,131 @@ pub async fn serve_with(
                 }
             },
         };
+        // Room for it: below the cap, or in place of the oldest connection outside a
+        // request, or (every one inside a request since the check above) once one is done.
+        while conns.is_full(max) {
+            if let Some(evicted) = conns.close_oldest_idle() {
+                debug!(%peer, %evicted, "admin connections at the cap: closing the oldest idle one");
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = conns.changed.notified() => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        let slot = conns.open(peer);
         let handler = handler.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, handler, limits, cancel).await;
+            serve_connection(stream, peer, handler, limits, slot, cancel).await;
         });
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+}
+
+/// The open admin connections, oldest first, and whether each is inside a request.
+#[derive(Debug, Default)]
+struct Connections {
+    open: Mutex<BTreeMap<u64, OpenConn>>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Signalled when a connection closes or leaves a request.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct OpenConn {
+    peer: SocketAddr,
+    busy: Arc<AtomicBool>,
+    close: CancellationToken,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, OpenConn>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_full(&self, max: usize) -> bool {
+        self.lock().len() >= max
+    }
+
+    fn any_idle(&self) -> bool {
+        self.lock().values().any(|c| !c.busy.load(Ordering::Relaxed))
+    }
+
+    /// Closes the oldest connection not inside a request; returns its peer.
+    fn close_oldest_idle(&self) -> Option<SocketAddr> {
+        let mut open = self.lock();
+        let id = *open.iter().find(|(_, c)| !c.busy.load(Ordering::Relaxed))?.0;
+        let conn = open.remove(&id)?;
+        conn.close.cancel();
+        Some(conn.peer)
+    }
+
+    fn open(self: &Arc<Self>, peer: SocketAddr) -> Slot {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let busy = Arc::new(AtomicBool::new(false));
+        let close = CancellationToken::new();
+        self.lock().insert(
+            id,
+            OpenConn {
+                peer,
+                busy: busy.clone(),
+                close: close.clone(),
+            },
+        );
+        Slot {
+            conns: self.clone(),
+            id,
+            busy,
+            close,
+        }
+    }
+}
+
+/// One connection's place in [`Connections`]; dropping it frees the place.
+#[derive(Debug)]
+struct Slot {
+    conns: Arc<Connections>,
+    id: u64,
+    busy: Arc<AtomicBool>,
+    /// Cancelled when the connection is closed to make room for a new one.
+    close: CancellationToken,
+}
+
+impl Slot {
+    /// Marks the connection inside a request until the guard drops.
+    fn enter(&self) -> BusyGuard {
+        self.busy.store(true, Ordering::Relaxed);
+        BusyGuard {
+            busy: self.busy.clone(),
+            conns: self.conns.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.id);
+        self.conns.changed.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct BusyGuard {
+    busy: Arc<AtomicBool>,
+    conns: Arc<Connections>,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Relaxed);
+        self.conns.changed.notify_one();
+    }
 }
 
 async fn serve_connection(
@@ -206,13 +337,36 @@ async fn serve_connection(
     peer: SocketAddr,
     handler: Handler,
     limits: AdminLimits,
+    slot: Slot,
     cancel: CancellationToken,
 ) {
+    // A connection that sends nothing is let go early (it would only hold a place).
+    if !limits.first_byte_timeout.is_zero() {
+        let mut first = [0u8; 1];
+        tokio::select! {
+            // `peek` waits for a byte (or the end) without taking it; readiness alone can be
+            // spurious.
+            r = tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut first)) => {
+                if r.is_err() {
+                    debug!(%peer, timeout = ?limits.first_byte_timeout, "admin connection sent nothing; closing");
+                    return;
+                }
+            }
+            _ = slot.close.cancelled() => return,
+            _ = cancel.cancelled() => return,
+        }
+    }
     let activity = Activity::default();
     let io = TokioIo::new(Tracked::new(stream, &activity));
+    let close = slot.close.clone();
+    let slot = Arc::new(slot);
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(to_response(route(req, peer, &handler).await)) }
+        let slot = slot.clone();
+        async move {
+            let _inside = slot.enter();
+            Ok::<_, Infallible>(to_response(route(req, peer, &handler).await))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
@@ -225,6 +379,7 @@ async fn serve_connection(
     tokio::select! {
         r = conn.as_mut() => if let Err(err) = r { debug!(%peer, error = %err, "admin connection error") },
         _ = &mut idle => debug!(%peer, timeout = ?limits.idle_timeout, "admin connection idle; closing"),
+        _ = close.cancelled() => {}
         _ = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             // An idle or slow client must not hold the shutdown either.

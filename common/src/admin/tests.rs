@@ -91,6 +91,7 @@ async fn read_response(s: &mut TcpStream) -> String {
 
 fn limits(header: u64, idle: u64, max: usize) -> AdminLimits {
     AdminLimits {
+        first_byte_timeout: Duration::from_secs(60),
         header_read_timeout: Duration::from_millis(header),
         idle_timeout: Duration::from_millis(idle),
         max_connections: max,
@@ -156,8 +157,8 @@ async fn a_connection_with_no_progress_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn past_the_cap_a_client_waits_for_a_slot_and_is_served() {
-    let (addr, _cancel) = start(limits(500, 60_000, 2)).await;
+async fn past_the_cap_the_oldest_unfinished_connection_makes_room() {
+    let (addr, _cancel) = start(limits(60_000, 60_000, 2)).await;
     let mut slow = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -168,18 +169,82 @@ async fn past_the_cap_a_client_waits_for_a_slot_and_is_served() {
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
     let resp = read_until_closed(&mut s, WITHIN).await;
     assert!(resp.starts_with("HTTP/1.0 200"), "{resp:?}");
-    // It could only be served once a slow client had been dropped.
-    let mut closed = 0;
-    for mut s in slow {
-        let mut buf = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
-            closed += 1;
-        }
-    }
+    // It took the place of the oldest slow client (the headers timeout is a minute away);
+    // the younger one is still open.
+    let mut oldest = slow.remove(0);
+    assert_eq!(read_until_closed(&mut oldest, WITHIN).await, "");
+    let mut buf = [0u8; 64];
     assert!(
-        closed >= 1,
-        "the answer came while both slots were held by slow clients"
+        tokio::time::timeout(Duration::from_millis(200), slow[0].read(&mut buf))
+            .await
+            .is_err(),
+        "the younger slow client was closed too"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_first_byte_timeout() {
+    let mut l = limits(60_000, 60_000, 32);
+    l.first_byte_timeout = Duration::from_millis(300);
+    let (addr, _cancel) = start(l).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(read_until_closed(&mut silent, WITHIN).await, "");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // One that speaks in time is served.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(read_until_closed(&mut s, WITHIN).await.ends_with("at /x\n"));
+}
+
+#[tokio::test]
+async fn when_every_connection_is_inside_a_request_a_new_client_waits_for_one() {
+    // One place, taken by a request whose reply is stalled inside the handler's write:
+    // `/wait` answers only once released.
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (e, r) = (entered.clone(), release.clone());
+    let handler: Handler = Arc::new(move |req: AdminRequest| {
+        let (e, r) = (e.clone(), r.clone());
+        Box::pin(async move {
+            if req.path == "/wait" {
+                e.notify_one();
+                r.notified().await;
+            }
+            Reply::text(StatusCode::OK, format!("at {}\n", req.path))
+        })
+    });
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve_with(
+        listener,
+        handler,
+        limits(60_000, 60_000, 1),
+        cancel.clone(),
+    ));
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(b"GET /wait HTTP/1.0\r\n\r\n").await.unwrap();
+    tokio::time::timeout(WITHIN, entered.notified()).await.unwrap();
+    // Connected (in the backlog), not served while /wait is inside its request.
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(b"GET /next HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next.read(&mut buf))
+            .await
+            .is_err(),
+        "a request inside the handler was closed to make room"
+    );
+    release.notify_one();
+    assert!(read_until_closed(&mut waiting, WITHIN)
+        .await
+        .ends_with("at /wait\n"));
+    assert!(read_until_closed(&mut next, WITHIN).await.ends_with("at /next\n"));
+    cancel.cancel();
 }
 
 #[tokio::test]
