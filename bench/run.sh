@@ -3,6 +3,7 @@
 #
 #   bench/run.sh                                  # every phase (about 8 minutes)
 #   bench/run.sh --only keepalive,close,redis     # some phases
+#   bench/run.sh --only fleet                     # the fleet phase (N up to 2000: slow)
 #   bench/run.sh --help                           # phases and knobs (rounds, durations, CPUs)
 #
 # Installs what is missing (Debian packages: nginx, haproxy, wrk, h2load, redis, ZooKeeper), builds
@@ -42,6 +43,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
 fi
 deploy/zk-local.sh --install-only
+# The fleet phase's plot draws its text with DejaVu Sans (no system font lookup).
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null || true
+fi
+# The fleet phase holds one ZooKeeper session (a socket) per watcher, up to 2000 and more,
+# and the ZooKeeper servers it starts inherit the limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # The count phase's synapse: the same code with a counting allocator. Cargo keeps both
 # feature sets' artefacts, so switching back and forth rebuilds nothing once both exist.

@@ -9,13 +9,16 @@
 //! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
 //! RSS, idle CPU), `h2` (h2load through HAProxy and synapse, HTTP/2 both sides: see
 //! [`h2`]). Prints one table and writes a JSON file. Only when named: `count` (heap
-//! allocations and system calls per request, synapse beside HAProxy; see `count.rs`).
+//! allocations and system calls per request, synapse beside HAProxy; see `count.rs`), `fleet` (N watchers
+//! and M registrations on a 3-server ensemble: propagation, requests per change, storms; see
+//! `fleet.rs`).
 
 #![forbid(unsafe_code)]
 // A command-line tool: failing loudly on a broken setup is the right thing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod count;
+mod fleet;
 mod h2;
 mod procs;
 
@@ -42,14 +45,14 @@ const PHASES: &[&str] = &[
     "h2",
 ];
 /// Phases run only when named in `--only`.
-const OPTIONAL_PHASES: &[&str] = &["count"];
+const OPTIONAL_PHASES: &[&str] = &["count", "fleet"];
 
 #[derive(Debug, Parser)]
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
 struct Args {
-    /// Comma-separated phases to run (default: all but count): keepalive, close, redis,
+    /// Comma-separated phases to run (default: all but count and fleet): keepalive, close, redis,
     /// propagation, churn, cost, h2; count (allocations and system calls per request: needs
-    /// target/release/synapse-count-alloc, which bench/run.sh builds, and strace).
+    /// target/release/synapse-count-alloc, which bench/run.sh builds, and strace); fleet (slow).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// CPUs (taskset list) of the load generators, the driver and ZooKeeper.
@@ -79,6 +82,9 @@ struct Args {
     /// Seconds over which idle CPU is measured.
     #[arg(long, default_value_t = 60)]
     idle_secs: u64,
+    /// Fleet sizes (watchers) of the fleet phase.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000,2000")]
+    fleet_sizes: Vec<usize>,
     /// Seconds of each counted run of the count phase.
     #[arg(long, default_value_t = 3)]
     count_secs: u64,
@@ -177,6 +183,11 @@ fn main() -> Result<()> {
     }
     if run("cost") {
         b.cost()?;
+    }
+    if run("fleet") {
+        let (table, json) = fleet::run(&b.args.out, &b.args.fleet_sizes)?;
+        println!("\n== fleet ==\n{table}");
+        b.json.insert("fleet".into(), json);
     }
     if run("h2") {
         let (rows, section) = h2::run(&h2::Settings {

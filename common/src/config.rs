@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::registry::{RegistryOptions, ZkTls};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -617,12 +618,115 @@ pub struct RawZookeeperConfig {
     /// Requested session timeout, in [`MIN_SESSION_TIMEOUT`]..=[`MAX_SESSION_TIMEOUT`].
     #[serde(default, deserialize_with = "session_timeout")]
     session_timeout: Option<Duration>,
+    /// See [`ZkSessionConfig::splay`].
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub splay: Option<Duration>,
+    /// See [`ZkSessionConfig::read_only`].
+    pub read_only: Option<bool>,
+    /// See [`ZkSessionConfig::follow_reconfig`].
+    pub follow_reconfig: Option<bool>,
+    /// See [`ZkSessionConfig::tls`].
+    pub tls: Option<RawZkTls>,
 }
 
 impl RawZookeeperConfig {
     /// The session timeout to request; default [`DEFAULT_SESSION_TIMEOUT`].
     pub fn session_timeout(&self) -> Duration {
         self.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT)
+    }
+}
+
+/// Default `zookeeper.splay` (5 s; the delay is also bounded by half the session timeout).
+pub const DEFAULT_SPLAY: Duration = Duration::from_secs(5);
+
+/// `zookeeper.tls`: reach the ensemble over TLS (its `secureClientPort`s).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZkTls {
+    /// PEM file of the CA(s) that sign the servers' certificates.
+    pub ca_file: PathBuf,
+    /// PEM certificate (chain) presented to servers that ask for one (`ssl.clientAuth`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The `zookeeper:` keys that shape how an agent's sessions treat a shared ensemble, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZkSessionConfig {
+    /// Upper bound of the random delay before the steps a whole fleet takes after the same
+    /// event (a new session after an expiry or outage, a re-list after a reconnection), at
+    /// most half the session timeout; `0s` disables it. Default [`DEFAULT_SPLAY`].
+    pub splay: Duration,
+    /// Accept read-only sessions from servers cut off from their quorum, so membership
+    /// reads go on in a minority partition. synapse only (default true); refused in nerve,
+    /// which writes.
+    pub read_only: bool,
+    /// Follow the ensemble's dynamic configuration (`/zookeeper/config`): new sessions use
+    /// the servers it lists. Default true (ignored with `tls`: the configuration lists
+    /// plaintext ports).
+    pub follow_reconfig: bool,
+    /// TLS material, read at load. Default none (plaintext).
+    pub tls: Option<ZkTls>,
+}
+
+impl ZkSessionConfig {
+    /// Validates the session keys of `zookeeper:` (`read_only_default`: the agent's default;
+    /// `None`: the agent writes and refuses `read_only: true`).
+    pub fn validate(
+        p: &mut Problems,
+        splay: Option<Duration>,
+        read_only: Option<bool>,
+        follow_reconfig: Option<bool>,
+        tls: Option<&RawZkTls>,
+        read_only_default: Option<bool>,
+    ) -> ZkSessionConfig {
+        let read_only = match (read_only_default, read_only) {
+            (None, Some(true)) => {
+                p.push(
+                    "zookeeper.read_only",
+                    "nerve writes its nodes: a read-only session cannot (only synapse may use read_only: true)",
+                );
+                false
+            }
+            (None, _) => false,
+            (Some(default), r) => r.unwrap_or(default),
+        };
+        let tls = tls.and_then(|t| {
+            let pair = match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    p.push("zookeeper.tls.key_file", "required with cert_file");
+                    return None;
+                }
+                (None, Some(_)) => {
+                    p.push("zookeeper.tls.cert_file", "required with key_file");
+                    return None;
+                }
+            };
+            match ZkTls::from_files(&t.ca_file, pair) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    p.push("zookeeper.tls", e);
+                    None
+                }
+            }
+        });
+        ZkSessionConfig {
+            splay: splay.unwrap_or(DEFAULT_SPLAY),
+            read_only,
+            follow_reconfig: follow_reconfig.unwrap_or(true),
+            tls,
+        }
+    }
+
+    /// Sets these keys on registry options.
+    pub fn apply(&self, options: &mut RegistryOptions) {
+        options.splay = self.splay;
+        options.read_only = self.read_only;
+        options.follow_reconfig = self.follow_reconfig;
+        options.tls = self.tls.clone();
     }
 }
 

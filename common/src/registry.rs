@@ -11,6 +11,9 @@
 //!   session the client gave up while the ensemble still held it.
 //! - [`watch`](self::watch): [`watch()`] turns a service path into a stream of [`WatchUpdate`]s
 //!   (synapse's side).
+//! - [`fleet`](self::fleet): what keeps thousands of agents gentle with one ensemble: the
+//!   splay (random delays after fleet-wide events), following the ensemble's dynamic
+//!   configuration, TLS ([`ZkTls`]).
 //!
 //! Watches are one-shot (children watch on the service path, data or exists watch per child).
 //! We never use persistent watches: `zookeeper-client` 0.11.2 does not re-register them after
@@ -20,10 +23,12 @@
 
 use zookeeper_client as zk;
 
+mod fleet;
 mod registration;
 mod session;
 mod watch;
 
+pub use fleet::ZkTls;
 pub use registration::{delete_own_node, EnsureOutcome, NodeOptions, Registration};
 pub use session::{Registry, RegistryOptions, Session, SessionSecret, SessionStatus, ZkAuth};
 pub use watch::{watch, Member, WatchUpdate};

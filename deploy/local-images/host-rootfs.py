@@ -8,6 +8,10 @@ minutes.
     host-rootfs.py OUT.tar            glibc, bash, coreutils, passwd (useradd), curl, busybox
     host-rootfs.py --jre OUT.tar      the same plus the headless JRE and /usr/share/java
                                       (Debian's ZooKeeper jars), for the ZooKeeper stand-in
+    host-rootfs.py --debian OUT.tar   a fresh Debian: the `required` packages and apt (what
+                                      `debian:bookworm` holds), with their dpkg records and
+                                      this host's apt sources, so that apt-get in it installs
+                                      from Debian's mirror (deploy/fresh-check.sh)
 
 Packages: the roots below and their installed dependencies (Depends, Pre-Depends; the first
 installed alternative), listed by dpkg, without documentation. The images built on it then
@@ -84,15 +88,39 @@ def canonical(path):
     return os.path.join(os.path.realpath(parent), base)
 
 
+def required_packages():
+    return [name for name, status, prio in dpkg("${Package}\t${db:Status-Status}\t${Priority}\n")
+            if status == "installed" and prio == "required"] + ["apt"]
+
+
+def dpkg_records(packages):
+    """The dpkg database of `packages` only: (path, bytes) of /var/lib/dpkg/status, and the
+    paths of their /var/lib/dpkg/info files (file lists, maintainer scripts)."""
+    stanzas = []
+    with open("/var/lib/dpkg/status") as f:
+        for stanza in f.read().split("\n\n"):
+            name = next((line[9:] for line in stanza.splitlines() if line.startswith("Package: ")),
+                        None)
+            if name in packages:
+                stanzas.append(stanza.strip("\n"))
+    info = []
+    for name in os.listdir("/var/lib/dpkg/info"):
+        pkg = name.rsplit(".", 1)[0].split(":")[0]
+        if pkg in packages:
+            info.append(os.path.join("/var/lib/dpkg/info", name))
+    return ("\n\n".join(stanzas) + "\n").encode(), info
+
+
 def main():
     args = sys.argv[1:]
     jre = "--jre" in args
-    args = [a for a in args if a != "--jre"]
-    if len(args) != 1:
+    debian = "--debian" in args
+    args = [a for a in args if a not in ("--jre", "--debian")]
+    if len(args) != 1 or (jre and debian):
         sys.exit(__doc__)
     out = args[0]
     deps, provides = installed_packages()
-    roots = ROOTS + (JRE_ROOTS if jre else [])
+    roots = required_packages() if debian else ROOTS + (JRE_ROOTS if jre else [])
     packages = closure(roots, deps, provides)
     if jre:
         if ZOOKEEPER not in deps:
@@ -109,6 +137,16 @@ def main():
     # What maintainer scripts make rather than ship: the loader cache, and the alternatives
     # links (`/usr/bin/java`) to what is taken.
     extra = ["/etc/ld.so.cache", "/etc/ld.so.conf"]
+    status = None
+    if debian:
+        status, info = dpkg_records(packages)
+        paths.update(info)
+        # apt's sources and keys; PAM's files that pam-auth-update writes (not in any
+        # package's file list; chfn and su fail without them).
+        for d, _, files in [w for top in ("/etc/apt", "/etc/pam.d", "/var/lib/pam")
+                            for w in os.walk(top)]:
+            paths.update(os.path.join(d, f) for f in files if ".disabled" not in f)
+        extra += ["/var/lib/dpkg/alternatives", "/var/lib/dpkg/diversions"]
     taken = {os.path.realpath(p) for p in paths if os.path.isfile(p)}
     for d in ("/usr/bin", "/usr/sbin"):
         for name in os.listdir(d):
@@ -139,7 +177,9 @@ def main():
         # What every root file system has, empty.
         for d, mode in (("tmp", 0o1777), ("var/tmp", 0o1777), ("root", 0o700), ("home", 0o755),
                         ("run", 0o755), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755),
-                        ("var/log", 0o755), ("var/lib/dpkg", 0o755), ("etc/dpkg", 0o755)):
+                        ("var/log", 0o755), ("var/lib/dpkg", 0o755), ("etc/dpkg", 0o755),
+                        ("var/lib/dpkg/updates", 0o755), ("var/lib/apt/lists/partial", 0o700),
+                        ("var/cache/apt/archives/partial", 0o700)):
             parts = d.split("/")
             for i in range(1, len(parts)):
                 add_dir("/".join(parts[:i]))
@@ -164,6 +204,13 @@ def main():
             tar.addfile(info, io.BytesIO(data))
             added.add(f"etc/{name}")
 
+        if status is not None:
+            # This host's overrides name its groups (ssl-cert...): a fresh system has none.
+            for arc, data in (("var/lib/dpkg/status", status), ("var/lib/dpkg/statoverride", b"")):
+                info = tarfile.TarInfo(arc)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+                added.add(arc)
         for path in sorted(paths):
             if path.startswith(SKIP_PREFIXES) or not os.path.lexists(path):
                 continue

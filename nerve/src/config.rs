@@ -29,6 +29,9 @@ pub struct Config {
     pub instance_id: String,
     /// Requested ZooKeeper session timeout. Default 10 s.
     pub zk_session_timeout: Duration,
+    /// How sessions treat a shared ensemble (`zookeeper.splay`, `follow_reconfig`, `tls`;
+    /// `read_only` is refused: nerve writes).
+    pub zk_session: cc::ZkSessionConfig,
     /// Admin server address. Default `127.0.0.1:3421`.
     pub admin_listen: SocketAddr,
     /// Logging.
@@ -116,6 +119,11 @@ struct RawZookeeper {
     #[serde(default, deserialize_with = "cc::session_timeout")]
     session_timeout: Option<Duration>,
     auth: Option<RawAuth>,
+    #[serde(default, deserialize_with = "cc::opt_duration")]
+    splay: Option<Duration>,
+    read_only: Option<bool>,
+    follow_reconfig: Option<bool>,
+    tls: Option<cc::RawZkTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,8 +359,12 @@ impl Config {
                     .or_insert((*i, s.name.as_str()));
             }
         }
+        let z = &raw.zookeeper;
+        let zk_session =
+            cc::ZkSessionConfig::validate(p, z.splay, z.read_only, z.follow_reconfig, z.tls.as_ref(), None);
         Some(Config {
             instance_id,
+            zk_session,
             zk_session_timeout: raw
                 .zookeeper
                 .session_timeout

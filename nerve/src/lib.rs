@@ -92,13 +92,12 @@ async fn run_with_reload(
 
     // ZooKeeper sessions outlive `shutdown`: they are needed to deregister.
     let zk_cancel = CancellationToken::new();
-    let registry = Arc::new(Registry::new(
-        RegistryOptions {
-            session_timeout: config.zk_session_timeout,
-            ..Default::default()
-        },
-        zk_cancel.clone(),
-    ));
+    let mut options = RegistryOptions {
+        session_timeout: config.zk_session_timeout,
+        ..Default::default()
+    };
+    config.zk_session.apply(&mut options);
+    let registry = Arc::new(Registry::new(options, zk_cancel.clone()));
     let mut predecessor = None;
     let mut inheritance = upgrade::Inheritance::default();
     if takeover {

@@ -21,6 +21,9 @@ use crate::router::HostMatch;
 pub struct Config {
     /// Requested ZooKeeper session timeout. Default 10 s.
     pub zk_session_timeout: Duration,
+    /// How sessions treat a shared ensemble (`zookeeper.splay`, `read_only` (default true
+    /// here), `follow_reconfig`, `tls`).
+    pub zk_session: cc::ZkSessionConfig,
     /// Admin server address. Default `127.0.0.1:3422`.
     pub admin_listen: SocketAddr,
     /// Logging.
@@ -634,8 +637,18 @@ impl Config {
                 );
             }
         }
+        let z = &raw.zookeeper;
+        let zk_session = cc::ZkSessionConfig::validate(
+            p,
+            z.splay,
+            z.read_only,
+            z.follow_reconfig,
+            z.tls.as_ref(),
+            Some(true),
+        );
         Some(Config {
             zk_session_timeout: raw.zookeeper.session_timeout(),
+            zk_session,
             admin_listen,
             log: raw.log,
             drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(10)),

@@ -231,15 +231,14 @@ pub async fn run_upgradable(
     }
     inherited.close_unused();
 
-    let registry = Registry::new(
-        RegistryOptions {
-            session_timeout: config.zk_session_timeout,
-            // synapse holds no ephemeral node: a lagging session is cheaply replaced.
-            replace_lagging_session: true,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    );
+    let mut options = RegistryOptions {
+        session_timeout: config.zk_session_timeout,
+        // synapse holds no ephemeral node: a lagging session is cheaply replaced.
+        replace_lagging_session: true,
+        ..Default::default()
+    };
+    config.zk_session.apply(&mut options);
+    let registry = Registry::new(options, shutdown.clone());
     let service_count = config.services.len();
     let state_file = config.state_file.clone();
     let output = config.file_output.clone();

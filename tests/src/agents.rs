@@ -586,6 +586,19 @@ impl Zk {
         });
     }
 
+    /// Changes the ensemble's membership (dynamic reconfiguration; the ensemble must allow
+    /// it): `joining` as `server.N=...` lines, `leaving` as server ids. Retried through a
+    /// reconnection.
+    pub fn reconfig(&self, joining: &[&str], leaving: &[&str]) {
+        self.retry("reconfig", || async {
+            let update = zkc::EnsembleUpdate::Incremental {
+                joinings: joining.iter().copied(),
+                leavings: leaving.iter().copied(),
+            };
+            self.client.update_ensemble(update, None).await.map(|_| ())
+        });
+    }
+
     /// One delete attempt, its error returned (e.g. `NoAuth` on a protected node).
     pub fn try_delete(&self, path: &str) -> Result<(), zkc::Error> {
         self.rt.block_on(self.client.delete(path, None))

@@ -371,7 +371,7 @@ pub struct Redis {
 
 /// What a Redis command line needs, for a message that says how to get it.
 const REDIS_MISSING: &str = "redis-server not found: the redis checks are tested against a real \
-     Redis. Install it (Debian: apt-get install -y redis-server; .ci/run does)";
+     Redis. Install it (Debian: apt-get install -y redis-server; deploy/test.sh does)";
 
 impl Redis {
     /// Starts `redis-server`; `password` sets `requirepass`; `users` adds ACL users as

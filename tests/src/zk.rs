@@ -191,6 +191,113 @@ struct PeerPorts {
     client: u16,
     quorum: u16,
     election: u16,
+    /// `secureClientPort` (TLS), when the cluster has TLS.
+    secure: u16,
+    /// An observer (serves clients, does not vote).
+    observer: bool,
+    /// `myid` (1-based); servers added later get the next free one.
+    id: usize,
+}
+
+impl PeerPorts {
+    /// The `server.N=` line of a config: `host:quorum:election[:observer]`, and the client
+    /// address after `;` when the ensemble is dynamically reconfigurable.
+    fn server_line(&self, with_client: bool) -> String {
+        let role = if self.observer {
+            ":observer"
+        } else if with_client {
+            ":participant"
+        } else {
+            ""
+        };
+        let client = if with_client {
+            format!(";127.0.0.1:{}", self.client)
+        } else {
+            String::new()
+        };
+        format!(
+            "server.{}=127.0.0.1:{}:{}{role}{client}",
+            self.id, self.quorum, self.election
+        )
+    }
+}
+
+/// What a test ensemble has beyond the plain one ([`ZkCluster::start_with`]).
+#[derive(Debug, Default, Clone)]
+pub struct ZkOptions {
+    /// Observers added to the participants (they serve clients and follow the leader without
+    /// voting; `srvr` says `Mode: observer`).
+    pub observers: usize,
+    /// `readonlymode.enabled`: a server cut off from its quorum serves read-only sessions.
+    pub read_only: bool,
+    /// `reconfigEnabled=true` (ACLs skipped, so any client may reconfigure): the ensemble's
+    /// membership can be changed with a reconfig request; client ports are part of the
+    /// dynamic configuration (`/zookeeper/config`).
+    pub reconfig: bool,
+    /// TLS on a `secureClientPort` per server (client certificates required), beside the
+    /// plaintext port (which the harness's four-letter words use).
+    pub tls: Option<std::sync::Arc<ZkTlsFiles>>,
+}
+
+/// Certificates made at test time for a TLS ensemble: a CA, a server certificate for
+/// `127.0.0.1` (PEM key store: key then certificate, as ZooKeeper's `ssl.keyStore.type=PEM`
+/// reads it) and a client certificate signed by the same CA.
+#[derive(Debug)]
+pub struct ZkTlsFiles {
+    dir: TempDir,
+}
+
+impl ZkTlsFiles {
+    /// Makes the CA and the certificates.
+    pub fn generate() -> ZkTlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::Builder::new()
+            .prefix("zk-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "zk test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issue = |names: Vec<String>| {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &ca, &ca_key)
+                .expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = issue(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = issue(vec!["zk-client".into()]);
+        let write = |name: &str, text: String| fs::write(dir.path().join(name), text).expect("write PEM");
+        write("ca.pem", ca.pem());
+        write("server.pem", format!("{server_key}{server_cert}"));
+        write("client.pem", client_cert);
+        write("client.key", client_key);
+        ZkTlsFiles { dir }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The client certificate (PEM).
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+
+    /// The client certificate's key (PEM, PKCS#8).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    fn server_pem(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
 }
 
 /// One ZooKeeper JVM with its own temp dir (`zoo.cfg`, `data/`, `zookeeper.log`).
@@ -202,6 +309,11 @@ pub struct ZkServer {
     /// `myid` in an ensemble, `None` standalone.
     myid: Option<usize>,
     client_port: u16,
+    /// `secureClientPort`, when the cluster has TLS.
+    secure_port: Option<u16>,
+    observer: bool,
+    /// JVM options beyond [`JVM_OPTS`].
+    jvm_extra: Vec<String>,
     java: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -212,7 +324,7 @@ pub struct ZkServer {
 
 impl ZkServer {
     /// Writes the config (and `myid`) for server `index` of `peers` (standalone when one peer).
-    fn create(java: &Path, index: usize, peers: &[PeerPorts]) -> io::Result<ZkServer> {
+    fn create(java: &Path, index: usize, peers: &[PeerPorts], options: &ZkOptions) -> io::Result<ZkServer> {
         let me = peers[index];
         let dir = tempfile::Builder::new()
             .prefix(&format!("zk{index}-"))
@@ -227,23 +339,52 @@ impl ZkServer {
         let _ = writeln!(cfg, "initLimit=50");
         let _ = writeln!(cfg, "syncLimit=20");
         let _ = writeln!(cfg, "dataDir={}", data.display());
-        let _ = writeln!(cfg, "clientPortAddress=127.0.0.1");
-        let _ = writeln!(cfg, "clientPort={}", me.client);
+        if !options.reconfig {
+            // With reconfiguration the client address is part of each server line.
+            let _ = writeln!(cfg, "clientPortAddress=127.0.0.1");
+            let _ = writeln!(cfg, "clientPort={}", me.client);
+        }
         let _ = writeln!(cfg, "admin.enableServer=false");
         let _ = writeln!(cfg, "4lw.commands.whitelist=*");
-        let _ = writeln!(cfg, "standaloneEnabled=true");
+        // Every client of a test is on 127.0.0.1: the default cap of 60 connections per
+        // address is a cap on the test, not a protection.
+        let _ = writeln!(cfg, "maxClientCnxns=0");
+        let _ = writeln!(cfg, "standaloneEnabled={}", !options.reconfig);
         // Small transaction-log preallocation (KiB) instead of 64 MiB per server.
         let _ = writeln!(cfg, "preAllocSize=1024");
-        let myid = (peers.len() > 1).then_some(index + 1);
+        let mut jvm_extra = Vec::new();
+        if options.reconfig {
+            let _ = writeln!(cfg, "reconfigEnabled=true");
+            let _ = writeln!(cfg, "skipACL=yes");
+        }
+        if me.observer {
+            let _ = writeln!(cfg, "peerType=observer");
+        }
+        if options.read_only {
+            jvm_extra.push("-Dreadonlymode.enabled=true".to_string());
+            // A read-only server creates only local sessions (creating a global one is a
+            // write it refuses): without them no new session is to be had in a partition.
+            let _ = writeln!(cfg, "localSessionsEnabled=true");
+        }
+        let secure_port = options.tls.as_ref().map(|tls| {
+            let _ = writeln!(cfg, "secureClientPortAddress=127.0.0.1");
+            let _ = writeln!(cfg, "secureClientPort={}", me.secure);
+            let _ = writeln!(cfg, "ssl.keyStore.location={}", tls.server_pem().display());
+            let _ = writeln!(cfg, "ssl.keyStore.type=PEM");
+            let _ = writeln!(cfg, "ssl.trustStore.location={}", tls.ca().display());
+            let _ = writeln!(cfg, "ssl.trustStore.type=PEM");
+            let _ = writeln!(cfg, "ssl.clientAuth=need");
+            // TLS needs the Netty connection factory.
+            jvm_extra.push(
+                "-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory"
+                    .to_string(),
+            );
+            me.secure
+        });
+        let myid = (peers.len() > 1).then_some(me.id);
         if let Some(myid) = myid {
-            for (i, peer) in peers.iter().enumerate() {
-                let _ = writeln!(
-                    cfg,
-                    "server.{}=127.0.0.1:{}:{}",
-                    i + 1,
-                    peer.quorum,
-                    peer.election
-                );
+            for peer in peers {
+                let _ = writeln!(cfg, "{}", peer.server_line(options.reconfig));
             }
             fs::write(data.join("myid"), format!("{myid}\n"))?;
         }
@@ -253,6 +394,9 @@ impl ZkServer {
         Ok(ZkServer {
             myid,
             client_port: me.client,
+            secure_port,
+            observer: me.observer,
+            jvm_extra,
             java: java.to_path_buf(),
             config,
             log: dir.path().join("zookeeper.log"),
@@ -277,9 +421,13 @@ impl ZkServer {
             "===== integration-tests harness: starting {} =====",
             self.describe()
         )?;
-        let classpath = format!("{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}");
+        // The jar's manifest lacks netty-codec and netty-resolver, which TLS (Netty) needs.
+        let classpath = format!(
+            "{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar"
+        );
         let child = Command::new(&self.java)
             .args(JVM_OPTS)
+            .args(&self.jvm_extra)
             .arg("-cp")
             .arg(classpath)
             .arg(MAIN_CLASS)
@@ -339,6 +487,11 @@ impl ZkServer {
         self.client_port
     }
 
+    /// The `secureClientPort` (TLS), when the cluster has TLS.
+    pub fn secure_port(&self) -> Option<u16> {
+        self.secure_port
+    }
+
     /// `myid` in an ensemble, `None` standalone.
     pub fn myid(&self) -> Option<usize> {
         self.myid
@@ -390,7 +543,9 @@ impl ZkServer {
     }
 
     fn ready_modes(&self) -> &'static [&'static str] {
-        if self.myid.is_some() {
+        if self.observer {
+            &["observer"]
+        } else if self.myid.is_some() {
             &["leader", "follower"]
         } else {
             &["standalone"]
@@ -442,6 +597,9 @@ enum NotReady {
 #[derive(Debug)]
 pub struct ZkCluster {
     servers: Vec<ZkServer>,
+    peers: Vec<PeerPorts>,
+    options: ZkOptions,
+    java: PathBuf,
 }
 
 impl ZkCluster {
@@ -464,27 +622,44 @@ impl ZkCluster {
 
     #[track_caller]
     fn start(n: usize) -> ZkCluster {
+        Self::start_with(n, ZkOptions::default())
+    }
+
+    /// `participants` servers (1: standalone, unless `options` asks for an ensemble feature)
+    /// plus `options.observers`, started and ready.
+    #[track_caller]
+    pub fn start_with(participants: usize, options: ZkOptions) -> ZkCluster {
         let java = require_zookeeper();
+        let n = participants + options.observers;
         let timeout = if n == 1 {
             STANDALONE_READY_TIMEOUT
         } else {
             ENSEMBLE_READY_TIMEOUT
         };
         for attempt in 1..=START_ATTEMPTS {
-            let ports = free_ports(3 * n);
+            let ports = free_ports(4 * n);
             let peers: Vec<PeerPorts> = ports
-                .chunks(3)
-                .map(|p| PeerPorts {
+                .chunks(4)
+                .enumerate()
+                .map(|(i, p)| PeerPorts {
                     client: p[0],
                     quorum: p[1],
                     election: p[2],
+                    secure: p[3],
+                    observer: i >= participants,
+                    id: i + 1,
                 })
                 .collect();
             let servers = (0..n)
-                .map(|i| ZkServer::create(&java, i, &peers))
+                .map(|i| ZkServer::create(&java, i, &peers, &options))
                 .collect::<io::Result<Vec<_>>>()
                 .unwrap_or_else(|err| panic!("preparing ZooKeeper temp dirs: {err}"));
-            let cluster = ZkCluster { servers };
+            let cluster = ZkCluster {
+                servers,
+                peers,
+                options: options.clone(),
+                java: java.clone(),
+            };
             for (i, server) in cluster.servers.iter().enumerate() {
                 if let Err(err) = server.spawn() {
                     panic!(
@@ -514,7 +689,11 @@ impl ZkCluster {
 
     /// Ready when every server answers with its ready mode (and an ensemble has one leader).
     fn all_ready(&self) -> bool {
-        let modes: Vec<Option<String>> = self.servers.iter().map(ZkServer::mode).collect();
+        let modes: Vec<Option<String>> = self
+            .servers
+            .iter()
+            .map(|s| if s.is_running() { s.mode() } else { None })
+            .collect();
         let each_ready = self
             .servers
             .iter()
@@ -608,6 +787,78 @@ impl ZkCluster {
     /// Indices of all servers, `0..server_count()`.
     pub fn indices(&self) -> std::ops::Range<usize> {
         0..self.servers.len()
+    }
+
+    /// `127.0.0.1:s1,...` of the `secureClientPort`s (TLS clusters only).
+    pub fn secure_connect_string(&self) -> String {
+        let hosts: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| match s.secure_port {
+                Some(port) => format!("127.0.0.1:{port}"),
+                None => panic!(
+                    "{} has no TLS port: start the cluster with ZkOptions::tls",
+                    s.describe()
+                ),
+            })
+            .collect();
+        hosts.join(",")
+    }
+
+    /// `127.0.0.1:p` of server `i` alone.
+    pub fn server_address(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.server(i).client_port)
+    }
+
+    /// Server `i`'s `server.N=...` line, as a reconfig request names a joining server.
+    pub fn server_spec(&self, i: usize) -> String {
+        self.peers[i].server_line(true)
+    }
+
+    /// Starts one more server (a participant, or an observer) configured with the current
+    /// membership plus itself, and waits until it follows the leader. In a reconfigurable
+    /// ensemble it is not a voting member until a reconfig request adds it
+    /// ([`server_spec`](Self::server_spec)). Returns its index.
+    #[track_caller]
+    pub fn add_server(&mut self, observer: bool) -> usize {
+        let ports = free_ports(4);
+        let id = self.peers.iter().map(|p| p.id).max().unwrap_or(0) + 1;
+        self.peers.push(PeerPorts {
+            client: ports[0],
+            quorum: ports[1],
+            election: ports[2],
+            secure: ports[3],
+            observer,
+            id,
+        });
+        let index = self.peers.len() - 1;
+        let server = ZkServer::create(&self.java, index, &self.peers, &self.options)
+            .unwrap_or_else(|err| panic!("preparing ZooKeeper temp dir: {err}"));
+        if let Err(err) = server.spawn() {
+            panic!("spawning {}: {err}", server.describe());
+        }
+        self.servers.push(server);
+        let ready = self.wait_until(ENSEMBLE_READY_TIMEOUT, |c| {
+            c.server(index)
+                .mode()
+                .is_some_and(|m| m == "follower" || m == "observer")
+        });
+        if let Err(why) = ready {
+            self.fail(&format!("start of added server {index}"), why);
+        }
+        index
+    }
+
+    /// Process id of server `i`'s JVM while it runs (CPU accounting from `/proc`).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        let server = self.server(i);
+        let child = server.child();
+        child.as_ref().map(Child::id)
+    }
+
+    /// `myid` of server `i` (ensembles).
+    pub fn myid(&self, i: usize) -> usize {
+        self.peers[i].id
     }
 
     /// `127.0.0.1:p1,127.0.0.1:p2,...` (killed servers included, as a real client config would).

@@ -30,6 +30,7 @@ use tokio::sync::watch as tokio_watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use super::fleet::{self, Servers, ZkTls};
 use super::{zk, RegistryError};
 
 /// Registry-wide settings.
@@ -48,6 +49,21 @@ pub struct RegistryOptions {
     /// session, and giving sessions up during a leader election would make every host of the
     /// fleet delete and re-create its nodes at once. Default false.
     pub replace_lagging_session: bool,
+    /// Accept a read-only session from a server cut off from its quorum (ZooKeeper's
+    /// `readonlymode.enabled`), so a minority partition still serves reads; the client moves
+    /// to a read-write server when it finds one. Right for a watch-only process (synapse),
+    /// never for one that writes (nerve). Default false.
+    pub read_only: bool,
+    /// Upper bound of the random delay that spreads a fleet's steps after a fleet-wide event
+    /// (new sessions after an expiry or outage, re-lists after a reconnection), itself at most
+    /// half the session timeout; zero: no spreading. Default zero here; the agents' default
+    /// is [`crate::config::DEFAULT_SPLAY`].
+    pub splay: Duration,
+    /// Follow the ensemble's dynamic configuration (`/zookeeper/config`): new sessions use
+    /// the client addresses it lists. Default false here; the agents default to true.
+    pub follow_reconfig: bool,
+    /// Reach every server over TLS with these CA and client certificate. Default none.
+    pub tls: Option<ZkTls>,
 }
 
 impl Default for RegistryOptions {
@@ -56,6 +72,10 @@ impl Default for RegistryOptions {
             session_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_millis(500),
             replace_lagging_session: false,
+            read_only: false,
+            splay: Duration::ZERO,
+            follow_reconfig: false,
+            tls: None,
         }
     }
 }
@@ -191,6 +211,9 @@ pub struct Registry {
 impl Registry {
     /// A registry whose sessions stop when `cancel` fires.
     pub fn new(options: RegistryOptions, cancel: CancellationToken) -> Self {
+        if options.tls.is_some() {
+            fleet::install_crypto_provider();
+        }
         Registry {
             options,
             cancel,
@@ -331,6 +354,11 @@ impl fmt::Debug for SessionStatus {
 pub struct Session {
     connect: String,
     status: tokio_watch::Receiver<SessionStatus>,
+    /// Bound of the random delay before a re-list after a reconnection (see
+    /// [`RegistryOptions::splay`]).
+    splay: Duration,
+    /// Requests issued by the watches of this session (see [`Session::requests`]).
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -343,8 +371,31 @@ impl Session {
     ) -> Arc<Session> {
         let (tx, rx) = tokio_watch::channel(SessionStatus::default());
         let span = tracing::info_span!("zk_session", zk.connect = %connect, zk.auth = ?auth);
+        let splay = fleet::splay_bound(options.splay, options.session_timeout);
         tokio::spawn(run_session(connect.clone(), auth, resume, options, tx, cancel).instrument(span));
-        Arc::new(Session { connect, status: rx })
+        Arc::new(Session {
+            connect,
+            status: rx,
+            splay,
+            requests: Default::default(),
+        })
+    }
+
+    /// ZooKeeper requests issued so far by the watches of this session ([`crate::registry::watch()`]:
+    /// listings, reads, exists checks; not the client library's pings and reconnections).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts `n` requests issued (see [`Session::requests`]).
+    pub(crate) fn count_requests(&self, n: u64) {
+        self.requests.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A random delay for a step that every agent of a fleet takes after the same event
+    /// (zero when spreading is off).
+    pub(crate) fn splay_delay(&self) -> Duration {
+        fleet::splay_delay(self.splay)
     }
 
     /// The current status.
@@ -399,7 +450,11 @@ async fn run_session(
             },
         };
         install(&tx, &client, &options, waited);
-        match link.serve(client, &tx, &cancel).await {
+        let following = link.follow(&client, &cancel);
+        let served = link.serve(client, &tx, &cancel).await;
+        following.cancel();
+        link.resumed = true;
+        match served {
             Served::Cancelled => return,
             Served::Ended => {}
             Served::Replaced(client) => replacement = Some(client),
@@ -409,7 +464,6 @@ async fn run_session(
 
 /// How a session's client is obtained and kept.
 struct Link {
-    connect: String,
     session_timeout: Duration,
     connection_timeout: Duration,
     max_backoff: Duration,
@@ -419,6 +473,17 @@ struct Link {
     grace: Option<Duration>,
     /// Credentials sent with every new session.
     auth: Option<ZkAuth>,
+    /// The servers new sessions connect to (the configured ones, or what the ensemble's
+    /// dynamic configuration says).
+    servers: Servers,
+    follow_reconfig: bool,
+    read_only: bool,
+    tls: Option<ZkTls>,
+    /// Bound of the random delays that spread a fleet (see [`RegistryOptions::splay`]).
+    splay: Duration,
+    /// False until the first session ended: the first is sought at once, later ones after a
+    /// random delay (their end is likely shared by the fleet).
+    resumed: bool,
 }
 
 /// How [`Link::serve`] ended.
@@ -434,7 +499,6 @@ impl Link {
     fn new(connect: String, options: &RegistryOptions) -> Link {
         let connection_timeout = connection_timeout(options.session_timeout);
         Link {
-            connect,
             session_timeout: options.session_timeout,
             connection_timeout,
             max_backoff: options.max_backoff,
@@ -442,6 +506,12 @@ impl Link {
                 .replace_lagging_session
                 .then(|| (connection_timeout * 2).max(Duration::from_secs(1))),
             auth: None,
+            servers: Servers::new(connect),
+            follow_reconfig: options.follow_reconfig,
+            read_only: options.read_only,
+            tls: options.tls.clone(),
+            splay: fleet::splay_bound(options.splay, options.session_timeout),
+            resumed: false,
         }
     }
 
@@ -451,12 +521,45 @@ impl Link {
         if let Some(a) = &self.auth {
             connector = connector.with_auth(&a.scheme, a.credentials.as_bytes());
         }
-        connector
+        connector = connector
             .with_session_timeout(self.session_timeout)
             .with_connection_timeout(self.connection_timeout)
-            .with_fail_eagerly()
-            .connect(&self.connect)
-            .await
+            .with_readonly(self.read_only)
+            .with_fail_eagerly();
+        self.open(connector).await
+    }
+
+    /// Connects with `connector` to the current servers, over TLS when configured.
+    async fn open(&self, connector: zk::Connector) -> Result<zk::Client, zk::Error> {
+        let servers = self.servers.current();
+        match &self.tls {
+            Some(tls) => connector.with_tls(tls.options()?).secure_connect(&servers).await,
+            None => connector.connect(&servers).await,
+        }
+    }
+
+    /// Follows the ensemble's dynamic configuration on `client`'s session (when configured)
+    /// until the returned token is cancelled.
+    fn follow(&self, client: &zk::Client, cancel: &CancellationToken) -> CancellationToken {
+        let token = cancel.child_token();
+        // Over TLS the configuration's client ports are the plaintext ones: nothing to follow.
+        if self.follow_reconfig && self.tls.is_none() {
+            tokio::spawn(
+                fleet::follow_config(client.clone(), self.servers.clone(), token.clone()).in_current_span(),
+            );
+        }
+        token
+    }
+
+    /// The pause after a failed attempt: the backoff's, or with a splay a random one up to
+    /// it, so a fleet waiting for the same ensemble does not come back in the same instant.
+    fn pause(&self, backoff: &mut Backoff) -> Duration {
+        let pause = backoff.pause();
+        if self.splay.is_zero() {
+            pause
+        } else {
+            MIN_BACKOFF / 2 + fleet::splay_delay(self.splay)
+        }
     }
 
     /// Resumes a predecessor's session: attempts until it is re-established, or the ensemble
@@ -471,11 +574,12 @@ impl Link {
             if let Some(a) = &self.auth {
                 connector = connector.with_auth(&a.scheme, a.credentials.as_bytes());
             }
-            let attempt = connector
-                .with_session_timeout(self.session_timeout)
-                .with_connection_timeout(self.connection_timeout)
-                .with_fail_eagerly()
-                .connect(&self.connect);
+            let attempt = self.open(
+                connector
+                    .with_session_timeout(self.session_timeout)
+                    .with_connection_timeout(self.connection_timeout)
+                    .with_fail_eagerly(),
+            );
             let result = tokio::select! {
                 _ = cancel.cancelled() => return None,
                 r = attempt => r,
@@ -517,6 +621,13 @@ impl Link {
         let mut backoff = Backoff::new(MIN_BACKOFF, self.max_backoff);
         let started = Instant::now();
         let mut last_warning: Option<Instant> = None;
+        if self.resumed {
+            let delay = fleet::splay_delay(self.splay);
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
         for attempts in 1u64.. {
             let result = tokio::select! {
                 _ = cancel.cancelled() => return None,
@@ -526,7 +637,7 @@ impl Link {
                 Ok(client) => return Some((client, (attempts > 1).then(|| started.elapsed()))),
                 Err(err) => err,
             };
-            let pause = backoff.pause();
+            let pause = self.pause(&mut backoff);
             // One warning when the trouble starts, then a reminder now and then, not one per
             // attempt (there is one a second).
             if last_warning.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
@@ -582,7 +693,7 @@ impl Link {
                         warn!("disconnected from ZooKeeper; keeping the session, reconnecting");
                         tx.send_modify(|s| s.connected = false);
                         disconnected = Some(Instant::now());
-                        next_attempt = self.grace.map(|grace| tokio::time::Instant::now() + grace);
+                        next_attempt = self.grace.map(|grace| tokio::time::Instant::now() + grace + fleet::splay_delay(self.splay));
                         rescue.reset();
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
@@ -620,7 +731,7 @@ impl Link {
                             return Served::Replaced(replacement);
                         }
                         Err(_) => {
-                            next_attempt = Some(tokio::time::Instant::now() + rescue.pause());
+                            next_attempt = Some(tokio::time::Instant::now() + self.pause(&mut rescue));
                         }
                     }
                 }

@@ -104,7 +104,8 @@ struct Child {
     node: Option<Node>,
     /// `mzxid` of the bad data version last reported, so each one is reported once.
     reported_bad: Option<i64>,
-    /// Generation of the child's live watch.
+    /// Generation of the child's live watch; 0: none (its watch fired and the read that
+    /// follows has not been done): the next listing reads it.
     watch: u64,
 }
 
@@ -119,19 +120,30 @@ enum Read {
 /// What to do after an incremental step.
 enum Step {
     Continue,
+    /// List the children again (and read those without a live watch).
+    Relist,
+    /// Start over with a full listing and reads (the session changed).
     Resync,
     Closed,
 }
 
 impl Watcher {
+    /// Watches until the receiver is gone.
+    ///
+    /// A new session (first one, or after an expiry) lists and reads everything afresh
+    /// ([`resync`](Self::resync)): its watches are new. A reconnection of the same session
+    /// keeps them (the client library re-arms them, and the server fires those whose node
+    /// changed meanwhile), so it only re-lists ([`relist`](Self::relist): one `getChildren`
+    /// when nothing changed, plus one read per child that joined), after a random delay
+    /// (the session's splay) since a whole fleet reconnects at once after a leader election.
     async fn run(&mut self) {
         let mut status_rx = self.session.subscribe();
-        let mut synced_connection = 0;
+        let mut synced_session = 0;
         let mut retry = Duration::from_millis(100);
         loop {
             let status = status_rx.borrow_and_update().clone();
             let client = match (&status.client, status.connected) {
-                (Some(c), true) if status.connection_epoch != synced_connection => c.clone(),
+                (Some(c), true) if status.session_epoch != synced_session => c.clone(),
                 _ => {
                     if status_rx.changed().await.is_err() {
                         return;
@@ -153,23 +165,55 @@ impl Watcher {
                 }
             };
             retry = Duration::from_millis(100);
-            synced_connection = status.connection_epoch;
+            synced_session = status.session_epoch;
+            let mut synced_connection = status.connection_epoch;
+            let mut relist_at: Option<tokio::time::Instant> = None;
             loop {
+                let relist_due = async {
+                    match relist_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let step = tokio::select! {
                     r = status_rx.changed() => {
                         if r.is_err() { return }
                         let s = status_rx.borrow().clone();
-                        if s.connection_epoch != synced_connection || !s.connected { Step::Resync } else { Step::Continue }
+                        if s.session_epoch != synced_session {
+                            Step::Resync
+                        } else if s.connected && s.connection_epoch != synced_connection {
+                            synced_connection = s.connection_epoch;
+                            let delay = self.session.splay_delay();
+                            relist_at.get_or_insert_with(|| tokio::time::Instant::now() + delay);
+                            Step::Continue
+                        } else {
+                            Step::Continue
+                        }
+                    }
+                    _ = relist_due => {
+                        relist_at = None;
+                        match self.relist(&client, &mut child_watches).await {
+                            Ok(Some(w)) => {
+                                children_watch = w;
+                                retry = Duration::from_millis(100);
+                                if self.send_reset().await { Step::Continue } else { Step::Closed }
+                            }
+                            Ok(None) => Step::Closed,
+                            Err(err) => {
+                                warn!(error = %err, retry_in = ?retry, "re-listing failed");
+                                relist_at = Some(tokio::time::Instant::now() + retry);
+                                retry = (retry * 2).min(Duration::from_secs(5));
+                                Step::Continue
+                            }
+                        }
                     }
                     ev = &mut children_watch => {
+                        // Fired: until a listing arms a new one, nothing more comes from it.
+                        children_watch = std::future::pending().boxed();
                         if ev.event_type == zk::EventType::Session {
                             Step::Resync
                         } else {
-                            match self.relist(&client, &mut child_watches).await {
-                                Ok(Some(w)) => { children_watch = w; Step::Continue }
-                                Ok(None) => Step::Closed,
-                                Err(err) => { warn!(error = %err, "re-listing failed"); Step::Resync }
-                            }
+                            Step::Relist
                         }
                     }
                     Some((child, generation, ev)) = child_watches.next() => {
@@ -178,14 +222,34 @@ impl Watcher {
                 };
                 match step {
                     Step::Continue => {}
+                    Step::Relist => match self.relist(&client, &mut child_watches).await {
+                        Ok(Some(w)) => children_watch = w,
+                        Ok(None) => return,
+                        Err(err) => {
+                            warn!(error = %err, retry_in = ?retry, "re-listing failed");
+                            relist_at = Some(tokio::time::Instant::now() + retry);
+                            retry = (retry * 2).min(Duration::from_secs(5));
+                        }
+                    },
                     Step::Closed => return,
                     Step::Resync => {
-                        synced_connection = 0;
+                        synced_session = 0;
                         break;
                     }
                 }
             }
         }
+    }
+
+    /// Sends the complete set as it stands. False: the receiver is gone.
+    async fn send_reset(&mut self) -> bool {
+        let good = self
+            .children
+            .iter()
+            .filter_map(|(id, c)| c.node.clone().map(|node| Member { id: id.clone(), node }))
+            .collect::<Vec<_>>();
+        debug!(members = good.len(), children = self.children.len(), "re-listed");
+        self.tx.send(WatchUpdate::Reset(good)).await.is_ok()
     }
 
     /// Lists and reads everything afresh and sends a `Reset`. `Ok(None)`: the receiver is
@@ -244,11 +308,13 @@ impl Watcher {
     /// Lists the children with a watch. A missing path counts as empty, watched for creation.
     async fn list(&self, client: &zk::Client) -> Result<(Vec<String>, ChildrenWatch), RegistryError> {
         loop {
+            self.session.count_requests(1);
             match client.get_and_watch_children(&self.path).await {
                 Ok((children, _, w)) => return Ok((children, w.changed().boxed())),
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(zk_err("list", &self.path)(e)),
             }
+            self.session.count_requests(1);
             match client.check_and_watch_stat(&self.path).await {
                 Ok((None, w)) => return Ok((Vec::new(), w.changed().boxed())),
                 Ok((Some(_), _)) => continue, // created in between: list again
@@ -266,6 +332,7 @@ impl Watcher {
     ) -> Result<(Read, zk::OneshotWatcher), RegistryError> {
         let path = format!("{}/{}", self.path.trim_end_matches('/'), child);
         for _ in 0..READ_ATTEMPTS {
+            self.session.count_requests(1);
             match client.get_and_watch_data(&path).await {
                 Ok((data, stat, w)) => {
                     let decoded = codec::decode(child, &data).map_err(|e| (stat.mzxid, e));
@@ -274,6 +341,7 @@ impl Watcher {
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(zk_err("get", &path)(e)),
             }
+            self.session.count_requests(1);
             match client.check_and_watch_stat(&path).await {
                 Ok((None, w)) => return Ok((Read::Absent, w)),
                 Ok((Some(_), _)) => continue, // created again in between: read again
@@ -292,7 +360,8 @@ impl Watcher {
         generation
     }
 
-    /// Applies a children event: forgets who left the listing, reads who joined it.
+    /// Lists the children again: forgets who left the listing, reads who joined it and who
+    /// has no live watch. One `getChildren` when nothing changed.
     async fn relist(
         &mut self,
         client: &zk::Client,
@@ -312,21 +381,30 @@ impl Watcher {
             }
         }
         for child in listed {
-            if self.children.contains_key(&child) {
+            let known = self.children.get(&child).map(|c| c.watch);
+            if known.is_some_and(|watch| watch != 0) {
                 continue;
             }
             let (read, cw) = self.read(client, &child).await?;
-            // Absent: deleted since the listing; the children watch tells what comes next.
-            let Read::Data(data) = read else { continue };
-            let watch = self.arm(&child, cw, child_watches);
-            self.children.insert(
-                child.clone(),
-                Child {
-                    watch,
-                    ..Child::default()
-                },
-            );
-            if !self.apply(&child, data).await {
+            let sent = match (read, known) {
+                (Read::Data(data), _) => {
+                    let watch = self.arm(&child, cw, child_watches);
+                    self.children.entry(child.clone()).or_default().watch = watch;
+                    self.apply(&child, data).await
+                }
+                // Known, found deleted: consumers drop it; its exists watch tells when it is
+                // back, the children watch when it left the listing.
+                (Read::Absent, Some(_)) => {
+                    let watch = self.arm(&child, cw, child_watches);
+                    if let Some(c) = self.children.get_mut(&child) {
+                        c.watch = watch;
+                    }
+                    self.vanished(&child).await
+                }
+                // New, deleted since the listing: the children watch tells what comes next.
+                (Read::Absent, None) => true,
+            };
+            if !sent {
                 return Ok(None);
             }
         }
@@ -346,14 +424,25 @@ impl Watcher {
             return Step::Resync;
         }
         // Not listed any more, or a stale watch: the listing and the newest read decide.
-        if self.children.get(&child).is_none_or(|c| c.watch != generation) {
+        let Some(c) = self.children.get_mut(&child).filter(|c| c.watch == generation) else {
             return Step::Continue;
+        };
+        if ev.event_type == zk::EventType::NodeDeleted {
+            // Most deletions are the child leaving for good: the listing (one `getChildren`)
+            // says so, and reads the child again only if it is still, or again, listed.
+            // Reading it first would cost a failed read and an exists check.
+            c.watch = 0;
+            return Step::Relist;
         }
         let (read, w) = match self.read(client, &child).await {
             Ok(r) => r,
             Err(err) => {
                 warn!(error = %err, zk.node = %child, "re-reading a child failed");
-                return Step::Resync;
+                // No live watch now: the next listing reads it.
+                if let Some(c) = self.children.get_mut(&child) {
+                    c.watch = 0;
+                }
+                return Step::Relist;
             }
         };
         let watch = self.arm(&child, w, child_watches);

@@ -3,7 +3,8 @@
 //! The command runs in its own process group, so that everything it starts can be killed
 //! with it: on timeout, when the check is dropped (shutdown), and after it exits (a
 //! background process it left behind would otherwise live on, holding its output pipes).
-//! The last [`MAX_OUTPUT`] bytes of stdout and stderr are kept for the status.
+//! The last [`MAX_OUTPUT`] bytes of its output are kept for the status: stdout and stderr
+//! share one pipe (as `2>&1`), so the tail keeps the order in which the command wrote.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -13,7 +14,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
-use tokio::process::{ChildStderr, ChildStdout, Command};
+use tokio::net::unix::pipe;
+use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::{CheckError, Report, MAX_OUTPUT};
@@ -32,31 +34,44 @@ pub async fn run(check: &ExecCheck, timeout: Duration) -> Report {
     let Some((program, args)) = check.argv.split_first() else {
         return Err(CheckError::Setup("empty command".to_string())).into();
     };
-    let mut child = match Command::new(program)
+    let spawn_error = |e: std::io::Error| CheckError::Spawn {
+        program: program.clone(),
+        reason: e.to_string(),
+    };
+    // One pipe for both streams; close-on-exec so that commands run at the same time by
+    // other checks do not inherit (and hold open) this one's ends.
+    let (reader, writer) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(std::io::Error::from)
+        .and_then(|(r, w)| Ok((pipe::Receiver::from_owned_fd(r)?, w)))
+    {
+        Ok(ends) => ends,
+        Err(e) => return Err(spawn_error(e)).into(),
+    };
+    let stderr = match writer.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => return Err(spawn_error(e)).into(),
+    };
+    // The command (and with it the parent's copies of the write end) is dropped right after
+    // the spawn, so the pipe ends when the command's group has closed it.
+    let spawned = Command::new(program)
         .args(args)
         .envs(&check.env)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(true)
-        .spawn()
-    {
+        .spawn();
+    let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
-            return Err(CheckError::Spawn {
-                program: program.clone(),
-                reason: e.to_string(),
-            })
-            .into()
-        }
+        Err(e) => return Err(spawn_error(e)).into(),
     };
     // The child leads its own group: its pid is the group id.
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(|id| Group::new(Pid::from_raw(id)));
-    let mut output = Output::new(child.stdout.take(), child.stderr.take());
+    let mut output = Output::new(reader);
 
     let exited: Option<std::io::Result<ExitStatus>> = loop {
         tokio::select! {
@@ -168,50 +183,40 @@ async fn reap(id: Pid) {
     }
 }
 
-/// stdout and stderr read together into one bounded tail.
+/// The command's output (stdout and stderr, one pipe) read into one bounded tail.
 #[derive(Debug)]
 struct Output {
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    pipe: Option<pipe::Receiver>,
     tail: Vec<u8>,
 }
 
 impl Output {
-    fn new(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) -> Output {
+    fn new(pipe: pipe::Receiver) -> Output {
         Output {
-            stdout,
-            stderr,
+            pipe: Some(pipe),
             tail: Vec::new(),
         }
     }
 
     fn is_open(&self) -> bool {
-        self.stdout.is_some() || self.stderr.is_some()
+        self.pipe.is_some()
     }
 
-    /// Reads what one of the pipes has; false once both are closed. Cancel-safe.
+    /// Reads what the pipe has; false once it is closed. Cancel-safe.
     async fn read(&mut self) -> bool {
-        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
-        let (out_open, err_open) = (self.stdout.is_some(), self.stderr.is_some());
-        if !out_open && !err_open {
+        let Some(pipe) = self.pipe.as_mut() else {
             return false;
-        }
-        let (stdout, stderr) = (&mut self.stdout, &mut self.stderr);
-        let (from_stdout, n) = tokio::select! {
-            n = async { stdout.as_mut()?.read(&mut a).await.ok() }, if out_open => (true, n),
-            n = async { stderr.as_mut()?.read(&mut b).await.ok() }, if err_open => (false, n),
         };
-        let buf = if from_stdout { &a } else { &b };
-        match n {
-            Some(n) if n > 0 => self.push(&buf[..n]),
-            // EOF or a read error: that pipe is done.
-            _ if from_stdout => self.stdout = None,
-            _ => self.stderr = None,
+        let mut buf = [0u8; 4096];
+        match pipe.read(&mut buf).await {
+            Ok(n) if n > 0 => self.push(&buf[..n]),
+            // EOF or a read error: the output is over.
+            _ => self.pipe = None,
         }
         true
     }
 
-    /// Reads until both pipes are closed or `until`.
+    /// Reads until the pipe is closed or `until`.
     async fn drain(&mut self, until: Instant) {
         let _ = tokio::time::timeout_at(until, async { while self.read().await {} }).await;
     }

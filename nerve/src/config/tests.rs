@@ -749,3 +749,33 @@ fn same_instance_on_the_same_path_is_refused_with_the_first_holder() {
     );
     assert!(err.contains("services[1] (b) already registers"), "{err}");
 }
+
+#[test]
+fn zookeeper_fleet_keys_read_only_is_refused_tls_is_read_at_load() {
+    let service = "services:\n  - {name: web, host: 127.0.0.1, port: 80, zk_hosts: 'a:1', zk_path: /s/web, checks: [{type: tcp}]}\n";
+    let c = load(&format!(
+        "zookeeper: {{splay: 2s, follow_reconfig: false}}\n{service}"
+    ))
+    .unwrap();
+    assert_eq!(c.zk_session.splay, Duration::from_secs(2));
+    assert!(!c.zk_session.follow_reconfig && !c.zk_session.read_only);
+    let c = load(service).unwrap();
+    assert_eq!(c.zk_session.splay, common::config::DEFAULT_SPLAY);
+    assert!(c.zk_session.follow_reconfig);
+    let err = load(&format!(
+        "zookeeper: {{read_only: true, splay: soon, tls: {{ca_file: /nonexistent/ca.pem, cert_file: /x}}, tls_ca: 1}}\n{service}"
+    ))
+    .unwrap_err();
+    let mut got = paths(&err);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "zookeeper.read_only",
+            "zookeeper.splay",
+            "zookeeper.tls.key_file",
+            "zookeeper.tls_ca"
+        ],
+        "{err}"
+    );
+}

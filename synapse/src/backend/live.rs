@@ -26,9 +26,15 @@ pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// Nanoseconds since a process-wide monotonic epoch (the first call), never 0.
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// The [`now_ns`] clock at `t`, an instant already read (the data path reuses the clock
+/// reads it has rather than reading again).
+pub fn ns_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos())
+    u64::try_from(t.saturating_duration_since(*epoch).as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_add(1)
 }
@@ -92,6 +98,11 @@ impl Live {
     /// Records a latency sample (connect time, or response time in HTTP mode).
     pub fn on_complete(&self, latency: Duration) {
         self.observe_at(nanos(latency), now_ns());
+    }
+
+    /// [`Live::on_complete`] at `now` ([`now_ns`] clock).
+    pub fn on_complete_at(&self, latency: Duration, now: u64) {
+        self.observe_at(nanos(latency), now);
     }
 
     /// Records a failed attempt that took `elapsed`, as a latency of at least

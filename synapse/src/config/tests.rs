@@ -859,3 +859,20 @@ fn backend_protocol_per_service_and_per_route() {
         ]
     );
 }
+
+#[test]
+fn zookeeper_fleet_keys_default_to_read_only_and_splay() {
+    let service = "services:\n  - {name: web, zk_hosts: 'a:1', zk_path: /s/web, listen: 3000}\n";
+    let c = load(service).unwrap();
+    assert!(c.zk_session.read_only && c.zk_session.follow_reconfig);
+    assert_eq!(c.zk_session.splay, common::config::DEFAULT_SPLAY);
+    let c = load(&format!("zookeeper: {{read_only: false, splay: 0s}}\n{service}")).unwrap();
+    assert!(!c.zk_session.read_only);
+    assert_eq!(c.zk_session.splay, Duration::ZERO);
+    let err = load(&format!(
+        "zookeeper: {{tls: {{ca_file: /nonexistent/ca.pem}}, readonly: true}}\n{service}"
+    ))
+    .unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["zookeeper.readonly", "zookeeper.tls"], "{err}");
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -37,18 +37,56 @@ pub(crate) async fn first_sync(service: &Service, cancel: &CancellationToken) ->
     }
 }
 
+/// True where an accepted socket inherits `TCP_NODELAY` and the keepalive settings of its
+/// listening socket (Linux copies the listener's socket at accept): they are then set once on
+/// the listener, not with 5 `setsockopt` calls per connection.
+const ACCEPTED_INHERIT: bool = cfg!(target_os = "linux");
+
 /// Turns TCP keepalive on (`idle` before the first probe; zero leaves it off).
 pub(crate) fn keepalive(stream: &TcpStream, idle: Duration) {
-    if idle.is_zero() {
-        return;
-    }
-    let params = TcpKeepalive::new()
-        .with_time(idle)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&params) {
+    set_keepalive(SockRef::from(stream), idle, false);
+}
+
+fn set_keepalive(socket: SockRef<'_>, idle: Duration, turn_off: bool) {
+    let result = if idle.is_zero() {
+        if !turn_off {
+            return;
+        }
+        socket.set_keepalive(false)
+    } else {
+        let params = TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES);
+        socket.set_tcp_keepalive(&params)
+    };
+    if let Err(err) = result {
         debug!(error = %err, "cannot set TCP keepalive");
     }
+}
+
+/// Prepares a listening socket whose accepted client sockets need `TCP_NODELAY` and TCP
+/// keepalive (`idle`; zero: off): where they are inherited, set here once. Called by each
+/// accept loop as it starts (a reload may change `idle` for the same socket).
+pub(crate) fn prepare_listener(listener: &TcpListener, idle: Duration) {
+    if !ACCEPTED_INHERIT {
+        return;
+    }
+    let socket = SockRef::from(listener);
+    if let Err(err) = socket.set_tcp_nodelay(true) {
+        debug!(error = %err, "cannot set TCP_NODELAY on a listener");
+    }
+    set_keepalive(socket, idle, true);
+}
+
+/// Gives an accepted client socket `TCP_NODELAY` and TCP keepalive (`idle`), unless it
+/// inherited them from its listener ([`prepare_listener`]).
+pub(crate) fn prepare_client(stream: &TcpStream, idle: Duration) {
+    if ACCEPTED_INHERIT {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    keepalive(stream, idle);
 }
 
 /// Connects to `backend` within `timeout` (a hostname is resolved here).

@@ -32,7 +32,7 @@ use crate::outlier::Failure;
 use crate::service::Service;
 
 use super::accept::{self, Limit};
-use super::connect::{connect, first_sync, keepalive, NotSynced};
+use super::connect::{connect, first_sync, keepalive, prepare_client, prepare_listener, NotSynced};
 
 /// Accepts connections until `cancel` or `stop` fires ([`accept::serve`]: backoff on
 /// errors, `max_connections` permits taken before `accept`, backlog served at the end).
@@ -47,6 +47,7 @@ pub async fn serve(
     cancel: CancellationToken,
     stop: CancellationToken,
 ) {
+    prepare_listener(&listener, service.config.tcp_keepalive);
     let limit = service.conn_limit.as_ref().map(|permits| Limit {
         permits,
         limited: &service.metrics.limited,
@@ -106,7 +107,7 @@ enum End {
 }
 
 async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &CancellationToken) {
-    keepalive(&client, service.config.tcp_keepalive);
+    prepare_client(&client, service.config.tcp_keepalive);
     if !service.snapshot.load().synced() {
         let waited = first_sync(service, cancel).await;
         // The default servers stand in at the end of the same timeout: a tie goes to them.
@@ -168,7 +169,6 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
         );
         return;
     };
-    let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     keepalive(&upstream, service.config.tcp_keepalive);
     let m = &backend.state.metrics;

@@ -29,6 +29,7 @@ mod config_props;
 mod docs_links;
 mod e2e;
 mod faults;
+mod fleet;
 mod harness;
 mod http_props;
 mod log_level;

@@ -246,6 +246,10 @@ fn a_killed_backend_gives_unavailable_never_a_hang() {
     std::thread::sleep(Duration::from_secs(1));
     servers[1].kill();
     load.mark();
+    // Calls b answered before it died may be tallied late by a client on a busy machine:
+    // the phase that says "b is dead" starts once that backlog has been read.
+    std::thread::sleep(Duration::from_secs(1));
+    load.mark();
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
     let out = load.finish();
@@ -267,8 +271,8 @@ fn a_killed_backend_gives_unavailable_never_a_hang() {
         "{} failed: more than the calls in flight",
         out.failures
     );
-    let after = &out.phases[1];
-    assert!(after.get("b").copied().unwrap_or(0) <= 10, "b is dead: {after:?}");
+    let after = &out.phases[2];
+    assert_eq!(after.get("b"), None, "b is dead: {after:?}");
     assert!(
         after.get("a").copied().unwrap_or(0) > 300 && after.get("c").copied().unwrap_or(0) > 300,
         "{after:?}"

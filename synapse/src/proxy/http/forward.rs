@@ -18,7 +18,7 @@ use super::multiplex::Stream;
 use super::server::Client;
 use super::upstream::Acquire;
 use super::{headers, HttpBackend, HttpService, ReqBody, RespBody, REPLAY_MAX};
-use crate::balance::{now_ns, Ctx, InFlight};
+use crate::balance::{now_ns, ns_at, Ctx, InFlight};
 use crate::config::BackendProtocol;
 use crate::metrics::{code_class, ProxyError, RetryReason};
 use crate::outlier::Failure;
@@ -107,7 +107,9 @@ impl HttpService {
         if !service.snapshot.load().synced() && connect::first_sync(service, &client.cancel).await.is_err() {
             return self.reply(ProxyError::NotSynced, grpc);
         }
-        self.budget.on_request(now_ns());
+        // The request's arrival on the `now_ns` clock, without another clock read.
+        let start_ns = ns_at(start.into_std());
+        self.budget.on_request(start_ns);
         let deadline = (!config.http.request_timeout.is_zero()).then(|| start + config.http.request_timeout);
         let deadline = match (deadline, grpc_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -144,10 +146,15 @@ impl HttpService {
             key,
             ignore_ejection: table.panic().active(),
         };
+        // At most this many backends are tried: whether another may follow is known without
+        // computing the next pick (it is computed only when a try failed).
+        let limit = ctx.attempts.min(table.backends().len());
         let mut picks = table.pick(ctx).peekable();
+        let mut tried = 0;
         // What the client gets when every candidate failed.
         let mut failure = ProxyError::NoBackend;
         'backends: while let Some(backend) = picks.next() {
+            tried += 1;
             let Some(http) = self.backend(&backend.state) else {
                 continue 'backends;
             };
@@ -158,31 +165,42 @@ impl HttpService {
                 fresh: false,
             };
             loop {
-                let more = picks.peek().is_some();
+                // A copy of the request is kept only when another try may follow: an upper
+                // bound says so without computing the next pick (computed only on failure).
+                let bound = tried < limit;
                 // Sent again when it failed, if idempotent...
-                let again = msg.replayable && more;
+                let may_retry = msg.replayable && bound;
                 // ...or, whatever it is, when the backend refused it.
-                let resend = msg.resendable() && more;
-                match self
-                    .try_once(client, &mut attempt, &mut msg, again || resend, deadline, call)
-                    .await
-                {
+                let may_resend = msg.resendable() && bound;
+                let outcome = self
+                    .try_once(
+                        client,
+                        &mut attempt,
+                        &mut msg,
+                        may_retry || may_resend,
+                        deadline,
+                        call,
+                        start_ns,
+                    )
+                    .await;
+                let mut more = || picks.peek().is_some();
+                match outcome {
                     Outcome::Response(resp) => return resp,
                     Outcome::RetryableStatus(resp) => {
-                        if again && self.retry(RetryReason::Status) {
+                        if may_retry && more() && self.retry(RetryReason::Status) {
                             continue 'backends;
                         }
                         return resp;
                     }
                     Outcome::Unavailable(resp) => {
-                        if resend && self.retry(RetryReason::Refused) {
+                        if may_resend && more() && self.retry(RetryReason::Refused) {
                             continue 'backends;
                         }
                         return resp;
                     }
                     Outcome::Refused => {
                         failure = ProxyError::BackendFailed;
-                        if resend && self.retry(RetryReason::Refused) {
+                        if may_resend && more() && self.retry(RetryReason::Refused) {
                             continue 'backends;
                         }
                         return self.reply(failure, grpc);
@@ -199,7 +217,7 @@ impl HttpService {
                     }
                     Outcome::Failed(why, reason) => {
                         failure = why;
-                        if again && self.retry(reason) {
+                        if may_retry && more() && self.retry(reason) {
                             continue 'backends;
                         }
                         return self.reply(failure, grpc);
@@ -224,6 +242,7 @@ impl HttpService {
         again: bool,
         deadline: Option<Instant>,
         call: Call,
+        start_ns: u64,
     ) -> Outcome {
         let (backend, http) = (at.backend, at.http);
         let config = &self.service.config;
@@ -237,7 +256,7 @@ impl HttpService {
                 Err(Acquire::Deadline) => return Outcome::Reply(ProxyError::Timeout),
             }
         } else {
-            match self.connection(backend, http, at.fresh, deadline).await {
+            match self.connection(backend, http, at.fresh, deadline, start_ns).await {
                 Ok(sender) => Upstream::H1(sender),
                 Err(Acquire::ConnectFailed) => return Outcome::Unreachable,
                 Err(Acquire::Deadline) => return Outcome::Reply(ProxyError::Timeout),
@@ -272,11 +291,12 @@ impl HttpService {
             Some(at) => tokio::time::timeout_at(at, send).await.ok(),
             None => Some(send.await),
         };
-        let elapsed = sent_at.elapsed();
+        let done = Instant::now();
+        let elapsed = done.saturating_duration_since(sent_at);
         match result {
             Some(Ok(mut resp)) => {
                 let status = resp.status();
-                backend.state.live.on_complete(elapsed);
+                backend.state.live.on_complete_at(elapsed, ns_at(done.into_std()));
                 http.metrics.responses[code_class(status.as_u16())].inc();
                 http.metrics.response_time.observe(elapsed.as_secs_f64());
                 // A trailers-only gRPC answer has its status in the headers.

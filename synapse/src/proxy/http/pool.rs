@@ -55,17 +55,13 @@ impl Pool {
         }
     }
 
-    /// An idle connection that is still open and fresh, if any. It may still be finishing
-    /// its previous exchange: the caller waits for `ready()`.
-    pub fn checkout(&self) -> Option<SendRequest<ReqBody>> {
+    /// An idle connection that is still open and fresh at `now` ([`now_ns`] clock), if any.
+    /// It may still be finishing its previous exchange: the caller waits for `ready()`.
+    pub fn checkout(&self, now: u64) -> Option<SendRequest<ReqBody>> {
         let idle = self.idle.as_ref()?;
-        let mut now = 0;
         while let Some(c) = idle.pop() {
             if c.sender.is_closed() {
                 continue;
-            }
-            if now == 0 {
-                now = now_ns();
             }
             if now.saturating_sub(c.since_ns) >= self.idle_timeout_ns {
                 continue;

@@ -30,7 +30,7 @@ use super::{text_response, HttpService, RespBody};
 use crate::config::{BackendProtocol, HttpListenerConfig};
 use crate::metrics::{code_class, Metrics};
 use crate::proxy::accept;
-use crate::proxy::connect::keepalive;
+use crate::proxy::connect::{prepare_client, prepare_listener};
 use crate::proxy::grpc;
 use crate::router::Router;
 
@@ -207,6 +207,7 @@ pub async fn serve(
     cancel: CancellationToken,
     stop: CancellationToken,
 ) {
+    prepare_listener(&listener, settings.tcp_keepalive);
     let l = Listening {
         routes,
         settings,
@@ -226,8 +227,7 @@ async fn connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     settings: ListenerSettings,
 ) {
-    keepalive(&stream, settings.tcp_keepalive);
-    let _ = stream.set_nodelay(true);
+    prepare_client(&stream, settings.tcp_keepalive);
     serve_connection(stream, client, builder, settings).await;
 }
 

@@ -19,17 +19,19 @@ use crate::proxy::connect::{self, keepalive};
 use crate::table::Backend;
 
 impl HttpService {
-    /// A connection to `backend`: a pooled one unless `fresh`, else a new one.
+    /// A connection to `backend`: a pooled one unless `fresh` (idle time judged at `now_ns`),
+    /// else a new one.
     pub(super) async fn connection(
         &self,
         backend: &Backend,
         http: &HttpBackend,
         fresh: bool,
         deadline: Option<Instant>,
+        now_ns: u64,
     ) -> Result<SendRequest<ReqBody>, Acquire> {
         let connect_timeout = self.service.config.connect_timeout;
         if !fresh {
-            while let Some(mut sender) = http.pool.checkout() {
+            while let Some(mut sender) = http.pool.checkout(now_ns) {
                 if sender.is_ready() {
                     return Ok(sender);
                 }
