@@ -14,11 +14,16 @@
 //!
 //! A local admin port is also a way to exhaust the process's file descriptors, so slow and
 //! idle clients are bounded ([`AdminLimits`]): a short timeout for a connection's first byte,
-//! header read timeout, idle timeout and a cap on open connections. The admin port also
-//! answers readiness probes, so a full house never makes a new client wait: at the cap, the
-//! oldest connection that is not inside a request (idle keep-alive, or headers unfinished)
-//! is closed to make room. Only when every connection is inside a request do new clients
-//! wait in the listen backlog. Accept errors back off through [`crate::net::AcceptBackoff`].
+//! header and body read timeouts, an idle timeout and a cap on open connections. The admin
+//! port also answers readiness probes, so a full house never makes a new client wait: at the
+//! cap, the oldest connection the server owes nothing to (headers or body unfinished, silent,
+//! idle keep-alive, or a response the client does not read) is closed to make room. A
+//! connection is protected only while the server works for it: from an accept that finds its
+//! complete request head already received (a probe that waited in the listen backlog behind
+//! abusive clients), and while its handler runs. The accept loop yields after each accept,
+//! so a new connection is read before a flood of later ones can push it out. Only when every
+//! connection is protected do new clients wait in the listen backlog. Accept errors back off
+//! through [`crate::net::AcceptBackoff`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -114,12 +119,25 @@ pub struct AdminBindError {
     pub source: std::io::Error,
 }
 
+/// Listen backlog of the admin port (the kernel caps it at `net.core.somaxconn`). Clients
+/// past the connection cap wait here; a full backlog drops a probe's SYN, which the client
+/// retries only after a second, so it is far larger than the 128 of `TcpListener::bind`.
+pub const BACKLOG: u32 = 1024;
+
 /// Binds the admin listener (done before anything else starts, so a busy port is an error
 /// at start).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminBindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminBindError { addr, source })
+    let err = |source| AdminBindError { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As `TcpListener::bind`: a restarted agent rebinds at once.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)
 }
 
 /// Limits that keep slow or idle clients from holding the admin server's connections (and
@@ -139,6 +157,10 @@ pub struct AdminLimits {
     /// is doing (e.g. a client that stalls sending a body or stops reading the response).
     /// Default 30 s. Zero disables it.
     pub idle_timeout: Duration,
+    /// Time a client has to send a request's whole body, from the end of its headers.
+    /// Default 10 s (admin bodies are at most [`MAX_BODY`]); a slower one is answered 408
+    /// and closed. Zero disables it.
+    pub body_read_timeout: Duration,
     /// Connections open at once. At the cap, a new client takes the place of the oldest
     /// connection that is not inside a request (that one is closed); when every one is
     /// inside a request, new clients wait in the listen backlog. Default 32.
@@ -150,6 +172,7 @@ impl Default for AdminLimits {
         AdminLimits {
             first_byte_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_connections: 32,
         }
@@ -220,12 +243,20 @@ pub async fn serve_with(
         if cancel.is_cancelled() {
             break;
         }
-        let slot = conns.open(peer);
+        // A request already whole in the socket (its client waited in the backlog) is served
+        // next; without this, the accepts of later clients could close it before its task
+        // first reads.
+        let slot = conns.open(peer, request_head_received(&stream));
         let handler = handler.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
             serve_connection(stream, peer, handler, limits, slot, cancel).await;
         });
+        // Let the new connection (and the others) read before the next accept: clients that
+        // reconnect as fast as they are closed would otherwise keep this loop busy, each
+        // accept closing the oldest connection, until a probe accepted a moment ago is the
+        // oldest before it was ever read.
+        tokio::task::yield_now().await;
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
@@ -270,9 +301,10 @@ impl Connections {
         Some(conn.peer)
     }
 
-    fn open(self: &Arc<Self>, peer: SocketAddr) -> Slot {
+    /// Registers a new connection, protected from the start when `protected`.
+    fn open(self: &Arc<Self>, peer: SocketAddr, protected: bool) -> Slot {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let busy = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicBool::new(protected));
         let close = CancellationToken::new();
         self.lock().insert(
             id,
@@ -302,6 +334,14 @@ struct Slot {
 }
 
 impl Slot {
+    /// Ends the protection given at the accept: the request is now the client's to finish
+    /// (its body), as any other.
+    fn unprotect(&self) {
+        if self.busy.swap(false, Ordering::Relaxed) {
+            self.conns.changed.notify_one();
+        }
+    }
+
     /// Marks the connection inside a request until the guard drops.
     fn enter(&self) -> BusyGuard {
         self.busy.store(true, Ordering::Relaxed);
@@ -316,6 +356,18 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.conns.lock().remove(&self.id);
         self.conns.changed.notify_one();
+    }
+}
+
+/// Whether a complete request head (up to a blank line) is already in `stream`'s receive
+/// buffer, looked at without taking it and without waiting. Heads larger than the look are
+/// reported as incomplete (probes send a few dozen bytes).
+fn request_head_received(stream: &TcpStream) -> bool {
+    use rustix::net::RecvFlags;
+    let mut buf = [0u8; 2048];
+    match rustix::net::recv(stream, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((n, _)) => buf[..n.min(buf.len())].windows(4).any(|w| w == b"\r\n\r\n"),
+        Err(_) => false,
     }
 }
 
@@ -364,8 +416,10 @@ async fn serve_connection(
         let handler = handler.clone();
         let slot = slot.clone();
         async move {
-            let _inside = slot.enter();
-            Ok::<_, Infallible>(to_response(route(req, peer, &handler).await))
+            slot.unprotect();
+            Ok::<_, Infallible>(to_response(
+                route(req, peer, &handler, &slot, limits.body_read_timeout).await,
+            ))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -391,27 +445,48 @@ async fn serve_connection(
     }
 }
 
-/// Reads the body (bounded; a stalled one is cut by the connection's idle timeout) and
-/// dispatches: built-in routes first, then the agent's handler.
-async fn route(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) -> Reply {
+/// Reads the body (bounded in size and time; meanwhile the connection may be closed to make
+/// room, as the client is the one that owes bytes) and dispatches, the connection now inside
+/// its request: built-in routes first, then the agent's handler.
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    handler: &Handler,
+    slot: &Slot,
+    body_timeout: Duration,
+) -> Reply {
     let (parts, body) = req.into_parts();
     let body = if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) {
         Bytes::new()
     } else {
-        match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+        let read = Limited::new(body, MAX_BODY).collect();
+        let read = if body_timeout.is_zero() {
+            Ok(read.await)
+        } else {
+            tokio::time::timeout(body_timeout, read).await
+        };
+        match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
                 return Reply::text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body larger than {MAX_BODY} bytes\n"),
                 );
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 debug!(%peer, error = %err, "cannot read admin request body");
                 return Reply::text(StatusCode::BAD_REQUEST, "cannot read the request body\n");
             }
+            Err(_) => {
+                debug!(%peer, timeout = ?body_timeout, "admin request body too slow");
+                return Reply::text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {body_timeout:?}\n"),
+                );
+            }
         }
     };
+    let _inside = slot.enter();
     if parts.uri.path() == "/log-level" {
         return log_level(&parts.method, &body, peer);
     }
