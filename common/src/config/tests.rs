@@ -1,4 +1,11 @@
 #![allow(clippy::unwrap_used)]
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
 use super::*;
 
 #[test]
@@ -523,4 +530,28 @@ mod props {
             }
         }
     }
+}
+
+#[test]
+fn a_refused_path_covers_its_keys_and_elements_only() {
+    let mut p = Problems::default();
+    p.refuse("services[1]", "bad service");
+    p.refuse("", "bad document");
+    p.push("services[1].port", "dropped: under services[1]");
+    p.push("services[1][0]", "dropped: under services[1]");
+    p.push("services[10].port", "kept: services[10] is another element");
+    p.push("services[1]x", "kept: another key");
+    p.push("services", "kept: the root refusal covers only the root");
+    p.push("", "dropped: the root itself");
+    let got: Vec<String> = problems(p).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        got,
+        [
+            "bad service",
+            "bad document",
+            "kept: services[10] is another element",
+            "kept: another key",
+            "kept: the root refusal covers only the root",
+        ]
+    );
 }
