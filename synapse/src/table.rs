@@ -54,6 +54,12 @@ pub struct Backend {
     pub state: Arc<BackendState>,
 }
 
+/// A backend to build: `(znode id, node, state)`.
+pub type Entry = (String, Node, Arc<BackendState>);
+
+/// Backends to put in place, by `host:port`; None: the backend leaves.
+pub type Changes = BTreeMap<String, Option<Entry>>;
+
 /// An immutable set of backends with their balancer.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -104,13 +110,13 @@ impl RouteTable {
     /// unless its options say `backup` (the watcher takes the full build otherwise).
     pub fn apply(
         &self,
-        changes: &BTreeMap<String, Option<(String, Node, Arc<BackendState>)>>,
+        changes: &Changes,
         policy: PolicyName,
         default_weight: u32,
     ) -> RouteTable {
         let mut backends = Vec::with_capacity(self.backends.len() + changes.len());
         let mut changed = changes.iter().peekable();
-        let fresh = |change: &Option<(String, Node, Arc<BackendState>)>| {
+        let fresh = |change: &Option<Entry>| {
             change.as_ref().map(|(id, node, state)| {
                 Arc::new(Backend::new(
                     id.clone(),
