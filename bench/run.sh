@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark command: synapse beside HAProxy (and beside no proxy), on this machine.
 #
-#   bench/run.sh                                  # every phase (about 8 minutes)
-#   bench/run.sh --only keepalive,close,redis     # some phases
+#   bench/run.sh                                  # every default phase (about 10 minutes)
+#   bench/run.sh --only keepalive,close,rate,redis  # the data plane beside HAProxy
 #   bench/run.sh --only fleet                     # the fleet phase (N up to 2000: slow)
 #   bench/run.sh --help                           # phases and knobs (rounds, durations, CPUs)
+#
+# Phases: keepalive, close (wrk -t1 -c32, closed loop: req/s, latency, and each proxy's CPU per
+# request: its utime + stime from /proc/<pid>/stat over the run / requests, also user time
+# alone), rate (open loop at 50 % of HAProxy's keep-alive maximum: p50/p99/p99.9 and the
+# latency added over direct), redis, propagation, churn, cost, h2; count and fleet only when
+# named. Medians over rounds with their range; synapse / HAProxy ratios per round.
 #
 # Installs what is missing (Debian packages: nginx, haproxy, wrk, h2load, redis, ZooKeeper), builds
 # the release binaries, then runs the driver (bench/src/main.rs): the load generators on one

@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use integration_tests::{free_ports, Zk};
 use serde_json::{json, Value};
 
-use crate::procs::{self, Proc};
+use crate::procs::{self, CpuPerRequest, Proc};
+use crate::Spread;
 
 /// What the phase needs from the driver.
 #[derive(Debug)]
@@ -39,13 +40,13 @@ const CONNECTIONS: usize = 10;
 const STREAMS: usize = 10;
 
 /// One h2load run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Run {
     rps: f64,
     done: u64,
     failed: u64,
-    /// Proxy CPU per request, µs (NaN for direct).
-    cpu_us: f64,
+    /// Proxy CPU per request (NaN for direct).
+    cpu: CpuPerRequest,
 }
 
 /// Runs the phase; returns the table rows (what, value) and the JSON section.
@@ -97,23 +98,15 @@ pub fn run(s: &Settings<'_>) -> Result<(Vec<(String, String)>, Value)> {
     for round in 0..s.rounds {
         for (i, (name, port, proc_)) in targets.iter().enumerate() {
             let proxy = proc_.map(|i| &proxies[i]);
-            let before = proxy.map(Proc::cpu_time).transpose()?;
-            let mut r = h2load(s.client_cpus, *port, s.secs)?;
-            if let (Some(p), Some(b)) = (proxy, before) {
-                let used = p.cpu_time()? - b;
-                r.cpu_us = if r.done == 0 {
-                    f64::NAN
-                } else {
-                    used.as_secs_f64() * 1e6 / r.done as f64
-                };
-            } else {
-                r.cpu_us = f64::NAN;
-            }
+            let (mut r, cpu) =
+                procs::cpu_per_request(proxy, || h2load(s.client_cpus, *port, s.secs), |r| r.done)?;
+            r.cpu = cpu;
             eprintln!(
-                "  h2 round {} {name}: {:.0} req/s, {:.1} µs CPU/request, {} failed",
+                "  h2 round {} {name}: {:.0} req/s, {:.1} µs CPU/request ({:.1} user), {} failed",
                 round + 1,
                 r.rps,
-                r.cpu_us,
+                cpu.total_us,
+                cpu.user_us,
                 r.failed
             );
             runs[i].push(r);
@@ -125,29 +118,19 @@ pub fn run(s: &Settings<'_>) -> Result<(Vec<(String, String)>, Value)> {
 
     let mut rows = Vec::new();
     let mut out = serde_json::Map::new();
-    let med = |v: Vec<f64>| -> f64 {
-        let mut v = v;
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    let range = |v: &[f64]| -> (f64, f64) {
-        (
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        )
-    };
-    let mut cpu_medians = Vec::new();
     for ((name, _, proc_), r) in targets.iter().zip(&runs) {
         let rps: Vec<f64> = r.iter().map(|x| x.rps).collect();
-        let cpu: Vec<f64> = r.iter().map(|x| x.cpu_us).collect();
+        let cpu: Vec<f64> = r.iter().map(|x| x.cpu.total_us).collect();
+        let user: Vec<f64> = r.iter().map(|x| x.cpu.user_us).collect();
         let failed: u64 = r.iter().map(|x| x.failed).sum();
-        let (lo, hi) = range(&rps);
-        let mut value = format!("{:.0} req/s ({lo:.0}-{hi:.0})", med(rps.clone()));
-        let cpu_med = med(cpu.clone());
+        let mut value = format!("{} req/s", Spread::of(&rps).fmt(0));
         if proc_.is_some() {
-            let (clo, chi) = range(&cpu);
-            let _ = write!(value, ", {cpu_med:.1} µs CPU/request ({clo:.1}-{chi:.1})");
-            cpu_medians.push(cpu_med);
+            let _ = write!(
+                value,
+                ", CPU {} µs/request, user {}",
+                Spread::of(&cpu).fmt(1),
+                Spread::of(&user).fmt(1)
+            );
         }
         if failed > 0 {
             let _ = write!(value, ", {failed} failed");
@@ -155,16 +138,34 @@ pub fn run(s: &Settings<'_>) -> Result<(Vec<(String, String)>, Value)> {
         rows.push((name.to_string(), value));
         out.insert(
             name.to_string(),
-            json!({"rps": rps, "cpu_us_per_request": cpu, "failed": failed}),
+            json!({"rps": rps, "cpu_us_per_request": cpu, "user_us_per_request": user, "failed": failed}),
         );
     }
-    if let [ha, syn] = cpu_medians[..] {
-        rows.push((
-            "synapse / HAProxy CPU per request".into(),
-            format!("{:.2} (target ≤ 1)", syn / ha),
-        ));
-        out.insert("cpu_ratio_synapse_haproxy".into(), json!(syn / ha));
-    }
+    // Per round (the two proxies ran back to back), then the spread over rounds.
+    let per_round = |f: fn(&Run) -> f64| -> Vec<f64> {
+        runs[2]
+            .iter()
+            .zip(&runs[1])
+            .map(|(syn, ha)| f(syn) / f(ha))
+            .collect()
+    };
+    let (cpu_ratio, user_ratio) = (per_round(|r| r.cpu.total_us), per_round(|r| r.cpu.user_us));
+    rows.push((
+        "synapse / HAProxy, per round".into(),
+        format!(
+            "CPU per request {}× (target ≤ 1), user {}×",
+            Spread::of(&cpu_ratio).fmt(2),
+            Spread::of(&user_ratio).fmt(2)
+        ),
+    ));
+    out.insert(
+        "cpu_ratio_synapse_haproxy".into(),
+        Spread::of(&cpu_ratio).json(&cpu_ratio),
+    );
+    out.insert(
+        "user_ratio_synapse_haproxy".into(),
+        Spread::of(&user_ratio).json(&user_ratio),
+    );
     out.insert(
         "load".into(),
         json!(format!(
@@ -265,7 +266,7 @@ fn parse(text: &str) -> Option<Run> {
         rps,
         done: field(" succeeded")?,
         failed: field(" failed")? + field(" errored")? + field(" timeout")?,
-        cpu_us: f64::NAN,
+        cpu: CpuPerRequest::NONE,
     })
 }
 

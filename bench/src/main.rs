@@ -3,8 +3,10 @@
 //! machine, with the load generator and the servers pinned to different CPUs.
 //!
 //! Phases (`--only a,b`): `keepalive` and `close` (wrk through direct / HAProxy TCP /
-//! synapse TCP / HAProxy HTTP / synapse HTTP, rounds interleaved), `redis` (redis-benchmark
-//! direct / HAProxy / synapse), `propagation` (ZooKeeper change → synapse routing, beside the
+//! synapse TCP / HAProxy HTTP / synapse HTTP, rounds interleaved; req/s, latency and each
+//! proxy's CPU per request), `rate` (the same targets at a fixed rate, open loop: latency
+//! added over direct; see [`rate`]), `redis` (redis-benchmark direct / HAProxy / synapse),
+//! `propagation` (ZooKeeper change → synapse routing, beside the
 //! raw watch latency, with 1 and 1000 backends), `churn` (20 changes/s while wrk runs: synapse
 //! TCP, synapse HTTP, and HAProxy reloaded with `-sf`), `cost` (ZooKeeper requests per change,
 //! RSS, idle CPU), `h2` (h2load through HAProxy and synapse, HTTP/2 both sides: see
@@ -21,6 +23,7 @@ mod count;
 mod fleet;
 mod h2;
 mod procs;
+mod rate;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -31,13 +34,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use integration_tests::{free_port, free_ports, ZkCluster};
-use procs::{Frontend, Proc, SynapseService};
+use procs::{CpuPerRequest, Frontend, Proc, SynapseService};
 use serde_json::{json, Value};
 use zookeeper_client as zkc;
 
 const PHASES: &[&str] = &[
     "keepalive",
     "close",
+    "rate",
     "redis",
     "propagation",
     "churn",
@@ -50,9 +54,11 @@ const OPTIONAL_PHASES: &[&str] = &["count", "fleet"];
 #[derive(Debug, Parser)]
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
 struct Args {
-    /// Comma-separated phases to run (default: all but count and fleet): keepalive, close, redis,
-    /// propagation, churn, cost, h2; count (allocations and system calls per request: needs
-    /// target/release/synapse-count-alloc, which bench/run.sh builds, and strace); fleet (slow).
+    /// Comma-separated phases to run (default: all but count and fleet): keepalive, close (wrk,
+    /// closed loop: req/s, latency, the proxies' CPU per request), rate (open loop at a fixed
+    /// rate: latency added over direct), redis, propagation, churn, cost, h2; count
+    /// (allocations and system calls per request: needs target/release/synapse-count-alloc,
+    /// which bench/run.sh builds, and strace); fleet (slow).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// CPUs (taskset list) of the load generators, the driver and ZooKeeper.
@@ -64,12 +70,20 @@ struct Args {
     /// Rounds of each throughput measurement (targets interleaved within a round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Seconds of each wrk run.
+    /// Seconds of each load run (wrk, the rate phase's generator, h2load).
     #[arg(long, default_value_t = 5)]
     duration: u64,
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Fixed rate of the rate phase, in percent of HAProxy's keep-alive maximum (TCP for the TCP
+    /// rows, HTTP for the HTTP rows; the keepalive phase's medians, or a calibration run of
+    /// HAProxy when that phase is not run).
+    #[arg(long, default_value_t = 50.0)]
+    rate_percent: f64,
+    /// Fixed rate of the rate phase in req/s, for TCP and HTTP alike (instead of --rate-percent).
+    #[arg(long)]
+    rate_rps: Option<f64>,
     /// redis-benchmark requests per test and round.
     #[arg(long, default_value_t = 50_000)]
     redis_requests: usize,
@@ -147,6 +161,17 @@ fn main() -> Result<()> {
             bail!("{} missing: cargo build --release --bins", b.display());
         }
     }
+    // The driver runs the rate phase's load generator and starts ZooKeeper: both belong on the
+    // client CPUs (bench/run.sh starts it there; this holds when it is run by hand too).
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", &args.client_cpus])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    if !pinned.success() {
+        bail!("taskset could not pin the driver to CPUs {}", args.client_cpus);
+    }
     let machine = machine(&args);
     println!("{}", machine["summary"].as_str().unwrap_or_default());
 
@@ -172,8 +197,8 @@ fn main() -> Result<()> {
     b.json.insert("machine".into(), machine);
     b.json.insert("phases".into(), json!(selected));
     let started = Instant::now();
-    if run("keepalive") || run("close") || run("redis") {
-        b.throughput(run("keepalive"), run("close"), run("redis"))?;
+    if run("keepalive") || run("close") || run("rate") || run("redis") {
+        b.throughput(run("keepalive"), run("close"), run("rate"), run("redis"))?;
     }
     if run("propagation") {
         b.propagation()?;
@@ -315,6 +340,43 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&mut v, 50.0)
 }
 
+/// A measure over rounds: its median and its range (NaNs, from runs without the measure, left
+/// out). On a shared machine the range says how far to trust the median.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        let v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+        Spread {
+            median: median(v.clone()),
+            min: v.iter().copied().reduce(f64::min).unwrap_or(f64::NAN),
+            max: v.iter().copied().reduce(f64::max).unwrap_or(f64::NAN),
+        }
+    }
+
+    /// `median (min–max)` with `decimals` digits; the median alone for a single round.
+    pub fn fmt(&self, decimals: usize) -> String {
+        if self.min == self.max || self.min.is_nan() {
+            format!("{:.decimals$}", self.median)
+        } else {
+            format!(
+                "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+                self.median, self.min, self.max
+            )
+        }
+    }
+
+    /// `{median, min, max, rounds}`.
+    pub fn json(&self, rounds: &[f64]) -> Value {
+        json!({"median": self.median, "min": self.min, "max": self.max, "rounds": rounds})
+    }
+}
+
 /// One wrk run's result (latencies in ms).
 #[derive(Debug, Clone, Default)]
 struct WrkRun {
@@ -414,6 +476,24 @@ fn fmt_ms(ms: f64) -> String {
     } else {
         format!("{ms:.2} ms")
     }
+}
+
+/// `median (min–max)` of latencies in ms, in the unit of the median.
+fn fmt_ms_spread(s: &Spread) -> String {
+    if s.min == s.max || s.min.is_nan() {
+        return fmt_ms(s.median);
+    }
+    let (scale, unit, d) = if s.median < 1.0 {
+        (1000.0, "µs", 0)
+    } else {
+        (1.0, "ms", 2)
+    };
+    format!(
+        "{:.d$} {unit} ({:.d$}–{:.d$})",
+        s.median * scale,
+        s.min * scale,
+        s.max * scale
+    )
 }
 
 impl Bench {
@@ -517,7 +597,7 @@ impl Bench {
     // ---------------------------------------------------------------------------------------
     // Throughput and latency
 
-    fn throughput(&mut self, keepalive: bool, close: bool, redis: bool) -> Result<()> {
+    fn throughput(&mut self, keepalive: bool, close: bool, rate: bool, redis: bool) -> Result<()> {
         let dir = self.dir.path().join("throughput");
         std::fs::create_dir_all(&dir)?;
         let server = self.args.server_cpus.clone();
@@ -575,14 +655,16 @@ impl Bench {
         self.wait_backends(admin, "redis", 1)?;
         self.wait_backends(admin, "web_http", 1)?;
 
-        // The indices below (ratios) follow this order.
-        let targets = [
-            ("direct", nginx_port),
-            ("HAProxy TCP", ha_tcp),
-            ("synapse TCP", syn_web),
-            ("HAProxy HTTP", ha_http),
-            ("synapse HTTP", syn_http),
+        // The indices below (ratios) follow this order. The process whose CPU is counted:
+        // 0 HAProxy, 1 synapse (one process each carries TCP and HTTP; one target runs at a time).
+        let targets: [(&str, u16, Option<usize>); 5] = [
+            ("direct", nginx_port, None),
+            ("HAProxy TCP", ha_tcp, Some(0)),
+            ("synapse TCP", syn_web, Some(1)),
+            ("HAProxy HTTP", ha_http, Some(0)),
+            ("synapse HTTP", syn_http, Some(1)),
         ];
+        let mut keepalive_max = None;
         for (close_mode, on) in [(false, keepalive), (true, close)] {
             if !on {
                 continue;
@@ -593,91 +675,188 @@ impl Bench {
                 "HTTP keep-alive (wrk)"
             };
             let key = if close_mode { "close" } else { "keepalive" };
-            let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
+            let mut runs: Vec<Vec<(WrkRun, CpuPerRequest)>> = vec![Vec::new(); targets.len()];
             for round in 0..self.args.rounds {
-                for (i, (name, port)) in targets.iter().enumerate() {
-                    let r = wrk(
-                        &self.args,
-                        *port,
-                        close_mode,
-                        self.args.connections,
-                        self.args.duration,
+                for (i, (name, port, proxy)) in targets.iter().enumerate() {
+                    let proxy = proxy.map(|p| [&haproxy, &synapse][p]);
+                    let (r, cpu) = procs::cpu_per_request(
+                        proxy,
+                        || {
+                            wrk(
+                                &self.args,
+                                *port,
+                                close_mode,
+                                self.args.connections,
+                                self.args.duration,
+                            )
+                        },
+                        |r| r.requests,
                     )?;
                     eprintln!(
-                        "  {key} round {} {name}: {:.0} req/s p99 {} errors {}",
+                        "  {key} round {} {name}: {:.0} req/s p99 {} errors {}  CPU {:.1} µs/request (user {:.1})",
                         round + 1,
                         r.rps,
                         fmt_ms(r.p99),
-                        r.errors
+                        r.errors,
+                        cpu.total_us,
+                        cpu.user_us
                     );
-                    runs[i].push(r);
+                    runs[i].push((r, cpu));
                 }
                 synapse.check_running()?;
+                haproxy.check_running()?;
             }
             let mut out = serde_json::Map::new();
-            let mut rps = Vec::new();
-            for (i, (name, _)) in targets.iter().enumerate() {
+            for (i, (name, _, proxy)) in targets.iter().enumerate() {
                 let r = &runs[i];
-                let m = |f: fn(&WrkRun) -> f64| median(r.iter().map(f).collect());
-                let (req, p50, p99, p999) = (m(|x| x.rps), m(|x| x.p50), m(|x| x.p99), m(|x| x.p999));
-                let errors: u64 = r.iter().map(|x| x.errors).sum();
-                rps.push((req, p99));
+                let of = |f: fn(&(WrkRun, CpuPerRequest)) -> f64| {
+                    let v: Vec<f64> = r.iter().map(f).collect();
+                    (Spread::of(&v), v)
+                };
+                let (req, p50, p99, p999) = (
+                    of(|x| x.0.rps),
+                    of(|x| x.0.p50),
+                    of(|x| x.0.p99),
+                    of(|x| x.0.p999),
+                );
+                let errors: u64 = r.iter().map(|x| x.0.errors).sum();
                 self.row(
                     section,
                     *name,
                     format!(
-                        "{req:>9.0} req/s   p50 {:>8}  p99 {:>8}  p99.9 {:>8}  errors {errors}",
-                        fmt_ms(p50),
-                        fmt_ms(p99),
-                        fmt_ms(p999)
+                        "{} req/s   p50 {}  p99 {}  p99.9 {}  errors {errors}",
+                        req.0.fmt(0),
+                        fmt_ms(p50.0.median),
+                        fmt_ms_spread(&p99.0),
+                        fmt_ms(p999.0.median)
                     ),
                 );
-                out.insert(
-                    name.to_string(),
-                    json!({"rps": req, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "errors": errors,
-                           "rounds": r.iter().map(|x| json!({"rps": x.rps, "p50_ms": x.p50, "p99_ms": x.p99,
-                               "p999_ms": x.p999, "requests": x.requests, "errors": x.errors})).collect::<Vec<_>>()}),
-                );
+                let mut entry = json!({
+                    "rps": req.0.json(&req.1), "p50_ms": p50.0.json(&p50.1), "p99_ms": p99.0.json(&p99.1),
+                    "p999_ms": p999.0.json(&p999.1), "errors": errors,
+                    "requests": r.iter().map(|x| x.0.requests).collect::<Vec<_>>(),
+                });
+                if proxy.is_some() {
+                    let (cpu, user) = (of(|x| x.1.total_us), of(|x| x.1.user_us));
+                    self.row(
+                        section,
+                        format!("{name}: CPU per request"),
+                        format!("{} µs (user + system), user {} µs", cpu.0.fmt(1), user.0.fmt(1)),
+                    );
+                    entry["cpu_us_per_request"] = cpu.0.json(&cpu.1);
+                    entry["user_us_per_request"] = user.0.json(&user.1);
+                }
+                out.insert(name.to_string(), entry);
             }
-            // (row, JSON key, numerator, denominator): indices into `targets`.
+            // Ratios per round (the targets of a round ran back to back), then their spread:
+            // (row, JSON key, numerator, denominator, with CPU), indices into `targets`.
             let ratios = [
-                ("synapse TCP / HAProxy TCP", "synapse_tcp_over_haproxy_tcp", 2, 1),
-                ("synapse TCP / direct", "synapse_tcp_over_direct", 2, 0),
+                (
+                    "synapse TCP / HAProxy TCP",
+                    "synapse_tcp_over_haproxy_tcp",
+                    2,
+                    1,
+                    true,
+                ),
+                ("synapse TCP / direct", "synapse_tcp_over_direct", 2, 0, false),
                 (
                     "synapse HTTP / HAProxy HTTP",
                     "synapse_http_over_haproxy_http",
                     4,
                     3,
+                    true,
                 ),
-                ("synapse HTTP / direct", "synapse_http_over_direct", 4, 0),
+                ("synapse HTTP / direct", "synapse_http_over_direct", 4, 0, false),
             ];
-            for (what, json_key, a, b) in ratios {
-                let (req, p99) = (rps[a].0 / rps[b].0, rps[a].1 / rps[b].1);
-                self.row(section, what, format!("{req:.2}× req/s   p99 {p99:.2}×"));
-                out.insert(json_key.into(), json!(req));
-                out.insert(format!("{json_key}_p99"), json!(p99));
+            for (what, json_key, a, b, cpu) in ratios {
+                let ratio = |f: fn(&(WrkRun, CpuPerRequest)) -> f64| {
+                    let v: Vec<f64> = runs[a].iter().zip(&runs[b]).map(|(x, y)| f(x) / f(y)).collect();
+                    (Spread::of(&v), v)
+                };
+                let (req, p99) = (ratio(|x| x.0.rps), ratio(|x| x.0.p99));
+                let mut text = format!("req/s {}×   p99 {}×", req.0.fmt(2), p99.0.fmt(2));
+                let mut entry = json!({"rps": req.0.json(&req.1), "p99": p99.0.json(&p99.1)});
+                if cpu {
+                    let (c, u) = (ratio(|x| x.1.total_us), ratio(|x| x.1.user_us));
+                    let _ = write!(text, "   CPU per request {}×   user {}×", c.0.fmt(2), u.0.fmt(2));
+                    entry["cpu_per_request"] = c.0.json(&c.1);
+                    entry["user_per_request"] = u.0.json(&u.1);
+                }
+                self.row(section, what, text);
+                out.insert(json_key.into(), entry);
+            }
+            self.row(
+                section,
+                "(how)",
+                format!(
+                    "wrk -t1 -c{} -d{}s on CPU {}, nginx and the proxies on CPU {}; {} round(s), targets \
+                     interleaved; median (min–max) over rounds; ratios per round; CPU per request: the proxy \
+                     process's utime + stime (/proc/<pid>/stat, all threads) over the run / requests completed",
+                    self.args.connections,
+                    self.args.duration,
+                    self.args.client_cpus,
+                    self.args.server_cpus,
+                    self.args.rounds
+                ),
+            );
+            if !close_mode {
+                keepalive_max = Some((
+                    median(runs[1].iter().map(|x| x.0.rps).collect()),
+                    median(runs[3].iter().map(|x| x.0.rps).collect()),
+                ));
             }
             self.json.insert(key.into(), Value::Object(out));
+        }
+        if rate {
+            let max = match keepalive_max {
+                Some(m) => m,
+                None => {
+                    eprintln!("  rate: calibrating on HAProxy's keep-alive maximum (one wrk run each)");
+                    let run = |port| wrk(&self.args, port, false, self.args.connections, self.args.duration);
+                    (run(ha_tcp)?.rps, run(ha_http)?.rps)
+                }
+            };
+            let targets = [
+                ("direct", nginx_port, None),
+                ("HAProxy", ha_tcp, Some(&haproxy)),
+                ("synapse", syn_web, Some(&synapse)),
+            ];
+            let http = [
+                ("direct", nginx_port, None),
+                ("HAProxy", ha_http, Some(&haproxy)),
+                ("synapse", syn_http, Some(&synapse)),
+            ];
+            self.fixed_rate(&[("TCP", max.0, targets), ("HTTP", max.1, http)])?;
         }
 
         if redis {
             let section = "redis (redis-benchmark -c 50, GET and SET)";
-            let targets = [
-                ("direct", redis_port),
-                ("HAProxy TCP", ha_redis),
-                ("synapse TCP", syn_redis),
+            let targets: [(&str, u16, Option<&Proc>); 3] = [
+                ("direct", redis_port, None),
+                ("HAProxy TCP", ha_redis, Some(&haproxy)),
+                ("synapse TCP", syn_redis, Some(&synapse)),
             ];
+            // Each run is `redis_requests` SETs then as many GETs.
+            let requests = 2 * self.args.redis_requests as u64;
             let mut runs: Vec<Vec<Vec<RedisRow>>> = vec![Vec::new(); targets.len()];
+            let mut cpus: Vec<Vec<CpuPerRequest>> = vec![Vec::new(); targets.len()];
             for round in 0..self.args.rounds {
-                for (i, (name, port)) in targets.iter().enumerate() {
-                    let r = redis_benchmark(&self.args, *port)?;
-                    eprintln!("  redis round {} {name}: {r:?}", round + 1);
+                for (i, (name, port, proxy)) in targets.iter().enumerate() {
+                    let (r, cpu) =
+                        procs::cpu_per_request(*proxy, || redis_benchmark(&self.args, *port), |_| requests)?;
+                    eprintln!(
+                        "  redis round {} {name}: {r:?}  CPU {:.1} µs/request (user {:.1})",
+                        round + 1,
+                        cpu.total_us,
+                        cpu.user_us
+                    );
                     runs[i].push(r);
+                    cpus[i].push(cpu);
                 }
             }
             let mut out = serde_json::Map::new();
             let mut get_rps = Vec::new();
-            for (i, (name, _)) in targets.iter().enumerate() {
+            for (i, (name, _, proxy)) in targets.iter().enumerate() {
                 let mut per_test = serde_json::Map::new();
                 let mut cells = Vec::new();
                 for test in ["SET", "GET"] {
@@ -696,8 +875,38 @@ impl Bench {
                     per_test.insert(test.into(), json!({"rps": rps, "p50_ms": p50, "p99_ms": p99}));
                 }
                 self.row(section, *name, cells.join("   "));
+                if proxy.is_some() {
+                    let cpu: Vec<f64> = cpus[i].iter().map(|c| c.total_us).collect();
+                    let user: Vec<f64> = cpus[i].iter().map(|c| c.user_us).collect();
+                    self.row(
+                        section,
+                        format!("{name}: CPU per request"),
+                        format!(
+                            "{} µs (user + system), user {} µs",
+                            Spread::of(&cpu).fmt(1),
+                            Spread::of(&user).fmt(1)
+                        ),
+                    );
+                    per_test.insert("cpu_us_per_request".into(), Spread::of(&cpu).json(&cpu));
+                    per_test.insert("user_us_per_request".into(), Spread::of(&user).json(&user));
+                }
                 out.insert(name.to_string(), Value::Object(per_test));
             }
+            let ratio = |f: fn(&CpuPerRequest) -> f64| -> Vec<f64> {
+                cpus[2].iter().zip(&cpus[1]).map(|(s, h)| f(s) / f(h)).collect()
+            };
+            let (cpu, user) = (ratio(|c| c.total_us), ratio(|c| c.user_us));
+            self.row(
+                section,
+                "synapse / HAProxy, per round",
+                format!(
+                    "CPU per request {}×   user {}×",
+                    Spread::of(&cpu).fmt(2),
+                    Spread::of(&user).fmt(2)
+                ),
+            );
+            out.insert("cpu_synapse_over_haproxy".into(), Spread::of(&cpu).json(&cpu));
+            out.insert("user_synapse_over_haproxy".into(), Spread::of(&user).json(&user));
             self.row(
                 section,
                 "GET synapse / HAProxy",

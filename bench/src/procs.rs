@@ -101,15 +101,84 @@ impl Proc {
         Ok(kb * 1024)
     }
 
-    /// User + system CPU time consumed so far.
-    pub fn cpu_time(&self) -> Result<Duration> {
+    /// CPU time the process (all its threads, dead ones included) has used so far, from
+    /// `/proc/<pid>/stat`.
+    pub fn cpu_times(&self) -> Result<CpuTimes> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may contain spaces) start after the last ')'.
+        // Fields after the command name (which may contain spaces) start after the last ')';
+        // utime and stime are fields 14 and 15 of proc(5), 12th and 13th after the name.
         let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-        Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+        let field = |i: usize| -> Result<Duration> {
+            let ticks: u64 = f.get(i).context("short /proc stat")?.parse()?;
+            Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+        };
+        Ok(CpuTimes {
+            user: field(11)?,
+            system: field(12)?,
+        })
     }
+
+    /// User + system CPU time consumed so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        Ok(self.cpu_times()?.total())
+    }
+}
+
+/// CPU time of a process: user and system (kernel, on its behalf).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTimes {
+    /// User + system.
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// A proxy's CPU per request over one load run, in µs: user + system, and user alone.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuPerRequest {
+    pub total_us: f64,
+    pub user_us: f64,
+}
+
+impl CpuPerRequest {
+    /// No proxy measured (direct), or no request completed.
+    pub const NONE: CpuPerRequest = CpuPerRequest {
+        total_us: f64::NAN,
+        user_us: f64::NAN,
+    };
+}
+
+/// Runs `load` (a load generator run, to completion) and returns its result with `proxy`'s CPU
+/// per request over exactly that run: the proxy's utime + stime read just before and just after,
+/// divided by the requests the run completed (`requests` of its result). Without a proxy
+/// (direct), or with no request completed, the CPU is [`CpuPerRequest::NONE`].
+pub fn cpu_per_request<T>(
+    proxy: Option<&Proc>,
+    load: impl FnOnce() -> Result<T>,
+    requests: impl FnOnce(&T) -> u64,
+) -> Result<(T, CpuPerRequest)> {
+    let Some(p) = proxy else {
+        return Ok((load()?, CpuPerRequest::NONE));
+    };
+    let before = p.cpu_times()?;
+    let out = load()?;
+    let after = p.cpu_times()?;
+    let n = requests(&out);
+    if n == 0 {
+        return Ok((out, CpuPerRequest::NONE));
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let cpu = CpuPerRequest {
+        total_us: us(after.total().saturating_sub(before.total())),
+        user_us: us(after.user.saturating_sub(before.user)),
+    };
+    Ok((out, cpu))
 }
 
 impl Drop for Proc {
@@ -132,13 +201,17 @@ impl Drop for Proc {
     }
 }
 
+/// Clock ticks per second (the unit of `/proc/<pid>/stat` times), asked once.
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Finds `name` on PATH (or in /usr/sbin, where Debian puts nginx and haproxy).

@@ -86,8 +86,9 @@ impl HttpService {
     ) -> Response<RespBody> {
         let service = &*self.service;
         let config = &service.config;
-        let upgrade = headers::upgrade(req.headers()).cloned();
-        let grpc = grpc::is_grpc(req.headers());
+        let present = headers::Present::scan(req.headers());
+        let upgrade = headers::upgrade(req.headers(), present).cloned();
+        let grpc = present.content_type() && grpc::is_grpc(req.headers());
         let grpc_deadline = if grpc {
             grpc::timeout(req.headers()).map(|t| start + t)
         } else {
@@ -117,9 +118,9 @@ impl HttpService {
         };
         let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let key = self.key(&req, client.peer);
-        let trailers = headers::accepts_trailers(req.headers());
+        let trailers = headers::accepts_trailers(req.headers(), present);
         let (mut parts, body) = req.into_parts();
-        headers::prepare_request(&mut parts, &client.xff, upgrade.as_ref());
+        let host = headers::prepare_request(&mut parts, &client.xff, upgrade.as_ref(), present);
         if trailers && call.h2 {
             // A hop-by-hop header, but what it says holds end to end over HTTP/2: trailers
             // are passed through (gRPC servers require it).
@@ -135,6 +136,7 @@ impl HttpService {
         };
         let mut msg = Message {
             replayable: matches!(body, ReqBody::Empty | ReqBody::Full(_)),
+            host,
             parts: Some(parts),
             body: Some(body),
             on_upgrade,
@@ -265,7 +267,7 @@ impl HttpService {
         let Some(mut request) = msg.take(again) else {
             return Outcome::Gone;
         };
-        if !request.headers().contains_key(HOST) {
+        if !msg.host {
             // An HTTP/1.0 client may send none; HTTP/1.1 backends require one.
             if let Ok(host) = HeaderValue::from_str(&backend.state.key) {
                 request.headers_mut().insert(HOST, host);
@@ -434,6 +436,8 @@ struct Message {
     parts: Option<hyper::http::request::Parts>,
     body: Option<ReqBody>,
     replayable: bool,
+    /// The request has a `Host` header.
+    host: bool,
     /// The client's side of an upgrade it asked for.
     on_upgrade: Option<OnUpgrade>,
 }

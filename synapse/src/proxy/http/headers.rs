@@ -20,7 +20,7 @@
 //!   through, and gRPC servers require it.
 
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, EXPECT, HOST, PROXY_AUTHENTICATE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, EXPECT, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::request::Parts;
@@ -48,6 +48,66 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+/// Which of the headers the proxy acts on a message carries, from one pass over its names
+/// ([`Present::scan`]): a header known absent costs no lookup (each is a hash of the name and
+/// a probe), and most requests carry only `Host` and a few others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present(u16);
+
+/// Bit of [`Present`] for each name beyond [`HOP_BY_HOP`] (bits 0 to 8).
+const EXPECT_BIT: u16 = 1 << 9;
+const XFF_BIT: u16 = 1 << 10;
+const XFP_BIT: u16 = 1 << 11;
+const HOST_BIT: u16 = 1 << 12;
+const CONTENT_TYPE_BIT: u16 = 1 << 13;
+/// Bits of the hop-by-hop headers.
+const HOP_BY_HOP_BITS: u16 = (1 << 9) - 1;
+
+impl Present {
+    /// One pass over the names of `headers`. Names are compared only with the known ones of
+    /// the same length: most names match no length, or one candidate.
+    pub fn scan(headers: &HeaderMap) -> Present {
+        let mut bits = 0u16;
+        for name in headers.keys() {
+            bits |= Present::bit(name);
+        }
+        Present(bits)
+    }
+
+    fn bit(name: &HeaderName) -> u16 {
+        let is = |known: &HeaderName, bit: u16| if name == known { bit } else { 0 };
+        let hop = |i: usize| is(&HOP_BY_HOP[i], 1 << i);
+        match name.as_str().len() {
+            2 => hop(5),
+            4 => is(&HOST, HOST_BIT),
+            6 => is(&EXPECT, EXPECT_BIT),
+            7 => hop(6) | hop(8),
+            10 => hop(0) | hop(1),
+            12 => is(&CONTENT_TYPE, CONTENT_TYPE_BIT),
+            15 => is(&X_FORWARDED_FOR, XFF_BIT),
+            16 => hop(2),
+            17 => hop(7) | is(&X_FORWARDED_PROTO, XFP_BIT),
+            18 => hop(3),
+            19 => hop(4),
+            _ => 0,
+        }
+    }
+
+    /// `Host` is present.
+    pub fn host(self) -> bool {
+        self.0 & HOST_BIT != 0
+    }
+
+    /// `Content-Type` is present.
+    pub fn content_type(self) -> bool {
+        self.0 & CONTENT_TYPE_BIT != 0
+    }
+
+    fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+}
+
 /// RFC 9110 §9.2.2 idempotent methods: safe to send again after a failure.
 pub fn idempotent(method: &Method) -> bool {
     matches!(
@@ -57,7 +117,12 @@ pub fn idempotent(method: &Method) -> bool {
 }
 
 /// The `Upgrade` value of an HTTP/1.1 request that asks for one (`Connection: upgrade`).
-pub fn upgrade(headers: &HeaderMap) -> Option<&HeaderValue> {
+/// `present`: [`Present::scan`] of `headers`.
+pub fn upgrade(headers: &HeaderMap, present: Present) -> Option<&HeaderValue> {
+    // Bits 0 and 8: `Connection`, `Upgrade`.
+    if !present.has(1) || !present.has(1 << 8) {
+        return None;
+    }
     let upgrade = headers.get(UPGRADE)?;
     headers
         .get_all(CONNECTION)
@@ -75,16 +140,11 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Removes the hop-by-hop headers (see the module docs).
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names says which are present (bit i: `HOP_BY_HOP[i]`): most
-    // messages carry none, or only `Connection`, and a miss costs less than a removal.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
-    }
+/// Removes the hop-by-hop headers (see the module docs). `present`: [`Present::scan`] of
+/// `headers` (bit i: `HOP_BY_HOP[i]`): most messages carry none, or only `Connection`, and a
+/// miss costs less than a removal.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
+    let present = present.0 & HOP_BY_HOP_BITS;
     if present == 0 {
         return;
     }
@@ -125,27 +185,42 @@ fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
 }
 
 /// Rewrites a client request for the backend (see the module docs). `xff` is the client's
-/// address as a header value; `upgrade` the value of an accepted `Upgrade` request.
-pub fn prepare_request(parts: &mut Parts, xff: &HeaderValue, upgrade: Option<&HeaderValue>) {
+/// address as a header value; `upgrade` the value of an accepted `Upgrade` request;
+/// `present`: [`Present::scan`] of the request's headers. Returns whether the request has a
+/// `Host` header now.
+pub fn prepare_request(
+    parts: &mut Parts,
+    xff: &HeaderValue,
+    upgrade: Option<&HeaderValue>,
+    present: Present,
+) -> bool {
     let headers = &mut parts.headers;
-    remove_hop_by_hop(headers);
-    headers.remove(EXPECT);
+    remove_hop_by_hop(headers, present);
+    if present.has(EXPECT_BIT) {
+        headers.remove(EXPECT);
+    }
     if let Some(protocol) = upgrade {
         headers.insert(UPGRADE, protocol.clone());
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    append_forwarded_for(headers, xff);
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    if present.has(XFF_BIT) {
+        append_forwarded_for(headers, xff);
+    } else {
+        headers.insert(X_FORWARDED_FOR, xff.clone());
+    }
+    if !present.has(XFP_BIT) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
+    let mut host = present.host();
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        if !headers.contains_key(HOST) {
-            if let Some(host) = parts
+        if !host {
+            if let Some(value) = parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
-                headers.insert(HOST, host);
+                headers.insert(HOST, value);
+                host = true;
             }
         }
         let mut origin = Uri::builder();
@@ -159,17 +234,21 @@ pub fn prepare_request(parts: &mut Parts, xff: &HeaderValue, upgrade: Option<&He
         }
     }
     parts.version = Version::HTTP_11;
+    host
 }
 
-/// True when the request's `TE` says the client accepts trailers.
-pub fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(TE).iter().any(|v| {
-        tokens(v).any(|t| {
-            t.split(|&b| b == b';')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+/// True when the request's `TE` says the client accepts trailers. `present`:
+/// [`Present::scan`] of `headers`.
+pub fn accepts_trailers(headers: &HeaderMap, present: Present) -> bool {
+    // Bit 5: `TE`.
+    present.has(1 << 5)
+        && headers.get_all(TE).iter().any(|v| {
+            tokens(v).any(|t| {
+                t.split(|&b| b == b';')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            })
         })
-    })
 }
 
 /// Rewrites a request prepared for HTTP/1.1 ([`prepare_request`]) for an HTTP/2 backend:
@@ -195,12 +274,8 @@ pub fn to_h2<B>(req: &mut Request<B>) {
     }
 }
 
-/// Appends `xff` to `X-Forwarded-For`, joining earlier lines into one.
+/// Appends `xff` to the `X-Forwarded-For` lines present, joined into one.
 fn append_forwarded_for(headers: &mut HeaderMap, xff: &HeaderValue) {
-    if !headers.contains_key(X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, xff.clone());
-        return;
-    }
     let mut joined: Vec<u8> = Vec::with_capacity(64);
     for v in headers.get_all(X_FORWARDED_FOR) {
         joined.extend_from_slice(v.as_bytes());
@@ -220,7 +295,7 @@ pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
     } else {
         None
     };
-    remove_hop_by_hop(headers);
+    remove_hop_by_hop(headers, Present::scan(headers));
     if let Some(protocol) = upgrade {
         headers.insert(UPGRADE, protocol);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));

@@ -10,6 +10,7 @@ fn a_replayable_message_is_copied_until_the_last_try() {
         parts: Some(parts),
         body: Some(ReqBody::Full(Some(Bytes::from_static(b"hello")))),
         replayable: true,
+        host: false,
         on_upgrade: None,
     };
     let first = m.take(true).unwrap();

@@ -5,6 +5,62 @@ fn parts(req: hyper::Request<()>) -> Parts {
     req.into_parts().0
 }
 
+fn prep(p: &mut Parts, xff: &HeaderValue, upgrade: Option<&HeaderValue>) -> bool {
+    let present = Present::scan(&p.headers);
+    prepare_request(p, xff, upgrade, present)
+}
+
+#[test]
+fn the_scan_finds_each_known_name_and_only_those() {
+    let known = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "host",
+        "content-type",
+    ];
+    for (i, name) in known.iter().enumerate() {
+        let mut h = HeaderMap::new();
+        h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        assert_eq!(Present::scan(&h), Present(1 << i), "{name}");
+    }
+    // Same lengths, other names (standard and not).
+    let mut h = HeaderMap::new();
+    for name in [
+        "ab",
+        "date",
+        "accept",
+        "referer",
+        "user-agent",
+        "content-md5",
+        "x-forwarded-xyz",
+        "x-forwarded-protx",
+    ] {
+        h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+    }
+    assert_eq!(Present::scan(&h), Present::default());
+}
+
+#[test]
+fn host_is_reported() {
+    let mut p = parts(hyper::Request::get("/").header("host", "a").body(()).unwrap());
+    assert!(prep(&mut p, &HeaderValue::from_static("1.2.3.4"), None));
+    let mut p = parts(hyper::Request::get("/").body(()).unwrap());
+    assert!(!prep(&mut p, &HeaderValue::from_static("1.2.3.4"), None));
+    let mut p = parts(hyper::Request::get("http://b:80/x").body(()).unwrap());
+    assert!(prep(&mut p, &HeaderValue::from_static("1.2.3.4"), None));
+    assert_eq!(p.headers["host"], "b:80");
+}
+
 #[test]
 fn hop_by_hop_headers_go_and_listed_ones_too() {
     let mut p = parts(
@@ -26,7 +82,7 @@ fn hop_by_hop_headers_go_and_listed_ones_too() {
             .unwrap(),
     );
     let xff = HeaderValue::from_static("10.0.0.1");
-    prepare_request(&mut p, &xff, None);
+    prep(&mut p, &xff, None);
     let names: Vec<&str> = p.headers.keys().map(HeaderName::as_str).collect();
     assert_eq!(
         names,
@@ -49,7 +105,7 @@ fn forwarded_for_appends_and_proto_is_kept() {
             .body(())
             .unwrap(),
     );
-    prepare_request(&mut p, &HeaderValue::from_static("::1"), None);
+    prep(&mut p, &HeaderValue::from_static("::1"), None);
     let all: Vec<_> = p.headers.get_all("x-forwarded-for").iter().collect();
     assert_eq!(all, ["1.1.1.1, 2.2.2.2, 3.3.3.3, ::1"]);
     assert_eq!(p.headers["x-forwarded-proto"], "https");
@@ -62,10 +118,10 @@ fn upgrade_is_detected_and_kept() {
         .header("upgrade", "websocket")
         .body(())
         .unwrap();
-    let up = upgrade(req.headers()).cloned();
+    let up = upgrade(req.headers(), Present::scan(req.headers())).cloned();
     assert_eq!(up.as_ref().unwrap(), "websocket");
     let mut p = parts(req);
-    prepare_request(&mut p, &HeaderValue::from_static("1.2.3.4"), up.as_ref());
+    prep(&mut p, &HeaderValue::from_static("1.2.3.4"), up.as_ref());
     assert_eq!(p.headers["upgrade"], "websocket");
     assert_eq!(p.headers["connection"], "upgrade");
     // Upgrade without Connection: upgrade is not an upgrade request.
@@ -73,7 +129,7 @@ fn upgrade_is_detected_and_kept() {
         .header("upgrade", "websocket")
         .body(())
         .unwrap();
-    assert!(upgrade(req.headers()).is_none());
+    assert!(upgrade(req.headers(), Present::scan(req.headers())).is_none());
 }
 
 #[test]
@@ -84,7 +140,7 @@ fn http2_requests_become_origin_form_with_host() {
             .body(())
             .unwrap(),
     );
-    prepare_request(&mut p, &HeaderValue::from_static("1.2.3.4"), None);
+    prep(&mut p, &HeaderValue::from_static("1.2.3.4"), None);
     assert_eq!(p.uri, "/v1/x?y=1");
     assert_eq!(p.headers["host"], "api.local:8080");
     assert_eq!(p.version, Version::HTTP_11);
