@@ -108,12 +108,7 @@ impl RouteTable {
     /// balancer's build ([`Balancer::build`]: `O(n)` over integers for every policy but
     /// `hash`, whose Maglev table is rebuilt). No locality: every backend is a primary
     /// unless its options say `backup` (the watcher takes the full build otherwise).
-    pub fn apply(
-        &self,
-        changes: &Changes,
-        policy: PolicyName,
-        default_weight: u32,
-    ) -> RouteTable {
+    pub fn apply(&self, changes: &Changes, policy: PolicyName, default_weight: u32) -> RouteTable {
         let mut backends = Vec::with_capacity(self.backends.len() + changes.len());
         let mut changed = changes.iter().peekable();
         let fresh = |change: &Option<Entry>| {
