@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
+use common::config::{self as cc, ConfigError, LogConfig, Problems};
 pub use common::registry::ZkAuth;
 use serde::Deserialize;
 
@@ -100,30 +100,28 @@ pub struct ServiceConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     instance_id: Option<String>,
-    #[serde(default)]
-    zookeeper: RawZookeeper,
-    admin: Option<RawAdminConfig>,
-    #[serde(default)]
-    log: LogConfig,
+    // The `_` keys are read by `cc::RawShared`, not here: named so that an unknown key's
+    // message lists every key, in file order.
+    #[serde(default, rename = "zookeeper")]
+    _zookeeper: cc::SharedKey,
+    #[serde(default, rename = "admin")]
+    _admin: cc::SharedKey,
+    #[serde(default, rename = "log")]
+    _log: cc::SharedKey,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_time: Option<Duration>,
     state_file: Option<PathBuf>,
     services: Vec<serde_json::Value>,
-    upgrade_socket: Option<String>,
+    #[serde(default, rename = "upgrade_socket")]
+    _upgrade_socket: cc::SharedKey,
 }
 
-/// nerve's `zookeeper:` section: synapse's plus the credentials nerve registers with.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawZookeeper {
-    #[serde(default, deserialize_with = "cc::session_timeout")]
-    session_timeout: Option<Duration>,
-    auth: Option<RawAuth>,
-    #[serde(default, deserialize_with = "cc::opt_duration")]
-    splay: Option<Duration>,
-    read_only: Option<bool>,
-    follow_reconfig: Option<bool>,
-    tls: Option<cc::RawZkTls>,
+common::zookeeper_section! {
+    /// nerve's `zookeeper:` section: the session keys plus the credentials nerve registers
+    /// with.
+    struct RawZookeeper {
+        auth: Option<RawAuth>,
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,8 +275,15 @@ impl Config {
     }
 
     fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
+        let raw_shared = cc::RawShared::<RawZookeeper>::take(p, &doc);
+        let shared = raw_shared.validate(
+            p,
+            cc::SharedDefaults {
+                admin_listen: common::admin::NERVE_DEFAULT,
+                read_only: None,
+            },
+        );
         let raw: RawConfig = p.take("", doc)?;
-        let admin_listen = cc::admin_listen(p, raw.admin, common::admin::NERVE_DEFAULT);
         let instance_id = match raw.instance_id {
             Some(id) => {
                 if let Err(e) = check_instance_id(&id) {
@@ -297,10 +302,9 @@ impl Config {
                 id
             }
         };
-        let default_auth = raw
+        let default_auth = raw_shared
             .zookeeper
             .auth
-            .clone()
             .and_then(|a| validate_auth("zookeeper.auth", a, p));
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
@@ -359,22 +363,23 @@ impl Config {
                     .or_insert((*i, s.name.as_str()));
             }
         }
-        let z = &raw.zookeeper;
-        let zk_session =
-            cc::ZkSessionConfig::validate(p, z.splay, z.read_only, z.follow_reconfig, z.tls.as_ref(), None);
+        let cc::SharedConfig {
+            zk_session_timeout,
+            zk_session,
+            admin_listen,
+            log,
+            upgrade_socket,
+        } = shared;
         Some(Config {
             instance_id,
             zk_session,
-            zk_session_timeout: raw
-                .zookeeper
-                .session_timeout
-                .unwrap_or(cc::DEFAULT_SESSION_TIMEOUT),
+            zk_session_timeout,
             admin_listen,
-            log: raw.log,
+            log,
             drain_time: raw.drain_time.unwrap_or(Duration::ZERO),
             state_file: raw.state_file,
             services: services.into_iter().map(|(_, s)| s).collect(),
-            upgrade_socket: raw.upgrade_socket.and_then(|path| cc::upgrade_socket(&path, p)),
+            upgrade_socket,
         })
     }
 }

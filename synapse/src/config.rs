@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::codec::Node;
-use common::config::{self as cc, ConfigError, LogConfig, Problems, RawAdminConfig};
+use common::config::{self as cc, ConfigError, LogConfig, Problems};
 use serde::{Deserialize, Deserializer};
 
 use crate::balance::{HashOn, Policy, PolicyName, DEFAULT_WEIGHT};
@@ -330,11 +330,14 @@ struct RawOutlier {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    #[serde(default)]
-    zookeeper: cc::RawZookeeperConfig,
-    admin: Option<RawAdminConfig>,
-    #[serde(default)]
-    log: LogConfig,
+    // The `_` keys are read by `cc::RawShared`, not here: named so that an unknown key's
+    // message lists every key, in file order.
+    #[serde(default, rename = "zookeeper")]
+    _zookeeper: cc::SharedKey,
+    #[serde(default, rename = "admin")]
+    _admin: cc::SharedKey,
+    #[serde(default, rename = "log")]
+    _log: cc::SharedKey,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     drain_timeout: Option<Duration>,
     worker_threads: Option<u32>,
@@ -365,7 +368,8 @@ struct RawConfig {
     http_listeners: Vec<serde_json::Value>,
     #[serde(default, deserialize_with = "cc::opt_duration")]
     http_keepalive_timeout: Option<Duration>,
-    upgrade_socket: Option<String>,
+    #[serde(default, rename = "upgrade_socket")]
+    _upgrade_socket: cc::SharedKey,
 }
 
 #[derive(Debug, Deserialize)]
@@ -517,8 +521,15 @@ impl Config {
     }
 
     fn from_value(doc: serde_json::Value, p: &mut Problems) -> Option<Config> {
+        let shared = cc::RawShared::<cc::RawZookeeperConfig>::take(p, &doc).validate(
+            p,
+            cc::SharedDefaults {
+                admin_listen: common::admin::SYNAPSE_DEFAULT,
+                read_only: Some(true),
+            },
+        );
         let raw: RawConfig = p.take("", doc)?;
-        let admin_listen = cc::admin_listen(p, raw.admin, common::admin::SYNAPSE_DEFAULT);
+        let admin_listen = shared.admin_listen;
         if raw.services.is_empty() {
             p.push("services", "at least one service is required");
         }
@@ -637,20 +648,18 @@ impl Config {
                 );
             }
         }
-        let z = &raw.zookeeper;
-        let zk_session = cc::ZkSessionConfig::validate(
-            p,
-            z.splay,
-            z.read_only,
-            z.follow_reconfig,
-            z.tls.as_ref(),
-            Some(true),
-        );
-        Some(Config {
-            zk_session_timeout: raw.zookeeper.session_timeout(),
+        let cc::SharedConfig {
+            zk_session_timeout,
             zk_session,
             admin_listen,
-            log: raw.log,
+            log,
+            upgrade_socket,
+        } = shared;
+        Some(Config {
+            zk_session_timeout,
+            zk_session,
+            admin_listen,
+            log,
             drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(10)),
             state_file,
             file_output,
@@ -660,7 +669,7 @@ impl Config {
             http_keepalive_timeout: raw
                 .http_keepalive_timeout
                 .unwrap_or(DEFAULT_HTTP_KEEPALIVE_TIMEOUT),
-            upgrade_socket: raw.upgrade_socket.and_then(|path| cc::upgrade_socket(&path, p)),
+            upgrade_socket,
         })
     }
 }

@@ -92,12 +92,30 @@ fn check_file_type(meta: &std::fs::Metadata) -> Result<(), String> {
 }
 
 /// Reads `file` and turns it into a validated config with `validate`, which records every
-/// problem in the given [`Problems`] (and returns `None` only after recording one).
+/// problem in the given [`Problems`] (and returns `None` only after recording one). The
+/// document must be a mapping of keys: `validate` is only given one.
 pub fn load<T>(
     file: &Path,
     validate: impl FnOnce(serde_json::Value, &mut Problems) -> Option<T>,
 ) -> Result<T, ConfigError> {
     let mut doc = read_document(file)?;
+    let found = match &doc {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Null => Some("an empty document"),
+        serde_json::Value::Array(_) => Some("a list"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+    };
+    if let Some(found) = found {
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                path: String::new(),
+                reason: format!("expected a mapping of keys (`key: value`), found {found}"),
+            }],
+        });
+    }
     let mut p = Problems::default();
     env::expand(&mut doc, &mut p, &|name| std::env::var(name).ok());
     let config = validate(doc, &mut p);

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use super::{check_log_level, opt_duration, parse_listen, Problems};
 use crate::registry::{RegistryOptions, ZkTls};
@@ -23,10 +25,10 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The admin listen address from an optional `admin:` section, or `default` (refused like a
 /// service listen address: see [`parse_listen`]).
-pub fn admin_listen(p: &mut Problems, admin: Option<RawAdminConfig>, default: SocketAddr) -> SocketAddr {
-    match admin.and_then(|a| a.listen) {
+fn admin_listen(p: &mut Problems, admin: Option<&RawAdminConfig>, default: SocketAddr) -> SocketAddr {
+    match admin.and_then(|a| a.listen.as_deref()) {
         None => default,
-        Some(text) => parse_listen(&text).unwrap_or_else(|e| {
+        Some(text) => parse_listen(text).unwrap_or_else(|e| {
             p.push("admin.listen", e);
             default
         }),
@@ -34,7 +36,7 @@ pub fn admin_listen(p: &mut Problems, admin: Option<RawAdminConfig>, default: So
 }
 
 /// `upgrade_socket`: an absolute path that fits a unix socket address (at most 107 bytes).
-pub fn upgrade_socket(text: &str, p: &mut Problems) -> Option<PathBuf> {
+fn upgrade_socket(text: &str, p: &mut Problems) -> Option<PathBuf> {
     let path = PathBuf::from(text);
     if !path.is_absolute() {
         p.push("upgrade_socket", "must be an absolute path");
@@ -93,28 +95,186 @@ fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(level)
 }
 
-/// `zookeeper:` section, shared by both agents.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawZookeeperConfig {
-    /// Requested session timeout, in [`MIN_SESSION_TIMEOUT`]..=[`MAX_SESSION_TIMEOUT`].
-    #[serde(default, deserialize_with = "session_timeout")]
-    session_timeout: Option<Duration>,
-    /// See [`ZkSessionConfig::splay`].
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub splay: Option<Duration>,
-    /// See [`ZkSessionConfig::read_only`].
-    pub read_only: Option<bool>,
-    /// See [`ZkSessionConfig::follow_reconfig`].
-    pub follow_reconfig: Option<bool>,
-    /// See [`ZkSessionConfig::tls`].
-    pub tls: Option<RawZkTls>,
+/// Declares an agent's raw `zookeeper:` section: the session keys both agents read
+/// (`session_timeout`, `splay`, `read_only`, `follow_reconfig`, `tls`, validated by
+/// [`RawShared::validate`]) plus the agent's own keys, written between `session_timeout` and
+/// `splay`. One declaration of the session keys, and the section keeps serde's
+/// `deny_unknown_fields` messages (which list every key the agent accepts, in file order).
+#[macro_export]
+macro_rules! zookeeper_section {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident: $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        $vis struct $name {
+            /// Requested session timeout, in [`MIN_SESSION_TIMEOUT`]..=[`MAX_SESSION_TIMEOUT`].
+            ///
+            /// [`MIN_SESSION_TIMEOUT`]: $crate::config::MIN_SESSION_TIMEOUT
+            /// [`MAX_SESSION_TIMEOUT`]: $crate::config::MAX_SESSION_TIMEOUT
+            #[serde(default)]
+            pub session_timeout: $crate::config::SessionTimeout,
+            $($(#[$fmeta])* $fvis $field: $ty,)*
+            /// See [`ZkSessionConfig::splay`](`$crate::config::ZkSessionConfig::splay`).
+            #[serde(default)]
+            pub splay: $crate::config::OptDuration,
+            /// See [`ZkSessionConfig::read_only`](`$crate::config::ZkSessionConfig::read_only`).
+            pub read_only: Option<bool>,
+            /// See [`ZkSessionConfig::follow_reconfig`](`$crate::config::ZkSessionConfig::follow_reconfig`).
+            pub follow_reconfig: Option<bool>,
+            /// See [`ZkSessionConfig::tls`](`$crate::config::ZkSessionConfig::tls`).
+            pub tls: Option<$crate::config::RawZkTls>,
+        }
+
+        impl $crate::config::ZkSection for $name {
+            fn session_keys(&self) -> $crate::config::ZkSessionKeys<'_> {
+                $crate::config::ZkSessionKeys {
+                    session_timeout: self.session_timeout.0,
+                    splay: self.splay.0,
+                    read_only: self.read_only,
+                    follow_reconfig: self.follow_reconfig,
+                    tls: self.tls.as_ref(),
+                }
+            }
+        }
+    };
 }
 
-impl RawZookeeperConfig {
-    /// The session timeout to request; default [`DEFAULT_SESSION_TIMEOUT`].
-    pub fn session_timeout(&self) -> Duration {
-        self.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT)
+zookeeper_section! {
+    /// synapse's `zookeeper:` section: the session keys only.
+    pub struct RawZookeeperConfig {}
+}
+
+/// A raw `zookeeper:` section (declared with [`zookeeper_section!`](crate::zookeeper_section)).
+pub trait ZkSection {
+    /// Its session keys, as written.
+    fn session_keys(&self) -> ZkSessionKeys<'_>;
+}
+
+/// The session keys of a raw `zookeeper:` section, as written (`None`: not set).
+#[derive(Debug, Clone, Copy)]
+pub struct ZkSessionKeys<'a> {
+    /// `session_timeout`, already in range.
+    pub session_timeout: Option<Duration>,
+    /// `splay`.
+    pub splay: Option<Duration>,
+    /// `read_only`.
+    pub read_only: Option<bool>,
+    /// `follow_reconfig`.
+    pub follow_reconfig: Option<bool>,
+    /// `tls`.
+    pub tls: Option<&'a RawZkTls>,
+}
+
+/// A `zookeeper.session_timeout` value: a duration in
+/// [`MIN_SESSION_TIMEOUT`]..=[`MAX_SESSION_TIMEOUT`], or not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTimeout(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for SessionTimeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        session_timeout(d).map(SessionTimeout)
+    }
+}
+
+/// An optional duration key (see [`opt_duration`]), for structs declared by a macro, where
+/// serde's `deserialize_with` path cannot name this crate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptDuration(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for OptDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        opt_duration(d).map(OptDuration)
+    }
+}
+
+/// The top-level keys both agents read the same way. An agent's own raw config names them
+/// as [`SharedKey`]s (so that serde's unknown-key message lists every key of the file) and
+/// [`RawShared::take`] reads them from the same document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShared<Z> {
+    /// `zookeeper:`, the agent's section type.
+    #[serde(default)]
+    pub zookeeper: Z,
+    /// `admin:`.
+    pub admin: Option<RawAdminConfig>,
+    /// `log:`.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `upgrade_socket`.
+    pub upgrade_socket: Option<String>,
+}
+
+/// The names of [`RawShared`]'s keys.
+pub const SHARED_KEYS: [&str; 4] = ["zookeeper", "admin", "log", "upgrade_socket"];
+
+/// A shared top-level key in an agent's raw config: any value, read by [`RawShared`].
+pub type SharedKey = serde::de::IgnoredAny;
+
+/// The shared top-level keys, validated (each agent copies them into its config).
+#[derive(Debug, Clone)]
+pub struct SharedConfig {
+    /// `zookeeper.session_timeout`, default [`DEFAULT_SESSION_TIMEOUT`].
+    pub zk_session_timeout: Duration,
+    /// The other session keys of `zookeeper:`.
+    pub zk_session: ZkSessionConfig,
+    /// `admin.listen`, or the agent's default.
+    pub admin_listen: SocketAddr,
+    /// `log:`.
+    pub log: LogConfig,
+    /// `upgrade_socket`, if set and valid.
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// Each agent's defaults of the shared keys.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedDefaults {
+    /// `admin.listen`.
+    pub admin_listen: SocketAddr,
+    /// `zookeeper.read_only`; `None`: the agent writes and refuses `read_only: true`.
+    pub read_only: Option<bool>,
+}
+
+impl<Z: ZkSection + DeserializeOwned + Default> RawShared<Z> {
+    /// Reads the shared keys of `doc` (the whole config document, whose other keys are the
+    /// agent's), recording their problems; their defaults where a section was refused, or
+    /// when `doc` is not a mapping (the agent's own reading reports that).
+    pub fn take(p: &mut Problems, doc: &Value) -> RawShared<Z> {
+        let picked: serde_json::Map<String, Value> = doc
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| SHARED_KEYS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        p.take("", Value::Object(picked)).unwrap_or(RawShared {
+            zookeeper: Z::default(),
+            admin: None,
+            log: LogConfig::default(),
+            upgrade_socket: None,
+        })
+    }
+
+    /// Validates the shared keys.
+    pub fn validate(&self, p: &mut Problems, defaults: SharedDefaults) -> SharedConfig {
+        let z = self.zookeeper.session_keys();
+        SharedConfig {
+            zk_session_timeout: z.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT),
+            zk_session: ZkSessionConfig::validate(p, z, defaults.read_only),
+            admin_listen: admin_listen(p, self.admin.as_ref(), defaults.admin_listen),
+            log: self.log.clone(),
+            upgrade_socket: self
+                .upgrade_socket
+                .as_deref()
+                .and_then(|path| upgrade_socket(path, p)),
+        }
     }
 }
 
@@ -157,12 +317,16 @@ impl ZkSessionConfig {
     /// `None`: the agent writes and refuses `read_only: true`).
     pub fn validate(
         p: &mut Problems,
-        splay: Option<Duration>,
-        read_only: Option<bool>,
-        follow_reconfig: Option<bool>,
-        tls: Option<&RawZkTls>,
+        keys: ZkSessionKeys<'_>,
         read_only_default: Option<bool>,
     ) -> ZkSessionConfig {
+        let ZkSessionKeys {
+            splay,
+            read_only,
+            follow_reconfig,
+            tls,
+            ..
+        } = keys;
         let read_only = match (read_only_default, read_only) {
             (None, Some(true)) => {
                 p.push(

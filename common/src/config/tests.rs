@@ -271,7 +271,7 @@ fn session_timeout_range() {
     let zk = |t: &str| {
         let mut p = Problems::default();
         let z: Option<RawZookeeperConfig> = p.take("zookeeper", serde_json::json!({"session_timeout": t}));
-        (z.map(|z| z.session_timeout()), problems(p))
+        (z.and_then(|z| z.session_timeout.0), problems(p))
     };
     assert_eq!(zk("1s").0, Some(Duration::from_secs(1)));
     assert_eq!(zk("5m").0, Some(Duration::from_secs(300)));
@@ -283,10 +283,83 @@ fn session_timeout_range() {
         assert_eq!(got[0].0, "zookeeper.session_timeout");
         assert!(got[0].1.contains("1s to 5m"), "{got:?}");
     }
-    assert_eq!(
-        RawZookeeperConfig::default().session_timeout(),
-        DEFAULT_SESSION_TIMEOUT
+    let mut p = Problems::default();
+    let shared =
+        RawShared::<RawZookeeperConfig>::take(&mut p, &serde_json::json!({})).validate(&mut p, SYNAPSE_LIKE);
+    assert_eq!(shared.zk_session_timeout, DEFAULT_SESSION_TIMEOUT);
+}
+
+const SYNAPSE_LIKE: SharedDefaults = SharedDefaults {
+    admin_listen: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3422),
+    read_only: Some(true),
+};
+
+crate::zookeeper_section! {
+    /// A section with an agent's own key, as nerve's.
+    struct WithAuth {
+        auth: Option<String>,
+    }
+}
+
+#[test]
+fn shared_keys_are_the_fields_of_raw_shared() {
+    let mut p = Problems::default();
+    let _: Option<RawShared<RawZookeeperConfig>> = p.take("", serde_json::json!({"x": 1}));
+    let want = format!(
+        "unknown field `x`, expected one of {}",
+        SHARED_KEYS.map(|k| format!("`{k}`")).join(", ")
     );
+    assert_eq!(problems(p), [("x".to_string(), want)]);
+}
+
+#[test]
+fn shared_keys_are_read_from_the_whole_document_at_their_paths() {
+    let doc = serde_json::json!({
+        "services": [{"anything": "the agent's"}],
+        "zookeeper": {"session_timeout": "3s", "splay": "1s", "auth": "x", "flavour": 1},
+        "admin": {"listen": "nope"},
+        "log": {"level": "verbose"},
+        "upgrade_socket": "relative.sock",
+    });
+    let mut p = Problems::default();
+    let raw = RawShared::<WithAuth>::take(&mut p, &doc);
+    assert_eq!(raw.zookeeper.auth.as_deref(), Some("x"));
+    let shared = raw.validate(&mut p, SYNAPSE_LIKE);
+    assert_eq!(shared.zk_session_timeout, Duration::from_secs(3));
+    assert_eq!(shared.zk_session.splay, Duration::from_secs(1));
+    assert!(shared.zk_session.read_only, "the agent's default");
+    assert_eq!(shared.admin_listen, SYNAPSE_LIKE.admin_listen);
+    assert_eq!(shared.upgrade_socket, None);
+    let got = problems(p);
+    let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["log.level", "zookeeper.flavour", "admin.listen", "upgrade_socket"],
+        "{got:?}"
+    );
+    // The agent's own key sits where it was declared, after session_timeout.
+    assert_eq!(
+        got[1].1,
+        "unknown field `flavour`, expected one of `session_timeout`, `auth`, `splay`, \
+         `read_only`, `follow_reconfig`, `tls`"
+    );
+}
+
+#[test]
+fn a_writing_agent_refuses_read_only_sessions() {
+    let mut p = Problems::default();
+    let doc = serde_json::json!({"zookeeper": {"read_only": true}});
+    let shared = RawShared::<WithAuth>::take(&mut p, &doc).validate(
+        &mut p,
+        SharedDefaults {
+            read_only: None,
+            ..SYNAPSE_LIKE
+        },
+    );
+    assert!(!shared.zk_session.read_only);
+    let got = problems(p);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "zookeeper.read_only");
 }
 
 #[test]
@@ -554,4 +627,27 @@ fn a_refused_path_covers_its_keys_and_elements_only() {
             "kept: the root refusal covers only the root",
         ]
     );
+}
+
+#[test]
+fn a_document_that_is_not_a_mapping_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, found) in [
+        ("", "an empty document"),
+        ("[1, 2]", "a list"),
+        ("hello", "a string"),
+        ("3", "a number"),
+    ] {
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, text).unwrap();
+        let err = load(&file, |_, _| Some(())).unwrap_err();
+        assert_eq!(
+            err.problems,
+            [Problem {
+                path: String::new(),
+                reason: format!("expected a mapping of keys (`key: value`), found {found}"),
+            }],
+            "{text:?}"
+        );
+    }
 }

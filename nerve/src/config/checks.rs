@@ -51,8 +51,8 @@ pub enum CheckKind {
     Tcp {
         /// Sent once connected. Default: nothing.
         send: Option<Vec<u8>>,
-        /// Must appear in the first [`crate::check::MAX_READ`] bytes received. Default:
-        /// nothing is read.
+        /// Must appear in the first bytes received (the checker reads at most 4 KiB).
+        /// Default: nothing is read.
         expect: Option<Vec<u8>>,
     },
     /// An HTTP/1.1 request (TLS when `tls` is set: type `https`).
@@ -111,8 +111,8 @@ pub struct HttpCheck {
     pub headers: Vec<(String, String)>,
     /// Accepted statuses. Default `200-399`.
     pub expect_status: StatusSet,
-    /// Must appear in the first [`crate::check::MAX_BODY`] bytes of the body. Default: the
-    /// body is not read.
+    /// Must appear in the first bytes of the body (the checker reads at most 64 KiB).
+    /// Default: the body is not read.
     pub expect_body: Option<String>,
     /// TLS settings (type `https`).
     pub tls: Option<TlsConfig>,
