@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ impl Fleet {
     /// Adds watchers up to `n` (in batches, so the ensemble is not stormed by the setup).
     fn grow(&mut self, rt: &Runtime, connect: &str, n: usize, splay: Duration) {
         // A probe is armed for the watchers of its time.
-        *self.probe.lock().unwrap() = None;
+        *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = None;
         while self.states.len() < n {
             let batch = (n - self.states.len()).min(50);
             for _ in 0..batch {
@@ -108,7 +108,7 @@ impl Fleet {
                 let (st, probe) = (state.clone(), self.probe.clone());
                 rt.spawn(async move {
                     while let Some(u) = rx.recv().await {
-                        let mut members = st.members.lock().unwrap();
+                        let mut members = st.members.lock().unwrap_or_else(PoisonError::into_inner);
                         match u {
                             WatchUpdate::Reset(all) => *members = all.into_iter().map(|m| m.id).collect(),
                             WatchUpdate::Upsert(m) => {
@@ -119,7 +119,7 @@ impl Fleet {
                             }
                             WatchUpdate::Invalid { .. } => {}
                         }
-                        let mut p = probe.lock().unwrap();
+                        let mut p = probe.lock().unwrap_or_else(PoisonError::into_inner);
                         if let Some(p) = p.as_mut() {
                             let present = p.present;
                             if let Some(slot @ None) = p.seen.get_mut(index) {
@@ -141,7 +141,7 @@ impl Fleet {
     fn correct(&self, expected: &BTreeSet<String>) -> usize {
         self.states
             .iter()
-            .filter(|s| *s.members.lock().unwrap() == *expected)
+            .filter(|s| *s.members.lock().unwrap_or_else(PoisonError::into_inner) == *expected)
             .count()
     }
 
@@ -150,11 +150,14 @@ impl Fleet {
     }
 
     fn arm(&self, present: bool) {
-        let mut p = self.probe.lock().unwrap();
+        let mut p = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
         let seen = self
             .states
             .iter()
-            .map(|s| probe_matches(&s.members.lock().unwrap(), present).then(Instant::now))
+            .map(|s| {
+                probe_matches(&s.members.lock().unwrap_or_else(PoisonError::into_inner), present)
+                    .then(Instant::now)
+            })
             .collect();
         *p = Some(Probe { present, seen });
     }
@@ -164,7 +167,7 @@ impl Fleet {
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let p = self.probe.lock().unwrap();
+                let p = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(p) = p.as_ref() {
                     if p.seen.iter().all(Option::is_some) {
                         return Ok(p.seen.iter().flatten().copied().collect());
@@ -172,7 +175,7 @@ impl Fleet {
                 }
             }
             if Instant::now() > deadline {
-                let p = self.probe.lock().unwrap();
+                let p = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
                 let missing = p
                     .as_ref()
                     .map_or(0, |p| p.seen.iter().filter(|s| s.is_none()).count());
@@ -652,7 +655,7 @@ fn probe_present(fleet: &Fleet) -> bool {
     fleet
         .states
         .first()
-        .is_some_and(|s| probe_matches(&s.members.lock().unwrap(), true))
+        .is_some_and(|s| probe_matches(&s.members.lock().unwrap_or_else(PoisonError::into_inner), true))
 }
 
 fn total_packets(zk: &ZkCluster) -> u64 {
