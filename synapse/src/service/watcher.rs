@@ -239,20 +239,7 @@ pub async fn watch_loop(service: Arc<Service>, ctx: WatchContext, cancel: Cancel
     } = ctx;
     let started = Instant::now();
     let mut updates = registry::watch(session, service.config.zk_path.clone(), cancel.clone());
-    let mut w = Watcher {
-        service,
-        metrics,
-        installed,
-        members: BTreeMap::new(),
-        states: HashMap::new(),
-        draining: HashMap::new(),
-        last_build: None,
-        pending: BTreeMap::new(),
-        full: true,
-        unavailable: 0,
-        filtered_out: 0,
-        duplicates: 0,
-    };
+    let mut w = Watcher::new(service, metrics, installed);
     if let Some(cached) = cached.filter(|c| !c.is_empty()) {
         w.members = cached.into_iter().collect();
         w.install(Trigger::Cache).await;
@@ -318,6 +305,24 @@ pub async fn watch_loop(service: Arc<Service>, ctx: WatchContext, cancel: Cancel
 }
 
 impl Watcher {
+    /// A watcher of `service` with no member yet (the first listing is a full build).
+    fn new(service: Arc<Service>, metrics: Metrics, installed: watch::Sender<u64>) -> Watcher {
+        Watcher {
+            service,
+            metrics,
+            installed,
+            members: BTreeMap::new(),
+            states: HashMap::new(),
+            draining: HashMap::new(),
+            last_build: None,
+            pending: BTreeMap::new(),
+            full: true,
+            unavailable: 0,
+            filtered_out: 0,
+            duplicates: 0,
+        }
+    }
+
     /// Applies one update to the member map; true for a full listing.
     fn apply(&mut self, update: WatchUpdate) -> bool {
         self.service.metrics.watch_updates.inc();
@@ -443,20 +448,7 @@ impl Watcher {
         let name = self.service.config.name.clone();
         let mut resolved = BTreeMap::new();
         for (k, change) in changes {
-            let change = change.map(|(id, node)| {
-                let state = match self.states.get(&k) {
-                    Some(state) => state.clone(),
-                    None => {
-                        let state = match self.draining.remove(&k) {
-                            Some(d) if !d.state.closing.is_cancelled() => d.state,
-                            _ => Arc::new(BackendState::new(k.clone(), self.metrics.backend(&name, &k))),
-                        };
-                        self.states.insert(k.clone(), state.clone());
-                        state
-                    }
-                };
-                (id, node, state)
-            });
+            let change = change.map(|(id, node)| (id, node, self.state_for(&name, &k)));
             resolved.insert(k, change);
         }
         let resolved = Arc::new(resolved);
@@ -490,14 +482,7 @@ impl Watcher {
             .collect();
         let mut last_change_ms = current.last_change_ms;
         if !added.is_empty() || !removed.is_empty() {
-            info!(
-                ?added,
-                ?removed,
-                backends = table.backends().len(),
-                "route table updated"
-            );
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-            last_change_ms = now.map_or(0, |d| d.as_millis() as u64);
+            last_change_ms = table_updated(&added, &removed, table.backends().len());
         }
         let closes_at = Instant::now() + self.service.config.removal_grace;
         for (k, change) in resolved.iter() {
@@ -663,6 +648,24 @@ impl Watcher {
     /// Resolves the entries' backend states (kept, back from draining, or new), builds the
     /// table, logs the diff and moves the backends that left to draining. None when the
     /// build did not finish (the current table stays).
+    /// The live state of backend `key` (`host:port`) of service `name`: the one it has, the
+    /// one it left with if it is back within its grace (open connections stay counted), or
+    /// a new one.
+    fn state_for(&mut self, name: &str, key: &str) -> Arc<BackendState> {
+        if let Some(state) = self.states.get(key) {
+            return state.clone();
+        }
+        let state = match self.draining.remove(key) {
+            Some(d) if !d.state.closing.is_cancelled() => d.state,
+            _ => Arc::new(BackendState::new(
+                key.to_string(),
+                self.metrics.backend(name, key),
+            )),
+        };
+        self.states.insert(key.to_string(), state.clone());
+        state
+    }
+
     async fn build_table(
         &mut self,
         entries: Vec<(String, Node)>,
@@ -675,18 +678,7 @@ impl Watcher {
         let mut keys = BTreeSet::new();
         for (id, node) in entries {
             let key = format!("{}:{}", node.host, node.port);
-            let state = match self.states.get(&key) {
-                Some(state) => state.clone(),
-                None => {
-                    // Back within its grace: the same state, so open connections stay counted.
-                    let state = match self.draining.remove(&key) {
-                        Some(d) if !d.state.closing.is_cancelled() => d.state,
-                        _ => Arc::new(BackendState::new(key.clone(), self.metrics.backend(&name, &key))),
-                    };
-                    self.states.insert(key.clone(), state.clone());
-                    state
-                }
-            };
+            let state = self.state_for(&name, &key);
             keys.insert(key);
             resolved.push((id, node, state));
         }
@@ -696,14 +688,7 @@ impl Watcher {
         let added: Vec<&String> = keys.iter().filter(|k| !before.contains(k.as_str())).collect();
         let removed: Vec<&&str> = before.iter().filter(|k| !keys.contains(**k)).collect();
         if !added.is_empty() || !removed.is_empty() {
-            info!(
-                ?added,
-                ?removed,
-                backends = table.backends().len(),
-                "route table updated"
-            );
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-            *last_change_ms = now.map_or(0, |d| d.as_millis() as u64);
+            *last_change_ms = table_updated(&added, &removed, table.backends().len());
         }
         let gone: Vec<String> = self
             .states
@@ -821,6 +806,14 @@ impl Watcher {
 }
 
 /// Sleeps until `at`; forever when None (the select branch is disabled then anyway).
+/// Logs a membership change of the route table (the benchmark times propagation by this
+/// line: keep its text) and returns when it happened, in ms since the epoch.
+fn table_updated(added: &[impl std::fmt::Debug], removed: &[impl std::fmt::Debug], backends: usize) -> u64 {
+    info!(?added, ?removed, backends, "route table updated");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as u64)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,

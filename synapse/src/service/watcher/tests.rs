@@ -105,20 +105,7 @@ fn an_empty_path_keeps_the_previous_table_unless_a_reload_rebuilds_it() {
 fn watcher(config: ServiceConfig) -> Watcher {
     let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
     let service = Arc::new(Service::new(config, metrics.service("web"), None));
-    Watcher {
-        service,
-        metrics,
-        installed: watch::Sender::new(0),
-        members: BTreeMap::new(),
-        states: HashMap::new(),
-        draining: HashMap::new(),
-        last_build: None,
-        pending: BTreeMap::new(),
-        full: true,
-        unavailable: 0,
-        filtered_out: 0,
-        duplicates: 0,
-    }
+    Watcher::new(service, metrics, watch::Sender::new(0))
 }
 
 fn routed(w: &Watcher) -> Vec<(String, String, u32)> {
