@@ -24,13 +24,13 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::registry::{self, Registration, Registry, RegistryOptions, Session, WatchUpdate};
-use integration_tests::zk::{four_letter_word, ZkOptions};
+use integration_tests::zk::{four_letter_word, parse_mode, ZkOptions};
 use integration_tests::ZkCluster;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
@@ -84,7 +84,7 @@ impl Fleet {
     /// Adds watchers up to `n` (in batches, so the ensemble is not stormed by the setup).
     fn grow(&mut self, rt: &Runtime, connect: &str, n: usize, splay: Duration) {
         // A probe is armed for the watchers of its time.
-        *self.probe.lock().unwrap() = None;
+        *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = None;
         while self.states.len() < n {
             let batch = (n - self.states.len()).min(50);
             for _ in 0..batch {
@@ -108,7 +108,7 @@ impl Fleet {
                 let (st, probe) = (state.clone(), self.probe.clone());
                 rt.spawn(async move {
                     while let Some(u) = rx.recv().await {
-                        let mut members = st.members.lock().unwrap();
+                        let mut members = st.members.lock().unwrap_or_else(PoisonError::into_inner);
                         match u {
                             WatchUpdate::Reset(all) => *members = all.into_iter().map(|m| m.id).collect(),
                             WatchUpdate::Upsert(m) => {
@@ -119,7 +119,7 @@ impl Fleet {
                             }
                             WatchUpdate::Invalid { .. } => {}
                         }
-                        let mut p = probe.lock().unwrap();
+                        let mut p = probe.lock().unwrap_or_else(PoisonError::into_inner);
                         if let Some(p) = p.as_mut() {
                             let present = p.present;
                             if let Some(slot @ None) = p.seen.get_mut(index) {
@@ -141,7 +141,7 @@ impl Fleet {
     fn correct(&self, expected: &BTreeSet<String>) -> usize {
         self.states
             .iter()
-            .filter(|s| *s.members.lock().unwrap() == *expected)
+            .filter(|s| *s.members.lock().unwrap_or_else(PoisonError::into_inner) == *expected)
             .count()
     }
 
@@ -150,11 +150,14 @@ impl Fleet {
     }
 
     fn arm(&self, present: bool) {
-        let mut p = self.probe.lock().unwrap();
+        let mut p = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
         let seen = self
             .states
             .iter()
-            .map(|s| probe_matches(&s.members.lock().unwrap(), present).then(Instant::now))
+            .map(|s| {
+                probe_matches(&s.members.lock().unwrap_or_else(PoisonError::into_inner), present)
+                    .then(Instant::now)
+            })
             .collect();
         *p = Some(Probe { present, seen });
     }
@@ -164,7 +167,7 @@ impl Fleet {
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let p = self.probe.lock().unwrap();
+                let p = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(p) = p.as_ref() {
                     if p.seen.iter().all(Option::is_some) {
                         return Ok(p.seen.iter().flatten().copied().collect());
@@ -172,7 +175,7 @@ impl Fleet {
                 }
             }
             if Instant::now() > deadline {
-                let p = self.probe.lock().unwrap();
+                let p = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
                 let missing = p
                     .as_ref()
                     .map_or(0, |p| p.seen.iter().filter(|s| s.is_none()).count());
@@ -196,6 +199,8 @@ struct Nerves {
 impl Nerves {
     fn start(rt: &Runtime, connect: &str, cancel: &CancellationToken) -> Result<Nerves> {
         let _guard = rt.enter();
+        // Their sessions' logs (RUST_LOG) say `nerve`, the watchers' do not.
+        let _span = tracing::info_span!("nerve").entered();
         let mut registries = Vec::new();
         let mut make = |name: &str| {
             let reg = Registry::new(
@@ -392,36 +397,80 @@ fn wait_correct(fleet: &Fleet, expected: &BTreeSet<String>, timeout: Duration) -
     Ok(())
 }
 
-/// A storm: `event` breaks things, then the probe flips as soon as the ensemble takes it;
-/// returns (peak packets/s over 100 ms windows, mean packets/s, seconds from the event until
-/// every watcher is right, the windows).
+/// What a storm cost and how long the fleet took to be right again.
+struct Storm {
+    /// Peak packets/s at the ensemble over 100 ms windows.
+    peak: f64,
+    /// Mean packets/s over the sampled span.
+    mean: f64,
+    /// Seconds from the event until some server led (or stood alone) again.
+    serving: f64,
+    /// Seconds from the event until every watcher saw the change written after it.
+    correct: f64,
+    /// `correct` minus `serving`: how long the fleet took once the ensemble served again.
+    correct_after_serving: f64,
+    /// Packets per 100 ms window, from the event on.
+    windows: Vec<u64>,
+}
+
+/// Polls the servers' `srvr` until one is leader (or standalone); the instant it saw so.
+fn first_serving(ports: Vec<u16>, deadline: Instant) -> JoinHandle<Option<Instant>> {
+    std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            let serving = ports.iter().any(|p| {
+                four_letter_word(*p, "srvr", Duration::from_millis(200))
+                    .ok()
+                    .is_some_and(|s| matches!(parse_mode(&s), Some("leader" | "standalone")))
+            });
+            if serving {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+}
+
+/// A storm: `event` breaks things, then the probe flips as soon as the ensemble takes it.
+/// "Serving again" is measured from the end of the event (a restart's kill, a leader's kill,
+/// the thaw of frozen servers); what breaks before it (the freeze) is not counted.
 fn storm(
     rt: &Runtime,
     zk: &mut ZkCluster,
     fleet: &Fleet,
     nerves: &mut Nerves,
     event: impl FnOnce(&mut ZkCluster),
-) -> Result<(f64, f64, f64, Vec<u64>)> {
-    let present = !fleet
-        .states
-        .first()
-        .is_some_and(|s| probe_matches(&s.members.lock().unwrap(), true));
-    let t0 = Instant::now();
+) -> Result<Storm> {
+    let present = !probe_present(fleet);
     event(zk);
+    let t0 = Instant::now();
     let sampler = Sampler::start(ports(zk));
+    let serving = first_serving(ports(zk), t0 + WAIT);
     fleet.arm(present);
     nerves.set_probe(rt, present)?;
     let seen = fleet.wait_probe(WAIT);
-    let recovered = t0.elapsed().as_secs_f64();
+    let correct = t0.elapsed().as_secs_f64();
     // The tail of the storm (late re-lists) after everyone is right.
     std::thread::sleep(Duration::from_secs(3));
     let windows = sampler.finish();
+    let serving = serving
+        .join()
+        .ok()
+        .flatten()
+        .map_or(f64::NAN, |t| t.saturating_duration_since(t0).as_secs_f64());
     seen?;
     nerves.settle(rt)?;
     wait_correct(fleet, &nerves.expected(present), WAIT)?;
     let peak = windows.iter().copied().max().unwrap_or(0) as f64 * 10.0;
     let mean = windows.iter().sum::<u64>() as f64 / (windows.len().max(1) as f64 / 10.0);
-    Ok((peak, mean, recovered, windows))
+    Ok(Storm {
+        peak,
+        mean,
+        serving,
+        correct,
+        correct_after_serving: correct - serving,
+        windows,
+    })
 }
 
 fn freeze_past_expiry(zk: &mut ZkCluster) {
@@ -462,6 +511,14 @@ fn open_files_limit() -> Option<u64> {
 
 /// Runs the phase; returns the printed table and the JSON.
 pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
+    // The registry's own logs, when asked for (`RUST_LOG=common::registry=info`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let quiet = common::config::LogConfig {
+            level: "off".into(),
+            ..Default::default()
+        };
+        common::telemetry::init(&quiet).context("RUST_LOG")?;
+    }
     let limit = open_files_limit().unwrap_or(1024);
     let max = sizes.iter().copied().max().unwrap_or(0) as u64;
     if limit < max + 512 {
@@ -489,6 +546,8 @@ pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
     for &n in sizes {
         println!("fleet: growing to {n} watchers");
         let grow_started = Instant::now();
+        // Each size starts without the probe (the storms of the previous size flipped it).
+        nerves.set_probe(&rt, false)?;
         fleet.grow(&rt, &cs, n, splay);
         wait_correct(&fleet, &nerves.expected(false), WAIT).context("initial sync")?;
         let grown = grow_started.elapsed().as_secs_f64();
@@ -596,7 +655,7 @@ fn probe_present(fleet: &Fleet) -> bool {
     fleet
         .states
         .first()
-        .is_some_and(|s| probe_matches(&s.members.lock().unwrap(), true))
+        .is_some_and(|s| probe_matches(&s.members.lock().unwrap_or_else(PoisonError::into_inner), true))
 }
 
 fn total_packets(zk: &ZkCluster) -> u64 {
@@ -615,8 +674,15 @@ fn measure_load(zk: &ZkCluster, d: Duration, mut step: impl FnMut() -> Result<()
     Ok((cpu, total_packets(zk).saturating_sub(p0) as f64 / secs))
 }
 
-fn storm_json(s: &(f64, f64, f64, Vec<u64>)) -> Value {
-    json!({"peak_packets_per_s": s.0, "mean_packets_per_s": s.1, "all_correct_after_s": s.2, "packets_per_100ms": s.3})
+fn storm_json(s: &Storm) -> Value {
+    json!({
+        "peak_packets_per_s": s.peak,
+        "mean_packets_per_s": s.mean,
+        "serving_after_s": s.serving,
+        "all_correct_after_s": s.correct,
+        "all_correct_after_serving_s": s.correct_after_serving,
+        "packets_per_100ms": s.windows,
+    })
 }
 
 fn observer_variant(rt: &Runtime, n: usize) -> Result<Value> {
@@ -664,15 +730,16 @@ fn table(j: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| N | propagation p50 / p99 (ms) | requests per change per watcher (watch / server packets) | ensemble CPU quiet / 20 ch/s (%) | packets/s quiet / 20 ch/s | leader kill: peak pkt/s, all right after | full restart: peak pkt/s, all right after | expiry of every session: peak pkt/s, all right after |"
+        "| N | propagation p50 / p99 (ms) | requests per change per watcher (watch / server packets) | ensemble CPU quiet / 20 ch/s (%) | packets/s quiet / 20 ch/s | leader kill: peak pkt/s, all right after (after serving) | full restart: peak pkt/s, all right after (after serving) | expiry of every session: peak pkt/s, all right after (after serving) |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for r in j["sizes"].as_array().into_iter().flatten() {
         let storm = |k: &str| {
             format!(
-                "{:.0}, {:.1} s",
+                "{:.0}, {:.1} s ({:.1} s)",
                 f(r, &[k, "peak_packets_per_s"]),
-                f(r, &[k, "all_correct_after_s"])
+                f(r, &[k, "all_correct_after_s"]),
+                f(r, &[k, "all_correct_after_serving_s"])
             )
         };
         let _ = writeln!(
@@ -696,10 +763,11 @@ fn table(j: &Value) -> String {
         let u = &j["unspread"];
         let _ = writeln!(
             out,
-            "\nUnspread fleet (splay 0) of {}: full restart peak {:.0} pkt/s, all right after {:.1} s",
+            "\nUnspread fleet (splay 0) of {}: full restart peak {:.0} pkt/s, all right after {:.1} s ({:.1} s after serving)",
             u["n"],
             f(u, &["storm_full_restart", "peak_packets_per_s"]),
-            f(u, &["storm_full_restart", "all_correct_after_s"])
+            f(u, &["storm_full_restart", "all_correct_after_s"]),
+            f(u, &["storm_full_restart", "all_correct_after_serving_s"])
         );
     }
     if !j["observers"].is_null() {

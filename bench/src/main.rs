@@ -497,6 +497,25 @@ fn fmt_ms_spread(s: &Spread) -> String {
 }
 
 impl Bench {
+    /// A proxy's CPU per request (user + system, and user alone: median and range over the
+    /// rounds) as a row of `section` and in its JSON `entry`.
+    fn cpu_row(
+        &mut self,
+        section: &'static str,
+        name: &str,
+        cpu: &(Spread, Vec<f64>),
+        user: &(Spread, Vec<f64>),
+        entry: &mut Value,
+    ) {
+        self.row(
+            section,
+            format!("{name}: CPU per request"),
+            format!("{} µs (user + system), user {} µs", cpu.0.fmt(1), user.0.fmt(1)),
+        );
+        entry["cpu_us_per_request"] = cpu.0.json(&cpu.1);
+        entry["user_us_per_request"] = user.0.json(&user.1);
+    }
+
     fn row(&mut self, section: &'static str, what: impl Into<String>, value: impl Into<String>) {
         self.rows.push(Row {
             section,
@@ -738,13 +757,7 @@ impl Bench {
                 });
                 if proxy.is_some() {
                     let (cpu, user) = (of(|x| x.1.total_us), of(|x| x.1.user_us));
-                    self.row(
-                        section,
-                        format!("{name}: CPU per request"),
-                        format!("{} µs (user + system), user {} µs", cpu.0.fmt(1), user.0.fmt(1)),
-                    );
-                    entry["cpu_us_per_request"] = cpu.0.json(&cpu.1);
-                    entry["user_us_per_request"] = user.0.json(&user.1);
+                    self.cpu_row(section, name, &cpu, &user, &mut entry);
                 }
                 out.insert(name.to_string(), entry);
             }

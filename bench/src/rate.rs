@@ -315,13 +315,7 @@ impl Bench {
                 });
                 if proxy.is_some() {
                     let (cpu, user) = (of(|x| x.1.total_us), of(|x| x.1.user_us));
-                    self.row(
-                        section,
-                        format!("{name} {proto}: CPU per request"),
-                        format!("{} µs (user + system), user {} µs", cpu.0.fmt(1), user.0.fmt(1)),
-                    );
-                    entry["cpu_us_per_request"] = cpu.0.json(&cpu.1);
-                    entry["user_us_per_request"] = user.0.json(&user.1);
+                    self.cpu_row(section, &format!("{name} {proto}"), &cpu, &user, &mut entry);
                     // Added over direct, per round.
                     let added = |f: fn(&RateRun) -> f64| {
                         let v: Vec<f64> = r[ti].iter().zip(&r[0]).map(|(p, d)| f(&p.0) - f(&d.0)).collect();

@@ -13,12 +13,23 @@
 //! otherwise).
 //!
 //! A local admin port is also a way to exhaust the process's file descriptors, so slow and
-//! idle clients are bounded ([`AdminLimits`]): header read timeout, idle timeout and a cap
-//! on open connections. Accept errors back off through [`crate::net::AcceptBackoff`].
+//! idle clients are bounded ([`AdminLimits`]): a short timeout for a connection's first byte,
+//! header and body read timeouts, an idle timeout and a cap on open connections. The admin
+//! port also answers readiness probes, so a full house never makes a new client wait: at the
+//! cap, the oldest connection the server owes nothing to (headers or body unfinished, silent,
+//! idle keep-alive, or a response the client does not read) is closed to make room. A
+//! connection is protected only while the server works for it: from an accept that finds its
+//! complete request head already received (a probe that waited in the listen backlog behind
+//! abusive clients), and while its handler runs. The accept loop yields after each accept,
+//! so a new connection is read before a flood of later ones can push it out. Only when every
+//! connection is protected do new clients wait in the listen backlog. Accept errors back off
+//! through [`crate::net::AcceptBackoff`].
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +39,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
@@ -108,18 +119,35 @@ pub struct AdminBindError {
     pub source: std::io::Error,
 }
 
+/// Listen backlog of the admin port (the kernel caps it at `net.core.somaxconn`). Clients
+/// past the connection cap wait here; a full backlog drops a probe's SYN, which the client
+/// retries only after a second, so it is far larger than the 128 of `TcpListener::bind`.
+pub const BACKLOG: u32 = 1024;
+
 /// Binds the admin listener (done before anything else starts, so a busy port is an error
 /// at start).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminBindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminBindError { addr, source })
+    let err = |source| AdminBindError { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As `TcpListener::bind`: a restarted agent rebinds at once.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)
 }
 
 /// Limits that keep slow or idle clients from holding the admin server's connections (and
 /// the process's file descriptors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminLimits {
+    /// Time a new connection has to send its first byte. Default 2 s. A probe or a `curl`
+    /// sends its request at once; a connection that sends nothing only holds a slot. Zero
+    /// disables it.
+    pub first_byte_timeout: Duration,
     /// Time a client has to send a request's complete headers, counted from the moment the
     /// server is ready to read them: from the accept for the first request, and from the
     /// end of the previous response on a keep-alive connection, so this is also how long an
@@ -129,15 +157,22 @@ pub struct AdminLimits {
     /// is doing (e.g. a client that stalls sending a body or stops reading the response).
     /// Default 30 s. Zero disables it.
     pub idle_timeout: Duration,
-    /// Connections served at once; further clients wait in the listen backlog until one
-    /// closes. Default 32.
+    /// Time a client has to send a request's whole body, from the end of its headers.
+    /// Default 10 s (admin bodies are at most [`MAX_BODY`]); a slower one is answered 408
+    /// and closed. Zero disables it.
+    pub body_read_timeout: Duration,
+    /// Connections open at once. At the cap, a new client takes the place of the oldest
+    /// connection that is not inside a request (that one is closed); when every one is
+    /// inside a request, new clients wait in the listen backlog. Default 32.
     pub max_connections: usize,
 }
 
 impl Default for AdminLimits {
     fn default() -> Self {
         AdminLimits {
+            first_byte_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_connections: 32,
         }
@@ -160,18 +195,21 @@ pub async fn serve_with(
         info!(%addr, max_connections = limits.max_connections, "admin server listening");
     }
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let conns = Arc::new(Connections::default());
+    let max = limits.max_connections.max(1);
     let mut backoff = AcceptBackoff::new("admin");
     loop {
-        // A slot is taken before accepting, so clients past the cap wait in the backlog
-        // instead of holding a descriptor each.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+        // At the cap with every connection inside a request, nothing can be closed to make
+        // room: clients wait in the backlog (without a descriptor each) until one is done.
+        while conns.is_full(max) && !conns.any_idle() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = conns.changed.notified() => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
@@ -190,15 +228,160 @@ pub async fn serve_with(
                 }
             },
         };
+        // Room for it: below the cap, or in place of the oldest connection outside a
+        // request, or (every one inside a request since the check above) once one is done.
+        while conns.is_full(max) {
+            if let Some(evicted) = conns.close_oldest_idle() {
+                debug!(%peer, %evicted, "admin connections at the cap: closing the oldest idle one");
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = conns.changed.notified() => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        // A request already whole in the socket (its client waited in the backlog) is served
+        // next; without this, the accepts of later clients could close it before its task
+        // first reads.
+        let slot = conns.open(peer, request_head_received(&stream));
         let handler = handler.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, handler, limits, cancel).await;
+            serve_connection(stream, peer, handler, limits, slot, cancel).await;
         });
+        // Let the new connection (and the others) read before the next accept: clients that
+        // reconnect as fast as they are closed would otherwise keep this loop busy, each
+        // accept closing the oldest connection, until a probe accepted a moment ago is the
+        // oldest before it was ever read.
+        tokio::task::yield_now().await;
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+}
+
+/// The open admin connections, oldest first, and whether each is inside a request.
+#[derive(Debug, Default)]
+struct Connections {
+    open: Mutex<BTreeMap<u64, OpenConn>>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Signalled when a connection closes or leaves a request.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct OpenConn {
+    peer: SocketAddr,
+    busy: Arc<AtomicBool>,
+    close: CancellationToken,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, OpenConn>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_full(&self, max: usize) -> bool {
+        self.lock().len() >= max
+    }
+
+    fn any_idle(&self) -> bool {
+        self.lock().values().any(|c| !c.busy.load(Ordering::Relaxed))
+    }
+
+    /// Closes the oldest connection not inside a request; returns its peer.
+    fn close_oldest_idle(&self) -> Option<SocketAddr> {
+        let mut open = self.lock();
+        let id = *open.iter().find(|(_, c)| !c.busy.load(Ordering::Relaxed))?.0;
+        let conn = open.remove(&id)?;
+        conn.close.cancel();
+        Some(conn.peer)
+    }
+
+    /// Registers a new connection, protected from the start when `protected`.
+    fn open(self: &Arc<Self>, peer: SocketAddr, protected: bool) -> Slot {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let busy = Arc::new(AtomicBool::new(protected));
+        let close = CancellationToken::new();
+        self.lock().insert(
+            id,
+            OpenConn {
+                peer,
+                busy: busy.clone(),
+                close: close.clone(),
+            },
+        );
+        Slot {
+            conns: self.clone(),
+            id,
+            busy,
+            close,
+        }
+    }
+}
+
+/// One connection's place in [`Connections`]; dropping it frees the place.
+#[derive(Debug)]
+struct Slot {
+    conns: Arc<Connections>,
+    id: u64,
+    busy: Arc<AtomicBool>,
+    /// Cancelled when the connection is closed to make room for a new one.
+    close: CancellationToken,
+}
+
+impl Slot {
+    /// Ends the protection given at the accept: the request is now the client's to finish
+    /// (its body), as any other.
+    fn unprotect(&self) {
+        if self.busy.swap(false, Ordering::Relaxed) {
+            self.conns.changed.notify_one();
+        }
+    }
+
+    /// Marks the connection inside a request until the guard drops.
+    fn enter(&self) -> BusyGuard {
+        self.busy.store(true, Ordering::Relaxed);
+        BusyGuard {
+            busy: self.busy.clone(),
+            conns: self.conns.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.id);
+        self.conns.changed.notify_one();
+    }
+}
+
+/// Whether a complete request head (up to a blank line) is already in `stream`'s receive
+/// buffer, looked at without taking it and without waiting. Heads larger than the look are
+/// reported as incomplete (probes send a few dozen bytes).
+fn request_head_received(stream: &TcpStream) -> bool {
+    use rustix::net::RecvFlags;
+    let mut buf = [0u8; 2048];
+    match rustix::net::recv(stream, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((n, _)) => buf[..n.min(buf.len())].windows(4).any(|w| w == b"\r\n\r\n"),
+        Err(_) => false,
+    }
+}
+
+#[derive(Debug)]
+struct BusyGuard {
+    busy: Arc<AtomicBool>,
+    conns: Arc<Connections>,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Relaxed);
+        self.conns.changed.notify_one();
+    }
 }
 
 async fn serve_connection(
@@ -206,13 +389,38 @@ async fn serve_connection(
     peer: SocketAddr,
     handler: Handler,
     limits: AdminLimits,
+    slot: Slot,
     cancel: CancellationToken,
 ) {
+    // A connection that sends nothing is let go early (it would only hold a place).
+    if !limits.first_byte_timeout.is_zero() {
+        let mut first = [0u8; 1];
+        tokio::select! {
+            // `peek` waits for a byte (or the end) without taking it; readiness alone can be
+            // spurious.
+            r = tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut first)) => {
+                if r.is_err() {
+                    debug!(%peer, timeout = ?limits.first_byte_timeout, "admin connection sent nothing; closing");
+                    return;
+                }
+            }
+            _ = slot.close.cancelled() => return,
+            _ = cancel.cancelled() => return,
+        }
+    }
     let activity = Activity::default();
     let io = TokioIo::new(Tracked::new(stream, &activity));
+    let close = slot.close.clone();
+    let slot = Arc::new(slot);
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(to_response(route(req, peer, &handler).await)) }
+        let slot = slot.clone();
+        async move {
+            slot.unprotect();
+            Ok::<_, Infallible>(to_response(
+                route(req, peer, &handler, &slot, limits.body_read_timeout).await,
+            ))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
@@ -225,6 +433,7 @@ async fn serve_connection(
     tokio::select! {
         r = conn.as_mut() => if let Err(err) = r { debug!(%peer, error = %err, "admin connection error") },
         _ = &mut idle => debug!(%peer, timeout = ?limits.idle_timeout, "admin connection idle; closing"),
+        _ = close.cancelled() => {}
         _ = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             // An idle or slow client must not hold the shutdown either.
@@ -236,27 +445,48 @@ async fn serve_connection(
     }
 }
 
-/// Reads the body (bounded; a stalled one is cut by the connection's idle timeout) and
-/// dispatches: built-in routes first, then the agent's handler.
-async fn route(req: Request<Incoming>, peer: SocketAddr, handler: &Handler) -> Reply {
+/// Reads the body (bounded in size and time; meanwhile the connection may be closed to make
+/// room, as the client is the one that owes bytes) and dispatches, the connection now inside
+/// its request: built-in routes first, then the agent's handler.
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    handler: &Handler,
+    slot: &Slot,
+    body_timeout: Duration,
+) -> Reply {
     let (parts, body) = req.into_parts();
     let body = if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) {
         Bytes::new()
     } else {
-        match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+        let read = Limited::new(body, MAX_BODY).collect();
+        let read = if body_timeout.is_zero() {
+            Ok(read.await)
+        } else {
+            tokio::time::timeout(body_timeout, read).await
+        };
+        match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
                 return Reply::text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body larger than {MAX_BODY} bytes\n"),
                 );
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 debug!(%peer, error = %err, "cannot read admin request body");
                 return Reply::text(StatusCode::BAD_REQUEST, "cannot read the request body\n");
             }
+            Err(_) => {
+                debug!(%peer, timeout = ?body_timeout, "admin request body too slow");
+                return Reply::text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {body_timeout:?}\n"),
+                );
+            }
         }
     };
+    let _inside = slot.enter();
     if parts.uri.path() == "/log-level" {
         return log_level(&parts.method, &body, peer);
     }

@@ -27,6 +27,8 @@ fuzz_target!(|data: &[u8]| {
         1 => Listener::Api,
         _ => Listener::Shared,
     };
+    // The harness's own setup, not the input: a panic here means the machine has no loopback
+    // (a broken environment, reported as such), never a finding.
     let front = FRONT
         .get_or_init(|| HttpFront::new().expect("the fuzzing front starts (loopback sockets, a temp file)"));
     let x = front.exchange(listener, rest);

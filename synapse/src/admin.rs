@@ -129,7 +129,7 @@ fn list(services: &[Arc<Service>]) -> Reply {
     for s in services {
         let snapshot = s.snapshot.load_full();
         let table = &snapshot.table;
-        let backends: Vec<_> = table.backends().iter().map(backend_json).collect();
+        let backends: Vec<_> = table.backends().iter().map(|b| backend_json(b)).collect();
         let draining: Vec<_> = snapshot
             .draining
             .iter()

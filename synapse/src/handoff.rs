@@ -124,12 +124,21 @@ impl Inherited {
 
     /// The inherited socket bound to `addr`, else a new one.
     pub async fn listener(&mut self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        match self.inherited(addr)? {
+            Some(l) => Ok(l),
+            None => TcpListener::bind(addr).await,
+        }
+    }
+
+    /// The inherited socket bound to `addr`, if there is one (the caller binds a new one its
+    /// own way otherwise, e.g. the admin port with its larger backlog).
+    pub fn inherited(&mut self, addr: SocketAddr) -> std::io::Result<Option<TcpListener>> {
         match self.listeners.remove(&addr) {
             Some(l) => {
                 l.set_nonblocking(true)?;
-                TcpListener::from_std(l)
+                TcpListener::from_std(l).map(Some)
             }
-            None => TcpListener::bind(addr).await,
+            None => Ok(None),
         }
     }
 

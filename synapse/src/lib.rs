@@ -155,13 +155,15 @@ pub async fn run_upgradable(
     let prometheus = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&prometheus)?;
     let admin_listener =
-        inherited
-            .listener(config.admin_listen)
-            .await
+        match inherited
+            .inherited(config.admin_listen)
             .map_err(|source| common::admin::AdminBindError {
                 addr: config.admin_listen,
                 source,
-            })?;
+            })? {
+            Some(l) => l,
+            None => common::admin::bind(config.admin_listen).await?,
+        };
     // Kept to hand over: the admin server owns the listener.
     let admin_fd =
         admin_listener

@@ -4,6 +4,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+pub mod cells;
+
+use cells::CONNECT_BUCKETS;
+pub use cells::{BackendMetrics, BackendSeries};
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -29,10 +34,6 @@ pub const GRPC_STATUS_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// Buckets of `synapse_backend_connect_seconds`: 100 µs to 2.5 s.
-const CONNECT_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
 /// Buckets of `synapse_route_table_build_seconds`: 10 µs to 250 ms.
 const BUILD_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -51,13 +52,7 @@ pub struct Metrics {
     updates: IntCounterVec,
     stale: IntGaugeVec,
     bytes: IntCounterVec,
-    backend_active: IntGaugeVec,
-    backend_connections: IntCounterVec,
-    backend_failures: IntCounterVec,
-    backend_connect_time: HistogramVec,
-    backend_ejections: IntCounterVec,
-    backend_ejected: IntGaugeVec,
-    backend_weight: IntGaugeVec,
+    backend_series: BackendSeries,
     grace_closed: IntCounterVec,
     draining: IntGaugeVec,
     panic: IntGaugeVec,
@@ -136,30 +131,10 @@ pub struct Rejected {
     pub shutdown: IntCounter,
 }
 
-/// Handles for one backend of one service.
-#[derive(Debug, Clone)]
-pub struct BackendMetrics {
-    /// Connections open now.
-    pub active: IntGauge,
-    /// Connections established.
-    pub connections: IntCounter,
-    /// Connection attempts that failed (refused or timed out).
-    pub failures: IntCounter,
-    /// Time to connect, successful attempts only.
-    pub connect_time: Histogram,
-    /// Outlier ejections.
-    pub ejections: IntCounter,
-    /// 1 while ejected (set at ejection and whenever `/metrics` is read).
-    pub ejected: IntGauge,
-    /// Effective weight in the current table.
-    pub weight: IntGauge,
-}
-
 impl Metrics {
     /// Creates and registers every metric in `registry`.
     pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
         let svc = &["service"];
-        let be = &["service", "backend"];
         let m = Metrics {
             connections: IntCounterVec::new(
                 Opts::new("synapse_connections_total", "Client connections accepted"),
@@ -220,50 +195,7 @@ impl Metrics {
                 ),
                 &["service", "direction"],
             )?,
-            backend_active: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_backend_connections_active",
-                    "Open connections per backend",
-                ),
-                be,
-            )?,
-            backend_connections: IntCounterVec::new(
-                Opts::new(
-                    "synapse_backend_connections_total",
-                    "Connections established per backend",
-                ),
-                be,
-            )?,
-            backend_failures: IntCounterVec::new(
-                Opts::new(
-                    "synapse_backend_connect_failures_total",
-                    "Failed connection attempts per backend",
-                ),
-                be,
-            )?,
-            backend_connect_time: HistogramVec::new(
-                HistogramOpts::new(
-                    "synapse_backend_connect_seconds",
-                    "Time to connect to a backend (successful attempts)",
-                )
-                .buckets(CONNECT_BUCKETS.to_vec()),
-                be,
-            )?,
-            backend_ejections: IntCounterVec::new(
-                Opts::new("synapse_backend_ejections_total", "Outlier ejections per backend"),
-                be,
-            )?,
-            backend_ejected: IntGaugeVec::new(
-                Opts::new("synapse_backend_ejected", "1 while the backend is ejected"),
-                be,
-            )?,
-            backend_weight: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_backend_weight",
-                    "Effective weight of the backend in the route table (0 = no new connections)",
-                ),
-                be,
-            )?,
+            backend_series: BackendSeries::new()?,
             grace_closed: IntCounterVec::new(
                 Opts::new(
                     "synapse_removal_grace_closed_total",
@@ -377,13 +309,7 @@ impl Metrics {
         registry.register(Box::new(m.updates.clone()))?;
         registry.register(Box::new(m.stale.clone()))?;
         registry.register(Box::new(m.bytes.clone()))?;
-        registry.register(Box::new(m.backend_active.clone()))?;
-        registry.register(Box::new(m.backend_connections.clone()))?;
-        registry.register(Box::new(m.backend_failures.clone()))?;
-        registry.register(Box::new(m.backend_connect_time.clone()))?;
-        registry.register(Box::new(m.backend_ejections.clone()))?;
-        registry.register(Box::new(m.backend_ejected.clone()))?;
-        registry.register(Box::new(m.backend_weight.clone()))?;
+        registry.register(Box::new(m.backend_series.clone()))?;
         registry.register(Box::new(m.grace_closed.clone()))?;
         registry.register(Box::new(m.draining.clone()))?;
         registry.register(Box::new(m.panic.clone()))?;
@@ -494,15 +420,7 @@ impl Metrics {
 
     /// Resolves the handles of one backend (`host:port`).
     pub fn backend(&self, service: &str, backend: &str) -> BackendMetrics {
-        BackendMetrics {
-            active: self.backend_active.with_label_values(&[service, backend]),
-            connections: self.backend_connections.with_label_values(&[service, backend]),
-            failures: self.backend_failures.with_label_values(&[service, backend]),
-            connect_time: self.backend_connect_time.with_label_values(&[service, backend]),
-            ejections: self.backend_ejections.with_label_values(&[service, backend]),
-            ejected: self.backend_ejected.with_label_values(&[service, backend]),
-            weight: self.backend_weight.with_label_values(&[service, backend]),
-        }
+        self.backend_series.get(service, backend)
     }
 
     /// The HTTP-mode metrics.
@@ -513,13 +431,7 @@ impl Metrics {
     /// Drops the series of a backend that left the route table.
     pub fn forget_backend(&self, service: &str, backend: &str) {
         self.http.forget_backend(service, backend);
-        let _ = self.backend_active.remove_label_values(&[service, backend]);
-        let _ = self.backend_connections.remove_label_values(&[service, backend]);
-        let _ = self.backend_failures.remove_label_values(&[service, backend]);
-        let _ = self.backend_connect_time.remove_label_values(&[service, backend]);
-        let _ = self.backend_ejections.remove_label_values(&[service, backend]);
-        let _ = self.backend_ejected.remove_label_values(&[service, backend]);
-        let _ = self.backend_weight.remove_label_values(&[service, backend]);
+        self.backend_series.remove(service, backend);
     }
 }
 

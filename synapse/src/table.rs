@@ -11,7 +11,7 @@
 //! once per install in one `ArcSwap`: the data path, the admin API, the state file and
 //! `file_output` all read the same one, so none can disagree with what routes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,10 +54,17 @@ pub struct Backend {
     pub state: Arc<BackendState>,
 }
 
+/// A backend to build: `(znode id, node, state)`.
+pub type Entry = (String, Node, Arc<BackendState>);
+
+/// Backends to put in place, by `host:port`; None: the backend leaves.
+pub type Changes = BTreeMap<String, Option<Entry>>;
+
 /// An immutable set of backends with their balancer.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    backends: Vec<Backend>,
+    /// Shared with the tables built from this one (see [`RouteTable::apply`]).
+    backends: Vec<Arc<Backend>>,
     balancer: Balancer,
     panic: Panic,
 }
@@ -85,27 +92,53 @@ impl RouteTable {
     ) -> RouteTable {
         entries.sort_by(|a, b| a.2.key.cmp(&b.2.key).then_with(|| a.0.cmp(&b.0)));
         entries.dedup_by(|a, b| a.2.key == b.2.key);
-        let backends: Vec<Backend> = entries
+        let backends: Vec<Arc<Backend>> = entries
             .into_iter()
             .map(|(id, node, state)| {
-                let target = match node.host.parse() {
-                    Ok(ip) => Target::Addr(SocketAddr::new(ip, node.port)),
-                    Err(_) => Target::Host(node.host.clone(), node.port),
-                };
-                let m = Member::from_node(&state.key, &node, default_weight, &state.live);
                 let remote = demoted.contains(&state.key);
-                let (weight, backup) = (m.weight, m.backup || remote);
-                Backend {
-                    id,
-                    node,
-                    target,
-                    weight,
-                    backup,
-                    remote,
-                    state,
-                }
+                Arc::new(Backend::new(id, node, state, default_weight, remote))
             })
             .collect();
+        Self::with_backends(backends, policy)
+    }
+
+    /// The table with the backends of `changes` (by `host:port`: a new or changed backend,
+    /// or None for one that left) in place of this table's; the others are shared, not
+    /// copied. Cost: the changed backends' parsing plus one pass over pointers, and the
+    /// balancer's build ([`Balancer::build`]: `O(n)` over integers for every policy but
+    /// `hash`, whose Maglev table is rebuilt). No locality: every backend is a primary
+    /// unless its options say `backup` (the watcher takes the full build otherwise).
+    pub fn apply(&self, changes: &Changes, policy: PolicyName, default_weight: u32) -> RouteTable {
+        let mut backends = Vec::with_capacity(self.backends.len() + changes.len());
+        let mut changed = changes.iter().peekable();
+        let fresh = |change: &Option<Entry>| {
+            change.as_ref().map(|(id, node, state)| {
+                Arc::new(Backend::new(
+                    id.clone(),
+                    node.clone(),
+                    state.clone(),
+                    default_weight,
+                    false,
+                ))
+            })
+        };
+        for b in &self.backends {
+            while let Some((key, change)) = changed.next_if(|(k, _)| k.as_str() < b.state.key.as_str()) {
+                debug_assert!(key.as_str() < b.state.key.as_str());
+                backends.extend(fresh(change));
+            }
+            match changed.next_if(|(k, _)| k.as_str() == b.state.key.as_str()) {
+                Some((_, change)) => backends.extend(fresh(change)),
+                None => backends.push(b.clone()),
+            }
+        }
+        for (_, change) in changed {
+            backends.extend(fresh(change));
+        }
+        Self::with_backends(backends, policy)
+    }
+
+    fn with_backends(backends: Vec<Arc<Backend>>, policy: PolicyName) -> RouteTable {
         let members: Vec<Member<'_>> = backends
             .iter()
             .map(|b| Member {
@@ -124,8 +157,16 @@ impl RouteTable {
     }
 
     /// The backends, ordered by `host:port`.
-    pub fn backends(&self) -> &[Backend] {
+    pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// The backend at `key` (`host:port`), by binary search.
+    pub fn backend(&self, key: &str) -> Option<&Arc<Backend>> {
+        self.backends
+            .binary_search_by(|b| b.state.key.as_str().cmp(key))
+            .ok()
+            .and_then(|i| self.backends.get(i))
     }
 
     /// True when there is nothing to route to.
@@ -146,7 +187,31 @@ impl RouteTable {
     /// Up to `ctx.attempts` distinct backends to try, in order (see [`Balancer::pick`]):
     /// never a weight-0 one, backups only after every usable primary.
     pub fn pick(&self, ctx: Ctx) -> impl Iterator<Item = &Backend> {
-        self.balancer.pick(ctx).filter_map(|i| self.backends.get(i))
+        self.balancer
+            .pick(ctx)
+            .filter_map(|i| self.backends.get(i).map(|b| &**b))
+    }
+}
+
+impl Backend {
+    /// A backend from its znode: target resolved if an IP, weight and `backup` from the
+    /// payload and `haproxy_server_options`; `remote`: demoted by locality.
+    fn new(id: String, node: Node, state: Arc<BackendState>, default_weight: u32, remote: bool) -> Backend {
+        let target = match node.host.parse() {
+            Ok(ip) => Target::Addr(SocketAddr::new(ip, node.port)),
+            Err(_) => Target::Host(node.host.clone(), node.port),
+        };
+        let m = Member::from_node(&state.key, &node, default_weight, &state.live);
+        let (weight, backup) = (m.weight, m.backup || remote);
+        Backend {
+            id,
+            node,
+            target,
+            weight,
+            backup,
+            remote,
+            state,
+        }
     }
 }
 
@@ -262,7 +327,7 @@ impl Panic {
     }
 
     /// Recomputes the deadline from the ejections of `backends` (the table's).
-    pub(crate) fn refresh(&self, backends: &[Backend], config: &OutlierConfig) {
+    pub(crate) fn refresh(&self, backends: &[Arc<Backend>], config: &OutlierConfig) {
         let now = now_ns();
         let mut pickable = 0;
         let mut ejected: Vec<u64> = Vec::new();

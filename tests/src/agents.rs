@@ -54,18 +54,19 @@ impl Agent {
         Self::spawn(name, file_name, config, nofile, env, &[], None)
     }
 
-    /// Like [`start`](Self::start), socket-activated as systemd does it: `listener` is passed
-    /// as descriptor 3 with `LISTEN_FDS=1` and `LISTEN_PID` (the caller keeps its own copy,
-    /// like a `.socket` unit, so the socket outlives the agent).
+    /// Like [`start_file`](Self::start_file), socket-activated as systemd does it:
+    /// `listener` is passed as descriptor 3 with `LISTEN_FDS=1` and `LISTEN_PID` (the caller
+    /// keeps its own copy, like a `.socket` unit, so the socket outlives the agent).
     pub fn start_socket_activated(
         name: &'static str,
+        file_name: &str,
         config: &str,
         listener: &std::net::TcpListener,
     ) -> Agent {
         // A duplicate without close-on-exec, for this child only; closed here right after.
         let passed = rustix::io::dup(listener).expect("dup the listening socket");
         let fd = std::os::fd::AsRawFd::as_raw_fd(&passed);
-        let agent = Self::spawn(name, &format!("{name}.yaml"), config, None, &[], &[], Some(fd));
+        let agent = Self::spawn(name, file_name, config, None, &[], &[], Some(fd));
         drop(passed);
         agent
     }
@@ -99,11 +100,6 @@ impl Agent {
     /// harness's own, e.g. `RUST_LOG`).
     pub fn start_with_env(name: &'static str, config: &str, env: &[(&str, &str)]) -> Agent {
         Self::spawn(name, &format!("{name}.yaml"), config, None, env, &[], None)
-    }
-
-    /// Like [`start`](Self::start), with extra command-line arguments (e.g. `--takeover`).
-    pub fn start_with_args(name: &'static str, config: &str, args: &[&str]) -> Agent {
-        Self::spawn(name, &format!("{name}.yaml"), config, None, &[], args, None)
     }
 
     fn spawn(

@@ -18,7 +18,9 @@
 pub mod wait;
 pub mod zk;
 
-pub use wait::{consistently, eventually, eventually_async, eventually_ok, eventually_ok_async};
+pub use wait::{
+    consistently, consistently_async, eventually, eventually_async, eventually_ok, eventually_ok_async,
+};
 pub use zk::{free_port, free_ports, ZkCluster, ZkServer};
 pub mod agents;
 pub mod http;

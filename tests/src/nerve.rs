@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::agents::{http_get, metric_sample, Agent};
-use crate::synapse::{duration_text, AdminFile, WAIT};
+use crate::synapse::{duration_text, AdminFile, Replaced, WAIT};
 use crate::{eventually, free_port};
 
 /// nerve's config file, as the builder writes it.
@@ -315,9 +315,20 @@ impl NerveBuilder {
 
     /// Starts nerve with this config.
     pub fn start(self) -> Nerve {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let agent = Agent::start_file("nerve", "nerve.json", &self.text(), &env, None);
+        let agent = self.spawn(&[]);
         Nerve { agent, config: self }
+    }
+
+    /// Starts nerve with this config and `--takeover` (the config must set
+    /// `upgrade_socket`), returning at once: e.g. after a parked nerve exited.
+    pub fn start_takeover(self) -> Nerve {
+        let agent = self.spawn(&["--takeover"]);
+        Nerve { agent, config: self }
+    }
+
+    fn spawn(&self, args: &[&str]) -> Agent {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Agent::start_file_with_args("nerve", "nerve.json", &self.text(), &env, None, args)
     }
 }
 
@@ -332,29 +343,19 @@ impl Nerve {
     /// Upgrades in place: starts a new nerve with the same config and `--takeover` (the
     /// config must set `upgrade_socket`: `.top("upgrade_socket", path)`), waits until the
     /// old one has handed over and exited and the new one confirms, and returns the old
-    /// one's exit status. The handle then drives the new process.
-    pub fn upgrade(&mut self) -> ExitStatus {
-        let env: Vec<(&str, &str)> = self
-            .config
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let new = Agent::start_file_with_args(
-            "nerve",
-            "nerve.json",
-            &self.config.text(),
-            &env,
-            None,
-            &["--takeover"],
-        );
+    /// one's exit status and log. The handle then drives the new process.
+    pub fn upgrade(&mut self) -> Replaced {
+        let new = self.config.spawn(&["--takeover"]);
         let mut old = std::mem::replace(&mut self.agent, new);
         let status = old.wait_exit(WAIT);
         let agent = &self.agent;
         eventually("the new nerve confirms the takeover", WAIT, || {
             agent.log().contains("takeover done").then_some(())
         });
-        status
+        Replaced {
+            status,
+            log: old.log(),
+        }
     }
 
     /// The process.

@@ -345,10 +345,42 @@ impl SynapseBuilder {
 
     /// Starts synapse with this config.
     pub fn start(self) -> Synapse {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let agent = Agent::start_file("synapse", "synapse.json", &self.text(), &env, self.nofile);
+        let agent = self.spawn(&[]);
         Synapse { agent, config: self }
     }
+
+    /// Starts a successor with this config and `--takeover` (the config sets
+    /// `upgrade_socket`), and returns at once: the caller watches how the handoff goes.
+    /// [`Synapse::upgrade`] is the whole of a successful one.
+    pub fn start_takeover(&self) -> Synapse {
+        let agent = self.spawn(&["--takeover"]);
+        Synapse {
+            agent,
+            config: self.clone(),
+        }
+    }
+
+    /// Starts synapse socket-activated, as systemd does (see
+    /// [`Agent::start_socket_activated`]): the service listening on `listener`'s port (set
+    /// with [`SynapseService::listen_on`]) serves it.
+    pub fn start_socket_activated(self, listener: &std::net::TcpListener) -> Synapse {
+        let agent = Agent::start_socket_activated("synapse", "synapse.json", &self.text(), listener);
+        Synapse { agent, config: self }
+    }
+
+    fn spawn(&self, args: &[&str]) -> Agent {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Agent::start_file_with_args("synapse", "synapse.json", &self.text(), &env, self.nofile, args)
+    }
+}
+
+/// The process an upgrade replaced, once it has exited.
+#[derive(Debug)]
+pub struct Replaced {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it logged.
+    pub log: String,
 }
 
 /// A running synapse. Dropping it kills it (SIGKILL; its log is printed if the test failed).
@@ -362,29 +394,19 @@ impl Synapse {
     /// Upgrades in place: starts a new synapse with the same config and `--takeover` (the
     /// config must set `upgrade_socket`: `.top("upgrade_socket", path)`), waits until the
     /// old one has handed over and exited and the new one confirms, and returns the old
-    /// one's exit status. The handle then drives the new process.
-    pub fn upgrade(&mut self) -> ExitStatus {
-        let env: Vec<(&str, &str)> = self
-            .config
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let new = Agent::start_file_with_args(
-            "synapse",
-            "synapse.json",
-            &self.config.text(),
-            &env,
-            self.config.nofile,
-            &["--takeover"],
-        );
+    /// one's exit status and log. The handle then drives the new process.
+    pub fn upgrade(&mut self) -> Replaced {
+        let new = self.config.spawn(&["--takeover"]);
         let mut old = std::mem::replace(&mut self.agent, new);
         let status = old.wait_exit(WAIT);
         let agent = &self.agent;
         eventually("the new synapse confirms the takeover", WAIT, || {
             agent.log().contains("takeover done").then_some(())
         });
-        status
+        Replaced {
+            status,
+            log: old.log(),
+        }
     }
 
     /// The process.

@@ -122,6 +122,29 @@ pub fn consistently<T, E: Debug>(what: &str, period: Duration, mut f: impl FnMut
     }
 }
 
+/// [`consistently`] inside a tokio runtime (requires the time driver): the runtime's other
+/// tasks keep running between checks.
+pub async fn consistently_async<T, E: Debug>(
+    what: &str,
+    period: Duration,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> T {
+    let mut poll = Poll::new(period);
+    loop {
+        match f() {
+            Ok(value) => match poll.next_pause() {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return value,
+            },
+            Err(seen) => panic!(
+                "{what} stopped holding after {:.1?} of {period:?} (attempt {}): saw {seen:?}",
+                poll.started.elapsed(),
+                poll.attempts + 1
+            ),
+        }
+    }
+}
+
 /// Async variant of [`eventually`] (requires a tokio runtime with the time driver).
 ///
 /// Each attempt is itself bounded by the time left, so an attempt that hangs (e.g. a ZooKeeper

@@ -40,7 +40,7 @@ async fn start(limits: AdminLimits) -> (SocketAddr, CancellationToken) {
 
 /// Reads until the server closes the connection; returns what was read, or panics if it
 /// is still open after `within`.
-async fn read_until_closed(s: &mut TcpStream, within: Duration) -> String {
+async fn read_until_closed(s: &mut (impl AsyncReadExt + Unpin), within: Duration) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + within;
@@ -91,7 +91,9 @@ async fn read_response(s: &mut TcpStream) -> String {
 
 fn limits(header: u64, idle: u64, max: usize) -> AdminLimits {
     AdminLimits {
+        first_byte_timeout: Duration::from_secs(60),
         header_read_timeout: Duration::from_millis(header),
+        body_read_timeout: Duration::from_secs(60),
         idle_timeout: Duration::from_millis(idle),
         max_connections: max,
     }
@@ -156,8 +158,8 @@ async fn a_connection_with_no_progress_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn past_the_cap_a_client_waits_for_a_slot_and_is_served() {
-    let (addr, _cancel) = start(limits(500, 60_000, 2)).await;
+async fn past_the_cap_the_oldest_unfinished_connection_makes_room() {
+    let (addr, _cancel) = start(limits(60_000, 60_000, 2)).await;
     let mut slow = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -168,18 +170,82 @@ async fn past_the_cap_a_client_waits_for_a_slot_and_is_served() {
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
     let resp = read_until_closed(&mut s, WITHIN).await;
     assert!(resp.starts_with("HTTP/1.0 200"), "{resp:?}");
-    // It could only be served once a slow client had been dropped.
-    let mut closed = 0;
-    for mut s in slow {
-        let mut buf = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
-            closed += 1;
-        }
-    }
+    // It took the place of the oldest slow client (the headers timeout is a minute away);
+    // the younger one is still open.
+    let mut oldest = slow.remove(0);
+    assert_eq!(read_until_closed(&mut oldest, WITHIN).await, "");
+    let mut buf = [0u8; 64];
     assert!(
-        closed >= 1,
-        "the answer came while both slots were held by slow clients"
+        tokio::time::timeout(Duration::from_millis(200), slow[0].read(&mut buf))
+            .await
+            .is_err(),
+        "the younger slow client was closed too"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_first_byte_timeout() {
+    let mut l = limits(60_000, 60_000, 32);
+    l.first_byte_timeout = Duration::from_millis(300);
+    let (addr, _cancel) = start(l).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(read_until_closed(&mut silent, WITHIN).await, "");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // One that speaks in time is served.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(read_until_closed(&mut s, WITHIN).await.ends_with("at /x\n"));
+}
+
+#[tokio::test]
+async fn when_every_connection_is_inside_a_request_a_new_client_waits_for_one() {
+    // One place, taken by a request whose reply is stalled inside the handler's write:
+    // `/wait` answers only once released.
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (e, r) = (entered.clone(), release.clone());
+    let handler: Handler = Arc::new(move |req: AdminRequest| {
+        let (e, r) = (e.clone(), r.clone());
+        Box::pin(async move {
+            if req.path == "/wait" {
+                e.notify_one();
+                r.notified().await;
+            }
+            Reply::text(StatusCode::OK, format!("at {}\n", req.path))
+        })
+    });
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve_with(
+        listener,
+        handler,
+        limits(60_000, 60_000, 1),
+        cancel.clone(),
+    ));
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(b"GET /wait HTTP/1.0\r\n\r\n").await.unwrap();
+    tokio::time::timeout(WITHIN, entered.notified()).await.unwrap();
+    // Connected (in the backlog), not served while /wait is inside its request.
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(b"GET /next HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next.read(&mut buf))
+            .await
+            .is_err(),
+        "a request inside the handler was closed to make room"
+    );
+    release.notify_one();
+    assert!(read_until_closed(&mut waiting, WITHIN)
+        .await
+        .ends_with("at /wait\n"));
+    assert!(read_until_closed(&mut next, WITHIN).await.ends_with("at /next\n"));
+    cancel.cancel();
 }
 
 #[tokio::test]
@@ -269,4 +335,86 @@ fn loopback_peers() {
     for ip in ["10.88.0.1", "::ffff:10.0.0.1", "fe80::1", "0.0.0.0"] {
         assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
     }
+}
+
+#[tokio::test]
+async fn a_request_whole_in_the_backlog_is_not_pushed_out_by_the_clients_behind_it() {
+    let (addr, _cancel) = start(limits(60_000, 60_000, 2)).await;
+    // Blocking connects: the server does not run until this test awaits, so every client
+    // waits in the listen backlog, the probe's request whole, between 100 slow clients
+    // before it and 100 after it (each accept past the cap closes an older one).
+    let slow = |n: usize| -> Vec<std::net::TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect_timeout(&addr, WITHIN).unwrap();
+                std::io::Write::write_all(&mut s, b"GET /slow HTTP/1.1\r\nX-Slow: ").unwrap();
+                s
+            })
+            .collect()
+    };
+    let before = slow(100);
+    let probe = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut &probe, b"GET /ready HTTP/1.0\r\n\r\n").unwrap();
+    let after = slow(100);
+    probe.set_nonblocking(true).unwrap();
+    let mut probe = TcpStream::from_std(probe).unwrap();
+    let resp = read_until_closed(&mut probe, WITHIN).await;
+    assert!(resp.ends_with("at /ready\n"), "{resp:?}");
+    drop((before, after));
+}
+
+#[tokio::test]
+async fn past_the_cap_the_oldest_idle_keep_alive_connection_makes_room() {
+    let (addr, _cancel) = start(limits(60_000, 60_000, 2)).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(read_response(&mut s).await.ends_with("at /a\n"));
+        idle.push(s);
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /b HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(read_until_closed(&mut s, WITHIN).await.ends_with("at /b\n"));
+    assert_eq!(read_until_closed(&mut idle[0], WITHIN).await, "");
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_answered_408_after_the_body_timeout() {
+    let mut l = limits(60_000, 60_000, 32);
+    l.body_read_timeout = Duration::from_millis(300);
+    let (addr, _cancel) = start(l).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // A byte every 50 ms: the connection is never idle for long, the body never ends.
+    let (mut reader, mut writer) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let resp = read_until_closed(&mut reader, WITHIN).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    trickle.abort();
+}
+
+#[tokio::test]
+async fn past_the_cap_a_trickled_body_makes_room() {
+    let (addr, _cancel) = start(limits(60_000, 60_000, 1)).await;
+    let mut body = TcpStream::connect(addr).await.unwrap();
+    body.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx")
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /b HTTP/1.0\r\n\r\n").await.unwrap();
+    assert!(read_until_closed(&mut s, WITHIN).await.ends_with("at /b\n"));
+    assert_eq!(read_until_closed(&mut body, WITHIN).await, "");
 }

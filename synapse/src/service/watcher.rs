@@ -213,6 +213,19 @@ struct Watcher {
     draining: HashMap<String, Draining>,
     /// When the last table was installed (the debounce's leading edge).
     last_build: Option<Instant>,
+    /// Members changed since the last install: id → its node as of that install (None:
+    /// absent then). What an incremental install looks at.
+    pending: BTreeMap<String, Option<Node>>,
+    /// The next install must plan from scratch (a full listing came, or none was planned
+    /// yet).
+    full: bool,
+    /// Members marked unavailable, and available ones refused by the label filters, as of
+    /// the last install.
+    unavailable: usize,
+    filtered_out: usize,
+    /// Selected members that share a `host:port` with another, as of the last full build
+    /// (the table keeps one): an incremental install needs none.
+    duplicates: usize,
 }
 
 /// Watches the service's path and installs snapshots until `cancel` fires.
@@ -226,15 +239,7 @@ pub async fn watch_loop(service: Arc<Service>, ctx: WatchContext, cancel: Cancel
     } = ctx;
     let started = Instant::now();
     let mut updates = registry::watch(session, service.config.zk_path.clone(), cancel.clone());
-    let mut w = Watcher {
-        service,
-        metrics,
-        installed,
-        members: BTreeMap::new(),
-        states: HashMap::new(),
-        draining: HashMap::new(),
-        last_build: None,
-    };
+    let mut w = Watcher::new(service, metrics, installed);
     if let Some(cached) = cached.filter(|c| !c.is_empty()) {
         w.members = cached.into_iter().collect();
         w.install(Trigger::Cache).await;
@@ -300,22 +305,43 @@ pub async fn watch_loop(service: Arc<Service>, ctx: WatchContext, cancel: Cancel
 }
 
 impl Watcher {
+    /// A watcher of `service` with no member yet (the first listing is a full build).
+    fn new(service: Arc<Service>, metrics: Metrics, installed: watch::Sender<u64>) -> Watcher {
+        Watcher {
+            service,
+            metrics,
+            installed,
+            members: BTreeMap::new(),
+            states: HashMap::new(),
+            draining: HashMap::new(),
+            last_build: None,
+            pending: BTreeMap::new(),
+            full: true,
+            unavailable: 0,
+            filtered_out: 0,
+            duplicates: 0,
+        }
+    }
+
     /// Applies one update to the member map; true for a full listing.
     fn apply(&mut self, update: WatchUpdate) -> bool {
         self.service.metrics.watch_updates.inc();
         match update {
             WatchUpdate::Reset(list) => {
                 self.members = list.into_iter().map(|m| (m.id, m.node)).collect();
+                self.full = true;
                 return true;
             }
             WatchUpdate::Upsert(m) => {
                 if !m.node.available {
                     info!(zk.node = %m.id, reason = m.node.unavailable_reason.as_deref().unwrap_or(""), "node marked unavailable; not routing to it");
                 }
-                self.members.insert(m.id, m.node);
+                let old = self.members.insert(m.id.clone(), m.node);
+                self.pending.entry(m.id).or_insert(old);
             }
             WatchUpdate::Remove(id) => {
-                self.members.remove(&id);
+                let old = self.members.remove(&id);
+                self.pending.entry(id).or_insert(old);
             }
             WatchUpdate::Invalid { id, error } => {
                 self.service.metrics.invalid_nodes.inc();
@@ -331,11 +357,184 @@ impl Watcher {
         (!s.synced() && !s.config.default_servers.is_empty()).then(|| started + s.config.first_sync_timeout)
     }
 
-    /// Plans the next snapshot and applies it: one store.
+    /// Plans the next snapshot and applies it: one store. Changes of a few members to a
+    /// table of ZooKeeper's backends take the incremental way ([`Self::install_changes`]);
+    /// everything else (a full listing, fallbacks, locality, a reload) plans from scratch.
     async fn install(&mut self, trigger: Trigger) {
         let current = self.service.snapshot.load_full();
+        if trigger == (Trigger::Updates { listing: false })
+            && !self.full
+            && self.install_changes(&current).await
+        {
+            return;
+        }
         let plan = plan(&self.members, &current, &self.service.config, trigger);
+        self.unavailable = plan.unavailable;
+        self.filtered_out = plan.selected.filtered_out;
+        let selected = plan.build.as_ref().map(|b| b.entries.len());
         self.apply_plan(plan, &current).await;
+        let table = self.service.snapshot.load();
+        self.duplicates = selected.map_or(0, |n| n.saturating_sub(table.table.backends().len()));
+        self.pending.clear();
+        self.full = false;
+    }
+
+    /// Installs the changes of `pending` into `current` without planning from scratch: only
+    /// the changed members are looked at, parsed and keyed, and the table is made from the
+    /// current one with them in place ([`RouteTable::apply`]); its other backends are
+    /// shared. False (nothing done) when the full way is needed: fallbacks, locality or
+    /// `keep_default_servers` in play, two members on one `host:port`, or a table that
+    /// would be empty.
+    async fn install_changes(&mut self, current: &Snapshot) -> bool {
+        let config = &self.service.config;
+        let locality = config.locality.as_ref().is_some_and(|l| !l.value.is_empty());
+        if locality
+            || config.keep_default_servers
+            || current.selected.fallback != Fallback::None
+            || !current.known.current
+            || self.duplicates != 0
+            || current.table.is_empty()
+        {
+            return false;
+        }
+        let passes = |n: &Node| config.label_filters.iter().all(|f| f.matches(&n.labels));
+        let selected = |n: &&Node| n.available && passes(n);
+        let key = |n: &Node| format!("{}:{}", n.host, n.port);
+        let (mut unavailable, mut filtered_out) = (self.unavailable as i64, self.filtered_out as i64);
+        let count = |n: Option<&Node>, d: i64, unavailable: &mut i64, filtered: &mut i64| match n {
+            Some(n) if !n.available => *unavailable += d,
+            Some(n) if !passes(n) => *filtered += d,
+            _ => {}
+        };
+        // Removals first, so a member moving to a `host:port` another one left is seen.
+        let mut changes: BTreeMap<String, Option<(String, Node)>> = BTreeMap::new();
+        let mut joining = Vec::new();
+        for (id, old) in &self.pending {
+            let new = self.members.get(id);
+            if old.as_ref() == new {
+                continue;
+            }
+            count(old.as_ref(), -1, &mut unavailable, &mut filtered_out);
+            count(new, 1, &mut unavailable, &mut filtered_out);
+            if let Some(o) = old.as_ref().filter(selected) {
+                let k = key(o);
+                if current.table.backend(&k).is_none_or(|b| &b.id != id) {
+                    return false;
+                }
+                changes.insert(k, None);
+            }
+            if let Some(n) = new.filter(selected) {
+                joining.push((key(n), id, n));
+            }
+        }
+        for (k, id, n) in joining {
+            let taken = current.table.backend(&k).is_some() && !changes.contains_key(&k);
+            if taken || changes.get(&k).is_some_and(Option::is_some) {
+                return false;
+            }
+            changes.insert(k, Some((id.clone(), n.clone())));
+        }
+        let leaving = changes
+            .iter()
+            .filter(|(k, c)| c.is_none() && current.table.backend(k).is_some())
+            .count();
+        let staying = current.table.backends().len() - leaving;
+        if staying + changes.values().filter(|c| c.is_some()).count() == 0 {
+            return false;
+        }
+        // Decided: from here on the watcher's state changes.
+        self.pending.clear();
+        let started = Instant::now();
+        let name = self.service.config.name.clone();
+        let mut resolved = BTreeMap::new();
+        for (k, change) in changes {
+            let change = change.map(|(id, node)| (id, node, self.state_for(&name, &k)));
+            resolved.insert(k, change);
+        }
+        let resolved = Arc::new(resolved);
+        let policy = self.service.config.balance.name();
+        let default_weight = self.service.config.default_weight;
+        let table = if policy == PolicyName::Hash {
+            let (base, changes) = (current.table.clone(), resolved.clone());
+            let build = move || base.apply(&changes, policy, default_weight);
+            match tokio::task::spawn_blocking(build).await {
+                Ok(table) => table,
+                Err(err) => {
+                    warn!(error = %err, "route table build failed; keeping the current table");
+                    self.full = true;
+                    return true;
+                }
+            }
+        } else {
+            current.table.apply(&resolved, policy, default_weight)
+        };
+        let m = &self.service.metrics;
+        m.build_time.observe(started.elapsed().as_secs_f64());
+        let added: Vec<&String> = resolved
+            .iter()
+            .filter(|(k, c)| c.is_some() && current.table.backend(k).is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let removed: Vec<&String> = resolved
+            .iter()
+            .filter(|(_, c)| c.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let mut last_change_ms = current.last_change_ms;
+        if !added.is_empty() || !removed.is_empty() {
+            last_change_ms = table_updated(&added, &removed, table.backends().len());
+        }
+        let closes_at = Instant::now() + self.service.config.removal_grace;
+        for (k, change) in resolved.iter() {
+            match change {
+                Some(_) => {
+                    if let Some(b) = table.backend(k) {
+                        b.state.metrics.weight.set(i64::from(b.weight));
+                    }
+                }
+                None => {
+                    if let Some(state) = self.states.remove(k) {
+                        let id = current.table.backend(k).map(|b| b.id.clone()).unwrap_or_default();
+                        state.metrics.weight.set(0);
+                        self.draining.insert(k.clone(), Draining { id, state, closes_at });
+                    }
+                }
+            }
+        }
+        self.unavailable = usize::try_from(unavailable).unwrap_or(0);
+        self.filtered_out = usize::try_from(filtered_out).unwrap_or(0);
+        m.unavailable_nodes.set(unavailable);
+        m.filtered.set(filtered_out);
+        m.backends.set(table.backends().len() as i64);
+        m.updates.inc();
+        self.service.outlier.refresh(&table);
+        let known = Known {
+            members: Arc::new(
+                self.members
+                    .iter()
+                    .filter(|(_, n)| n.available)
+                    .map(|(id, n)| (id.clone(), n.clone()))
+                    .collect(),
+            ),
+            current: true,
+        };
+        let draining = self.sweep();
+        let snapshot = Snapshot {
+            table: Arc::new(table),
+            selected: Selected {
+                filtered_out: self.filtered_out,
+                ..current.selected
+            },
+            known,
+            source: current.source,
+            draining,
+            last_change_ms,
+        };
+        self.service.snapshot.store(Arc::new(snapshot));
+        self.service.outlier.refresh(&self.service.snapshot.load().table);
+        self.last_build = Some(Instant::now());
+        self.installed.send_modify(|n| *n = n.wrapping_add(1));
+        true
     }
 
     /// Applies a [`Plan`]: metrics and logs, backend states, the table built (unless kept),
@@ -449,6 +648,24 @@ impl Watcher {
     /// Resolves the entries' backend states (kept, back from draining, or new), builds the
     /// table, logs the diff and moves the backends that left to draining. None when the
     /// build did not finish (the current table stays).
+    /// The live state of backend `key` (`host:port`) of service `name`: the one it has, the
+    /// one it left with if it is back within its grace (open connections stay counted), or
+    /// a new one.
+    fn state_for(&mut self, name: &str, key: &str) -> Arc<BackendState> {
+        if let Some(state) = self.states.get(key) {
+            return state.clone();
+        }
+        let state = match self.draining.remove(key) {
+            Some(d) if !d.state.closing.is_cancelled() => d.state,
+            _ => Arc::new(BackendState::new(
+                key.to_string(),
+                self.metrics.backend(name, key),
+            )),
+        };
+        self.states.insert(key.to_string(), state.clone());
+        state
+    }
+
     async fn build_table(
         &mut self,
         entries: Vec<(String, Node)>,
@@ -461,18 +678,7 @@ impl Watcher {
         let mut keys = BTreeSet::new();
         for (id, node) in entries {
             let key = format!("{}:{}", node.host, node.port);
-            let state = match self.states.get(&key) {
-                Some(state) => state.clone(),
-                None => {
-                    // Back within its grace: the same state, so open connections stay counted.
-                    let state = match self.draining.remove(&key) {
-                        Some(d) if !d.state.closing.is_cancelled() => d.state,
-                        _ => Arc::new(BackendState::new(key.clone(), self.metrics.backend(&name, &key))),
-                    };
-                    self.states.insert(key.clone(), state.clone());
-                    state
-                }
-            };
+            let state = self.state_for(&name, &key);
             keys.insert(key);
             resolved.push((id, node, state));
         }
@@ -482,14 +688,7 @@ impl Watcher {
         let added: Vec<&String> = keys.iter().filter(|k| !before.contains(k.as_str())).collect();
         let removed: Vec<&&str> = before.iter().filter(|k| !keys.contains(**k)).collect();
         if !added.is_empty() || !removed.is_empty() {
-            info!(
-                ?added,
-                ?removed,
-                backends = table.backends().len(),
-                "route table updated"
-            );
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-            *last_change_ms = now.map_or(0, |d| d.as_millis() as u64);
+            *last_change_ms = table_updated(&added, &removed, table.backends().len());
         }
         let gone: Vec<String> = self
             .states
@@ -607,6 +806,14 @@ impl Watcher {
 }
 
 /// Sleeps until `at`; forever when None (the select branch is disabled then anyway).
+/// Logs a membership change of the route table (the benchmark times propagation by this
+/// line: keep its text) and returns when it happened, in ms since the epoch.
+fn table_updated(added: &[impl std::fmt::Debug], removed: &[impl std::fmt::Debug], backends: usize) -> u64 {
+    info!(?added, ?removed, backends, "route table updated");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as u64)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,

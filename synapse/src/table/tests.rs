@@ -147,3 +147,42 @@ fn live_state_is_shared_with_the_balancer() {
         .map(|b| b.id.as_str());
     assert_eq!(panic, Some("b"), "in panic mode, ejection is ignored");
 }
+
+/// A table made by `apply` from another equals the one built from scratch with the same
+/// members, and shares the backends that did not change.
+#[test]
+fn apply_matches_a_full_build_and_shares_unchanged_backends() {
+    let dw = crate::balance::DEFAULT_WEIGHT;
+    let old = rr(vec![
+        entry("a", "10.0.0.1", 80),
+        entry("b", "10.0.0.2", 80),
+        entry("c", "10.0.0.3", 80),
+    ]);
+    let kept = old.backend("10.0.0.1:80").unwrap().clone();
+    let mut changes = BTreeMap::new();
+    // b leaves, c changes weight, d and a first one (before a) join.
+    changes.insert("10.0.0.2:80".to_string(), None);
+    let c = weighted("c", "10.0.0.3", 80, Some(5), None);
+    changes.insert("10.0.0.3:80".to_string(), Some(c.clone()));
+    let d = entry("d", "10.0.0.4", 80);
+    changes.insert("10.0.0.4:80".to_string(), Some(d.clone()));
+    let z = entry("z", "10.0.0.0", 80);
+    changes.insert("10.0.0.0:80".to_string(), Some(z.clone()));
+    let new = old.apply(&changes, PolicyName::RoundRobin, dw);
+    let full = rr(vec![z, old.backends()[0].as_ref().clone().into_entry(), c, d]);
+    let summary = |t: &RouteTable| -> Vec<(String, String, u32)> {
+        t.backends()
+            .iter()
+            .map(|b| (b.id.clone(), b.state.key.clone(), b.weight))
+            .collect()
+    };
+    assert_eq!(summary(&new), summary(&full));
+    assert!(Arc::ptr_eq(new.backend("10.0.0.1:80").unwrap(), &kept));
+    assert_eq!(new.balancer.pickable(), (4, 0));
+}
+
+impl Backend {
+    fn into_entry(self) -> (String, Node, Arc<BackendState>) {
+        (self.id, self.node, self.state)
+    }
+}

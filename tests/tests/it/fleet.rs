@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use common::registry::{self, Registry, RegistryOptions, Session, WatchUpdate};
 use integration_tests::agents::routed;
 use integration_tests::zk::{ZkOptions, ZkTlsFiles};
-use integration_tests::{eventually, free_port, Agent, Backend, LineBackend, Load, Zk, ZkCluster};
+use integration_tests::{
+    consistently_async, eventually, free_port, Agent, Backend, LineBackend, Load, Zk, ZkCluster,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zkc;
@@ -174,15 +176,37 @@ async fn a_relist_that_finds_nothing_changed_costs_one_request() {
     let before = session.requests();
     w.delete(&format!("{PATH}/n_new")).await;
     until("the deletion", WAIT, || view.has(&ten)).await;
-    // Give a late extra request the time to show.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(session.requests() - before, 1, "a deleted child: a listing");
+    // No late extra request either.
+    consistently_async(
+        "a deleted child costs a listing",
+        Duration::from_millis(300),
+        || {
+            let n = session.requests() - before;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
 
     let before = session.requests();
     w.set(&format!("{PATH}/n_{:010}", 3), &payload(3000)).await;
     until("the data change is read", WAIT, || session.requests() > before).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(session.requests() - before, 1, "a changed child: one read");
+    consistently_async(
+        "a changed child costs one read",
+        Duration::from_millis(300),
+        || {
+            let n = session.requests() - before;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
     cancel.cancel();
 }
 
@@ -334,11 +358,18 @@ async fn an_observer_keeps_serving_membership_reads_in_a_minority_partition() {
         &cancel,
     );
     let rw = reg3.session(&observer);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        !rw.status().connected,
-        "a read-write session cannot be established in a minority partition"
-    );
+    consistently_async(
+        "a read-write session cannot be established in a minority partition",
+        Duration::from_secs(3),
+        || {
+            if rw.status().connected {
+                Err("connected")
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     cancel.cancel();
 }
 

@@ -23,6 +23,7 @@
 //!   resource limits (agents get theirs in their own process: `Agent::start_with_env`,
 //!   `Agent::start_with_fd_limit`). Keep it so: those would leak into every other test.
 
+mod admin_abuse;
 mod config_errors;
 mod config_props;
 mod docs_links;
@@ -32,6 +33,7 @@ mod fleet;
 mod harness;
 mod http_props;
 mod log_level;
+mod memory;
 mod nerve_checks;
 mod nerve_exec;
 mod nerve_hooks;

@@ -10,68 +10,28 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use integration_tests::agents::{http_get, metric};
 use integration_tests::grpc::{client, Outcome};
 use integration_tests::http::HttpBackend;
-use integration_tests::{eventually, free_port, Agent, GrpcLoad, GrpcServer, Zk, ZkCluster};
+use integration_tests::synapse::WAIT;
+use integration_tests::{
+    eventually, free_port, GrpcLoad, GrpcServer, Synapse, SynapseBuilder, SynapseService, Zk, ZkCluster,
+};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A running synapse with one service `g` at `/services/g`.
-struct Synapse {
-    agent: Agent,
-    admin: u16,
-    port: u16,
+/// Starts synapse with the service `g` at `/services/g`, in TCP mode.
+fn start_tcp(zk: &str) -> Synapse {
+    SynapseBuilder::new(zk).tcp("g").start()
 }
 
-/// Starts synapse with the service `g`; `extra`: YAML flow-map entries of the service.
-fn start(zk: &str, extra: &str) -> Synapse {
-    let (admin, port) = (free_port(), free_port());
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nservices:\n  - {{name: g, zk_hosts: \"{zk}\", \
-         zk_path: /services/g, listen: {port}, connect_timeout: 500ms{extra}}}\n"
-    );
-    Synapse {
-        agent: Agent::start("synapse", &config),
-        admin,
-        port,
-    }
+/// Starts synapse with the gRPC service `g`: HTTP mode, HTTP/2 to the backends.
+fn start_h2c(zk: &str) -> Synapse {
+    start_http(zk, "h2c")
 }
 
-/// A gRPC service: HTTP mode, HTTP/2 to the backends.
-const H2C: &str = ", mode: http, backend_protocol: h2c";
-
-impl Synapse {
-    /// Waits until `g` routes exactly to the backends on `ports`.
-    fn wait_ports(&self, ports: &[u16]) {
-        let mut want: Vec<u64> = ports.iter().map(|p| u64::from(*p)).collect();
-        want.sort_unstable();
-        eventually(&format!("g routes to ports {want:?}"), WAIT, || {
-            let (_, body) = http_get(self.admin, "/services").ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let mut got: Vec<u64> = v["g"]["backends"]
-                .as_array()?
-                .iter()
-                .filter_map(|b| b["port"].as_u64())
-                .collect();
-            got.sort_unstable();
-            (got == want).then_some(())
-        });
-    }
-
-    fn metric(&self, sample: &str) -> f64 {
-        metric(self.admin, sample).unwrap_or(0.0)
-    }
-
-    /// Waits until `g` routes to `n` backends.
-    fn wait_backends(&self, n: usize) {
-        eventually(&format!("g routes to {n} backends"), WAIT, || {
-            let (status, body) = http_get(self.admin, "/services").ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let synced = v["g"]["synced"].as_bool()?;
-            (status == 200 && synced && v["g"]["backends"].as_array()?.len() == n).then_some(())
-        });
-    }
+/// Starts synapse with the service `g` in HTTP mode, `backend_protocol: protocol`.
+fn start_http(zk: &str, protocol: &str) -> Synapse {
+    SynapseBuilder::new(zk)
+        .service(SynapseService::http("g").with("backend_protocol", protocol))
+        .start()
 }
 
 /// Three grpcio servers registered under `/services/g`.
@@ -90,9 +50,12 @@ fn tcp_mode_pins_every_call_of_a_channel_to_one_backend() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let _servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), "");
-    synapse.wait_backends(3);
-    let out = client(synapse.port, &["unary", "--calls", "300", "--concurrency", "8"]);
+    let synapse = start_tcp(&zk.connect_string());
+    synapse.wait_routes("g", 3);
+    let out = client(
+        synapse.port("g"),
+        &["unary", "--calls", "300", "--concurrency", "8"],
+    );
     assert_eq!(out.failures, 0, "{:?}", out.errors);
     assert_eq!(out.ok, 300);
     assert_eq!(
@@ -101,7 +64,7 @@ fn tcp_mode_pins_every_call_of_a_channel_to_one_backend() {
         "one connection, one backend: {:?}",
         out.by_backend
     );
-    drop(synapse.agent);
+    drop(synapse);
 }
 
 fn assert_no_failure(out: &Outcome) {
@@ -115,9 +78,12 @@ fn one_channel_is_spread_evenly_over_three_backends() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(3);
-    let out = client(synapse.port, &["unary", "--calls", "300", "--concurrency", "8"]);
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 3);
+    let out = client(
+        synapse.port("g"),
+        &["unary", "--calls", "300", "--concurrency", "8"],
+    );
     assert_no_failure(&out);
     assert_eq!(out.ok, 300);
     println!("300 calls on one channel: {:?}", out.by_backend);
@@ -131,19 +97,23 @@ fn one_channel_is_spread_evenly_over_three_backends() {
         );
     }
     assert_eq!(
-        synapse.metric("synapse_connections_total{service=\"g\"}"),
+        synapse.service_metric("synapse_connections_total", "g"),
         1.0,
         "one client connection"
     );
     for s in &servers {
-        let key = format!("127.0.0.1:{}", s.port);
-        let ok = synapse.metric(&format!(
-            "synapse_backend_grpc_responses_total{{backend=\"{key}\",grpc_status=\"OK\",service=\"g\"}}"
-        ));
-        assert_eq!(ok, out.by_backend[&s.id] as f64, "grpc OK count of {}", s.id);
-        let conns = synapse.metric(&format!(
-            "synapse_backend_connections_total{{backend=\"{key}\",service=\"g\"}}"
-        ));
+        let backend = format!("127.0.0.1:{}", s.port);
+        let ok = synapse.metric(
+            "synapse_backend_grpc_responses_total",
+            &[("backend", &backend), ("grpc_status", "OK"), ("service", "g")],
+        );
+        assert_eq!(
+            ok,
+            Some(out.by_backend[&s.id] as f64),
+            "grpc OK count of {}",
+            s.id
+        );
+        let conns = synapse.backend_metric("synapse_backend_connections_total", "g", s.port);
         assert_eq!(conns, 1.0, "one multiplexed connection to {}", s.id);
     }
 }
@@ -155,16 +125,16 @@ fn streaming_calls_of_a_few_megabytes_pass_through() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let _servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(3);
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 3);
     for mode in ["stream", "bidi"] {
-        let out = client(synapse.port, &[mode, "--count", "64", "--size", "65536"]);
+        let out = client(synapse.port("g"), &[mode, "--count", "64", "--size", "65536"]);
         assert_no_failure(&out);
         assert_eq!(out.ok, 1, "{mode}");
         assert_eq!(out.raw["bytes"], 64 * 65536, "{mode}: every byte");
     }
     // Larger messages than a window, in both directions at once.
-    let out = client(synapse.port, &["bidi", "--count", "4", "--size", "3000000"]);
+    let out = client(synapse.port("g"), &["bidi", "--count", "4", "--size", "3000000"]);
     assert_no_failure(&out);
     assert_eq!(out.raw["bytes"], 4 * 3_000_000);
 }
@@ -177,16 +147,16 @@ fn membership_changes_under_load_fail_no_call() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(3);
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 3);
     let d = GrpcServer::start("d");
     // A long deadline: on a busy machine the Python client itself lags; a lost call still
     // shows, as DEADLINE_EXCEEDED.
-    let mut load = GrpcLoad::start(synapse.port, 1000, Duration::from_secs(30));
+    let mut load = GrpcLoad::start(synapse.port("g"), 1000, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2)); // load runs on the first table
     zkc.delete(&format!("/services/g/{}_0000000001", servers[1].id));
     zkc.put_backend("g", "d_0000000009", d.port, "");
-    synapse.wait_ports(&[servers[0].port, servers[2].port, d.port]);
+    synapse.wait_routed_to("g", &[servers[0].port, servers[2].port, d.port]);
     // What b had when the new table was in place (its in-flight calls finished meanwhile).
     let b_then = servers[1].stats()["calls"].as_u64().unwrap();
     load.mark();
@@ -218,12 +188,12 @@ fn a_backend_deregistered_then_stopped_fails_no_call() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let mut servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(3);
-    let mut load = GrpcLoad::start(synapse.port, 500, Duration::from_secs(30));
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 3);
+    let mut load = GrpcLoad::start(synapse.port("g"), 500, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
     zkc.delete(&format!("/services/g/{}_0000000001", servers[1].id));
-    synapse.wait_ports(&[servers[0].port, servers[2].port]);
+    synapse.wait_routed_to("g", &[servers[0].port, servers[2].port]);
     servers[1].stop();
     load.mark();
     std::thread::sleep(Duration::from_secs(2));
@@ -240,9 +210,9 @@ fn a_killed_backend_gives_unavailable_never_a_hang() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let mut servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(3);
-    let mut load = GrpcLoad::start(synapse.port, 500, Duration::from_secs(20));
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 3);
+    let mut load = GrpcLoad::start(synapse.port("g"), 500, Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(1));
     servers[1].kill();
     load.mark();
@@ -286,9 +256,9 @@ fn unavailable_before_a_message_is_retried_on_another_backend() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     let servers = three_backends(&zkc);
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(3);
-    let out = client(synapse.port, &["unavailable"]);
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 3);
+    let out = client(synapse.port("g"), &["unavailable"]);
     assert_eq!(out.codes.get("UNAVAILABLE"), Some(&1), "{:?}", out.errors);
     assert!(
         out.errors[0].contains("peer"),
@@ -298,8 +268,11 @@ fn unavailable_before_a_message_is_retried_on_another_backend() {
     let calls: u64 = servers.iter().map(|s| s.stats()["calls"].as_u64().unwrap()).sum();
     assert_eq!(calls, 3, "tried on each of the three backends");
     assert_eq!(
-        synapse.metric("synapse_http_retries_total{reason=\"refused\",service=\"g\"}"),
-        2.0
+        synapse.metric(
+            "synapse_http_retries_total",
+            &[("reason", "refused"), ("service", "g")]
+        ),
+        Some(2.0)
     );
 }
 
@@ -310,9 +283,9 @@ fn synapse_errors_are_grpc_statuses() {
     let zk = ZkCluster::standalone();
     let zkc = Zk::connect(&zk.connect_string());
     zkc.create("/services/g", b"");
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(0);
-    let out = client(synapse.port, &["unary", "--calls", "1"]);
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 0);
+    let out = client(synapse.port("g"), &["unary", "--calls", "1"]);
     assert_eq!(out.codes.get("UNAVAILABLE"), Some(&1), "{:?}", out.errors);
     assert!(
         out.errors[0].contains("synapse: no backend available for service g"),
@@ -321,8 +294,8 @@ fn synapse_errors_are_grpc_statuses() {
     );
     // A backend that is down: connect refused, then UNAVAILABLE.
     zkc.put_backend("g", "gone_0000000001", free_port(), "");
-    synapse.wait_backends(1);
-    let out = client(synapse.port, &["unary", "--calls", "1"]);
+    synapse.wait_routes("g", 1);
+    let out = client(synapse.port("g"), &["unary", "--calls", "1"]);
     assert_eq!(out.codes.get("UNAVAILABLE"), Some(&1), "{:?}", out.errors);
 }
 
@@ -378,9 +351,10 @@ fn grpc_timeout_is_enforced() {
     let zkc = Zk::connect(&zk.connect_string());
     let a = GrpcServer::start("a");
     zkc.put_backend("g", "a_0000000001", a.port, "");
-    let synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(1);
-    let (elapsed, headers, trailers) = raw_call(synapse.port, "/synapse.test.Peer/Sleep", b"5000", "300m");
+    let synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 1);
+    let (elapsed, headers, trailers) =
+        raw_call(synapse.port("g"), "/synapse.test.Peer/Sleep", b"5000", "300m");
     println!("answered after {elapsed:?}: {headers:?} {trailers:?}");
     assert_eq!(
         headers["grpc-status"], "4",
@@ -397,7 +371,7 @@ fn grpc_timeout_is_enforced() {
     let seen = stats["deadline_ms"].as_u64().unwrap();
     assert!(seen <= 300 && seen > 200, "the backend's deadline: {seen} ms");
     // Within the deadline, the call goes through; trailers are passed on.
-    let (_, headers, trailers) = raw_call(synapse.port, "/synapse.test.Peer/Sleep", b"10", "5S");
+    let (_, headers, trailers) = raw_call(synapse.port("g"), "/synapse.test.Peer/Sleep", b"10", "5S");
     assert_eq!(headers.get("grpc-status"), None);
     assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
 }
@@ -416,11 +390,8 @@ fn plain_http_over_http2_to_backends() {
         ("auto", false, "HTTP/1.1"),
         ("http1", true, "HTTP/1.1"),
     ] {
-        let synapse = start(
-            &zk.connect_string(),
-            &format!(", mode: http, backend_protocol: {protocol}"),
-        );
-        synapse.wait_backends(1);
+        let synapse = start_http(&zk.connect_string(), protocol);
+        synapse.wait_routes("g", 1);
         let before = backend.seen().len();
         let status = if http2_client {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -428,7 +399,7 @@ fn plain_http_over_http2_to_backends() {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", synapse.port))
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", synapse.port("g")))
                     .await
                     .unwrap();
                 let (mut sender, conn) =
@@ -436,14 +407,14 @@ fn plain_http_over_http2_to_backends() {
                         .await
                         .unwrap();
                 tokio::spawn(conn);
-                let req = hyper::Request::get(format!("http://web.local:{}/x?y=1", synapse.port))
+                let req = hyper::Request::get(format!("http://web.local:{}/x?y=1", synapse.port("g")))
                     .body(Full::new(Bytes::new()))
                     .unwrap();
                 let resp = sender.send_request(req).await.unwrap();
                 resp.status().as_u16()
             })
         } else {
-            integration_tests::http::get(synapse.port, "/x?y=1")
+            integration_tests::http::get(synapse.port("g"), "/x?y=1")
                 .unwrap()
                 .status
         };
@@ -468,15 +439,15 @@ fn drain_lets_a_call_in_flight_finish() {
     let zkc = Zk::connect(&zk.connect_string());
     let a = GrpcServer::start("a");
     zkc.put_backend("g", "a_0000000001", a.port, "");
-    let mut synapse = start(&zk.connect_string(), H2C);
-    synapse.wait_backends(1);
-    let port = synapse.port;
+    let mut synapse = start_h2c(&zk.connect_string());
+    synapse.wait_routes("g", 1);
+    let port = synapse.port("g");
     let call = std::thread::spawn(move || client(port, &["sleep", "--sleep-ms", "1500"]));
     eventually("the call to reach the backend", WAIT, || {
         (a.stats()["calls"].as_u64() == Some(1)).then_some(())
     });
-    synapse.agent.signal("TERM");
+    synapse.signal("TERM");
     let out = call.join().unwrap();
     assert_eq!(out.ok, 1, "{:?} {:?}", out.codes, out.errors);
-    synapse.agent.wait_exit(WAIT);
+    synapse.wait_exit(WAIT);
 }

@@ -12,13 +12,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation fails loudly
 
-use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use integration_tests::agents::routed;
 use integration_tests::http::HttpBackend;
-use integration_tests::{eventually, free_port, Agent, LineBackend, Load, Tally, Zk, ZkCluster};
+use integration_tests::{
+    eventually, LineBackend, Load, Nerve, NerveBuilder, NerveService, Synapse, SynapseBuilder,
+    SynapseService, Tally, Zk, ZkCluster,
+};
+use serde_json::json;
 use zookeeper_client as zkc;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,13 +48,12 @@ struct Rig {
     _lines: [LineBackend; 2],
     _https: [HttpBackend; 2],
     _zk: ZkCluster,
-    config: String,
-    admin: u16,
+    config: SynapseBuilder,
     _dir: tempfile::TempDir,
 }
 
 impl Rig {
-    fn start() -> (Rig, Agent) {
+    fn start() -> (Rig, Synapse) {
         let zk = ZkCluster::standalone();
         let cs = zk.connect_string();
         let zkc = Zk::connect(&cs);
@@ -65,23 +66,25 @@ impl Rig {
             zkc.put_backend("api", &format!("api_{i}"), b.port, "");
         }
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("upgrade.sock");
-        let (admin, web, api) = (free_port(), free_port(), free_port());
-        let config = config(&cs, admin, web, api, &socket);
-        let synapse = Agent::start("synapse", &config);
-        for service in ["web", "api"] {
-            eventually(&format!("synapse routes {service}"), WAIT, || {
-                (routed(admin, service)?.len() == 2).then_some(())
-            });
-        }
+        let config = SynapseBuilder::new(&cs)
+            .session_timeout(Duration::from_secs(2))
+            .drain_timeout(Duration::from_secs(10))
+            .top(
+                "upgrade_socket",
+                dir.path().join("upgrade.sock").display().to_string(),
+            )
+            .service(SynapseService::tcp("web").connect_timeout(None))
+            .service(SynapseService::http("api").connect_timeout(None));
+        let synapse = config.clone().start();
+        synapse.wait_routes("web", 2);
+        synapse.wait_routes("api", 2);
         let rig = Rig {
-            tcp_load: Load::start(web, 2, 2, PAUSE),
-            http_load: Load::start_http(api, 2, 2, PAUSE),
+            tcp_load: Load::start(synapse.port("web"), 2, 2, PAUSE),
+            http_load: Load::start_http(synapse.port("api"), 2, 2, PAUSE),
             _lines: lines,
             _https: https,
             _zk: zk,
             config,
-            admin,
             _dir: dir,
         };
         rig.settle();
@@ -96,35 +99,21 @@ impl Rig {
         });
         (self.tcp_load.take(), self.http_load.take())
     }
-
-    /// One upgrade: a successor takes over, the old one exits cleanly.
-    fn upgrade(&self, old: &mut Agent) -> Agent {
-        let new = Agent::start_with_args("synapse", &self.config, &["--takeover"]);
-        let status = old.wait_exit(WAIT);
-        assert!(
-            status.success(),
-            "the old synapse exits cleanly after the handoff: {status}"
-        );
-        assert!(
-            old.log().contains("the successor serves"),
-            "the old synapse handed over:\n{}",
-            old.log()
-        );
-        eventually("the new synapse confirms the takeover", WAIT, || {
-            new.log().contains("takeover done").then_some(())
-        });
-        new
-    }
 }
 
-fn config(zk: &str, admin: u16, web: u16, api: u16, socket: &Path) -> String {
-    format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 2s}}\n\
-         drain_timeout: 10s\nupgrade_socket: {}\nservices:\n  \
-         - {{name: web, zk_hosts: \"{zk}\", zk_path: /services/web, listen: {web}}}\n  \
-         - {{name: api, mode: http, zk_hosts: \"{zk}\", zk_path: /services/api, listen: {api}}}\n",
-        socket.display()
-    )
+/// One upgrade: a successor takes over, the old one exits cleanly after handing over.
+fn upgrade(synapse: &mut Synapse) {
+    let old = synapse.upgrade();
+    assert!(
+        old.status.success(),
+        "the old synapse exits cleanly after the handoff: {}",
+        old.status
+    );
+    assert!(
+        old.log.contains("the successor serves"),
+        "the old synapse handed over:\n{}",
+        old.log
+    );
 }
 
 fn assert_clean(what: &str, tcp: &Tally, http: &Tally) {
@@ -152,8 +141,7 @@ fn synapse_upgrades_under_load_lose_nothing() {
     let started = Instant::now();
     let (mut tcp_total, mut http_total) = (Tally::default(), Tally::default());
     for round in 1..=rounds {
-        let new = rig.upgrade(&mut synapse);
-        synapse = new;
+        upgrade(&mut synapse);
         let (tcp, http) = rig.settle();
         if tcp.failed + http.failed + tcp.refused + http.refused > 0 {
             assert_clean(&format!("upgrade {round}"), &tcp, &http);
@@ -162,8 +150,8 @@ fn synapse_upgrades_under_load_lose_nothing() {
         http_total.ok += http.ok;
     }
     // The last one routes from ZooKeeper as well as from what it was handed.
-    assert_eq!(routed(rig.admin, "web").map(|r| r.len()), Some(2));
-    assert_eq!(routed(rig.admin, "api").map(|r| r.len()), Some(2));
+    assert_eq!(synapse.routes("web").map(|r| r.len()), Some(2));
+    assert_eq!(synapse.routes("api").map(|r| r.len()), Some(2));
     println!(
         "{rounds} upgrades in {:.1?}: {} TCP and {} HTTP requests answered, none failed, none refused",
         started.elapsed(),
@@ -178,11 +166,7 @@ fn synapse_upgrades_under_load_lose_nothing() {
 fn failed_upgrade_leaves_the_old_synapse_serving() {
     let _serial = serial();
     let (rig, mut synapse) = Rig::start();
-    let mut bad = Agent::start_with_args(
-        "synapse",
-        &format!("{}bogus_key: 1\n", rig.config),
-        &["--takeover"],
-    );
+    let mut bad = rig.config.clone().top("bogus_key", 1).start_takeover();
     let status = bad.wait_exit(WAIT);
     assert_eq!(
         status.code(),
@@ -194,7 +178,7 @@ fn failed_upgrade_leaves_the_old_synapse_serving() {
     let (tcp, http) = rig.settle();
     assert_clean("after a refused upgrade", &tcp, &http);
     // Nothing was handed over: the upgrade socket still serves the next successor.
-    let _new = rig.upgrade(&mut synapse);
+    upgrade(&mut synapse);
     let (tcp, http) = rig.settle();
     assert_clean("after the next good upgrade", &tcp, &http);
 }
@@ -206,8 +190,8 @@ fn failed_upgrade_leaves_the_old_synapse_serving() {
 fn concurrent_takeovers_one_wins() {
     let _serial = serial();
     let (rig, mut synapse) = Rig::start();
-    let mut one = Agent::start_with_args("synapse", &rig.config, &["--takeover"]);
-    let mut two = Agent::start_with_args("synapse", &rig.config, &["--takeover"]);
+    let mut one = rig.config.start_takeover();
+    let mut two = rig.config.start_takeover();
     let status = synapse.wait_exit(WAIT);
     assert!(status.success(), "the old synapse exits cleanly: {status}");
     // Each candidate either serves, or has exited (a loser refused, or a winner that handed
@@ -302,18 +286,20 @@ impl Drop for DeletionWatcher {
 
 const NERVE_PATH: &str = "/services/web";
 
-/// nerve registering `b` as `web` of instance `a-host`, with an upgrade socket; 2 s sessions.
-fn nerve_config(zk: &str, b: &LineBackend, admin: u16, socket: &Path) -> String {
-    format!(
-        "instance_id: a-host\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
-         zookeeper: {{session_timeout: 2s}}\nupgrade_socket: {}\nservices:\n  \
-         - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{zk}\", zk_path: {NERVE_PATH}, \
-         check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}], \
-         reporters: [{{type: file, path: {}}}]}}\n",
-        socket.display(),
-        b.port,
-        socket.with_file_name("web.json").display()
-    )
+/// nerve registering `b` as `web` of instance `a-host` (TCP check every 100 ms, rise 1),
+/// also to a file reporter (`dir/web.json`), with an upgrade socket (`dir/nerve.sock`); 2 s
+/// sessions.
+fn nerve_config(zk: &str, b: &LineBackend, dir: &std::path::Path) -> NerveBuilder {
+    let file = dir.join("web.json").display().to_string();
+    NerveBuilder::new(zk)
+        .instance_id("a-host")
+        .session_timeout(Duration::from_secs(2))
+        .top("upgrade_socket", dir.join("nerve.sock").display().to_string())
+        .service(
+            NerveService::tcp("web", b.port)
+                .zk_path(NERVE_PATH)
+                .with("reporters", json!([{"type": "file", "path": file}])),
+        )
 }
 
 /// The (name, ephemeral owner) of every node under the path.
@@ -327,46 +313,38 @@ fn nodes(zkc: &Zk) -> Vec<(String, i64)> {
 
 struct NerveRig {
     load: Load,
-    admin: u16,
     _backend: LineBackend,
-    _synapse: Agent,
+    _synapse: Synapse,
     zkc: Zk,
-    config: String,
     _zk: ZkCluster,
     cs: String,
     _dir: tempfile::TempDir,
 }
 
 impl NerveRig {
-    fn start() -> (NerveRig, Agent) {
+    fn start() -> (NerveRig, Nerve) {
         let zk = ZkCluster::standalone();
         let cs = zk.connect_string();
         let zkc = Zk::connect(&cs);
         let backend = LineBackend::start("a");
         let dir = tempfile::tempdir().unwrap();
-        let nerve_admin = free_port();
-        let config = nerve_config(&cs, &backend, nerve_admin, &dir.path().join("nerve.sock"));
-        let nerve = Agent::start("nerve", &config);
-        let (admin, listen) = (free_port(), free_port());
+        let nerve = nerve_config(&cs, &backend, dir.path()).start();
         // No previous backends: a moment without the node is a moment without a route.
-        let synapse = Agent::start(
-            "synapse",
-            &format!(
-                "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 2s}}\n\
-                 services:\n  - {{name: web, zk_hosts: \"{cs}\", zk_path: {NERVE_PATH}, listen: {listen}, \
-                 use_previous_backends: false}}\n"
-            ),
-        );
-        eventually("synapse routes to the registered backend", WAIT, || {
-            (routed(admin, "web")?.len() == 1).then_some(())
-        });
+        let synapse = SynapseBuilder::new(&cs)
+            .session_timeout(Duration::from_secs(2))
+            .service(
+                SynapseService::tcp("web")
+                    .zk_path(NERVE_PATH)
+                    .connect_timeout(None)
+                    .with("use_previous_backends", false),
+            )
+            .start();
+        synapse.wait_routes("web", 1);
         let rig = NerveRig {
-            load: Load::start(listen, 2, 2, PAUSE),
-            admin: nerve_admin,
+            load: Load::start(synapse.port("web"), 2, 2, PAUSE),
             _backend: backend,
             _synapse: synapse,
             zkc,
-            config,
             _zk: zk,
             cs,
             _dir: dir,
@@ -428,24 +406,23 @@ fn nerve_upgrades_keep_the_node() {
     let started = Instant::now();
     let mut answered = 0;
     for round in 1..=rounds {
-        let new = Agent::start_with_args("nerve", &rig.config, &["--takeover"]);
-        let status = nerve.wait_exit(WAIT);
+        let old = nerve.upgrade();
         assert!(
-            status.success(),
-            "the old nerve exits cleanly after the handoff: {status}"
+            old.status.success(),
+            "the old nerve exits cleanly after the handoff: {}",
+            old.status
         );
         assert!(
-            nerve.log().contains("the successor resumed the sessions"),
+            old.log.contains("the successor resumed the sessions"),
             "{}",
-            nerve.log()
+            old.log
         );
-        eventually("the new nerve confirms the takeover", WAIT, || {
-            new.log().contains("takeover done").then_some(())
-        });
         eventually("the new nerve resumed the session", WAIT, || {
-            new.log().contains("resumed the ZooKeeper session").then_some(())
+            nerve
+                .log()
+                .contains("resumed the ZooKeeper session")
+                .then_some(())
         });
-        nerve = new;
         let t = rig.settle();
         assert_eq!(t.failed, 0, "upgrade {round}: requests failed: {:#?}", t.failures);
         assert_eq!(t.refused, 0, "upgrade {round}: connects refused");
@@ -499,9 +476,10 @@ fn a_parked_nerve_is_resumed_by_a_later_takeover() {
     let parked = rig._dir.path().join("nerve.sock.parked");
     eventually("the upgrade socket", WAIT, || socket.exists().then_some(()));
     let watcher = DeletionWatcher::start(&rig.cs, NERVE_PATH);
+    let admin = nerve.admin();
     let park = || {
         let out = std::process::Command::new(integration_tests::agents::binary("nerve"))
-            .args(["ctl", "--admin", &format!("127.0.0.1:{}", rig.admin), "park"])
+            .args(["ctl", "--admin", &format!("127.0.0.1:{admin}"), "park"])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -520,7 +498,7 @@ fn a_parked_nerve_is_resumed_by_a_later_takeover() {
     );
     let log = nerve.log();
     assert!(!log.contains("password"), "no secret in the log:\n{log}");
-    let new = Agent::start_with_args("nerve", &rig.config, &["--takeover"]);
+    let new = nerve.config().clone().start_takeover();
     eventually("the new nerve resumed the parked session", WAIT, || {
         let log = new.log();
         (log.contains("resuming the sessions a parked nerve left")
@@ -536,7 +514,7 @@ fn a_parked_nerve_is_resumed_by_a_later_takeover() {
     nerve = new;
     park();
     assert!(nerve.wait_exit(WAIT).success());
-    let plain = Agent::start("nerve", &rig.config);
+    let plain = nerve.config().clone().start();
     eventually("the plain start discards the parked state", WAIT, || {
         (plain.log().contains("is discarded") && !parked.exists()).then_some(())
     });
@@ -598,15 +576,19 @@ fn harness_upgrade_keeps_serving() {
     zkc.put_backend("web", "web_0", backend.port, "");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("u.sock");
-    let mut synapse = integration_tests::synapse::SynapseBuilder::new(&cs)
-        .service(integration_tests::synapse::SynapseService::tcp("web"))
+    let mut synapse = SynapseBuilder::new(&cs)
+        .service(SynapseService::tcp("web"))
         .top("upgrade_socket", socket.display().to_string())
         .start();
     synapse.wait_routed_to("web", &[backend.port]);
     let port = synapse.port("web");
     for _ in 0..2 {
-        let status = synapse.upgrade();
-        assert!(status.success(), "the old synapse exits cleanly: {status}");
+        let old = synapse.upgrade();
+        assert!(
+            old.status.success(),
+            "the old synapse exits cleanly: {}",
+            old.status
+        );
         assert_eq!(synapse.port("web"), port);
         synapse.wait_routed_to("web", &[backend.port]);
         let answer = integration_tests::agents::exchange(port, b"x\n").unwrap();
@@ -631,16 +613,12 @@ fn socket_activated_restarts_lose_nothing() {
     // The "socket unit": bound once, held for the whole test.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = held.local_addr().unwrap().port();
-    let admin = free_port();
-    let config = format!(
-        "admin: {{listen: \"127.0.0.1:{admin}\"}}\nzookeeper: {{session_timeout: 2s}}\n\
-         drain_timeout: 10s\nservices:\n  \
-         - {{name: web, zk_hosts: \"{cs}\", zk_path: /services/web, listen: \"127.0.0.1:{listen}\"}}\n"
-    );
-    let mut synapse = Agent::start_socket_activated("synapse", &config, &held);
-    eventually("synapse routes web", WAIT, || {
-        (routed(admin, "web")?.len() == 2).then_some(())
-    });
+    let config = SynapseBuilder::new(&cs)
+        .session_timeout(Duration::from_secs(2))
+        .drain_timeout(Duration::from_secs(10))
+        .service(SynapseService::tcp("web").listen_on(listen).connect_timeout(None));
+    let mut synapse = config.clone().start_socket_activated(&held);
+    synapse.wait_routes("web", 2);
     assert!(
         synapse.log().contains("passed by the service manager"),
         "{}",
@@ -657,7 +635,7 @@ fn socket_activated_restarts_lose_nothing() {
     for round in 1..=restarts {
         synapse.signal("TERM");
         assert!(synapse.wait_exit(WAIT).success());
-        synapse = Agent::start_socket_activated("synapse", &config, &held);
+        synapse = config.clone().start_socket_activated(&held);
         let t = settle();
         assert_eq!(t.failed, 0, "restart {round}: requests failed: {:#?}", t.failures);
         assert_eq!(t.refused, 0, "restart {round}: connects refused");

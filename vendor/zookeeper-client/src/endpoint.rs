@@ -165,7 +165,8 @@ pub fn parse_connect_string(s: &str, tls: bool) -> Result<(Vec<EndpointRef<'_>>,
         endpoints.push(EndpointRef::new(host, port, tls));
     }
     endpoints.reverse();
-    Ok((endpoints, chroot.unwrap()))
+    // PATCHED: set by the first (non-empty) entry; an empty entry returned early.
+    Ok((endpoints, chroot.unwrap_or_default()))
 }
 
 #[derive(Clone, Debug)]

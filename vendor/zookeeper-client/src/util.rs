@@ -14,7 +14,8 @@ pub trait Ref<'a>: Sized + 'a {
 /// Splits path to `(parent, tree, name)` where `tree` has trailing slash but `parent` does not
 /// have.
 pub fn split_path(path: &str) -> (&str, &str, &str) {
-    let last_slash = path.rfind('/').unwrap();
+    // PATCHED: callers pass validated paths (they start with '/'); no panic otherwise.
+    let last_slash = path.rfind('/').unwrap_or(0);
     if last_slash == 0 {
         ("/", "/", &path[1..])
     } else {

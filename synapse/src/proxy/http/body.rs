@@ -13,6 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use prometheus::IntCounter;
 
 use super::multiplex::Stream;
+use super::server::Handling;
 use crate::backend::BackendState;
 use crate::balance::InFlight;
 use crate::proxy::grpc;
@@ -103,6 +104,8 @@ impl Release {
 #[derive(Debug)]
 pub struct RespBody {
     inner: Inner,
+    /// Keeps the request counted on its client connection until the body is done.
+    handling: Option<Handling>,
 }
 
 #[derive(Debug)]
@@ -128,6 +131,7 @@ impl RespBody {
     pub fn empty() -> RespBody {
         RespBody {
             inner: Inner::Full(None),
+            handling: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl RespBody {
     pub fn full(bytes: Bytes) -> RespBody {
         RespBody {
             inner: Inner::Full(Some(bytes)),
+            handling: None,
         }
     }
 
@@ -149,7 +154,14 @@ impl RespBody {
                 stream: None,
                 grpc: None,
             },
+            handling: None,
         }
+    }
+
+    /// Keeps `handling` (the request counted on its client connection) until the body is
+    /// done: hyper drops it once written to its end, or when the connection ends.
+    pub(super) fn hold(&mut self, handling: Handling) {
+        self.handling = Some(handling);
     }
 
     /// The HTTP/2 stream of a backend's body, closed at its end.

@@ -421,7 +421,8 @@ impl Client {
                     }
                 },
                 Err(Error::NoNode) => {
-                    let i = path[..j].rfind('/').unwrap();
+                    // PATCHED: the path is validated (starts with '/'); 0 otherwise, as for the root.
+                    let i = path[..j].rfind('/').unwrap_or(0);
                     if i == 0 {
                         // chroot does not exist,
                         return Err(Error::NoNode);
@@ -541,10 +542,14 @@ impl Client {
             for child in children.iter_mut() {
                 child.insert_str(0, tree);
             }
+            // PATCHED: names the server listed that are no valid path cannot be ours; left out
+            // here, so adding each one to the read below cannot fail.
+            children.retain(|child| self.validate_path(child).is_ok());
             let results = Self::retry_on_connection_loss(|| {
                 let mut reader = self.new_multi_reader();
                 for child in children.iter() {
-                    reader.add_get_data(child).unwrap();
+                    // Cannot fail: the same validation passed above.
+                    reader.add_get_data(child).ignore();
                 }
                 reader.commit()
             })
@@ -1053,7 +1058,8 @@ impl Client {
             std::mem::forget(guard);
             let prefix_len = prefix.len();
             let mut path = prefix;
-            write!(&mut path, "{sequence}").unwrap();
+            // Cannot fail: fmt::Write for String never errs.
+            write!(&mut path, "{sequence}").ignore();
             let sequence_len = path.len() - prefix_len;
             return Ok((path, sequence_len));
         }
@@ -1076,10 +1082,13 @@ impl Client {
         for child in children.iter_mut() {
             child.insert_str(0, tree);
         }
+        // PATCHED: as in delete_ephemeral_background.
+        children.retain(|child| self.validate_path(child).is_ok());
         let results = Self::retry_on_connection_loss(|| {
             let mut reader = self.new_multi_reader();
             for child in children.iter() {
-                reader.add_get_data(child).unwrap();
+                // Cannot fail: the same validation passed above.
+                reader.add_get_data(child).ignore();
             }
             reader.commit()
         })

@@ -169,7 +169,10 @@ impl Depot {
 
     pub fn fail_watch(&mut self, path: &str, mode: WatchMode) {
         let path = unsafe { std::mem::transmute::<&str, &'_ str>(path) };
-        let count = self.watching_paths.get_mut(&(path, mode)).unwrap();
+        // PATCHED: a count this depot did not register is nothing to settle (no panic).
+        let Some(count) = self.watching_paths.get_mut(&(path, mode)) else {
+            return;
+        };
         *count -= 1;
         if *count == 0 {
             self.watching_paths.remove(&(path, mode));
@@ -187,10 +190,12 @@ impl Depot {
 
     pub fn succeed_watch(&mut self, path: &str, mode: WatchMode) {
         let path = unsafe { std::mem::transmute::<&str, &'_ str>(path) };
-        let count = self.watching_paths.get_mut(&(path, mode)).unwrap();
-        *count -= 1;
-        if *count == 0 {
-            self.watching_paths.remove(&(path, mode));
+        // PATCHED: a count this depot did not register is nothing to settle (no panic).
+        if let Some(count) = self.watching_paths.get_mut(&(path, mode)) {
+            *count -= 1;
+            if *count == 0 {
+                self.watching_paths.remove(&(path, mode));
+            }
         }
         self.cancel_unwatch(path, mode);
     }

@@ -43,6 +43,8 @@ impl MarshalledRequest {
 
     pub fn get_code(&self) -> OpCode {
         let mut buf = &self.0[8..12];
+        // Cannot fail: this client marshalled the request from an OpCode (never from network
+        // bytes), so the code reads back as one.
         buf.get_i32().try_into().unwrap()
     }
 
@@ -61,6 +63,8 @@ impl MarshalledRequest {
         &self.0[offset..]
     }
 
+    /// Reads back what this client marshalled (never network bytes): the record's path and
+    /// watch mode were written from typed values, so the `unwrap`s below cannot fail.
     pub fn get_operation_info(&self) -> (OpCode, OpStat<'_>) {
         let op_code = self.get_code();
         let stat = match op_code {

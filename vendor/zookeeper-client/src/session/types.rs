@@ -170,7 +170,8 @@ impl WatchedEvent {
 
     pub(crate) fn drain_root_path(&mut self, root: &str) {
         if self.event_type != EventType::Session && !root.is_empty() {
-            util::drain_root_path(&mut self.path, root).unwrap();
+            // PATCHED: a server path outside the chroot is left as the server sent it (no panic).
+            let _ = util::drain_root_path(&mut self.path, root);
         }
     }
 }

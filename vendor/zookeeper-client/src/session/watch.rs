@@ -116,8 +116,12 @@ impl OneshotReceiver {
     }
 
     pub async fn recv(mut self) -> WatchedEvent {
-        let receiver = self.receiver.take().unwrap();
-        let event = receiver.await.unwrap();
+        // PATCHED: no panic when the session task is gone without sending the event (the
+        // client dropped or detached): the watcher sees the session closed.
+        let event = match self.receiver.take() {
+            Some(receiver) => receiver.await.unwrap_or_else(|_| WatchedEvent::new_session(SessionState::Closed)),
+            None => WatchedEvent::new_session(SessionState::Closed),
+        };
         self.watcher.discard();
         event
     }
@@ -144,7 +148,8 @@ impl PersistentReceiver {
     }
 
     pub async fn recv(&mut self) -> WatchedEvent {
-        self.receiver.next().await.unwrap()
+        // PATCHED: see OneshotReceiver::recv.
+        self.receiver.next().await.unwrap_or_else(|| WatchedEvent::new_session(SessionState::Closed))
     }
 
     pub async fn remove(self) -> Result<(), Error> {
@@ -341,7 +346,10 @@ impl WatchManager {
     }
 
     fn remove_watches(&mut self, path: &str) {
-        let (path, watch) = self.watches.remove_entry(path).unwrap();
+        // PATCHED: callers hold the entry (found by get_mut just before); nothing to do if not.
+        let Some((path, watch)) = self.watches.remove_entry(path) else {
+            return;
+        };
         while self.cached_paths.len() >= CACHED_PATHS_MAX {
             self.cached_paths.pop_front();
         }

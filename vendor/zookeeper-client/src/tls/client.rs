@@ -1,4 +1,4 @@
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_net::TcpStream;
 use futures_rustls::client::TlsStream;
@@ -30,7 +30,7 @@ impl TlsDynamicConnector {
     }
 
     pub fn get(&self) -> TlsConnector {
-        let (version, mut config) = self.config.read().unwrap().clone();
+        let (version, mut config) = self.config.read().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some((updated_version, certs)) = self.options.certs.get_updated(version) {
             let options = TlsClientOptions {
                 certs: (*certs).clone(),
@@ -52,7 +52,7 @@ impl TlsDynamicConnector {
     }
 
     fn skip_version(&self, expected_version: u64, updated_version: u64) -> bool {
-        let mut locked = self.config.write().unwrap();
+        let mut locked = self.config.write().unwrap_or_else(PoisonError::into_inner);
         let update = expected_version == locked.0;
         if update {
             locked.0 = updated_version;
@@ -61,7 +61,7 @@ impl TlsDynamicConnector {
     }
 
     fn update_config(&self, version: u64, config: Arc<ClientConfig>) -> Arc<ClientConfig> {
-        let mut locked = self.config.write().unwrap();
+        let mut locked = self.config.write().unwrap_or_else(PoisonError::into_inner);
         if version > locked.0 {
             *locked = (version, config);
         }
@@ -149,7 +149,8 @@ impl TlsClient {
                     certs.ca.roots,
                     certs.ca.crls,
                     builder.crypto_provider(),
-                );
+                )
+                .map_err(|err| Error::with_other("invalid certificate revocation list", err))?;
                 builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
             },
         };
@@ -163,8 +164,11 @@ impl TlsClient {
     }
 
     pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<TlsStream<TcpStream>> {
+        // PATCHED: a host that is no valid server name is an error, not a panic.
+        let domain = ServerName::try_from(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid tls server name {host}: {e}")))?
+            .to_owned();
         let stream = TcpStream::connect((host, port)).await?;
-        let domain = ServerName::try_from(host).unwrap().to_owned();
         self.inner.connect(domain, stream).await
     }
 }

@@ -1,4 +1,4 @@
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use derive_where::derive_where;
 use ignore_result::Ignore;
@@ -183,7 +183,7 @@ impl TlsDynamicCerts {
     /// Updates with newer certs.
     pub fn update(&self, certs: TlsCerts) {
         let certs = certs.into();
-        let mut writer = self.certs.write().unwrap();
+        let mut writer = self.certs.write().unwrap_or_else(PoisonError::into_inner);
         writer.0 += 1;
         let old = std::mem::replace(&mut writer.1, certs);
         drop(writer);
@@ -202,7 +202,7 @@ impl TlsDynamicCerts {
 
     fn update_versioned(&self, version: u64, certs: TlsCerts) -> bool {
         let certs = certs.into();
-        let mut writer = self.certs.write().unwrap();
+        let mut writer = self.certs.write().unwrap_or_else(PoisonError::into_inner);
         if writer.0 != version {
             return false;
         }
@@ -225,11 +225,11 @@ impl TlsDynamicCerts {
     }
 
     pub(crate) fn get_versioned(&self) -> (u64, Arc<TlsCerts>) {
-        self.certs.read().unwrap().clone()
+        self.certs.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub(crate) fn get_updated(&self, version: u64) -> Option<(u64, Arc<TlsCerts>)> {
-        let locked = self.certs.read().unwrap();
+        let locked = self.certs.read().unwrap_or_else(PoisonError::into_inner);
         if version >= locked.0 {
             return None;
         }

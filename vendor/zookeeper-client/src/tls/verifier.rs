@@ -41,13 +41,15 @@ impl NoHostnameVerificationServerCertVerifier {
         roots: RootCertStore,
         crls: Vec<CertificateRevocationListDer<'static>>,
         provider: &Arc<CryptoProvider>,
-    ) -> Self {
-        let crls: Vec<_> = crls
+    ) -> std::result::Result<Self, webpki::Error> {
+        // PATCHED: a revocation list that does not parse is an error (it was a panic), as
+        // with hostname verification (WebPkiServerVerifier::build).
+        let crls = crls
             .iter()
-            .map(|crl| BorrowedCertRevocationList::from_der(crl.as_ref()).unwrap().to_owned().unwrap())
-            .map(CertRevocationList::Owned)
-            .collect();
-        Self { roots, crls, supported: provider.signature_verification_algorithms }
+            .map(|crl| BorrowedCertRevocationList::from_der(crl.as_ref()).and_then(|crl| crl.to_owned()))
+            .map(|crl| crl.map(CertRevocationList::Owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { roots, crls, supported: provider.signature_verification_algorithms })
     }
 }
 
