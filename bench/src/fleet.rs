@@ -509,8 +509,8 @@ fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
-/// Runs the phase; returns the printed table and the JSON.
-pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
+/// The registry's logs (when `RUST_LOG` is set), the open-files check, the runtime.
+fn prelude(sizes: &[usize]) -> Result<(Runtime, u64)> {
     // The registry's own logs, when asked for (`RUST_LOG=common::registry=info`).
     if std::env::var_os("RUST_LOG").is_some() {
         let quiet = common::config::LogConfig {
@@ -531,6 +531,82 @@ pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    Ok((rt, limit))
+}
+
+/// The 1-minute load average (`/proc/loadavg`), to say how shared the machine was.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The full-restart storm alone (`--fleet-restart-rounds K`): per size, K rounds, each a fresh
+/// fleet with the agents' splay and then a fresh one with the splay off (an unspread fleet),
+/// against the same ensemble. For the target "peak at most 1/5 of an unspread fleet's"
+/// without the rest of the phase. Writes `fleet-restart.json` next to the results JSON.
+pub fn run_restart_rounds(out: &Path, sizes: &[usize], rounds: usize) -> Result<(String, Value)> {
+    let (rt, _) = prelude(sizes)?;
+    let mut zk = ZkCluster::start_with(3, ZkOptions::default());
+    let cs = zk.connect_string();
+    let splay = common::config::DEFAULT_SPLAY;
+    let mut rows = Vec::new();
+    let mut table = String::from(
+        "| N | round | fleet | load average | peak pkt/s | mean pkt/s | serving after | all right after (after serving) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for &n in sizes {
+        for round in 1..=rounds {
+            for (label, s) in [("spread", splay), ("unspread", Duration::ZERO)] {
+                println!("fleet: restart storm, N={n}, round {round}, {label}");
+                let mut f = Fleet::new();
+                let mut nerves = Nerves::start(&rt, &cs, &f.cancel)?;
+                f.grow(&rt, &cs, n, s);
+                wait_correct(&f, &nerves.expected(probe_present(&f)), WAIT)?;
+                // The growth's last re-lists are over.
+                std::thread::sleep(Duration::from_secs(2));
+                let load = load_average();
+                let restart = storm(&rt, &mut zk, &f, &mut nerves, restart_all)?;
+                let _ = writeln!(
+                    table,
+                    "| {n} | {round} | {label} | {load:.1} | {:.0} | {:.0} | {:.1} s | {:.1} s ({:.1} s) |",
+                    restart.peak,
+                    restart.mean,
+                    restart.serving,
+                    restart.correct,
+                    restart.correct_after_serving
+                );
+                rows.push(json!({
+                    "n": n,
+                    "round": round,
+                    "fleet": label,
+                    "splay_s": s.as_secs_f64(),
+                    "load_average_1m": load,
+                    "storm_full_restart": storm_json(&restart),
+                }));
+                f.cancel.cancel();
+                drop((f, nerves));
+                // The cancelled sessions close before the next fleet grows.
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+    }
+    let json = json!({
+        "session_timeout_s": SESSION_TIMEOUT.as_secs_f64(),
+        "splay_s": splay.as_secs_f64(),
+        "rounds": rows,
+    });
+    let dir = out.parent().unwrap_or(Path::new("."));
+    std::fs::write(
+        dir.join("fleet-restart.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok((table, json))
+}
+
+/// Runs the phase; returns the printed table and the JSON.
+pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
+    let (rt, limit) = prelude(sizes)?;
     let mut zk = ZkCluster::start_with(3, ZkOptions::default());
     let cs = zk.connect_string();
     let mut rows: Vec<Value> = Vec::new();

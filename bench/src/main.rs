@@ -99,6 +99,11 @@ struct Args {
     /// Fleet sizes (watchers) of the fleet phase.
     #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000,2000")]
     fleet_sizes: Vec<usize>,
+    /// With a number K: the fleet phase runs only the full-restart storm, K rounds per size,
+    /// each round a fresh fleet with the agents' splay and one with the splay off, alternating
+    /// (writes fleet-restart.json). 0: the whole phase.
+    #[arg(long, default_value_t = 0)]
+    fleet_restart_rounds: usize,
     /// Seconds of each counted run of the count phase.
     #[arg(long, default_value_t = 3)]
     count_secs: u64,
@@ -210,7 +215,11 @@ fn main() -> Result<()> {
         b.cost()?;
     }
     if run("fleet") {
-        let (table, json) = fleet::run(&b.args.out, &b.args.fleet_sizes)?;
+        let (table, json) = if b.args.fleet_restart_rounds > 0 {
+            fleet::run_restart_rounds(&b.args.out, &b.args.fleet_sizes, b.args.fleet_restart_rounds)?
+        } else {
+            fleet::run(&b.args.out, &b.args.fleet_sizes)?
+        };
         println!("\n== fleet ==\n{table}");
         b.json.insert("fleet".into(), json);
     }

@@ -7,6 +7,16 @@
 //!   configured splay, at most half the session timeout (so a session that survived the event
 //!   is not put at risk by the wait). N agents then arrive spread over the bound instead of
 //!   in the same instant (ZooKeeper's "death spiral", ZOOKEEPER-3242).
+//! - **Reconnection splay**: a session that survives the event (a leader election, a restart
+//!   of the whole ensemble: ZooKeeper keeps the sessions) is reconnected by the client
+//!   library, not by us; the vendored library (`Connector::with_reconnect_delay`, a patch)
+//!   waits a uniformly random delay in `[0, bound]` before its first attempt, `bound` = the
+//!   splay, at most a third of the session timeout ([`reconnect_bound`]), and the library
+//!   never lets that delay reach past half the session timeout since the server was last
+//!   heard from. The other half (5 s of a 10 s timeout) is left to reach a server before the
+//!   ensemble may expire the session, so the delay costs no session (and no ephemeral node of
+//!   nerve's) that would have survived without it; after a restart of the whole ensemble the
+//!   servers restart every session's timeout anyway.
 //! - **Dynamic reconfiguration**: the session follows `/zookeeper/config` (one read and a
 //!   watch per session); when the ensemble's client addresses change, new sessions and
 //!   synapse's rescue attempts use the new list, so servers can be replaced one by one without
@@ -39,6 +49,13 @@ fn fraction() -> f64 {
 /// the session timeout. Zero disables spreading.
 pub(crate) fn splay_bound(splay: Duration, session_timeout: Duration) -> Duration {
     splay.min(session_timeout / 2)
+}
+
+/// The bound of the random delay before a live session's first reconnection attempt (see the
+/// module's doc): the configured splay, at most a third of the session timeout. Zero: the
+/// library reconnects at once.
+pub(crate) fn reconnect_bound(splay: Duration, session_timeout: Duration) -> Duration {
+    splay.min(session_timeout / 3)
 }
 
 /// A delay drawn uniformly from `[0, bound]`.
@@ -262,6 +279,9 @@ mod tests {
         assert_eq!(splay_bound(s(30), s(10)), s(5));
         assert_eq!(splay_bound(Duration::ZERO, s(10)), Duration::ZERO);
         assert_eq!(splay_delay(Duration::ZERO), Duration::ZERO);
+        assert_eq!(reconnect_bound(s(5), s(30)), s(5));
+        assert_eq!(reconnect_bound(s(5), s(9)), s(3));
+        assert_eq!(reconnect_bound(Duration::ZERO, s(9)), Duration::ZERO);
         let delays: Vec<Duration> = (0..200).map(|_| splay_delay(s(2))).collect();
         assert!(delays.iter().all(|d| *d <= s(2)));
         let low = delays.iter().filter(|d| **d < s(1)).count();
