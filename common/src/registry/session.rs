@@ -11,14 +11,16 @@
 //! Reconnecting an existing session (after a disconnection, before it expires) is first left
 //! to the client library, which retries the servers at once (with a splay: after a random
 //! delay up to [`fleet::reconnect_bound`], so a fleet that lost its connections together does
-//! not come back together) and then with delays doubling up to a good part of the session
-//! timeout (bounded by 7/5 of it, after which it declares the
-//! session expired). Since that can leave a session down for seconds after the servers answer
-//! again, a watch-only process ([`RegistryOptions::replace_lagging_session`], synapse) whose
-//! connection is still lost after a grace period (twice the connection timeout, at least 1 s)
-//! also attempts a new session with the backoff above; the first of the two to succeed wins,
-//! and a given-up session joins [`SessionStatus::earlier_session_ids`]. A process whose
-//! session holds ephemeral nodes (nerve) keeps its session: the nodes survive the outage with
+//! not come back together; while no server answers, it then tries them all every
+//! `[bound/2, bound]`) and otherwise with delays doubling up to a good part of the session
+//! timeout (bounded by 7/5 of it, after which it declares the session expired). Since that
+//! can leave a session down for seconds after the servers answer again, a watch-only process
+//! ([`RegistryOptions::replace_lagging_session`], synapse) whose connection is still lost
+//! after a grace period (twice the connection timeout, at least 1 s, plus the reconnect
+//! splay's bound, then a random share of the splay) also attempts a new session with the
+//! backoff above; the first of the two to succeed wins, and a given-up session joins
+//! [`SessionStatus::earlier_session_ids`]. A process whose session holds ephemeral nodes
+//! (nerve) keeps its session: the nodes survive the outage with
 //! it, and replacing sessions during a leader election would re-register a whole fleet.
 
 use std::collections::hash_map::RandomState;
@@ -524,9 +526,11 @@ impl Link {
             session_timeout: options.session_timeout,
             connection_timeout,
             max_backoff: options.max_backoff,
-            grace: options
-                .replace_lagging_session
-                .then(|| (connection_timeout * 2).max(Duration::from_secs(1))),
+            // The library's own spreading (the reconnect splay) is not lagging.
+            grace: options.replace_lagging_session.then(|| {
+                (connection_timeout * 2).max(Duration::from_secs(1))
+                    + fleet::reconnect_bound(options.splay, options.session_timeout)
+            }),
             auth: None,
             servers: Servers::new(connect),
             follow_reconfig: options.follow_reconfig,

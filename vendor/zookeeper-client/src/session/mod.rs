@@ -245,6 +245,9 @@ impl Session {
     ) {
         endpoints.cycle();
         endpoints.reset();
+        // PATCHED (vendor/README.vendor.md): with a reconnect delay, the rounds over the
+        // servers while none answers are spread too (see `Session::reconnect_pause`).
+        endpoints.set_cycle_pause(self.reconnect_delay.min(self.session_timeout / 3));
         self.serve_once(conn, &mut endpoints, &mut buf, &mut depot, &mut requester).await;
         while !self.session_state.is_terminated() {
             // PATCHED (vendor/README.vendor.md): a whole fleet loses its connections at once
@@ -272,8 +275,9 @@ impl Session {
     }
 
     /// PATCHED (vendor/README.vendor.md): the random pause before the first attempt to
-    /// reconnect this session after its connection was lost (the attempts after it follow the
-    /// usual schedule): uniform in `[0, bound]`, `bound` the configured reconnect delay
+    /// reconnect this session after its connection was lost (while no server answers, each
+    /// later round over the servers waits `[bound/2, bound]`, `IterableEndpoints::set_cycle_pause`,
+    /// instead of the doubling schedule): uniform in `[0, bound]`, `bound` the configured reconnect delay
     /// ([crate::Connector::with_reconnect_delay]), at most a third of the negotiated session
     /// timeout, and never past half the session timeout since the server was last heard from,
     /// so at least half the timeout is left to reach a server before the ensemble may expire
