@@ -61,7 +61,8 @@ pub struct RegistryOptions {
     /// Upper bound of the random delay that spreads a fleet's steps after a fleet-wide event
     /// (new sessions after an expiry or outage, re-lists after a reconnection), itself at most
     /// half the session timeout; and of the client library's delay before it reconnects a live
-    /// session, at most a third of the session timeout (see [`crate::registry`]'s fleet notes);
+    /// session (also at most half the session timeout since the server last answered; see
+    /// the fleet notes of [`crate::registry`]);
     /// zero: no spreading. Default zero here; the agents' default
     /// is [`crate::config::DEFAULT_SPLAY`].
     pub splay: Duration,

@@ -1619,13 +1619,13 @@ impl Connector {
     /// PATCHED (vendor/README.vendor.md): spreads the reconnections of many clients that lose
     /// their connections at once (a leader election, a restart of the whole ensemble). After
     /// the connection of an established session is lost, the first attempt to reconnect it
-    /// waits a random delay drawn uniformly from `[0, bound]`; while no server answers, each
-    /// later round over the servers waits a delay drawn from `[bound/2, bound]` (instead of
-    /// delays doubling from 300 ms, with 100 ms of jitter, which keep such clients in step).
-    /// `bound` is `delay`, at most a third of the negotiated session
-    /// timeout, and never reaches past half the session timeout since the server was last
-    /// heard from (at least half the timeout is left to reach a server before the ensemble may
-    /// expire the session). Not applied to establishing a session ([Self::connect]).
+    /// waits a random delay drawn uniformly from `[0, delay]`, cut so that it never reaches
+    /// past half the session timeout since the server was last heard from (at least half the
+    /// timeout is left to reach a server before the ensemble may expire the session). While no
+    /// server answers, each later round over the servers waits a delay drawn from
+    /// `[b/2, b]`, `b` = `delay` at most a third of the negotiated session timeout (instead of
+    /// delays doubling from 300 ms with 100 ms of jitter, which keep such clients in step).
+    /// Not applied to establishing a session ([Self::connect]).
     ///
     /// Defaults to zero: reconnect at once.
     pub fn with_reconnect_delay(mut self, delay: Duration) -> Self {

@@ -174,7 +174,7 @@ pub(crate) fn reconnect_pause(
     fraction: f64,
 ) -> Duration {
     let left = (session_timeout / 2).saturating_sub(since_last_recv);
-    delay.min(session_timeout / 3).min(left).mul_f64(fraction.clamp(0.0, 1.0))
+    delay.min(left).mul_f64(fraction.clamp(0.0, 1.0))
 }
 
 pub struct Session {
@@ -275,13 +275,14 @@ impl Session {
     }
 
     /// PATCHED (vendor/README.vendor.md): the random pause before the first attempt to
-    /// reconnect this session after its connection was lost (while no server answers, each
-    /// later round over the servers waits `[bound/2, bound]`, `IterableEndpoints::set_cycle_pause`,
-    /// instead of the doubling schedule): uniform in `[0, bound]`, `bound` the configured reconnect delay
-    /// ([crate::Connector::with_reconnect_delay]), at most a third of the negotiated session
-    /// timeout, and never past half the session timeout since the server was last heard from,
-    /// so at least half the timeout is left to reach a server before the ensemble may expire
-    /// the session. Zero when no delay is configured.
+    /// reconnect this session after its connection was lost: uniform in `[0, bound]`, `bound`
+    /// the configured reconnect delay ([crate::Connector::with_reconnect_delay]), never
+    /// reaching past half the session timeout since the server was last heard from, so at
+    /// least half the timeout is left to reach a server before the ensemble may expire the
+    /// session. While no server answers, each later round over the servers waits
+    /// `[b/2, b]`, `b` = the delay, at most a third of the session timeout
+    /// (`IterableEndpoints::set_cycle_pause`), instead of the doubling schedule. Zero when no
+    /// delay is configured.
     fn reconnect_pause(&self) -> Duration {
         reconnect_pause(self.reconnect_delay, self.session_timeout, self.last_recv.elapsed(), fastrand::f64())
     }
