@@ -385,9 +385,9 @@ impl Metrics {
         // Per backend: 6 series and a histogram of 14 buckets, about 110 bytes a line; per
         // service about 60 lines of about 90 bytes (more for HTTP ones).
         64 * 1024
-            + self.backend_series.len() * 2560
-            + self.services.len() * 6144
-            + self.http.services.len() * 4096
+            + self.backend_series.count() * 2560
+            + self.services.count() * 6144
+            + self.http.services.count() * 4096
     }
 
     /// Resolves the handles of one service: the same cells each time for the same name,

@@ -328,7 +328,7 @@ impl BackendSeries {
     }
 
     /// Backends with series.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         let map = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
         map.values().map(BTreeMap::len).sum()
     }
@@ -444,7 +444,7 @@ impl<M: Clone> ServiceSeries<M> {
     }
 
     /// Services with series.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.services.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
