@@ -197,7 +197,8 @@ struct Nerves {
 }
 
 impl Nerves {
-    fn start(rt: &Runtime, connect: &str, cancel: &CancellationToken) -> Result<Nerves> {
+    /// `splay`: as nerve's `zookeeper.splay` (the fleet's own).
+    fn start(rt: &Runtime, connect: &str, cancel: &CancellationToken, splay: Duration) -> Result<Nerves> {
         let _guard = rt.enter();
         // Their sessions' logs (RUST_LOG) say `nerve`, the watchers' do not.
         let _span = tracing::info_span!("nerve").entered();
@@ -206,6 +207,7 @@ impl Nerves {
             let reg = Registry::new(
                 RegistryOptions {
                     session_timeout: SESSION_TIMEOUT,
+                    splay,
                     ..Default::default()
                 },
                 cancel.clone(),
@@ -473,6 +475,33 @@ fn storm(
     })
 }
 
+/// The reconnection storm alone: the whole ensemble killed and restarted, no change written,
+/// sampled until every session of the fleet is connected again and 3 s more. (Peak packets/s,
+/// seconds from the kill until the last session was connected again, the windows.)
+fn quiet_restart(zk: &mut ZkCluster, fleet: &Fleet) -> Result<(f64, f64, Vec<u64>)> {
+    restart_all(zk);
+    let t0 = Instant::now();
+    let sampler = Sampler::start(ports(zk));
+    // Every session loses its connection at the kill: wait until they show it (or 5 s), then
+    // until each is connected again.
+    let lost = t0 + Duration::from_secs(5);
+    while fleet.sessions.iter().any(|s| s.status().connected) && Instant::now() < lost {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = t0 + WAIT;
+    while !fleet.sessions.iter().all(|s| s.status().connected) {
+        if Instant::now() > deadline {
+            bail!("not every session reconnected within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    let windows = sampler.finish();
+    let peak = windows.iter().copied().max().unwrap_or(0) as f64 * 10.0;
+    Ok((peak, all, windows))
+}
+
 fn freeze_past_expiry(zk: &mut ZkCluster) {
     for i in zk.indices() {
         zk.freeze(i);
@@ -509,8 +538,8 @@ fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
-/// Runs the phase; returns the printed table and the JSON.
-pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
+/// The registry's logs (when `RUST_LOG` is set), the open-files check, the runtime.
+fn prelude(sizes: &[usize]) -> Result<(Runtime, u64)> {
     // The registry's own logs, when asked for (`RUST_LOG=common::registry=info`).
     if std::env::var_os("RUST_LOG").is_some() {
         let quiet = common::config::LogConfig {
@@ -531,12 +560,98 @@ pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    Ok((rt, limit))
+}
+
+/// The 1-minute load average (`/proc/loadavg`), to say how shared the machine was.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The full-restart storm alone (`--fleet-restart-rounds K`): per size, K rounds, each a fresh
+/// fleet with the agents' splay and then a fresh one with the splay off (an unspread fleet),
+/// against the same ensemble. Each fleet goes through two restarts: one with no change
+/// written (the reconnection storm alone: the sessions' reconnections and pings), then the
+/// phase's storm (a change written as soon as the ensemble takes it: its peak also holds that
+/// change's fan-out, N notifications and their reads). For the target "peak at most 1/5 of an unspread fleet's"
+/// without the rest of the phase. Writes `fleet-restart.json` next to the results JSON.
+pub fn run_restart_rounds(out: &Path, sizes: &[usize], rounds: usize) -> Result<(String, Value)> {
+    let (rt, _) = prelude(sizes)?;
+    let mut zk = ZkCluster::start_with(3, ZkOptions::default());
+    let cs = zk.connect_string();
+    let splay = common::config::DEFAULT_SPLAY;
+    let mut rows = Vec::new();
+    let mut table = String::from(
+        "| N | round | fleet | load average | restart, no change: peak pkt/s | all reconnected after | restart + a change: peak pkt/s | serving after | all right after (after serving) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &n in sizes {
+        for round in 1..=rounds {
+            for (label, s) in [("spread", splay), ("unspread", Duration::ZERO)] {
+                println!("fleet: restart storm, N={n}, round {round}, {label}");
+                let mut f = Fleet::new();
+                let mut nerves = Nerves::start(&rt, &cs, &f.cancel, s)?;
+                f.grow(&rt, &cs, n, s);
+                wait_correct(&f, &nerves.expected(probe_present(&f)), WAIT)?;
+                // The growth's last re-lists are over.
+                std::thread::sleep(Duration::from_secs(2));
+                let load = load_average();
+                let (quiet_peak, reconnected, quiet_windows) = quiet_restart(&mut zk, &f)?;
+                wait_correct(&f, &nerves.expected(probe_present(&f)), WAIT)?;
+                std::thread::sleep(Duration::from_secs(2));
+                let restart = storm(&rt, &mut zk, &f, &mut nerves, restart_all)?;
+                let _ = writeln!(
+                    table,
+                    "| {n} | {round} | {label} | {load:.1} | {quiet_peak:.0} | {reconnected:.1} s | {:.0} | {:.1} s | {:.1} s ({:.1} s) |",
+                    restart.peak,
+                    restart.serving,
+                    restart.correct,
+                    restart.correct_after_serving
+                );
+                rows.push(json!({
+                    "n": n,
+                    "round": round,
+                    "fleet": label,
+                    "splay_s": s.as_secs_f64(),
+                    "load_average_1m": load,
+                    "restart_without_change": {
+                        "peak_packets_per_s": quiet_peak,
+                        "all_reconnected_after_s": reconnected,
+                        "packets_per_100ms": quiet_windows,
+                    },
+                    "storm_full_restart": storm_json(&restart),
+                }));
+                f.cancel.cancel();
+                drop((f, nerves));
+                // The cancelled sessions close before the next fleet grows.
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+    }
+    let json = json!({
+        "session_timeout_s": SESSION_TIMEOUT.as_secs_f64(),
+        "splay_s": splay.as_secs_f64(),
+        "rounds": rows,
+    });
+    let dir = out.parent().unwrap_or(Path::new("."));
+    std::fs::write(
+        dir.join("fleet-restart.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok((table, json))
+}
+
+/// Runs the phase; returns the printed table and the JSON.
+pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
+    let (rt, limit) = prelude(sizes)?;
     let mut zk = ZkCluster::start_with(3, ZkOptions::default());
     let cs = zk.connect_string();
     let mut rows: Vec<Value> = Vec::new();
     let mut fleet = Fleet::new();
-    let mut nerves = Nerves::start(&rt, &cs, &fleet.cancel)?;
     let splay = common::config::DEFAULT_SPLAY;
+    let mut nerves = Nerves::start(&rt, &cs, &fleet.cancel, splay)?;
     let mut unspread_at = None;
     let reference = sizes
         .iter()
@@ -620,7 +735,7 @@ pub fn run(out: &Path, sizes: &[usize]) -> Result<(String, Value)> {
     if let Some(n) = unspread_at {
         println!("fleet: unspread fleet of {n} for the restart storm");
         let mut f = Fleet::new();
-        let mut nerves = Nerves::start(&rt, &cs, &f.cancel)?;
+        let mut nerves = Nerves::start(&rt, &cs, &f.cancel, Duration::ZERO)?;
         f.grow(&rt, &cs, n, Duration::ZERO);
         wait_correct(&f, &nerves.expected(probe_present(&f)), WAIT)?;
         let restart = storm(&rt, &mut zk, &f, &mut nerves, restart_all)?;
@@ -699,7 +814,7 @@ fn observer_variant(rt: &Runtime, n: usize) -> Result<Value> {
     );
     let observers = format!("{},{}", zk.server_address(3), zk.server_address(4));
     let mut f = Fleet::new();
-    let mut nerves = Nerves::start(rt, &zk.connect_string(), &f.cancel)?;
+    let mut nerves = Nerves::start(rt, &zk.connect_string(), &f.cancel, common::config::DEFAULT_SPLAY)?;
     f.grow(rt, &observers, n, common::config::DEFAULT_SPLAY);
     wait_correct(&f, &nerves.expected(false), WAIT)?;
     let mut last = Vec::new();

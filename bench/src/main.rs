@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use integration_tests::{free_port, free_ports, ZkCluster};
 use procs::{CpuPerRequest, Frontend, Proc, SynapseService};
@@ -99,6 +99,11 @@ struct Args {
     /// Fleet sizes (watchers) of the fleet phase.
     #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000,2000")]
     fleet_sizes: Vec<usize>,
+    /// With a number K: the fleet phase runs only the full-restart storm, K rounds per size,
+    /// each round a fresh fleet with the agents' splay and one with the splay off, alternating
+    /// (writes fleet-restart.json). 0: the whole phase.
+    #[arg(long, default_value_t = 0)]
+    fleet_restart_rounds: usize,
     /// Seconds of each counted run of the count phase.
     #[arg(long, default_value_t = 3)]
     count_secs: u64,
@@ -210,7 +215,11 @@ fn main() -> Result<()> {
         b.cost()?;
     }
     if run("fleet") {
-        let (table, json) = fleet::run(&b.args.out, &b.args.fleet_sizes)?;
+        let (table, json) = if b.args.fleet_restart_rounds > 0 {
+            fleet::run_restart_rounds(&b.args.out, &b.args.fleet_sizes, b.args.fleet_restart_rounds)?
+        } else {
+            fleet::run(&b.args.out, &b.args.fleet_sizes)?
+        };
         println!("\n== fleet ==\n{table}");
         b.json.insert("fleet".into(), json);
     }
@@ -947,15 +956,15 @@ impl Bench {
     /// Times `changes` creations and deletions under `path` (which already holds some
     /// backends): to the raw watch event of a second session, and to synapse's route table
     /// update (the timestamp of its "route table updated" log line, written just before the
-    /// table is swapped in). Returns (watch ms, synapse ms) samples.
+    /// table is swapped in).
     fn time_changes(
         &self,
         watcher: &zkc::Client,
         synapse: &Proc,
         path: &str,
         first_port: u16,
-    ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let (mut watch, mut routed) = (Vec::new(), Vec::new());
+    ) -> Result<Timings> {
+        let (mut watch, mut reads, mut routed) = (Vec::new(), Vec::new(), Vec::new());
         let mut consumed = procs::table_changes(&synapse.log()).len();
         for i in 0..self.args.changes {
             let port = first_port + i as u16;
@@ -967,9 +976,21 @@ impl Bench {
                 std::thread::sleep(CHANGE_SPACING);
                 let (_, _, w) = self.rt.block_on(watcher.get_and_watch_children(path))?;
                 let t0 = SystemTime::now();
+                // The raw session then reads what any client must to know the new
+                // membership: the children, and a new child's payload.
+                let (reader, list_path, new_child) = (watcher.clone(), path.to_string(), child.clone());
                 let fired = self.rt.spawn(async move {
                     w.changed().await;
-                    SystemTime::now()
+                    let fired = SystemTime::now();
+                    let read = async {
+                        reader.get_children(&list_path).await?;
+                        if create {
+                            reader.get_data(&new_child).await?;
+                        }
+                        Ok::<_, zkc::Error>(())
+                    };
+                    let read = read.await.ok().map(|()| SystemTime::now());
+                    (fired, read)
                 });
                 if create {
                     self.create(&child, &payload(port))?;
@@ -988,13 +1009,16 @@ impl Bench {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 };
-                let fired = self.rt.block_on(fired)?;
+                let (fired, read) = self.rt.block_on(fired)?;
                 let ms = |t: SystemTime| t.duration_since(t0).unwrap_or_default().as_secs_f64() * 1e3;
                 watch.push(ms(fired));
+                reads.push(ms(
+                    read.ok_or_else(|| anyhow!("the raw session's re-read failed"))?
+                ));
                 routed.push(ms(applied));
             }
         }
-        Ok((watch, routed))
+        Ok(Timings { watch, reads, routed })
     }
 
     fn propagation(&mut self) -> Result<()> {
@@ -1020,14 +1044,27 @@ impl Bench {
                 "  propagation: {} changes with {size} backend(s)",
                 2 * self.args.changes
             );
-            let (mut watch, mut routed) = self.time_changes(&watcher, &synapse, path, first_port)?;
+            let cpu_before = synapse.cpu_time()?;
+            let Timings {
+                mut watch,
+                mut reads,
+                mut routed,
+            } = self.time_changes(&watcher, &synapse, path, first_port)?;
             let n = routed.len();
+            // synapse's own CPU per change (utime + stime over the run: steadier than the
+            // latencies on a shared machine; the idle process adds little).
+            let cpu_us = (synapse.cpu_time()? - cpu_before).as_secs_f64() * 1e6 / n as f64;
             let (w50, w99) = (percentile(&mut watch, 50.0), percentile(&mut watch, 99.0));
+            let (l50, l99) = (percentile(&mut reads, 50.0), percentile(&mut reads, 99.0));
             let (r50, r99) = (percentile(&mut routed, 50.0), percentile(&mut routed, 99.0));
             self.row(
                 section,
                 format!("{size} backend(s), {n} changes: synapse"),
-                format!("p50 {}  p99 {}", fmt_ms(r50), fmt_ms(r99)),
+                format!(
+                    "p50 {}  p99 {}   CPU {cpu_us:.0} µs per change",
+                    fmt_ms(r50),
+                    fmt_ms(r99)
+                ),
             );
             self.row(
                 section,
@@ -1039,10 +1076,22 @@ impl Bench {
                     r99 / w99
                 ),
             );
+            self.row(
+                section,
+                format!("{size} backend(s): raw watch + re-read (children, new child's data)"),
+                format!(
+                    "p50 {}  p99 {}   synapse p99 / watch + re-read p99 = {:.2}×",
+                    fmt_ms(l50),
+                    fmt_ms(l99),
+                    r99 / l99
+                ),
+            );
             out.insert(
                 format!("backends_{size}"),
                 json!({"changes": n, "synapse_p50_ms": r50, "synapse_p99_ms": r99, "watch_p50_ms": w50,
-                       "watch_p99_ms": w99, "p99_ratio": r99 / w99}),
+                       "watch_p99_ms": w99, "p99_ratio": r99 / w99, "reread_p50_ms": l50,
+                       "reread_p99_ms": l99, "p99_ratio_reread": r99 / l99,
+                       "synapse_cpu_us_per_change": cpu_us}),
             );
         }
         self.row(
@@ -1267,9 +1316,7 @@ impl Bench {
             i += 1;
             next += Duration::from_millis(50);
         }
-        let out = handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("wrk thread panicked"))??;
+        let out = handle.join().map_err(|_| anyhow!("wrk thread panicked"))??;
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
             .lines()
@@ -1456,4 +1503,14 @@ impl Bench {
         self.json.insert("cost".into(), Value::Object(out));
         Ok(())
     }
+}
+
+/// Samples (ms from before the write) of one propagation run, per change.
+struct Timings {
+    /// The raw watch event of another session.
+    watch: Vec<f64>,
+    /// That session having re-read the membership (children, and a new child's payload).
+    reads: Vec<f64>,
+    /// synapse's route table swap.
+    routed: Vec<f64>,
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
-pub use live::{now_ns, ns_at, Active, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
+pub use live::{now_ns, ns_at, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
 pub use outlier::{
     Outlier, OutlierConfig, DEFAULT_BASE_EJECTION, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_MAX_EJECTED_PERCENT,
     DEFAULT_MAX_EJECTION, DEFAULT_PANIC_THRESHOLD_PERCENT,

@@ -186,10 +186,8 @@ impl RouteTable {
 
     /// Up to `ctx.attempts` distinct backends to try, in order (see [`Balancer::pick`]):
     /// never a weight-0 one, backups only after every usable primary.
-    pub fn pick(&self, ctx: Ctx) -> impl Iterator<Item = &Backend> {
-        self.balancer
-            .pick(ctx)
-            .filter_map(|i| self.backends.get(i).map(|b| &**b))
+    pub fn pick(&self, ctx: Ctx) -> impl Iterator<Item = &Arc<Backend>> {
+        self.balancer.pick(ctx).filter_map(|i| self.backends.get(i))
     }
 }
 

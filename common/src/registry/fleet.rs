@@ -7,6 +7,19 @@
 //!   configured splay, at most half the session timeout (so a session that survived the event
 //!   is not put at risk by the wait). N agents then arrive spread over the bound instead of
 //!   in the same instant (ZooKeeper's "death spiral", ZOOKEEPER-3242).
+//! - **Reconnection splay**: a session that survives the event (a leader election, a restart
+//!   of the whole ensemble: ZooKeeper keeps the sessions) is reconnected by the client
+//!   library, not by us; the vendored library (`Connector::with_reconnect_delay`, a patch)
+//!   waits a uniformly random delay in `[0, bound]` before its first attempt, `bound` = the
+//!   splay, at most half the session timeout ([`reconnect_bound`]), and the library cuts
+//!   that delay so that it never reaches past half the session timeout since the server was
+//!   last heard from: the other half (5 s of a 10 s timeout) is left to reach a server before
+//!   the ensemble may expire the session (with a live server: one round trip). While no
+//!   server answers, the library then tries them all every `[b/2, b]`, `b` = the bound, at
+//!   most a third of the session timeout (its own schedule's gaps reach 4.8 s at 10 s). After
+//!   a restart of the whole ensemble the servers restart every session's timeout anyway.
+//!   nerve, whose sessions hold its ephemeral nodes, uses the same rule: the delay leaves
+//!   each session at least half its timeout to reconnect.
 //! - **Dynamic reconfiguration**: the session follows `/zookeeper/config` (one read and a
 //!   watch per session); when the ensemble's client addresses change, new sessions and
 //!   synapse's rescue attempts use the new list, so servers can be replaced one by one without
@@ -38,6 +51,14 @@ fn fraction() -> f64 {
 /// The bound of the random delay after a fleet-wide event: the configured splay, at most half
 /// the session timeout. Zero disables spreading.
 pub(crate) fn splay_bound(splay: Duration, session_timeout: Duration) -> Duration {
+    splay.min(session_timeout / 2)
+}
+
+/// The bound of the random delay before a live session's first reconnection attempt (see the
+/// module's doc): the configured splay, at most half the session timeout (the library cuts
+/// it further to half the timeout since the server last answered). Zero: the library
+/// reconnects at once.
+pub(crate) fn reconnect_bound(splay: Duration, session_timeout: Duration) -> Duration {
     splay.min(session_timeout / 2)
 }
 
@@ -262,6 +283,9 @@ mod tests {
         assert_eq!(splay_bound(s(30), s(10)), s(5));
         assert_eq!(splay_bound(Duration::ZERO, s(10)), Duration::ZERO);
         assert_eq!(splay_delay(Duration::ZERO), Duration::ZERO);
+        assert_eq!(reconnect_bound(s(5), s(30)), s(5));
+        assert_eq!(reconnect_bound(s(5), s(8)), s(4));
+        assert_eq!(reconnect_bound(Duration::ZERO, s(9)), Duration::ZERO);
         let delays: Vec<Duration> = (0..200).map(|_| splay_delay(s(2))).collect();
         assert!(delays.iter().all(|d| *d <= s(2)));
         let low = delays.iter().filter(|d| **d < s(1)).count();

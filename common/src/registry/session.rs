@@ -9,14 +9,18 @@
 //! established within about half a second of a server answering again.
 //!
 //! Reconnecting an existing session (after a disconnection, before it expires) is first left
-//! to the client library, which retries the servers at once and then with delays doubling up
-//! to a good part of the session timeout (bounded by 7/5 of it, after which it declares the
-//! session expired). Since that can leave a session down for seconds after the servers answer
-//! again, a watch-only process ([`RegistryOptions::replace_lagging_session`], synapse) whose
-//! connection is still lost after a grace period (twice the connection timeout, at least 1 s)
-//! also attempts a new session with the backoff above; the first of the two to succeed wins,
-//! and a given-up session joins [`SessionStatus::earlier_session_ids`]. A process whose
-//! session holds ephemeral nodes (nerve) keeps its session: the nodes survive the outage with
+//! to the client library, which retries the servers at once (with a splay: after a random
+//! delay up to [`fleet::reconnect_bound`], so a fleet that lost its connections together does
+//! not come back together; while no server answers, it then tries them all every
+//! `[bound/2, bound]`) and otherwise with delays doubling up to a good part of the session
+//! timeout (bounded by 7/5 of it, after which it declares the session expired). Since that
+//! can leave a session down for seconds after the servers answer again, a watch-only process
+//! ([`RegistryOptions::replace_lagging_session`], synapse) whose connection is still lost
+//! after a grace period (twice the connection timeout, at least 1 s, plus the reconnect
+//! splay's bound, then a random share of the splay) also attempts a new session with the
+//! backoff above; the first of the two to succeed wins, and a given-up session joins
+//! [`SessionStatus::earlier_session_ids`]. A process whose session holds ephemeral nodes
+//! (nerve) keeps its session: the nodes survive the outage with
 //! it, and replacing sessions during a leader election would re-register a whole fleet.
 
 use std::collections::hash_map::RandomState;
@@ -56,7 +60,10 @@ pub struct RegistryOptions {
     pub read_only: bool,
     /// Upper bound of the random delay that spreads a fleet's steps after a fleet-wide event
     /// (new sessions after an expiry or outage, re-lists after a reconnection), itself at most
-    /// half the session timeout; zero: no spreading. Default zero here; the agents' default
+    /// half the session timeout; and of the client library's delay before it reconnects a live
+    /// session (also at most half the session timeout since the server last answered; see
+    /// the fleet notes of [`crate::registry`]);
+    /// zero: no spreading. Default zero here; the agents' default
     /// is [`crate::config::DEFAULT_SPLAY`].
     pub splay: Duration,
     /// Follow the ensemble's dynamic configuration (`/zookeeper/config`): new sessions use
@@ -481,9 +488,27 @@ struct Link {
     tls: Option<ZkTls>,
     /// Bound of the random delays that spread a fleet (see [`RegistryOptions::splay`]).
     splay: Duration,
+    /// Bound of the client library's random delay before reconnecting a live session
+    /// ([`fleet::reconnect_bound`]).
+    reconnect_splay: Duration,
     /// False until the first session ended: the first is sought at once, later ones after a
     /// random delay (their end is likely shared by the fleet).
     resumed: bool,
+}
+
+/// What [`Link::serve`] acts on next.
+enum Event {
+    Cancelled,
+    State(zk::SessionState),
+    AttemptDue,
+}
+
+/// Whether a session state is a live connection.
+fn is_connected(state: zk::SessionState) -> bool {
+    matches!(
+        state,
+        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+    )
 }
 
 /// How [`Link::serve`] ended.
@@ -502,15 +527,18 @@ impl Link {
             session_timeout: options.session_timeout,
             connection_timeout,
             max_backoff: options.max_backoff,
-            grace: options
-                .replace_lagging_session
-                .then(|| (connection_timeout * 2).max(Duration::from_secs(1))),
+            // The library's own spreading (the reconnect splay) is not lagging.
+            grace: options.replace_lagging_session.then(|| {
+                (connection_timeout * 2).max(Duration::from_secs(1))
+                    + fleet::reconnect_bound(options.splay, options.session_timeout)
+            }),
             auth: None,
             servers: Servers::new(connect),
             follow_reconfig: options.follow_reconfig,
             read_only: options.read_only,
             tls: options.tls.clone(),
             splay: fleet::splay_bound(options.splay, options.session_timeout),
+            reconnect_splay: fleet::reconnect_bound(options.splay, options.session_timeout),
             resumed: false,
         }
     }
@@ -525,6 +553,7 @@ impl Link {
             .with_session_timeout(self.session_timeout)
             .with_connection_timeout(self.connection_timeout)
             .with_readonly(self.read_only)
+            .with_reconnect_delay(self.reconnect_splay)
             .with_fail_eagerly();
         self.open(connector).await
     }
@@ -578,6 +607,7 @@ impl Link {
                 connector
                     .with_session_timeout(self.session_timeout)
                     .with_connection_timeout(self.connection_timeout)
+                    .with_reconnect_delay(self.reconnect_splay)
                     .with_fail_eagerly(),
             );
             let result = tokio::select! {
@@ -670,30 +700,50 @@ impl Link {
     ) -> Served {
         let session_id = client.session_id().0;
         let mut states = client.state_watcher();
+        // `state_watcher()` marks the current state as seen: a change between the session's
+        // establishment (published as connected by `install`) and now would never be
+        // reported by `changed()` (and after a terminal state `changed()` never returns), so
+        // the state found now is handled first, as if it had just changed.
+        let mut pending = Some(states.peek_state()).filter(|s| !is_connected(*s));
         drop(client);
         let mut rescue = Backoff::new(MIN_BACKOFF, self.max_backoff);
         let mut disconnected: Option<Instant> = None;
         let mut next_attempt: Option<tokio::time::Instant> = None;
         loop {
-            let attempt_due = async {
-                match next_attempt {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            let event = match pending.take() {
+                Some(state) => Event::State(state),
+                None => {
+                    let attempt_due = async {
+                        match next_attempt {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => Event::Cancelled,
+                        state = states.changed() => Event::State(state),
+                        _ = attempt_due => Event::AttemptDue,
+                    }
                 }
             };
-            tokio::select! {
-                _ = cancel.cancelled() => {
+            match event {
+                Event::Cancelled => {
                     // Dropping the last client closes the session, which removes our
                     // ephemeral nodes if anything is left.
-                    tx.send_modify(|s| { s.client = None; s.connected = false; });
+                    tx.send_modify(|s| {
+                        s.client = None;
+                        s.connected = false;
+                    });
                     return Served::Cancelled;
                 }
-                state = states.changed() => match state {
+                Event::State(state) => match state {
                     zk::SessionState::Disconnected => {
                         warn!("disconnected from ZooKeeper; keeping the session, reconnecting");
                         tx.send_modify(|s| s.connected = false);
                         disconnected = Some(Instant::now());
-                        next_attempt = self.grace.map(|grace| tokio::time::Instant::now() + grace + fleet::splay_delay(self.splay));
+                        next_attempt = self.grace.map(|grace| {
+                            tokio::time::Instant::now() + grace + fleet::splay_delay(self.splay)
+                        });
                         rescue.reset();
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
@@ -705,19 +755,23 @@ impl Link {
                         });
                     }
                     zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                        warn!(?state, session_id = format!("{session_id:#x}"), "ZooKeeper session ended; establishing a new one");
+                        warn!(
+                            ?state,
+                            session_id = format!("{session_id:#x}"),
+                            "ZooKeeper session ended; establishing a new one"
+                        );
                         end_session(tx, session_id);
                         return Served::Ended;
                     }
                 },
-                _ = attempt_due => {
+                Event::AttemptDue => {
                     let result = tokio::select! {
                         _ = cancel.cancelled() => continue,
                         r = self.attempt() => r,
                     };
                     let state = states.peek_state();
                     match result {
-                        Ok(_) if matches!(state, zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly) => {
+                        Ok(_) if is_connected(state) => {
                             // The old session came back meanwhile: keep it, drop the new one.
                             next_attempt = None;
                         }

@@ -12,7 +12,7 @@
 //!   data version (`mzxid`) and never replaces or removes the last good node, not even across
 //!   the re-list and `Reset` of a reconnection.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ pub fn watch(session: Arc<Session>, path: String, cancel: CancellationToken) -> 
                 session,
                 path,
                 tx,
-                children: BTreeMap::new(),
+                children: Children::default(),
                 watches: 0,
             };
             tokio::select! {
@@ -84,6 +84,12 @@ pub fn watch(session: Arc<Session>, path: String, cancel: CancellationToken) -> 
     rx
 }
 
+/// Children by name. Hashed with foldhash: a re-list looks up every listed name (1,000 for a
+/// service of 1,000 instances), and ZooKeeper's names share long prefixes that make ordered
+/// comparison or SipHash several times slower. Not an input an attacker picks freely (the
+/// names are the service's own ZooKeeper nodes).
+type Children = HashMap<String, Child, foldhash::fast::RandomState>;
+
 /// A one-shot watch on one child: its name, its generation, the event.
 type ChildWatch = BoxFuture<'static, (String, u64, zk::WatchedEvent)>;
 type ChildrenWatch = BoxFuture<'static, zk::WatchedEvent>;
@@ -93,7 +99,7 @@ struct Watcher {
     path: String,
     tx: mpsc::Sender<WatchUpdate>,
     /// The children of the path as of our last listing.
-    children: BTreeMap<String, Child>,
+    children: Children,
     /// Watch generations handed out so far.
     watches: u64,
 }
@@ -243,11 +249,12 @@ impl Watcher {
 
     /// Sends the complete set as it stands. False: the receiver is gone.
     async fn send_reset(&mut self) -> bool {
-        let good = self
+        let mut good = self
             .children
             .iter()
             .filter_map(|(id, c)| c.node.clone().map(|node| Member { id: id.clone(), node }))
             .collect::<Vec<_>>();
+        good.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         debug!(members = good.len(), children = self.children.len(), "re-listed");
         self.tx.send(WatchUpdate::Reset(good)).await.is_ok()
     }
@@ -260,7 +267,7 @@ impl Watcher {
     ) -> Result<Option<(ChildrenWatch, FuturesUnordered<ChildWatch>)>, RegistryError> {
         let (listed, children_watch) = self.list(client).await?;
         let mut child_watches = FuturesUnordered::new();
-        let mut fresh = BTreeMap::new();
+        let mut fresh = Children::default();
         let mut invalid = Vec::new();
         for child in listed {
             let (read, w) = self.read(client, &child).await?;
@@ -288,11 +295,12 @@ impl Watcher {
             fresh.insert(child, entry);
         }
         self.children = fresh;
-        let good = self
+        let mut good = self
             .children
             .iter()
             .filter_map(|(id, c)| c.node.clone().map(|node| Member { id: id.clone(), node }))
             .collect::<Vec<_>>();
+        good.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         debug!(members = good.len(), children = self.children.len(), "full sync");
         if self.tx.send(WatchUpdate::Reset(good)).await.is_err() {
             return Ok(None);
@@ -368,11 +376,11 @@ impl Watcher {
         child_watches: &mut FuturesUnordered<ChildWatch>,
     ) -> Result<Option<ChildrenWatch>, RegistryError> {
         let (listed, w) = self.list(client).await?;
-        let now: HashSet<&String> = listed.iter().collect();
+        let now: HashSet<&str, foldhash::fast::RandomState> = listed.iter().map(String::as_str).collect();
         let gone: Vec<String> = self
             .children
             .keys()
-            .filter(|k| !now.contains(k))
+            .filter(|k| !now.contains(k.as_str()))
             .cloned()
             .collect();
         for id in gone {

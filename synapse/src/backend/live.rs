@@ -85,9 +85,9 @@ impl Live {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Counts a connect attempt as active (until the returned guard, or the [`Active`] it
+    /// Counts a connect attempt as active (until the returned guard, or the [`InFlight`] it
     /// turns into, is dropped) and starts its latency clock.
-    pub fn on_connect_start(&self) -> Attempt<'_> {
+    pub fn on_connect_start(self: &Arc<Live>) -> Attempt<'_> {
         self.active.fetch_add(1, Ordering::Relaxed);
         Attempt {
             live: self,
@@ -188,19 +188,20 @@ fn decay(elapsed_ns: u64) -> f64 {
 #[derive(Debug)]
 #[must_use = "dropping the attempt stops counting it as active"]
 pub struct Attempt<'a> {
-    live: &'a Live,
+    live: &'a Arc<Live>,
     started: Instant,
 }
 
-impl<'a> Attempt<'a> {
+impl Attempt<'_> {
     /// The connection is up: records the connect time as a latency sample and keeps the
-    /// connection counted until the returned guard is dropped.
-    pub fn on_connect_ok(self) -> Active<'a> {
-        let live = self.live;
+    /// connection counted until the returned guard is dropped. The guard is owned: a
+    /// connection keeps its backend's live state, not the route table it was picked from.
+    pub fn on_connect_ok(self) -> InFlight {
+        let live = self.live.clone();
         live.on_complete(self.started.elapsed());
-        // The count moves from the attempt to the session guard without a gap.
+        // The count moves from the attempt to the connection's guard without a gap.
         std::mem::forget(self);
-        Active { live }
+        InFlight { live }
     }
 
     /// The attempt failed: records a penalty sample (see [`FAILURE_PENALTY`]) and stops
@@ -216,26 +217,6 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// An established connection, counted in [`Live::active`] until dropped.
-#[derive(Debug)]
-#[must_use = "dropping the guard stops counting the connection as active"]
-pub struct Active<'a> {
-    live: &'a Live,
-}
-
-impl Active<'_> {
-    /// Records a response latency (HTTP mode).
-    pub fn on_complete(&self, latency: Duration) {
-        self.live.on_complete(latency);
-    }
-}
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.live.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Live {
     /// Counts an HTTP request in flight on this backend (in [`Live::active`], which
     /// `least_conn` and `p2c_ewma` read) until the returned guard is dropped: when its response
@@ -246,7 +227,8 @@ impl Live {
     }
 }
 
-/// An HTTP request in flight on a backend, counted in [`Live::active`] until dropped.
+/// An HTTP request in flight on a backend, or an established TCP connection, counted in
+/// [`Live::active`] until dropped.
 #[derive(Debug)]
 #[must_use = "dropping the guard stops counting the request as active"]
 pub struct InFlight {

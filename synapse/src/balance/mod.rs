@@ -42,9 +42,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use crate::backend::{
-    now_ns, ns_at, Active, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY,
-};
+pub use crate::backend::{now_ns, ns_at, Attempt, InFlight, Live, DEFAULT_RTT, EWMA_DECAY, FAILURE_PENALTY};
 pub use hash::{hash_bytes, hash_ip, mix64};
 pub use policy::{HashOn, Policy, PolicyError, PolicyName, ServerOptions, DEFAULT_WEIGHT};
 pub use rr::SCHEDULE_CAP;

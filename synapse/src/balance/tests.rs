@@ -506,7 +506,7 @@ fn peak_ewma_jumps_up_and_decays_down() {
 
 #[test]
 fn attempt_guards_count_active_and_record_latency() {
-    let live = Live::new();
+    let live = Arc::new(Live::new());
     let attempt = live.on_connect_start();
     assert_eq!(live.active(), 1);
     let conn = attempt.on_connect_ok();

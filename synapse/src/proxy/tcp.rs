@@ -146,7 +146,7 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
                 let m = &backend.state.metrics;
                 m.connect_time.observe(started.elapsed().as_secs_f64());
                 backend.state.outlier.on_success();
-                chosen = Some((backend, stream, active));
+                chosen = Some((backend.clone(), stream, active));
                 break;
             }
             Err(err) => {
@@ -169,6 +169,10 @@ async fn proxy(client: TcpStream, peer: SocketAddr, service: &Service, cancel: &
         );
         return;
     };
+    // Only the chosen backend is kept for the connection's life, not the whole table: a
+    // long-lived connection must not keep every table it outlived (with a `hash` table's
+    // 64 K slots) alive.
+    drop(table);
     let _ = upstream.set_nodelay(true);
     keepalive(&upstream, service.config.tcp_keepalive);
     let m = &backend.state.metrics;

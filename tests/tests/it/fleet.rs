@@ -525,3 +525,169 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
     );
     drop((nerve, synapse));
 }
+
+/// The most reconnections that fall in one 100 ms window (any window, not aligned).
+fn busiest_100ms(times: &[Duration]) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| **t < sorted[i] + Duration::from_millis(100))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The whole 3-server ensemble is killed and restarted (ZooKeeper restores the sessions, so
+/// the client library reconnects them, not us). With a 3 s splay, a fleet of 40 sessions
+/// comes back spread over seconds: at most a quarter of it in any 100 ms window, over at
+/// least a second (unspread, the library's common retry schedule brings them back within a
+/// few hundred ms). No session expires or is replaced for it; synapse (the same splay) routes
+/// every request meanwhile and nerve (the same splay) keeps its node under the same session.
+#[test]
+fn a_full_restart_spreads_the_fleet_s_reconnections_and_loses_no_session() {
+    const N: usize = 40;
+    let mut zk = ZkCluster::ensemble(3);
+    let cs = zk.connect_string();
+    let zkc = writer(&cs);
+    let a = LineBackend::start("a");
+    let zookeeper = "zookeeper: {session_timeout: 10s, splay: 3s}";
+    let nerve = Agent::start(
+        "nerve",
+        &format!(
+            "instance_id: a-host\nadmin: {{listen: \"127.0.0.1:{}\"}}\n{zookeeper}\n\
+             services:\n  - {{name: web, host: 127.0.0.1, port: {}, zk_hosts: \"{cs}\", zk_path: {PATH}, \
+             check_interval: 100ms, rise: 1, fall: 2, checks: [{{type: tcp, timeout: 500ms}}]}}\n",
+            free_port(),
+            a.port
+        ),
+    );
+    let (admin, listen) = (free_port(), free_port());
+    let synapse = Agent::start(
+        "synapse",
+        &format!(
+            "admin: {{listen: \"127.0.0.1:{admin}\"}}\n{zookeeper}\n\
+             services:\n  - {{name: web, zk_hosts: \"{cs}\", zk_path: {PATH}, listen: {listen}, \
+             connect_timeout: 500ms}}\n"
+        ),
+    );
+    let node = |zkc: &Zk| -> Option<i64> {
+        let nodes: Vec<String> = zkc
+            .children(PATH)
+            .ok()?
+            .into_iter()
+            .filter(|c| c.starts_with("a-host_"))
+            .collect();
+        match nodes.as_slice() {
+            [one] => zkc.get(&format!("{PATH}/{one}")).ok().map(|(_, owner)| owner),
+            _ => None,
+        }
+    };
+    let owner = eventually("nerve registers", WAIT, || node(&zkc));
+    let want_a = vec![format!("127.0.0.1:{}", a.port)];
+    eventually("synapse routes to a", WAIT, || {
+        (routed(admin, "web")? == want_a).then_some(())
+    });
+
+    // The fleet: N sessions as N agents would hold them (one registry each).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let sessions: Vec<Arc<Session>> = {
+        let _guard = rt.enter();
+        (0..N)
+            .map(|_| {
+                let reg = registry(
+                    RegistryOptions {
+                        session_timeout: Duration::from_secs(10),
+                        splay: Duration::from_secs(3),
+                        ..Default::default()
+                    },
+                    &cancel,
+                );
+                reg.session(&cs)
+            })
+            .collect()
+    };
+    eventually("every session of the fleet is connected", WAIT, || {
+        sessions.iter().all(|s| s.status().connected).then_some(())
+    });
+    let before: Vec<_> = sessions.iter().map(|s| s.status()).collect();
+    // Each session's next reconnection, timed as it is published.
+    let reconnected: Vec<_> = sessions
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| {
+            let mut rx = s.subscribe();
+            let epoch = b.connection_epoch;
+            rt.spawn(async move {
+                let _ = rx
+                    .wait_for(|st| st.connected && st.connection_epoch > epoch)
+                    .await;
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut load = Load::start(listen, 2, 2, Duration::from_millis(20));
+
+    zk.kill_all();
+    zk.spawn_all();
+    let times: Vec<Instant> = rt.block_on(async {
+        tokio::time::timeout(WAIT, futures::future::join_all(reconnected))
+            .await
+            .expect("every session reconnects")
+            .into_iter()
+            .map(|t| t.unwrap())
+            .collect()
+    });
+    let first = *times.iter().min().unwrap();
+    let offsets: Vec<Duration> = times.iter().map(|t| *t - first).collect();
+    let span = offsets.iter().copied().max().unwrap_or_default();
+    let peak = busiest_100ms(&offsets);
+    println!("reconnections after the restart: over {span:?}, at most {peak} in 100 ms: {offsets:?}");
+    for (s, b) in sessions.iter().zip(&before) {
+        let now = s.status();
+        assert_eq!(
+            (now.session_id, now.session_epoch),
+            (b.session_id, b.session_epoch),
+            "the same session, reconnected: {now:?}"
+        );
+    }
+    assert!(
+        peak <= N / 4,
+        "the splay spreads the reconnections: at most {} of {N} in one 100 ms window, saw {peak}: {offsets:?}",
+        N / 4
+    );
+    assert!(
+        span >= Duration::from_secs(1),
+        "the reconnections spread over at least a second, saw {span:?}: {offsets:?}"
+    );
+
+    // The agents came through it: a change made after the restart is routed, nothing failed,
+    // nerve's node is the one of its session.
+    let b = LineBackend::start("b");
+    let zkc = Zk::connect(&cs);
+    zkc.put_backend("web", "b_0000000001", b.port, "");
+    let mut want = vec![format!("127.0.0.1:{}", a.port), format!("127.0.0.1:{}", b.port)];
+    want.sort();
+    eventually("synapse sees a change made after the restart", WAIT, || {
+        (routed(admin, "web")? == want).then_some(())
+    });
+    load.stop();
+    let tally = load.take();
+    assert!(tally.ok > 0, "the load ran: {tally:?}");
+    assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
+    assert_eq!(
+        node(&zkc),
+        Some(owner),
+        "nerve's node is the one it had (same session)"
+    );
+    cancel.cancel();
+    drop((nerve, synapse));
+}

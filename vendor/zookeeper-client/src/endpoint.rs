@@ -171,6 +171,8 @@ pub fn parse_connect_string(s: &str, tls: bool) -> Result<(Vec<EndpointRef<'_>>,
 
 #[derive(Clone, Debug)]
 pub struct IterableEndpoints {
+    // PATCHED (vendor/README.vendor.md): see `IterableEndpoints::set_cycle_pause`.
+    cycle_pause: Duration,
     cycle: bool,
     next: usize,
     start: usize,
@@ -185,7 +187,7 @@ pub struct Index {
 
 impl IterableEndpoints {
     pub fn new(endpoints: impl Into<Vec<Endpoint>>) -> Self {
-        Self { cycle: false, start: 0, next: 0, endpoints: endpoints.into() }
+        Self { cycle_pause: Duration::ZERO, cycle: false, start: 0, next: 0, endpoints: endpoints.into() }
     }
 
     pub fn len(&self) -> usize {
@@ -194,6 +196,14 @@ impl IterableEndpoints {
 
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// PATCHED (vendor/README.vendor.md): with a non-zero `pause`, the wait before each new
+    /// round over the endpoints (after every endpoint failed) is drawn uniformly from
+    /// `[pause/2, pause]` instead of the doubling schedule: many clients that failed
+    /// together (a whole ensemble down) then come back spread over the pause, not in step.
+    pub fn set_cycle_pause(&mut self, pause: Duration) {
+        self.cycle_pause = pause;
     }
 
     pub fn cycle(&mut self) {
@@ -222,7 +232,12 @@ impl IterableEndpoints {
 
     fn next_with_delay(&mut self, max_delay: Duration) -> Option<(EndpointRef<'_>, Duration)> {
         let index = self.index()?;
-        let timeout = max_delay.min(Self::timeout(index, self.endpoints.len()));
+        // PATCHED (vendor/README.vendor.md): see `set_cycle_pause`.
+        let timeout = if index.offset == 0 && index.cycles > 0 && !self.cycle_pause.is_zero() {
+            max_delay.min(self.cycle_pause / 2 + (self.cycle_pause / 2).mul_f64(fastrand::f64()))
+        } else {
+            max_delay.min(Self::timeout(index, self.endpoints.len()))
+        };
         self.step();
         Some((self.endpoints[index.offset].to_ref(), timeout))
     }

@@ -1568,6 +1568,8 @@ pub struct Connector {
     server_version: Version,
     session_timeout: Duration,
     connection_timeout: Duration,
+    // PATCHED (vendor/README.vendor.md): see `Connector::with_reconnect_delay`.
+    reconnect_delay: Duration,
 }
 
 impl Connector {
@@ -1585,6 +1587,7 @@ impl Connector {
             server_version: Version(u32::MAX, u32::MAX, u32::MAX),
             session_timeout: Duration::ZERO,
             connection_timeout: Duration::ZERO,
+            reconnect_delay: Duration::ZERO,
         }
     }
 
@@ -1610,6 +1613,23 @@ impl Connector {
     /// Defaults to `2/5` of session timeout.
     pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// PATCHED (vendor/README.vendor.md): spreads the reconnections of many clients that lose
+    /// their connections at once (a leader election, a restart of the whole ensemble). After
+    /// the connection of an established session is lost, the first attempt to reconnect it
+    /// waits a random delay drawn uniformly from `[0, delay]`, cut so that it never reaches
+    /// past half the session timeout since the server was last heard from (at least half the
+    /// timeout is left to reach a server before the ensemble may expire the session). While no
+    /// server answers, each later round over the servers waits a delay drawn from
+    /// `[b/2, b]`, `b` = `delay` at most a third of the negotiated session timeout (instead of
+    /// delays doubling from 300 ms with 100 ms of jitter, which keep such clients in step).
+    /// Not applied to establishing a session ([Self::connect]).
+    ///
+    /// Defaults to zero: reconnect at once.
+    pub fn with_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
         self
     }
 
@@ -1769,7 +1789,9 @@ impl Connector {
             .with_readonly(self.readonly)
             .with_detached(self.detached)
             .with_session_timeout(self.session_timeout)
-            .with_connection_timeout(self.connection_timeout);
+            .with_connection_timeout(self.connection_timeout)
+            // PATCHED (vendor/README.vendor.md): see `Connector::with_reconnect_delay`.
+            .with_reconnect_delay(self.reconnect_delay);
         #[cfg(feature = "tls")]
         let builder = builder.with_tls(self.tls);
         #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]

@@ -59,6 +59,8 @@ pub struct Builder {
     session: Option<SessionInfo>,
     session_timeout: Duration,
     connection_timeout: Duration,
+    // PATCHED (vendor/README.vendor.md): see `Session::reconnect_pause`.
+    reconnect_delay: Duration,
 }
 
 impl Builder {
@@ -96,6 +98,11 @@ impl Builder {
         Self { connection_timeout, ..self }
     }
 
+    /// PATCHED (vendor/README.vendor.md): see `Session::reconnect_pause`.
+    pub fn with_reconnect_delay(self, reconnect_delay: Duration) -> Self {
+        Self { reconnect_delay, ..self }
+    }
+
     pub fn build(self, requester: Weak<mpsc::UnboundedSender<Request>>) -> Result<Session, Error> {
         let session = match self.session {
             Some(session) => {
@@ -130,6 +137,7 @@ impl Builder {
             detached: Arc::new(AtomicBool::new(self.detached)),
 
             configured_connection_timeout: self.connection_timeout,
+            reconnect_delay: self.reconnect_delay,
 
             last_zxid: session.last_zxid,
             last_recv: now,
@@ -158,6 +166,17 @@ impl Builder {
     }
 }
 
+/// PATCHED (vendor/README.vendor.md): see `Session::reconnect_pause`; `fraction` in `[0, 1)`.
+pub(crate) fn reconnect_pause(
+    delay: Duration,
+    session_timeout: Duration,
+    since_last_recv: Duration,
+    fraction: f64,
+) -> Duration {
+    let left = (session_timeout / 2).saturating_sub(since_last_recv);
+    delay.min(left).mul_f64(fraction.clamp(0.0, 1.0))
+}
+
 pub struct Session {
     readonly: bool,
     // PATCHED (vendor/README.md): shared with the clients, so a session can be detached
@@ -167,6 +186,8 @@ pub struct Session {
     connector: Connector,
 
     configured_connection_timeout: Duration,
+    // PATCHED (vendor/README.vendor.md): see `Session::reconnect_pause`.
+    reconnect_delay: Duration,
 
     last_zxid: i64,
     last_recv: Instant,
@@ -224,8 +245,19 @@ impl Session {
     ) {
         endpoints.cycle();
         endpoints.reset();
+        // PATCHED (vendor/README.vendor.md): with a reconnect delay, the rounds over the
+        // servers while none answers are spread too (see `Session::reconnect_pause`).
+        endpoints.set_cycle_pause(self.reconnect_delay.min(self.session_timeout / 3));
         self.serve_once(conn, &mut endpoints, &mut buf, &mut depot, &mut requester).await;
         while !self.session_state.is_terminated() {
+            // PATCHED (vendor/README.vendor.md): a whole fleet loses its connections at once
+            // (a leader election, an ensemble restart); each waits its own random pause
+            // before the first attempt so they do not all come back in the same instant.
+            let pause = self.reconnect_pause();
+            if !pause.is_zero() {
+                debug!(pause_ms = pause.as_millis() as u64, "waits before reconnecting the session");
+                Timer::after(pause).await;
+            }
             let conn = match self.start(&mut endpoints, &mut buf, &mut depot).await {
                 Err(err) => {
                     warn!("fail to connect to cluster {:?} due to {}", endpoints.endpoints(), err);
@@ -240,6 +272,19 @@ impl Session {
         let err = self.state_error();
         Self::close_requester(requester, &err).await;
         depot.terminate(err);
+    }
+
+    /// PATCHED (vendor/README.vendor.md): the random pause before the first attempt to
+    /// reconnect this session after its connection was lost: uniform in `[0, bound]`, `bound`
+    /// the configured reconnect delay ([crate::Connector::with_reconnect_delay]), never
+    /// reaching past half the session timeout since the server was last heard from, so at
+    /// least half the timeout is left to reach a server before the ensemble may expire the
+    /// session. While no server answers, each later round over the servers waits
+    /// `[b/2, b]`, `b` = the delay, at most a third of the session timeout
+    /// (`IterableEndpoints::set_cycle_pause`), instead of the doubling schedule. Zero when no
+    /// delay is configured.
+    fn reconnect_pause(&self) -> Duration {
+        reconnect_pause(self.reconnect_delay, self.session_timeout, self.last_recv.elapsed(), fastrand::f64())
     }
 
     fn state_error(&self) -> Error {
