@@ -23,6 +23,8 @@
 //! - [`router`]: Host / path-prefix routing of shared HTTP listeners (hot path).
 //! - [`reload`]: SIGHUP reloads as a pure diff of two configs (`plan(old, new)`).
 //! - [`supervisor`]: the running services, listeners and sockets; applies reload plans.
+//! - [`control`]: the control thread (`synapse-control`): its own runtime for everything
+//!   but the data path (watchers and ZooKeeper, admin server, writers).
 //! - [`handoff`]: upgrades: sockets and routes taken from a predecessor (`--takeover`) or
 //!   systemd (`LISTEN_FDS`), and handed to a successor.
 //! - [`cache`]: the state file (last known backends, to start while ZooKeeper is down).
@@ -43,6 +45,7 @@ pub mod backend;
 pub mod balance;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod file_output;
 pub mod filter;
 #[doc(hidden)]
@@ -97,6 +100,9 @@ pub enum RunError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The control thread could not start.
+    #[error("cannot start the control thread: {0}")]
+    Control(std::io::Error),
     /// Metrics could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -164,6 +170,13 @@ pub async fn run_upgradable(
             Some(l) => l,
             None => common::admin::bind(config.admin_listen).await?,
         };
+    // Served by the control thread: registered with its reactor there (below).
+    let admin_listener = admin_listener
+        .into_std()
+        .map_err(|source| common::admin::AdminBindError {
+            addr: config.admin_listen,
+            source,
+        })?;
     // Kept to hand over: the admin server owns the listener.
     let admin_fd =
         admin_listener
@@ -245,7 +258,19 @@ pub async fn run_upgradable(
     let state_file = config.state_file.clone();
     let output = config.file_output.clone();
     let (upgrade_socket, admin_listen) = (config.upgrade_socket.clone(), config.admin_listen);
-    let mut sup = supervisor::Supervisor::new(config, metrics.clone(), registry, shutdown.clone());
+    // Everything but the data path runs on the control thread; this runtime keeps the
+    // listeners, connections, pool sweepers, reloads, signals and upgrades.
+    let control = control::ControlThread::start().map_err(RunError::Control)?;
+    let ctl = control.handle().clone();
+    let admin_listener = {
+        let _control = ctl.enter();
+        tokio::net::TcpListener::from_std(admin_listener).map_err(|source| common::admin::AdminBindError {
+            addr: admin_listen,
+            source,
+        })?
+    };
+    let mut sup =
+        supervisor::Supervisor::new(config, metrics.clone(), registry, shutdown.clone(), ctl.clone());
     sup.start(listeners, http_listeners, cached);
     let writers_stop = CancellationToken::new();
     let mut writers = Vec::new();
@@ -256,9 +281,9 @@ pub async fn run_upgradable(
             metrics.clone(),
             writers_stop.clone(),
         );
-        writers.push(tokio::spawn(async move {
-            cache::run_writer(f, services, installed, &loaded, m, stop).await
-        }));
+        writers.push(
+            ctl.spawn(async move { cache::run_writer(f, services, installed, &loaded, m, stop).await }),
+        );
     }
     if let Some(out) = output {
         let (services, installed, m, stop) = (
@@ -267,9 +292,7 @@ pub async fn run_upgradable(
             metrics.clone(),
             writers_stop.clone(),
         );
-        writers.push(tokio::spawn(file_output::run_writer(
-            out.dir, services, installed, m, stop,
-        )));
+        writers.push(ctl.spawn(file_output::run_writer(out.dir, services, installed, m, stop)));
     }
     // ZooKeeper connection metrics and systemd readiness (READY=1 after the first sync of
     // every service), for the services of the config synapse started with.
@@ -277,17 +300,21 @@ pub async fn run_upgradable(
     let zk = started
         .iter()
         .filter_map(|s| Some((s.config.zk_hosts.clone(), s.session.clone()?)));
-    common::metrics::zk_sessions("synapse", &prometheus, zk)?;
+    {
+        // Its tasks follow the sessions: on the control thread.
+        let _control = ctl.enter();
+        common::metrics::zk_sessions("synapse", &prometheus, zk)?;
+    }
     let first_syncs = started.iter().map(|s| {
         let mut synced = s.first_sync.subscribe();
         (s.config.name.clone(), async move {
             let _ = synced.wait_for(|v| *v).await;
         })
     });
-    tokio::spawn(common::notify::ready_after("first sync", first_syncs.collect()));
+    ctl.spawn(common::notify::ready_after("first sync", first_syncs.collect()));
     let admin_cancel = CancellationToken::new();
     let handler = admin::handler(sup.services(), prometheus, metrics.clone());
-    let admin_task = tokio::spawn(common::admin::serve(
+    let admin_task = ctl.spawn(common::admin::serve(
         admin_listener,
         handler,
         admin_cancel.clone(),
@@ -329,6 +356,7 @@ pub async fn run_upgradable(
     admin_cancel.cancel();
     let _ = admin_task.await;
     upgrades.stop();
+    control.stop().await;
     info!("synapse stopped");
     Ok(())
 }

@@ -82,12 +82,15 @@ pub struct Supervisor {
     metrics: Metrics,
     registry: Registry,
     shutdown: CancellationToken,
+    /// The control thread's runtime: watchers and ZooKeeper sessions run there, never on
+    /// the data path's (see [`crate::control`]).
+    control: tokio::runtime::Handle,
     running: BTreeMap<String, Running>,
     /// Shared HTTP listeners by address.
     shared: BTreeMap<SocketAddr, Shared>,
     services: Services,
     installed: watch::Sender<u64>,
-    /// Accept loops and watchers.
+    /// Accept loops, pool sweepers (data runtime) and watchers (control runtime).
     tasks: TaskTracker,
     /// Services being retired (draining).
     retiring: TaskTracker,
@@ -177,18 +180,22 @@ async fn sweep_loop(routes: SharedRoutes, stop: CancellationToken) {
 }
 
 impl Supervisor {
-    /// A supervisor for `config` with no service running yet.
+    /// A supervisor for `config` with no service running yet. Listeners, accept loops and
+    /// pool sweepers run on the caller's runtime; watchers (and the ZooKeeper sessions they
+    /// start) on `control`'s.
     pub fn new(
         config: Config,
         metrics: Metrics,
         registry: Registry,
         shutdown: CancellationToken,
+        control: tokio::runtime::Handle,
     ) -> Supervisor {
         Supervisor {
             config,
             metrics,
             registry,
             shutdown,
+            control,
             running: BTreeMap::new(),
             shared: BTreeMap::new(),
             services: Services::default(),
@@ -237,7 +244,11 @@ impl Supervisor {
         cached: Option<Vec<(String, Node)>>,
         connections: TaskTracker,
     ) {
-        let session = self.registry.session(&svc.zk_hosts);
+        // A new session's task starts on the control runtime, like the watcher.
+        let session = {
+            let _control = self.control.enter();
+            self.registry.session(&svc.zk_hosts)
+        };
         let service = Arc::new(Service::new(
             svc.clone(),
             self.metrics.service(&svc.name),
@@ -253,8 +264,8 @@ impl Supervisor {
             installed: self.installed.clone(),
             cached,
         };
-        self.tasks
-            .spawn(watcher::watch_loop(service.clone(), ctx, watcher_stop.clone()).instrument(span));
+        let watch = watcher::watch_loop(service.clone(), ctx, watcher_stop.clone()).instrument(span);
+        self.control.spawn(self.tasks.track_future(watch));
         let http = (svc.mode == Mode::Http).then(|| self.http_parts(&service));
         let mut running = Running {
             service,

@@ -53,4 +53,5 @@ mod synapse_http;
 mod synapse_membership;
 mod synapse_proxy;
 mod synapse_reload;
+mod synapse_threads;
 mod upgrade;
