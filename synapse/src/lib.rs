@@ -313,7 +313,7 @@ pub async fn run_upgradable(
     });
     ctl.spawn(common::notify::ready_after("first sync", first_syncs.collect()));
     let admin_cancel = CancellationToken::new();
-    let handler = admin::handler(sup.services(), prometheus);
+    let handler = admin::handler(sup.services(), prometheus, metrics.clone());
     let admin_task = ctl.spawn(common::admin::serve(
         admin_listener,
         handler,

@@ -6,11 +6,13 @@ use std::sync::{Arc, OnceLock};
 
 pub mod cells;
 
-use cells::CONNECT_BUCKETS;
 pub use cells::{BackendMetrics, BackendSeries};
+use cells::{Family, Sample, ServiceSeries, CONNECT_BUCKETS};
 
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The `grpc_status` label values: gRPC status code names, index = code.
@@ -42,240 +44,273 @@ const BUILD_BUCKETS: &[f64] = &[
 /// All synapse metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    connections: IntCounterVec,
-    no_backend: IntCounterVec,
-    rejected: IntCounterVec,
-    idle_closed: IntCounterVec,
-    backends: IntGaugeVec,
-    invalid_nodes: IntCounterVec,
-    unavailable_nodes: IntGaugeVec,
-    updates: IntCounterVec,
-    stale: IntGaugeVec,
-    bytes: IntCounterVec,
+    services: ServiceSeries<ServiceMetrics>,
     backend_series: BackendSeries,
-    grace_closed: IntCounterVec,
-    draining: IntGaugeVec,
-    panic: IntGaugeVec,
-    build_time: HistogramVec,
-    watch_updates: IntCounterVec,
-    update_delay: HistogramVec,
-    using_defaults: IntGaugeVec,
-    from_cache: IntGaugeVec,
-    filtered: IntGaugeVec,
-    locality_failover: IntGaugeVec,
-    limited: IntCounterVec,
     reloads: IntCounterVec,
     state_file_writes: IntCounterVec,
     file_output_writes: IntCounterVec,
     http: HttpMetrics,
 }
 
-/// Handles for one service.
+/// Handles for one service: atomic cells, rendered by [`SERVICE_FAMILIES`] at scrape.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
     /// Client connections accepted.
-    pub connections: IntCounter,
+    pub connections: cells::IntCounter,
     /// Client connections closed because no backend could be reached.
-    pub no_backend: IntCounter,
+    pub no_backend: cells::IntCounter,
     /// Client connections closed unserved, by reason.
     pub rejected: Rejected,
     /// Proxied connections closed after `idle_timeout` without traffic.
-    pub idle_closed: IntCounter,
+    pub idle_closed: cells::IntCounter,
     /// Backends in the current route table.
-    pub backends: IntGauge,
+    pub backends: cells::IntGauge,
     /// Znodes that could not be decoded.
-    pub invalid_nodes: IntCounter,
+    pub invalid_nodes: cells::IntCounter,
     /// Nodes present but marked unavailable (go-nerve `available: false`).
-    pub unavailable_nodes: IntGauge,
+    pub unavailable_nodes: cells::IntGauge,
     /// Route tables installed.
-    pub updates: IntCounter,
+    pub updates: cells::IntCounter,
     /// 1 while the path is empty and the previous backends are kept.
-    pub stale: IntGauge,
+    pub stale: cells::IntGauge,
     /// Bytes from clients to backends.
-    pub bytes_up: IntCounter,
+    pub bytes_up: cells::IntCounter,
     /// Bytes from backends to clients.
-    pub bytes_down: IntCounter,
+    pub bytes_down: cells::IntCounter,
     /// Connections to a removed backend closed at the end of `removal_grace`.
-    pub grace_closed: IntCounter,
+    pub grace_closed: cells::IntCounter,
     /// Removed backends whose connections are still open (within `removal_grace`).
-    pub draining: IntGauge,
+    pub draining: cells::IntGauge,
     /// 1 while the route table is in panic mode (set when `/metrics` is read).
-    pub panic: IntGauge,
+    pub panic: cells::IntGauge,
     /// Time to build a route table (balancer included).
-    pub build_time: Histogram,
+    pub build_time: cells::Histogram,
     /// Updates received from ZooKeeper (before debouncing).
-    pub watch_updates: IntCounter,
+    pub watch_updates: cells::IntCounter,
     /// From the first ZooKeeper update of a batch to its table's install (debounce and
     /// build).
-    pub update_delay: Histogram,
+    pub update_delay: cells::Histogram,
     /// 1 while the default servers stand in for ZooKeeper's.
-    pub using_defaults: IntGauge,
+    pub using_defaults: cells::IntGauge,
     /// 1 while the table comes from the state file (no ZooKeeper listing since start).
-    pub from_cache: IntGauge,
+    pub from_cache: cells::IntGauge,
     /// Available nodes refused by the label filters.
-    pub filtered: IntGauge,
+    pub filtered: cells::IntGauge,
     /// 1 while locality is configured and too few local backends are usable.
-    pub locality_failover: IntGauge,
+    pub locality_failover: cells::IntGauge,
     /// Times the accept loop waited because `max_connections` were open.
-    pub limited: IntCounter,
+    pub limited: cells::IntCounter,
 }
 
 /// `synapse_connections_rejected_total` handles of one service, one per `reason`.
 #[derive(Debug, Clone)]
 pub struct Rejected {
     /// `not_synced`: no first sync from ZooKeeper within `first_sync_timeout`.
-    pub not_synced: IntCounter,
+    pub not_synced: cells::IntCounter,
     /// `no_backend`: synced, but no backend in the table or none reachable.
-    pub no_backend: IntCounter,
+    pub no_backend: cells::IntCounter,
     /// `shutdown`: synapse stopped while the connection waited for the first sync.
-    pub shutdown: IntCounter,
+    pub shutdown: cells::IntCounter,
 }
+
+impl ServiceMetrics {
+    /// Fresh cells, registered nowhere (tests; [`Metrics::service`] registers them).
+    pub fn detached() -> ServiceMetrics {
+        ServiceMetrics {
+            connections: Default::default(),
+            no_backend: Default::default(),
+            rejected: Rejected {
+                not_synced: Default::default(),
+                no_backend: Default::default(),
+                shutdown: Default::default(),
+            },
+            idle_closed: Default::default(),
+            backends: Default::default(),
+            invalid_nodes: Default::default(),
+            unavailable_nodes: Default::default(),
+            updates: Default::default(),
+            stale: Default::default(),
+            bytes_up: Default::default(),
+            bytes_down: Default::default(),
+            grace_closed: Default::default(),
+            draining: Default::default(),
+            panic: Default::default(),
+            build_time: cells::Histogram::new(BUILD_BUCKETS),
+            watch_updates: Default::default(),
+            update_delay: cells::Histogram::new(CONNECT_BUCKETS),
+            using_defaults: Default::default(),
+            from_cache: Default::default(),
+            filtered: Default::default(),
+            locality_failover: Default::default(),
+            limited: Default::default(),
+        }
+    }
+}
+
+/// A family of [`ServiceMetrics`] with the `service` label alone.
+const fn one(
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    read: fn(&ServiceMetrics, usize) -> Sample,
+) -> Family<ServiceMetrics> {
+    Family {
+        name,
+        help,
+        kind,
+        label: None,
+        read,
+    }
+}
+
+const COUNTER: MetricType = MetricType::COUNTER;
+const GAUGE: MetricType = MetricType::GAUGE;
+const HISTOGRAM: MetricType = MetricType::HISTOGRAM;
+
+/// The per-service families: names, help texts, types and labels as the `prometheus`
+/// vectors that held them before (the alert rules and dashboards read them).
+pub const SERVICE_FAMILIES: [Family<ServiceMetrics>; 21] = [
+    one(
+        "synapse_connections_total",
+        "Client connections accepted",
+        COUNTER,
+        |m, _| (&m.connections).into(),
+    ),
+    one(
+        "synapse_no_backend_total",
+        "Client connections closed because no backend could be reached",
+        COUNTER,
+        |m, _| (&m.no_backend).into(),
+    ),
+    Family {
+        name: "synapse_connections_rejected_total",
+        help: "Client connections closed without being proxied, by reason \
+               (not_synced, no_backend, shutdown)",
+        kind: COUNTER,
+        label: Some(("reason", &["not_synced", "no_backend", "shutdown"])),
+        read: |m, i| {
+            let r = &m.rejected;
+            [&r.not_synced, &r.no_backend, &r.shutdown][i.min(2)].into()
+        },
+    },
+    one(
+        "synapse_idle_timeouts_total",
+        "Proxied connections closed after idle_timeout without traffic",
+        COUNTER,
+        |m, _| (&m.idle_closed).into(),
+    ),
+    one(
+        "synapse_backends",
+        "Backends in the route table",
+        GAUGE,
+        |m, _| (&m.backends).into(),
+    ),
+    one(
+        "synapse_invalid_nodes_total",
+        "Znodes skipped because they could not be decoded",
+        COUNTER,
+        |m, _| (&m.invalid_nodes).into(),
+    ),
+    one(
+        "synapse_unavailable_nodes",
+        "Nodes skipped because they are marked unavailable",
+        GAUGE,
+        |m, _| (&m.unavailable_nodes).into(),
+    ),
+    one(
+        "synapse_route_updates_total",
+        "Route tables installed",
+        COUNTER,
+        |m, _| (&m.updates).into(),
+    ),
+    one(
+        "synapse_using_previous_backends",
+        "1 while ZooKeeper lists no backend and the previous ones are kept",
+        GAUGE,
+        |m, _| (&m.stale).into(),
+    ),
+    Family {
+        name: "synapse_bytes_total",
+        help: "Bytes proxied, by direction (up = client to backend)",
+        kind: COUNTER,
+        label: Some(("direction", &["up", "down"])),
+        read: |m, i| if i == 0 { &m.bytes_up } else { &m.bytes_down }.into(),
+    },
+    one(
+        "synapse_removal_grace_closed_total",
+        "Connections to removed backends closed at the end of removal_grace",
+        COUNTER,
+        |m, _| (&m.grace_closed).into(),
+    ),
+    one(
+        "synapse_backends_draining",
+        "Removed backends whose connections are still open within removal_grace",
+        GAUGE,
+        |m, _| (&m.draining).into(),
+    ),
+    one(
+        "synapse_outlier_panic",
+        "1 while too few backends are usable and ejection is ignored",
+        GAUGE,
+        |m, _| (&m.panic).into(),
+    ),
+    one(
+        "synapse_route_table_build_seconds",
+        "Time to build a route table and its balancer",
+        HISTOGRAM,
+        |m, _| (&m.build_time).into(),
+    ),
+    one(
+        "synapse_watch_updates_total",
+        "Updates received from ZooKeeper, before debouncing",
+        COUNTER,
+        |m, _| (&m.watch_updates).into(),
+    ),
+    one(
+        "synapse_route_update_delay_seconds",
+        "From the first ZooKeeper update of a batch to the install of its table \
+         (debounce window and build)",
+        HISTOGRAM,
+        |m, _| (&m.update_delay).into(),
+    ),
+    one(
+        "synapse_using_default_servers",
+        "1 while the default servers stand in for ZooKeeper's backends",
+        GAUGE,
+        |m, _| (&m.using_defaults).into(),
+    ),
+    one(
+        "synapse_synced_from_cache",
+        "1 while the route table comes from the state file (ZooKeeper not listed since start)",
+        GAUGE,
+        |m, _| (&m.from_cache).into(),
+    ),
+    one(
+        "synapse_filtered_nodes",
+        "Available nodes refused by the service's label filters",
+        GAUGE,
+        |m, _| (&m.filtered).into(),
+    ),
+    one(
+        "synapse_locality_failover",
+        "1 while too few local backends are usable and every zone is used",
+        GAUGE,
+        |m, _| (&m.locality_failover).into(),
+    ),
+    one(
+        "synapse_max_connections_reached_total",
+        "Times the listener stopped accepting because max_connections were open",
+        COUNTER,
+        |m, _| (&m.limited).into(),
+    ),
+];
 
 impl Metrics {
     /// Creates and registers every metric in `registry`.
     pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
-        let svc = &["service"];
         let m = Metrics {
-            connections: IntCounterVec::new(
-                Opts::new("synapse_connections_total", "Client connections accepted"),
-                svc,
-            )?,
-            no_backend: IntCounterVec::new(
-                Opts::new(
-                    "synapse_no_backend_total",
-                    "Client connections closed because no backend could be reached",
-                ),
-                svc,
-            )?,
-            rejected: IntCounterVec::new(
-                Opts::new(
-                    "synapse_connections_rejected_total",
-                    "Client connections closed without being proxied, by reason \
-                     (not_synced, no_backend, shutdown)",
-                ),
-                &["service", "reason"],
-            )?,
-            idle_closed: IntCounterVec::new(
-                Opts::new(
-                    "synapse_idle_timeouts_total",
-                    "Proxied connections closed after idle_timeout without traffic",
-                ),
-                svc,
-            )?,
-            backends: IntGaugeVec::new(Opts::new("synapse_backends", "Backends in the route table"), svc)?,
-            invalid_nodes: IntCounterVec::new(
-                Opts::new(
-                    "synapse_invalid_nodes_total",
-                    "Znodes skipped because they could not be decoded",
-                ),
-                svc,
-            )?,
-            unavailable_nodes: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_unavailable_nodes",
-                    "Nodes skipped because they are marked unavailable",
-                ),
-                svc,
-            )?,
-            updates: IntCounterVec::new(
-                Opts::new("synapse_route_updates_total", "Route tables installed"),
-                svc,
-            )?,
-            stale: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_using_previous_backends",
-                    "1 while ZooKeeper lists no backend and the previous ones are kept",
-                ),
-                svc,
-            )?,
-            bytes: IntCounterVec::new(
-                Opts::new(
-                    "synapse_bytes_total",
-                    "Bytes proxied, by direction (up = client to backend)",
-                ),
-                &["service", "direction"],
-            )?,
+            services: ServiceSeries::new(&SERVICE_FAMILIES, ServiceMetrics::detached)?,
             backend_series: BackendSeries::new()?,
-            grace_closed: IntCounterVec::new(
-                Opts::new(
-                    "synapse_removal_grace_closed_total",
-                    "Connections to removed backends closed at the end of removal_grace",
-                ),
-                svc,
-            )?,
-            draining: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_backends_draining",
-                    "Removed backends whose connections are still open within removal_grace",
-                ),
-                svc,
-            )?,
-            panic: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_outlier_panic",
-                    "1 while too few backends are usable and ejection is ignored",
-                ),
-                svc,
-            )?,
-            build_time: HistogramVec::new(
-                HistogramOpts::new(
-                    "synapse_route_table_build_seconds",
-                    "Time to build a route table and its balancer",
-                )
-                .buckets(BUILD_BUCKETS.to_vec()),
-                svc,
-            )?,
-            watch_updates: IntCounterVec::new(
-                Opts::new(
-                    "synapse_watch_updates_total",
-                    "Updates received from ZooKeeper, before debouncing",
-                ),
-                svc,
-            )?,
-            update_delay: HistogramVec::new(
-                HistogramOpts::new(
-                    "synapse_route_update_delay_seconds",
-                    "From the first ZooKeeper update of a batch to the install of its table \
-                     (debounce window and build)",
-                )
-                .buckets(CONNECT_BUCKETS.to_vec()),
-                svc,
-            )?,
-            using_defaults: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_using_default_servers",
-                    "1 while the default servers stand in for ZooKeeper's backends",
-                ),
-                svc,
-            )?,
-            from_cache: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_synced_from_cache",
-                    "1 while the route table comes from the state file (ZooKeeper not listed since start)",
-                ),
-                svc,
-            )?,
-            filtered: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_filtered_nodes",
-                    "Available nodes refused by the service's label filters",
-                ),
-                svc,
-            )?,
-            locality_failover: IntGaugeVec::new(
-                Opts::new(
-                    "synapse_locality_failover",
-                    "1 while too few local backends are usable and every zone is used",
-                ),
-                svc,
-            )?,
-            limited: IntCounterVec::new(
-                Opts::new(
-                    "synapse_max_connections_reached_total",
-                    "Times the listener stopped accepting because max_connections were open",
-                ),
-                svc,
-            )?,
             reloads: IntCounterVec::new(
                 Opts::new(
                     "synapse_config_reloads_total",
@@ -299,64 +334,66 @@ impl Metrics {
             )?,
             http: HttpMetrics::new(registry)?,
         };
-        registry.register(Box::new(m.connections.clone()))?;
-        registry.register(Box::new(m.no_backend.clone()))?;
-        registry.register(Box::new(m.rejected.clone()))?;
-        registry.register(Box::new(m.idle_closed.clone()))?;
-        registry.register(Box::new(m.backends.clone()))?;
-        registry.register(Box::new(m.invalid_nodes.clone()))?;
-        registry.register(Box::new(m.unavailable_nodes.clone()))?;
-        registry.register(Box::new(m.updates.clone()))?;
-        registry.register(Box::new(m.stale.clone()))?;
-        registry.register(Box::new(m.bytes.clone()))?;
-        registry.register(Box::new(m.backend_series.clone()))?;
-        registry.register(Box::new(m.grace_closed.clone()))?;
-        registry.register(Box::new(m.draining.clone()))?;
-        registry.register(Box::new(m.panic.clone()))?;
-        registry.register(Box::new(m.build_time.clone()))?;
-        registry.register(Box::new(m.watch_updates.clone()))?;
-        registry.register(Box::new(m.update_delay.clone()))?;
-        registry.register(Box::new(m.using_defaults.clone()))?;
-        registry.register(Box::new(m.from_cache.clone()))?;
-        registry.register(Box::new(m.filtered.clone()))?;
-        registry.register(Box::new(m.locality_failover.clone()))?;
-        registry.register(Box::new(m.limited.clone()))?;
+        // The cells (`services`, `backend_series`, HTTP `services`) are not registered: they
+        // are written by [`Metrics::render`] a chunk at a time rather than gathered at once.
         registry.register(Box::new(m.reloads.clone()))?;
         registry.register(Box::new(m.state_file_writes.clone()))?;
         registry.register(Box::new(m.file_output_writes.clone()))?;
         Ok(m)
     }
 
-    /// Resolves the handles of one service.
-    pub fn service(&self, service: &str) -> ServiceMetrics {
-        ServiceMetrics {
-            connections: self.connections.with_label_values(&[service]),
-            no_backend: self.no_backend.with_label_values(&[service]),
-            rejected: Rejected {
-                not_synced: self.rejected.with_label_values(&[service, "not_synced"]),
-                no_backend: self.rejected.with_label_values(&[service, "no_backend"]),
-                shutdown: self.rejected.with_label_values(&[service, "shutdown"]),
-            },
-            idle_closed: self.idle_closed.with_label_values(&[service]),
-            backends: self.backends.with_label_values(&[service]),
-            invalid_nodes: self.invalid_nodes.with_label_values(&[service]),
-            unavailable_nodes: self.unavailable_nodes.with_label_values(&[service]),
-            updates: self.updates.with_label_values(&[service]),
-            stale: self.stale.with_label_values(&[service]),
-            bytes_up: self.bytes.with_label_values(&[service, "up"]),
-            bytes_down: self.bytes.with_label_values(&[service, "down"]),
-            grace_closed: self.grace_closed.with_label_values(&[service]),
-            draining: self.draining.with_label_values(&[service]),
-            panic: self.panic.with_label_values(&[service]),
-            build_time: self.build_time.with_label_values(&[service]),
-            watch_updates: self.watch_updates.with_label_values(&[service]),
-            update_delay: self.update_delay.with_label_values(&[service]),
-            using_defaults: self.using_defaults.with_label_values(&[service]),
-            from_cache: self.from_cache.with_label_values(&[service]),
-            filtered: self.filtered.with_label_values(&[service]),
-            locality_failover: self.locality_failover.with_label_values(&[service]),
-            limited: self.limited.with_label_values(&[service]),
+    /// Every metric in the Prometheus text format: those of `registry` (ZooKeeper, reloads,
+    /// writes, the HTTP per-backend vectors) and the cells (per service, per backend), one
+    /// family after the other sorted by name, as `Registry::gather` and `TextEncoder` would
+    /// write them had the cells been registered. The cells' families are written a chunk of
+    /// series at a time (see [`cells`]).
+    pub fn render(&self, registry: &Registry) -> String {
+        let gathered = registry.gather();
+        let mut families: Vec<(&str, Option<&MetricFamily>)> =
+            gathered.iter().map(|f| (f.name(), Some(f))).collect();
+        families.extend(
+            self.backend_series
+                .names()
+                .chain(self.services.names())
+                .chain(self.http.services.names())
+                .map(|n| (n, None)),
+        );
+        families.sort_by(|a, b| a.0.cmp(b.0));
+        // One allocation of about the final size: a large one is mapped afresh and given
+        // back whole, where a doubling buffer leaves holes in the heap.
+        let mut out = Vec::with_capacity(self.size_hint());
+        let mut scratch = Vec::new();
+        for (name, gathered) in families {
+            match gathered {
+                Some(f) => {
+                    if let Err(err) = TextEncoder::new().encode(std::slice::from_ref(f), &mut out) {
+                        tracing::warn!(error = %err, metric = name, "metrics encoding failed");
+                    }
+                }
+                None => {
+                    self.backend_series.encode(name, &mut out, &mut scratch);
+                    self.services.encode(name, &mut out, &mut scratch);
+                    self.http.services.encode(name, &mut out, &mut scratch);
+                }
+            }
         }
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// About the size of [`render`](Self::render)'s text, a little over.
+    fn size_hint(&self) -> usize {
+        // Per backend: 6 series and a histogram of 14 buckets, about 110 bytes a line; per
+        // service about 60 lines of about 90 bytes (more for HTTP ones).
+        64 * 1024
+            + self.backend_series.count() * 2560
+            + self.services.count() * 6144
+            + self.http.services.count() * 4096
+    }
+
+    /// Resolves the handles of one service: the same cells each time for the same name,
+    /// until [`forget_service`](Self::forget_service).
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        self.services.get(service)
     }
 
     /// Counts a config reload: `ok` or `failed`.
@@ -383,39 +420,7 @@ impl Metrics {
     /// Drops the series of a service a reload removed (its backends' are dropped as they
     /// drain).
     pub fn forget_service(&self, service: &str) {
-        for v in [
-            &self.connections,
-            &self.no_backend,
-            &self.idle_closed,
-            &self.invalid_nodes,
-            &self.updates,
-            &self.grace_closed,
-            &self.watch_updates,
-            &self.limited,
-        ] {
-            let _ = v.remove_label_values(&[service]);
-        }
-        for v in [
-            &self.backends,
-            &self.unavailable_nodes,
-            &self.stale,
-            &self.draining,
-            &self.panic,
-            &self.using_defaults,
-            &self.from_cache,
-            &self.filtered,
-            &self.locality_failover,
-        ] {
-            let _ = v.remove_label_values(&[service]);
-        }
-        for reason in ["not_synced", "no_backend", "shutdown"] {
-            let _ = self.rejected.remove_label_values(&[service, reason]);
-        }
-        for direction in ["up", "down"] {
-            let _ = self.bytes.remove_label_values(&[service, direction]);
-        }
-        let _ = self.build_time.remove_label_values(&[service]);
-        let _ = self.update_delay.remove_label_values(&[service]);
+        self.services.remove(service);
     }
 
     /// Resolves the handles of one backend (`host:port`).
@@ -476,7 +481,7 @@ impl ProxyError {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ProxyError::NoBackend => "no_backend",
             ProxyError::NotSynced => "not_synced",
@@ -505,11 +510,7 @@ pub enum RetryReason {
 /// HTTP-mode metrics.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
-    requests: IntCounterVec,
-    response_time: HistogramVec,
-    retries: IntCounterVec,
-    budget_exhausted: IntCounterVec,
-    errors: IntCounterVec,
+    services: ServiceSeries<HttpServiceMetrics>,
     unrouted: IntCounterVec,
     backend_responses: IntCounterVec,
     backend_response_time: HistogramVec,
@@ -517,20 +518,88 @@ pub struct HttpMetrics {
     backend_streams: IntGaugeVec,
 }
 
-/// HTTP handles of one service.
+/// HTTP handles of one service: atomic cells, rendered by [`HTTP_SERVICE_FAMILIES`] at
+/// scrape.
 #[derive(Debug, Clone)]
 pub struct HttpServiceMetrics {
     /// Responses to clients by status class ([`code_class`]), synapse's own included.
-    pub requests: [IntCounter; 5],
+    pub requests: [cells::IntCounter; 5],
     /// From a request's arrival to its response headers, retries included.
-    pub response_time: Histogram,
+    pub response_time: cells::Histogram,
     /// Retries, by [`RetryReason`] (index = discriminant).
-    pub retries: [IntCounter; 4],
+    pub retries: [cells::IntCounter; 4],
     /// Retries not made because the retry budget was spent.
-    pub budget_exhausted: IntCounter,
+    pub budget_exhausted: cells::IntCounter,
     /// Answers made by synapse itself, by [`ProxyError`] (index = discriminant).
-    pub errors: [IntCounter; 6],
+    pub errors: [cells::IntCounter; 6],
 }
+
+impl HttpServiceMetrics {
+    /// Fresh cells, registered nowhere.
+    fn detached() -> HttpServiceMetrics {
+        HttpServiceMetrics {
+            requests: Default::default(),
+            response_time: cells::Histogram::new(RESPONSE_BUCKETS),
+            retries: Default::default(),
+            budget_exhausted: Default::default(),
+            errors: Default::default(),
+        }
+    }
+}
+
+/// The `reason` values of `synapse_http_retries_total`, index = [`RetryReason`].
+const RETRY_REASONS: [&str; 4] = ["status", "error", "timeout", "refused"];
+
+/// The `reason` values of `synapse_http_proxy_errors_total`, index = [`ProxyError`].
+const PROXY_ERRORS: [&str; 6] = [
+    ProxyError::ALL[0].as_str(),
+    ProxyError::ALL[1].as_str(),
+    ProxyError::ALL[2].as_str(),
+    ProxyError::ALL[3].as_str(),
+    ProxyError::ALL[4].as_str(),
+    ProxyError::ALL[5].as_str(),
+];
+
+/// The per-service families of `mode: http` services, as the `prometheus` vectors that held
+/// them before.
+pub const HTTP_SERVICE_FAMILIES: [Family<HttpServiceMetrics>; 5] = [
+    Family {
+        name: "synapse_http_requests_total",
+        help: "HTTP responses sent to clients, by status class (synapse's own answers included)",
+        kind: COUNTER,
+        label: Some(("code_class", &CODE_CLASSES)),
+        read: |m, i| (&m.requests[i.min(4)]).into(),
+    },
+    Family {
+        name: "synapse_http_response_seconds",
+        help: "From a request's arrival to its response headers, retries included",
+        kind: HISTOGRAM,
+        label: None,
+        read: |m, _| (&m.response_time).into(),
+    },
+    Family {
+        name: "synapse_http_retries_total",
+        help: "Requests sent again to another backend, by reason (status, error, timeout, refused)",
+        kind: COUNTER,
+        label: Some(("reason", &RETRY_REASONS)),
+        read: |m, i| (&m.retries[i.min(3)]).into(),
+    },
+    Family {
+        name: "synapse_http_retry_budget_exhausted_total",
+        help: "Retries not made because the retry budget was spent",
+        kind: COUNTER,
+        label: None,
+        read: |m, _| (&m.budget_exhausted).into(),
+    },
+    Family {
+        name: "synapse_http_proxy_errors_total",
+        help: "Requests answered by synapse itself, by reason (no_backend, not_synced, \
+               backend_failed, timeout, bad_request, client_timeout)",
+        kind: COUNTER,
+        label: Some(("reason", &PROXY_ERRORS)),
+        read: |m, i| (&m.errors[i.min(5)]).into(),
+    },
+];
 
 /// HTTP handles of one backend.
 #[derive(Debug, Clone)]
@@ -569,45 +638,8 @@ impl GrpcCounters {
 
 impl HttpMetrics {
     fn new(registry: &Registry) -> Result<HttpMetrics, prometheus::Error> {
-        let svc = &["service"];
         let m = HttpMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "synapse_http_requests_total",
-                    "HTTP responses sent to clients, by status class (synapse's own answers included)",
-                ),
-                &["service", "code_class"],
-            )?,
-            response_time: HistogramVec::new(
-                HistogramOpts::new(
-                    "synapse_http_response_seconds",
-                    "From a request's arrival to its response headers, retries included",
-                )
-                .buckets(RESPONSE_BUCKETS.to_vec()),
-                svc,
-            )?,
-            retries: IntCounterVec::new(
-                Opts::new(
-                    "synapse_http_retries_total",
-                    "Requests sent again to another backend, by reason (status, error, timeout, refused)",
-                ),
-                &["service", "reason"],
-            )?,
-            budget_exhausted: IntCounterVec::new(
-                Opts::new(
-                    "synapse_http_retry_budget_exhausted_total",
-                    "Retries not made because the retry budget was spent",
-                ),
-                svc,
-            )?,
-            errors: IntCounterVec::new(
-                Opts::new(
-                    "synapse_http_proxy_errors_total",
-                    "Requests answered by synapse itself, by reason (no_backend, not_synced, \
-                     backend_failed, timeout, bad_request, client_timeout)",
-                ),
-                &["service", "reason"],
-            )?,
+            services: ServiceSeries::new(&HTTP_SERVICE_FAMILIES, HttpServiceMetrics::detached)?,
             unrouted: IntCounterVec::new(
                 Opts::new(
                     "synapse_http_unrouted_total",
@@ -645,11 +677,6 @@ impl HttpMetrics {
                 &["service", "backend"],
             )?,
         };
-        registry.register(Box::new(m.requests.clone()))?;
-        registry.register(Box::new(m.response_time.clone()))?;
-        registry.register(Box::new(m.retries.clone()))?;
-        registry.register(Box::new(m.budget_exhausted.clone()))?;
-        registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.unrouted.clone()))?;
         registry.register(Box::new(m.backend_responses.clone()))?;
         registry.register(Box::new(m.backend_response_time.clone()))?;
@@ -658,16 +685,11 @@ impl HttpMetrics {
         Ok(m)
     }
 
-    /// Resolves the handles of one `mode: http` service.
+    /// Resolves the handles of one `mode: http` service: the same cells each time for the
+    /// same name (kept when the service is removed, as the vectors that held them kept
+    /// theirs).
     pub fn service(&self, service: &str) -> HttpServiceMetrics {
-        HttpServiceMetrics {
-            requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[service, c])),
-            response_time: self.response_time.with_label_values(&[service]),
-            retries: ["status", "error", "timeout", "refused"]
-                .map(|r| self.retries.with_label_values(&[service, r])),
-            budget_exhausted: self.budget_exhausted.with_label_values(&[service]),
-            errors: ProxyError::ALL.map(|e| self.errors.with_label_values(&[service, e.as_str()])),
-        }
+        self.services.get(service)
     }
 
     /// Resolves the handles of one backend of a `mode: http` service (once, at its first
@@ -702,5 +724,61 @@ impl HttpMetrics {
         for c in GRPC_STATUS_NAMES {
             let _ = self.backend_grpc.remove_label_values(&[service, backend, c]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `render` writes what one registry holding the cells as collectors would write: the
+    /// same families, help, types, label order and series order, chunks included.
+    #[test]
+    fn render_writes_what_a_registry_of_the_cells_would() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry).unwrap();
+        for s in 0..3u64 {
+            let name = format!("s{s}");
+            let sm = m.service(&name);
+            sm.connections.inc_by(s);
+            sm.rejected.shutdown.inc();
+            sm.bytes_up.inc_by(10);
+            sm.backends.set(70);
+            sm.update_delay.observe(0.001 * s as f64);
+            // More backends than a chunk, with keys that sort differently by backend than
+            // by service.
+            for b in 0..70 {
+                let bm = m.backend(&name, &format!("10.0.{b}.{s}:80"));
+                bm.connections.inc_by(b);
+                bm.connect_time.observe(0.0003 * b as f64);
+            }
+        }
+        let h = m.http().service("web");
+        h.requests[1].inc();
+        h.errors[ProxyError::Timeout as usize].inc();
+        h.retries[RetryReason::Refused as usize].inc();
+        h.response_time.observe(0.02);
+        m.http().unrouted("127.0.0.1:80").inc();
+        m.reload(true);
+        let ours = m.render(&registry);
+
+        registry.register(Box::new(m.services.clone())).unwrap();
+        registry.register(Box::new(m.backend_series.clone())).unwrap();
+        registry.register(Box::new(m.http.services.clone())).unwrap();
+        let reference = common::metrics::render(&registry);
+        assert_eq!(ours, reference);
+        assert!(ours.contains("synapse_connections_rejected_total{reason=\"shutdown\",service=\"s1\"} 1"));
+        assert!(ours.contains("synapse_http_proxy_errors_total{reason=\"timeout\",service=\"web\"} 1"));
+        assert_eq!(
+            ours.matches("# TYPE synapse_backend_connect_seconds histogram")
+                .count(),
+            1
+        );
+
+        // A forgotten service's series are gone.
+        m.forget_service("s0");
+        assert!(!m
+            .render(&registry)
+            .contains("synapse_connections_total{service=\"s0\"}"));
     }
 }

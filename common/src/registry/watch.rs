@@ -42,8 +42,10 @@ pub enum WatchUpdate {
     /// The complete set: sent after the first listing and after every (re)connection. A
     /// child whose current data is invalid is in it with its last good node, if it had one.
     Reset(Vec<Member>),
-    /// A member was added or its data changed.
-    Upsert(Member),
+    /// A member was added or its data changed. Boxed: the channel's blocks hold 32 updates
+    /// each, sized by the largest variant, for as long as the channel lives (a `Node` inline
+    /// made that about 6 kB per watched path; issue 13).
+    Upsert(Box<Member>),
     /// A member is gone.
     Remove(String),
     /// A child could not be decoded (sent once per child data version). Consumers keep
@@ -480,10 +482,10 @@ impl Watcher {
                     return true;
                 }
                 c.node = Some(node.clone());
-                WatchUpdate::Upsert(Member {
+                WatchUpdate::Upsert(Box::new(Member {
                     id: child.to_string(),
                     node,
-                })
+                }))
             }
             Err((mzxid, error)) => {
                 // The last good node stays: bad input never removes a good backend.

@@ -1,15 +1,18 @@
-//! Per-backend series held as bare atomics and rendered when `/metrics` is read.
+//! Series held as bare atomics and rendered when `/metrics` is read: the per-backend ones
+//! ([`BackendSeries`]) and the per-service ones ([`ServiceSeries`]).
 //!
 //! A `prometheus` labelled child carries its own copy of the family's descriptor (name, help
 //! text, label names) and its label pairs as strings: about 600 bytes for a counter and 1.2
-//! kB for a histogram, so the seven series of a backend cost over 4 kB, most of synapse's
-//! memory per backend (issue 13; Envoy keeps ≤ 3 kB per host in all). Here a backend's
-//! series are seven small atomics cells and one map entry naming them; the descriptors exist
-//! once, and the label pairs are made at scrape time only. The exposition is the same as the
-//! `prometheus` vectors gave (names, help, types, labels, bucket bounds).
+//! kB for a histogram, so the seven series of a backend cost over 4 kB, and the ~24 of a
+//! service (~41 for an HTTP one) some 15 kB: most of synapse's memory per backend and per
+//! service (issue 13; Envoy keeps ≤ 3 kB per host, ≤ 42 kB per cluster, in all). Here a
+//! backend's or a service's series are small atomic cells and one map entry naming them;
+//! the descriptors exist once, and the label pairs are made at scrape time only. The
+//! exposition is the same as the `prometheus` vectors gave (names, help, types, labels,
+//! bucket bounds; the registry sorts families and series).
 //!
 //! The handles keep the method names of `prometheus`'s (`inc`, `get`, `set`, `observe`), so
-//! the data path's calls did not change.
+//! the data path's calls did not change; each is one relaxed atomic operation, as theirs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -17,6 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
 
 /// A counter (one atomic).
 #[derive(Debug, Clone, Default)]
@@ -178,10 +182,61 @@ impl BackendMetrics {
 /// The per-backend families: name, help, type, and how to read a backend's value.
 type Read = fn(&BackendMetrics) -> Sample;
 
-enum Sample {
+/// One value read at scrape time.
+#[derive(Debug)]
+pub enum Sample {
+    /// A counter's value.
     Counter(u64),
+    /// A gauge's value.
     Gauge(i64),
+    /// A histogram's buckets, count and sum.
     Histogram(proto::Histogram),
+}
+
+impl From<&IntCounter> for Sample {
+    fn from(c: &IntCounter) -> Sample {
+        Sample::Counter(c.get())
+    }
+}
+
+impl From<&IntGauge> for Sample {
+    fn from(g: &IntGauge) -> Sample {
+        Sample::Gauge(g.get())
+    }
+}
+
+impl From<&Histogram> for Sample {
+    fn from(h: &Histogram) -> Sample {
+        Sample::Histogram(h.proto())
+    }
+}
+
+/// The series `labels` with the value `sample`.
+fn metric(labels: Vec<LabelPair>, sample: Sample) -> proto::Metric {
+    let mut metric = proto::Metric::from_label(labels);
+    match sample {
+        Sample::Counter(v) => {
+            let mut c = proto::Counter::default();
+            c.set_value(v as f64);
+            metric.set_counter(c);
+        }
+        Sample::Gauge(v) => {
+            let mut g = proto::Gauge::default();
+            g.set_value(v as f64);
+            metric.set_gauge(g);
+        }
+        Sample::Histogram(h) => metric.set_histogram(h),
+    }
+    metric
+}
+
+/// An empty family `name`.
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family
 }
 
 const FAMILIES: [(&str, &str, MetricType, Read); 7] = [
@@ -272,6 +327,12 @@ impl BackendSeries {
             .clone()
     }
 
+    /// Backends with series.
+    pub fn count(&self) -> usize {
+        let map = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        map.values().map(BTreeMap::len).sum()
+    }
+
     /// Drops the series of a backend.
     pub fn remove(&self, service: &str, backend: &str) {
         let mut map = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
@@ -301,37 +362,256 @@ impl Collector for BackendSeries {
         FAMILIES
             .iter()
             .map(|(name, help, kind, read)| {
-                let mut family = MetricFamily::default();
-                family.set_name((*name).to_string());
-                family.set_help((*help).to_string());
-                family.set_field_type(*kind);
+                let mut family = family(name, help, *kind);
                 let metrics = family.mut_metric();
                 for (service, backends) in map.iter() {
                     for (backend, m) in backends {
                         // By label name, as `prometheus` orders a vector's pairs.
-                        let mut metric = proto::Metric::from_label(vec![
-                            label("backend", backend),
-                            label("service", service),
-                        ]);
-                        match read(m) {
-                            Sample::Counter(v) => {
-                                let mut c = proto::Counter::default();
-                                c.set_value(v as f64);
-                                metric.set_counter(c);
-                            }
-                            Sample::Gauge(v) => {
-                                let mut g = proto::Gauge::default();
-                                g.set_value(v as f64);
-                                metric.set_gauge(g);
-                            }
-                            Sample::Histogram(h) => metric.set_histogram(h),
-                        }
-                        metrics.push(metric);
+                        let labels = vec![label("backend", backend), label("service", service)];
+                        metrics.push(metric(labels, read(m)));
                     }
                 }
                 family
             })
             .collect()
+    }
+}
+
+/// One family of per-service series: name, help, type, the label beside `service` (with
+/// its values: one series each), and how to read a service's value.
+#[derive(Debug)]
+pub struct Family<M> {
+    /// The metric name.
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// Its type.
+    pub kind: MetricType,
+    /// The second label's name and values; None: `service` alone, one series.
+    pub label: Option<(&'static str, &'static [&'static str])>,
+    /// The value of a service's series `i` (index into the second label's values; 0 without
+    /// one).
+    pub read: fn(&M, usize) -> Sample,
+}
+
+/// The series of every service, by name: a `prometheus` collector over `families`, each
+/// service's cells `M` made by `fresh` when it is first asked for.
+#[derive(Debug)]
+pub struct ServiceSeries<M: 'static> {
+    families: &'static [Family<M>],
+    fresh: fn() -> M,
+    descs: Arc<[Desc]>,
+    services: Arc<Mutex<BTreeMap<Box<str>, M>>>,
+}
+
+impl<M> Clone for ServiceSeries<M> {
+    fn clone(&self) -> Self {
+        ServiceSeries {
+            families: self.families,
+            fresh: self.fresh,
+            descs: self.descs.clone(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+impl<M: Clone> ServiceSeries<M> {
+    /// The collector of `families`, with no service yet.
+    pub fn new(families: &'static [Family<M>], fresh: fn() -> M) -> Result<Self, prometheus::Error> {
+        let descs = families
+            .iter()
+            .map(|f| {
+                let mut labels = vec!["service".to_string()];
+                labels.extend(f.label.map(|(l, _)| l.to_string()));
+                Desc::new(f.name.to_string(), f.help.to_string(), labels, HashMap::new())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ServiceSeries {
+            families,
+            fresh,
+            descs: descs.into(),
+            services: Arc::default(),
+        })
+    }
+
+    /// The cells of `service`: the existing ones, or new ones.
+    pub fn get(&self, service: &str) -> M {
+        let mut map = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = map.get(service) {
+            return m.clone();
+        }
+        map.entry(service.into()).or_insert_with(self.fresh).clone()
+    }
+
+    /// Services with series.
+    pub fn count(&self) -> usize {
+        self.services.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Drops the series of `service`.
+    pub fn remove(&self, service: &str) {
+        let mut map = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(service);
+    }
+}
+
+impl<M: Clone + Send + Sync + 'static> Collector for ServiceSeries<M> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let map = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        self.families
+            .iter()
+            .map(|f| {
+                let mut family = family(f.name, f.help, f.kind);
+                let metrics = family.mut_metric();
+                for (service, m) in map.iter() {
+                    match f.label {
+                        None => metrics.push(metric(vec![label("service", service)], (f.read)(m, 0))),
+                        Some((name, values)) => {
+                            for (i, value) in values.iter().enumerate() {
+                                // By label name, as `prometheus` orders a vector's pairs.
+                                let mut labels = vec![label(name, value), label("service", service)];
+                                labels.sort_by(|a, b| a.name().cmp(b.name()));
+                                metrics.push(metric(labels, (f.read)(m, i)));
+                            }
+                        }
+                    }
+                }
+                family
+            })
+            .collect()
+    }
+}
+
+/// Series written per encoder call: the protos of one chunk exist at a time, so a scrape of
+/// thousands of backends never holds them all (it did through `Registry::gather`, whose
+/// transient tree set the heap's high-water mark: issue 13).
+const CHUNK: usize = 64;
+
+/// One series to write: its label pairs (name, value; sorted by name) and where to read it.
+struct Row<'a, M> {
+    labels: [(&'static str, &'a str); 2],
+    /// Label pairs used (1 or 2).
+    n: usize,
+    cells: &'a M,
+    /// Index into the family's second label values (0 without one).
+    i: usize,
+}
+
+impl<M> Row<'_, M> {
+    fn labels(&self) -> &[(&'static str, &str)] {
+        &self.labels[..self.n]
+    }
+}
+
+/// Writes one family in the text format, as `Registry::gather` and `TextEncoder` would:
+/// series sorted by their label values (in label-name order), `# HELP` and `# TYPE` once.
+/// Nothing for a family without series (`gather` drops those).
+fn encode_rows<M>(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    (name, help, kind): (&str, &str, MetricType),
+    rows: &mut [Row<'_, M>],
+    read: impl Fn(&M, usize) -> Sample,
+) {
+    rows.sort_by(|a, b| {
+        let (a, b) = (a.labels(), b.labels());
+        a.iter().map(|l| l.1).cmp(b.iter().map(|l| l.1))
+    });
+    for (k, chunk) in rows.chunks(CHUNK).enumerate() {
+        let mut f = family(name, help, kind);
+        let metrics = f.mut_metric();
+        for r in chunk {
+            let labels = r.labels().iter().map(|(n, v)| label(n, v)).collect();
+            metrics.push(metric(labels, read(r.cells, r.i)));
+        }
+        scratch.clear();
+        if let Err(err) = TextEncoder::new().encode(&[f], scratch) {
+            tracing::warn!(error = %err, metric = name, "metrics encoding failed");
+            return;
+        }
+        // `# HELP` and `# TYPE` (one line each: the encoder escapes newlines in the help)
+        // only before the first chunk.
+        let skip = if k == 0 {
+            0
+        } else {
+            scratch
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c == b'\n')
+                .nth(1)
+                .map_or(0, |(i, _)| i + 1)
+        };
+        out.extend_from_slice(&scratch[skip..]);
+    }
+}
+
+impl BackendSeries {
+    /// The families' names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        FAMILIES.iter().map(|f| f.0)
+    }
+
+    /// Writes the family `name` (one of [`names`](Self::names)) to `out`.
+    pub fn encode(&self, name: &str, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+        let Some((name, help, kind, read)) = FAMILIES.iter().find(|f| f.0 == name) else {
+            return;
+        };
+        let map = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<Row<'_, BackendMetrics>> = map
+            .iter()
+            .flat_map(|(service, backends)| {
+                backends.iter().map(move |(backend, m)| Row {
+                    labels: [("backend", &**backend), ("service", &**service)],
+                    n: 2,
+                    cells: m,
+                    i: 0,
+                })
+            })
+            .collect();
+        encode_rows(out, scratch, (name, help, *kind), &mut rows, |m, _| read(m));
+    }
+}
+
+impl<M> ServiceSeries<M> {
+    /// The families' names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> {
+        self.families.iter().map(|f| f.name)
+    }
+
+    /// Writes the family `name` (one of [`names`](Self::names)) to `out`.
+    pub fn encode(&self, name: &str, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+        let Some(f) = self.families.iter().find(|f| f.name == name) else {
+            return;
+        };
+        let map = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<Row<'_, M>> = Vec::new();
+        for (service, m) in map.iter() {
+            match f.label {
+                None => rows.push(Row {
+                    labels: [("service", &**service), ("", "")],
+                    n: 1,
+                    cells: m,
+                    i: 0,
+                }),
+                Some((label, values)) => {
+                    for (i, value) in values.iter().enumerate() {
+                        let mut labels = [(label, *value), ("service", &**service)];
+                        labels.sort_by(|a, b| a.0.cmp(b.0));
+                        rows.push(Row {
+                            labels,
+                            n: 2,
+                            cells: m,
+                            i,
+                        });
+                    }
+                }
+            }
+        }
+        encode_rows(out, scratch, (f.name, f.help, f.kind), &mut rows, f.read);
     }
 }
 

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::metrics::cells::IntCounter;
 use common::net::{AcceptBackoff, AcceptRetry};
-use prometheus::IntCounter;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

@@ -125,10 +125,10 @@ async fn incremental_installs_match_a_full_plan() {
     let mut w = watcher(config());
     let upsert = |id: &str, host: &str, extra: &str| {
         let json = format!("{{\"host\":\"{host}\",\"port\":80{extra}}}");
-        WatchUpdate::Upsert(registry::Member {
+        WatchUpdate::Upsert(Box::new(registry::Member {
             id: id.into(),
             node: common::codec::decode(id, json.as_bytes()).unwrap(),
-        })
+        }))
     };
     let reset: Vec<registry::Member> = (0..20)
         .map(|i| registry::Member {
