@@ -9,8 +9,13 @@
 # Phases: keepalive, close (wrk -t1 -c32, closed loop: req/s, latency, and each proxy's CPU per
 # request: its utime + stime from /proc/<pid>/stat over the run / requests, also user time
 # alone), rate (open loop at 50 % of HAProxy's keep-alive maximum: p50/p99/p99.9 and the
-# latency added over direct), redis, propagation, churn, cost, h2; count and fleet only when
-# named. Medians over rounds with their range; synapse / HAProxy ratios per round.
+# latency added over direct), redis, propagation, churn, cost, h2; count, fleet and scrape only
+# when named. Medians over rounds with their range; synapse / HAProxy ratios per round.
+#
+#   bench/run.sh --only scrape --baseline-synapse /path/to/older/synapse
+#
+# scrape: p50/p99/p99.9 of HTTP keep-alive at a fixed rate through a synapse of 200 services x 10
+# backends while /metrics is scraped every 100 ms, beside not scraped (docs/benchmark.md).
 #
 # Installs what is missing (Debian packages: nginx, haproxy, wrk, h2load, redis, ZooKeeper), builds
 # the release binaries, then runs the driver (bench/src/main.rs): the load generators on one

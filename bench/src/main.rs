@@ -13,7 +13,8 @@
 //! [`h2`]). Prints one table and writes a JSON file. Only when named: `count` (heap
 //! allocations and system calls per request, synapse beside HAProxy; see `count.rs`), `fleet` (N watchers
 //! and M registrations on a 3-server ensemble: propagation, requests per change, storms; see
-//! `fleet.rs`).
+//! `fleet.rs`), `scrape` (the latency at a fixed rate while `/metrics` of a big config is scraped,
+//! beside not scraped, optionally beside a baseline binary; see `scrape.rs`).
 
 #![forbid(unsafe_code)]
 // A command-line tool: failing loudly on a broken setup is the right thing.
@@ -24,6 +25,7 @@ mod fleet;
 mod h2;
 mod procs;
 mod rate;
+mod scrape;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -49,7 +51,7 @@ const PHASES: &[&str] = &[
     "h2",
 ];
 /// Phases run only when named in `--only`.
-const OPTIONAL_PHASES: &[&str] = &["count", "fleet"];
+const OPTIONAL_PHASES: &[&str] = &["count", "fleet", "scrape"];
 
 #[derive(Debug, Parser)]
 #[command(about = "synapse beside HAProxy: throughput, latency, propagation, churn, cost")]
@@ -58,7 +60,8 @@ struct Args {
     /// closed loop: req/s, latency, the proxies' CPU per request), rate (open loop at a fixed
     /// rate: latency added over direct), redis, propagation, churn, cost, h2; count
     /// (allocations and system calls per request: needs target/release/synapse-count-alloc,
-    /// which bench/run.sh builds, and strace); fleet (slow).
+    /// which bench/run.sh builds, and strace); fleet (slow); scrape (p99 at a fixed rate with
+    /// and without /metrics scrapes of a big config; see --baseline-synapse).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// CPUs (taskset list) of the load generators, the driver and ZooKeeper.
@@ -107,6 +110,22 @@ struct Args {
     /// Seconds of each counted run of the count phase.
     #[arg(long, default_value_t = 3)]
     count_secs: u64,
+    /// Services of the scrape phase's synapse (one measured, the others filling /metrics).
+    #[arg(long, default_value_t = 200)]
+    scrape_services: usize,
+    /// Backends of each filling service of the scrape phase.
+    #[arg(long, default_value_t = 10)]
+    scrape_backends: usize,
+    /// Milliseconds between two /metrics scrapes in the scrape phase.
+    #[arg(long, default_value_t = 100)]
+    scrape_interval_ms: u64,
+    /// Fixed rate (req/s) of the scrape phase.
+    #[arg(long, default_value_t = 2000.0)]
+    scrape_rate: f64,
+    /// Another synapse binary run beside this one in the scrape phase (rounds interleaved),
+    /// e.g. one built from an older commit: before/after on the same machine load.
+    #[arg(long)]
+    baseline_synapse: Option<PathBuf>,
     /// JSON results file.
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -240,6 +259,9 @@ fn main() -> Result<()> {
     }
     if run("count") {
         b.count()?;
+    }
+    if run("scrape") {
+        b.scrape()?;
     }
     b.json
         .insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));
