@@ -469,19 +469,7 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
              connect_timeout: 500ms}}\n"
         ),
     );
-    let node = |zkc: &Zk| -> Option<i64> {
-        let nodes: Vec<String> = zkc
-            .children(PATH)
-            .ok()?
-            .into_iter()
-            .filter(|c| c.starts_with("a-host_"))
-            .collect();
-        match nodes.as_slice() {
-            [one] => zkc.get(&format!("{PATH}/{one}")).ok().map(|(_, owner)| owner),
-            _ => None,
-        }
-    };
-    let owner = eventually("nerve registers", WAIT, || node(&zkc));
+    let owner = eventually("nerve registers", WAIT, || a_host_node_owner(&zkc));
     let want_a = vec![format!("127.0.0.1:{}", a.port)];
     eventually("synapse routes to a", WAIT, || {
         (routed(admin, "web")? == want_a).then_some(())
@@ -519,7 +507,7 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
     assert!(tally.ok > 0, "the load ran: {tally:?}");
     assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
     assert_eq!(
-        node(&zkc),
+        a_host_node_owner(&zkc),
         Some(owner),
         "nerve's node is the one it had (same session)"
     );
@@ -574,19 +562,7 @@ fn a_full_restart_spreads_the_fleet_s_reconnections_and_loses_no_session() {
              connect_timeout: 500ms}}\n"
         ),
     );
-    let node = |zkc: &Zk| -> Option<i64> {
-        let nodes: Vec<String> = zkc
-            .children(PATH)
-            .ok()?
-            .into_iter()
-            .filter(|c| c.starts_with("a-host_"))
-            .collect();
-        match nodes.as_slice() {
-            [one] => zkc.get(&format!("{PATH}/{one}")).ok().map(|(_, owner)| owner),
-            _ => None,
-        }
-    };
-    let owner = eventually("nerve registers", WAIT, || node(&zkc));
+    let owner = eventually("nerve registers", WAIT, || a_host_node_owner(&zkc));
     let want_a = vec![format!("127.0.0.1:{}", a.port)];
     eventually("synapse routes to a", WAIT, || {
         (routed(admin, "web")? == want_a).then_some(())
@@ -684,10 +660,25 @@ fn a_full_restart_spreads_the_fleet_s_reconnections_and_loses_no_session() {
     assert!(tally.ok > 0, "the load ran: {tally:?}");
     assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
     assert_eq!(
-        node(&zkc),
+        a_host_node_owner(&zkc),
         Some(owner),
         "nerve's node is the one it had (same session)"
     );
     cancel.cancel();
     drop((nerve, synapse));
+}
+
+/// The session owning nerve's single node for `a-host` under [`PATH`] (None while there is
+/// not exactly one).
+fn a_host_node_owner(zkc: &Zk) -> Option<i64> {
+    let nodes: Vec<String> = zkc
+        .children(PATH)
+        .ok()?
+        .into_iter()
+        .filter(|c| c.starts_with("a-host_"))
+        .collect();
+    match nodes.as_slice() {
+        [one] => zkc.get(&format!("{PATH}/{one}")).ok().map(|(_, owner)| owner),
+        _ => None,
+    }
 }
