@@ -474,7 +474,7 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
     eventually("synapse routes to a", WAIT, || {
         (routed(admin, "web")? == want_a).then_some(())
     });
-    let mut load = Load::start(listen, 2, 2, Duration::from_millis(20));
+    let load = Load::start(listen, 2, 2, Duration::from_millis(20));
 
     let joining = zk.add_server(false);
     let spec = zk.server_spec(joining);
@@ -496,21 +496,7 @@ fn a_reconfig_replacing_servers_under_load_fails_nothing_and_keeps_nerve_s_node(
         zk.server_address(1),
         zk.server_address(joining)
     ));
-    zkc.put_backend("web", "b_0000000001", b.port, "");
-    let mut want = vec![format!("127.0.0.1:{}", a.port), format!("127.0.0.1:{}", b.port)];
-    want.sort();
-    eventually("synapse sees a change made after its server left", WAIT, || {
-        (routed(admin, "web")? == want).then_some(())
-    });
-    load.stop();
-    let tally = load.take();
-    assert!(tally.ok > 0, "the load ran: {tally:?}");
-    assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
-    assert_eq!(
-        a_host_node_owner(&zkc),
-        Some(owner),
-        "nerve's node is the one it had (same session)"
-    );
+    came_through(&zkc, admin, [a.port, b.port], "its server left", load, owner);
     drop((nerve, synapse));
 }
 
@@ -610,7 +596,7 @@ fn a_full_restart_spreads_the_fleet_s_reconnections_and_loses_no_session() {
             })
         })
         .collect();
-    let mut load = Load::start(listen, 2, 2, Duration::from_millis(20));
+    let load = Load::start(listen, 2, 2, Duration::from_millis(20));
 
     zk.kill_all();
     zk.spawn_all();
@@ -649,21 +635,7 @@ fn a_full_restart_spreads_the_fleet_s_reconnections_and_loses_no_session() {
     // nerve's node is the one of its session.
     let b = LineBackend::start("b");
     let zkc = Zk::connect(&cs);
-    zkc.put_backend("web", "b_0000000001", b.port, "");
-    let mut want = vec![format!("127.0.0.1:{}", a.port), format!("127.0.0.1:{}", b.port)];
-    want.sort();
-    eventually("synapse sees a change made after the restart", WAIT, || {
-        (routed(admin, "web")? == want).then_some(())
-    });
-    load.stop();
-    let tally = load.take();
-    assert!(tally.ok > 0, "the load ran: {tally:?}");
-    assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
-    assert_eq!(
-        a_host_node_owner(&zkc),
-        Some(owner),
-        "nerve's node is the one it had (same session)"
-    );
+    came_through(&zkc, admin, [a.port, b.port], "the restart", load, owner);
     cancel.cancel();
     drop((nerve, synapse));
 }
@@ -681,4 +653,24 @@ fn a_host_node_owner(zkc: &Zk) -> Option<i64> {
         [one] => zkc.get(&format!("{PATH}/{one}")).ok().map(|(_, owner)| owner),
         _ => None,
     }
+}
+
+/// The agents came through an ensemble event: a backend written after `event` (`ports[1]`,
+/// beside `ports[0]`) is routed, the load saw no failed request, and nerve's node is still
+/// owned by the session that had it (`owner`).
+fn came_through(zkc: &Zk, admin: u16, ports: [u16; 2], event: &str, mut load: Load, owner: i64) {
+    let mut want: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    want.sort();
+    eventually(&format!("synapse sees a change made after {event}"), WAIT, || {
+        (routed(admin, "web")? == want).then_some(())
+    });
+    load.stop();
+    let tally = load.take();
+    assert!(tally.ok > 0, "the load ran: {tally:?}");
+    assert_eq!(tally.failed, 0, "no request failed: {:?}", tally.failures);
+    assert_eq!(
+        a_host_node_owner(zkc),
+        Some(owner),
+        "nerve's node is the one it had (same session)"
+    );
 }
