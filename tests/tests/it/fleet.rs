@@ -655,10 +655,11 @@ fn a_host_node_owner(zkc: &Zk) -> Option<i64> {
     }
 }
 
-/// The agents came through an ensemble event: a backend written after `event` (`ports[1]`,
-/// beside `ports[0]`) is routed, the load saw no failed request, and nerve's node is still
+/// The agents came through an ensemble event: a backend written now (`ports[1]`, beside
+/// `ports[0]`) is routed, the load saw no failed request, and nerve's node is still
 /// owned by the session that had it (`owner`).
 fn came_through(zkc: &Zk, admin: u16, ports: [u16; 2], event: &str, mut load: Load, owner: i64) {
+    zkc.put_backend("web", "b_0000000001", ports[1], "");
     let mut want: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     want.sort();
     eventually(&format!("synapse sees a change made after {event}"), WAIT, || {
